@@ -1,0 +1,277 @@
+"""``votemi bench``: selection quality on cases with lesion masks, against naive baselines, and speed."""
+
+from __future__ import annotations
+
+import csv
+import gc
+import glob
+import json
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import PLANES, canonical_array, parse_planes, plane_geometry
+from .preprocess import foreground_mask
+from .volumes import VolumeError, load_volume
+
+METRICS = ("hit_any", "hit_half", "distance_mm")
+METHODS = ("votemi", "random", "middle", "largest_head")
+
+
+@dataclass
+class Case:
+    name: str
+    image: str
+    mask: str | None = None
+    extras: list = field(default_factory=list)
+
+
+def find_cases(folder) -> list:
+    """Cases of a folder: rows of its ``cases.tsv`` (case, image, mask, extra), or sub-folders holding
+    ``image.*`` and optional ``mask.*`` and other sequences."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise VolumeError(f"no such folder: {folder}")
+    table = os.path.join(folder, "cases.tsv")
+    cases = []
+    if os.path.exists(table):
+        with open(table, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                base = os.path.join(folder, row["case"])
+                extras = [os.path.join(base, e) for e in (row.get("extra") or "").split(",") if e.strip()]
+                mask = os.path.join(base, row["mask"]) if (row.get("mask") or "").strip() else None
+                cases.append(Case(row["case"], os.path.join(base, row["image"]), mask, extras))
+        return cases
+    for sub in sorted(os.listdir(folder)):
+        images = sorted(glob.glob(os.path.join(folder, sub, "image.*")))
+        if not images:
+            continue
+        masks = sorted(glob.glob(os.path.join(folder, sub, "mask.*")))
+        others = sorted(p for p in glob.glob(os.path.join(folder, sub, "*.*")) if p not in images + masks)
+        cases.append(Case(sub, images[0], masks[0] if masks else None, others))
+    if not cases:
+        raise VolumeError(f"{folder} holds no cases (no cases.tsv and no sub-folder with an image.* file)")
+    return cases
+
+
+def load_mask(path, volume) -> np.ndarray:
+    """A lesion mask (label > 0) on the voxel grid of ``volume``, in (K, J, I) order."""
+    import SimpleITK as sitk
+
+    from .volumes import ijk_to_ras_from_image
+
+    image = sitk.ReadImage(os.fspath(path))
+    same_grid = (tuple(image.GetSize()) == tuple(volume.size_ijk)
+                 and np.allclose(ijk_to_ras_from_image(image), volume.ijk_to_ras, atol=1e-3))
+    if not same_grid:
+        reference = sitk.ReadImage(volume.path) if volume.path else None
+        if reference is None:
+            raise VolumeError(f"mask {path} is not on the image grid and the image has no file to resample to")
+        image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(image) > 0
+
+
+def plane_profiles(volume, lesion_kji: np.ndarray, plane: str):
+    """Lesion and head cross-section area (voxels) of every slice, in ascending RAS order."""
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    others = tuple(a for a in range(3) if a != axis)
+    lesion = canonical_array(lesion_kji, volume.ijk_to_ras).sum(axis=others)
+    head = canonical_array(foreground_mask(volume.array), volume.ijk_to_ras).sum(axis=others)
+    return lesion.astype(float), head.astype(float)
+
+
+def score_slice(index: int, lesion: np.ndarray, positions: np.ndarray) -> dict:
+    """hit_any, hit_half and distance to the slice of largest lesion cross-section, for one slice."""
+    best = int(np.argmax(lesion))
+    return {"hit_any": float(lesion[index] > 0), "hit_half": float(lesion[index] >= 0.5 * lesion[best]),
+            "distance_mm": float(abs(positions[index] - positions[best]))}
+
+
+def baseline_scores(lesion: np.ndarray, head: np.ndarray, positions: np.ndarray) -> dict:
+    """random (expected over slices inside the head), middle of the head, largest head section."""
+    inside = np.flatnonzero(head > 0)
+    each = [score_slice(i, lesion, positions) for i in inside]
+    random = {metric: float(np.mean([s[metric] for s in each])) for metric in METRICS}
+    middle_position = 0.5 * (positions[inside[0]] + positions[inside[-1]])
+    middle = int(inside[np.argmin(np.abs(positions[inside] - middle_position))])
+    return {"random": random, "middle": score_slice(middle, lesion, positions),
+            "largest_head": score_slice(int(np.argmax(head)), lesion, positions)}
+
+
+def evaluate_case(case: Case, planes=PLANES, mode="votemi", seed=0, use_extras=False, encoder=None) -> dict:
+    """Run selection on one case and score it (if it has a mask) beside the baselines."""
+    from .selection import select_slices
+
+    gc.collect()
+    started = time.perf_counter()
+    volume = load_volume(case.image)
+    load_s = time.perf_counter() - started
+    extras = [load_volume(p) for p in case.extras] if use_extras else []
+    started = time.perf_counter()
+    result = select_slices(volume, planes=planes, top_k=3, seed=seed, mode=mode, extra_volumes=extras,
+                           encoder=encoder)
+    select_s = time.perf_counter() - started
+    # Memory in a second run: tracing allocations slows the timed one.
+    tracemalloc.start()
+    select_slices(volume, planes=planes, top_k=3, seed=seed, mode=mode, extra_volumes=extras, encoder=encoder)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2 ** 20
+    tracemalloc.stop()
+    row = {"case": case.name, "load_s": load_s, "select_s": select_s, "peak_mb": peak_mb,
+           "volume_mb": volume.array.nbytes / 2 ** 20, "planes": {}}
+    if case.mask:
+        lesion_kji = load_mask(case.mask, volume)
+        for plane in planes:
+            positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
+            lesion, head = plane_profiles(volume, lesion_kji, plane)
+            top = result.planes[plane].selected[0].index
+            row["planes"][plane] = {"votemi": score_slice(top, lesion, positions),
+                                    **baseline_scores(lesion, head, positions)}
+    return row
+
+
+def summarise(rows: list, planes=PLANES) -> dict:
+    """Mean of each metric per plane and method over the cases with masks."""
+    scored = [row for row in rows if row["planes"]]
+    means = {}
+    for plane in planes:
+        means[plane] = {method: {metric: float(np.mean([r["planes"][plane][method][metric] for r in scored]))
+                                 for metric in METRICS} for method in METHODS} if scored else {}
+    return means
+
+
+def format_quality_table(means: dict, label: str = "votemi") -> str:
+    """Markdown table: per plane, hit_any / hit_half / distance for each method."""
+    header = f"| plane | {label} | random | middle | largest head |"
+    lines = [header, "|---|---|---|---|---|"]
+    for plane, methods in means.items():
+        cells = [f"{m['hit_any']:.2f} / {m['hit_half']:.2f} / {m['distance_mm']:.0f} mm" for m in methods.values()]
+        lines.append(f"| {plane} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_case_table(rows: list, planes=PLANES) -> str:
+    lines = ["| case | " + " | ".join(f"{p} hit_any/half, mm" for p in planes) + " | load s | select s | peak MB |",
+             "|---" * (len(planes) + 4) + "|"]
+    for row in rows:
+        cells = []
+        for plane in planes:
+            scores = row["planes"].get(plane, {}).get("votemi")
+            cells.append(f"{scores['hit_any']:.0f}/{scores['hit_half']:.0f}, {scores['distance_mm']:.0f}"
+                         if scores else "no mask")
+        lines.append(f"| {row['case']} | " + " | ".join(cells)
+                     + f" | {row['load_s']:.2f} | {row['select_s']:.2f} | {row['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def speed_benchmark(repeats: int = 5, source: str | None = None) -> list:
+    """Time reading and selecting on a 240x240x155 and a 512x512x400 volume made from a real scan.
+
+    Both are written to NIfTI files in a temporary folder so that selection time can be put beside
+    the time to read the same file.
+    """
+    import SimpleITK as sitk
+
+    from .selection import select_slices
+
+    source = source or "/usr/share/mricron/templates/ch2.nii.gz"
+    if not os.path.exists(source):
+        raise VolumeError(f"speed benchmark source {source} not found (apt-get install mricron-data, or pass --source)")
+    original = sitk.ReadImage(source, sitk.sitkFloat32)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for size, count in (((240, 240, 155), repeats), ((512, 512, 400), max(1, repeats // 2))):
+            resampled = _resample_to_size(sitk, original, size)
+            path = os.path.join(folder, f"speed_{'x'.join(map(str, size))}.nii")
+            sitk.WriteImage(resampled, path)
+            del resampled
+            loads, selects = [], []
+            for _ in range(count):
+                gc.collect()
+                started = time.perf_counter()
+                volume = load_volume(path)
+                loads.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                select_slices(volume)
+                selects.append(time.perf_counter() - started)
+            tracemalloc.start()
+            select_slices(volume)
+            peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+            tracemalloc.stop()
+            volume_mb = volume.array.nbytes / 2 ** 20
+            rows.append({"size": "x".join(map(str, size)), "runs": count, "load_s": statistics.median(loads),
+                         "select_s": statistics.median(selects), "ratio_to_load": statistics.median(selects)
+                         / statistics.median(loads), "peak_mb": peak, "volume_mb": volume_mb,
+                         "memory_limit_mb": 4 * volume_mb + 300})
+            del volume
+    return rows
+
+
+def _resample_to_size(sitk, image, size):
+    spacing = [sz * sp / n for sz, sp, n in zip(image.GetSize(), image.GetSpacing(), size)]
+    return sitk.Resample(image, list(size), sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,
+                         image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
+def format_speed_table(rows: list) -> str:
+    lines = ["| volume | runs | read s (median) | select s (median) | select / read | peak MB | limit MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['runs']} | {r['load_s']:.2f} | {r['select_s']:.2f} | "
+                     f"{r['ratio_to_load']:.1f} | {r['peak_mb']:.0f} | {r['memory_limit_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def add_bench_command(commands) -> None:
+    parser = commands.add_parser("bench", help="score selection on cases with lesion masks, and speed",
+                                 description="Run selection on every case of a folder and score the top slice "
+                                             "of each plane against the lesion mask, beside naive baselines.")
+    parser.add_argument("data_dir", nargs="?", help="folder with cases.tsv or case sub-folders")
+    parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes)
+    parser.add_argument("--mode", choices=("votemi", "plain"), default="votemi")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra", action="store_true", help="vote with each case's extra sequences too")
+    parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder to use")
+    parser.add_argument("--json", metavar="OUT", help="write every number as JSON")
+    parser.add_argument("--speed", action="store_true",
+                        help="time 240x240x155 and 512x512x400 volumes made from a real scan instead")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per size with --speed")
+    parser.add_argument("--source", help="scan to resample for --speed (default: Colin27 from mricron-data)")
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> int:
+    if args.speed:
+        rows = speed_benchmark(args.repeats, args.source)
+        print(format_speed_table(rows))
+        document = {"speed": rows}
+    else:
+        if not args.data_dir:
+            raise VolumeError("bench needs DATA_DIR (or --speed)")
+        encoder = None
+        if args.encoder:
+            from .encoders import load_patch_encoder
+
+            encoder = load_patch_encoder(args.encoder)
+        rows = []
+        for case in find_cases(args.data_dir):
+            row = evaluate_case(case, args.planes, args.mode, args.seed, args.extra, encoder)
+            rows.append(row)
+            print(f"{case.name}: load {row['load_s']:.2f} s, select {row['select_s']:.2f} s, "
+                  f"peak {row['peak_mb']:.0f} MB", flush=True)
+        means = summarise(rows, args.planes)
+        print("\nPer case (top slice of each plane: hit_any/hit_half, distance from largest lesion section):")
+        print(format_case_table(rows, args.planes))
+        print(f"\nMeans over {sum(1 for r in rows if r['planes'])} cases with masks "
+              "(hit_any / hit_half / distance):")
+        print(format_quality_table(means, args.mode))
+        document = {"cases": rows, "means": means, "settings": {"mode": args.mode, "seed": args.seed,
+                                                                "extra": args.extra, "encoder": args.encoder}}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=1)
+    return 0

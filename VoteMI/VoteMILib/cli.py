@@ -1,0 +1,136 @@
+"""The ``votemi`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__
+from .geometry import PLANES, parse_planes
+from .volumes import VolumeError, load_volume
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (VolumeError, ValueError, OSError) as error:
+        print(f"votemi: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("votemi: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="votemi",
+        description="Pick representative slices of a 3D scan with Vote-MI and describe them with a local VLM.")
+    parser.add_argument("--version", action="version", version=f"votemi {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    add_select_command(commands)
+    from .bench import add_bench_command
+
+    add_bench_command(commands)
+    # Commands defined beside the parts they drive are registered here (VLM: describe, serve).
+    return parser
+
+
+def add_selection_arguments(parser) -> None:
+    """Options shared by every command that runs a selection."""
+    parser.add_argument("image", help="3D image: NIfTI, NRRD, MHA/MHD, or a folder with one DICOM series")
+    parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes,
+                        help="comma-separated planes (default: %(default)s)")
+    parser.add_argument("--top", type=int, default=3, metavar="K", help="slices per plane (default: 3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--mode", choices=("votemi", "plain"), default="votemi",
+                        help="votemi: votes weighted by abnormality (default); plain: the paper's Vote-MI")
+    parser.add_argument("--extra", action="append", default=[], metavar="IMAGE",
+                        help="another sequence of the same patient to vote with (repeatable)")
+    parser.add_argument("--encoder", metavar="MODEL",
+                        help="trained patch encoder (.npz from 'votemi train-encoder'); default: PCA")
+    parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
+    parser.add_argument("--png-dir", metavar="DIR", help="write each selected slice as a PNG")
+
+
+def add_select_command(commands) -> None:
+    parser = commands.add_parser("select", help="score every slice and pick the representative ones",
+                                 description="Score every slice of each plane with Vote-MI and pick the top K.")
+    add_selection_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.set_defaults(func=run_select)
+
+
+def run_selection(args, progress=None):
+    """Load the image (and extras), run the selection; returns (volume, extras, result)."""
+    from .selection import select_slices
+
+    started = time.perf_counter()
+    volume = load_volume(args.image)
+    extras = [load_volume(path) for path in args.extra]
+    loaded = time.perf_counter() - started
+    encoder = load_encoder(args.encoder) if args.encoder else None
+    result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed, mode=args.mode,
+                           extra_volumes=extras, encoder=encoder, progress=progress)
+    result.timing_s = {"load": loaded, **result.timing_s}
+    return volume, extras, result
+
+
+def load_encoder(path):
+    from .encoders import load_patch_encoder
+
+    return load_patch_encoder(path)
+
+
+def run_select(args) -> int:
+    volume, _, result = run_selection(args)
+    write_outputs(args, volume, result, result.to_dict(image=os.path.abspath(args.image)), quiet=args.quiet)
+    return 0
+
+
+def write_outputs(args, volume, result, document: dict, quiet: bool = False) -> None:
+    """Print the summary and write the JSON and PNGs the user asked for."""
+    if not quiet:
+        print(format_summary(volume, result))
+    if args.png_dir:
+        from .render import save_selection_pngs
+
+        paths = save_selection_pngs(volume, result, args.png_dir)
+        document["pngs"] = [os.path.abspath(p) for p in paths]
+        if not quiet:
+            print(f"wrote {len(paths)} PNGs to {args.png_dir}")
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(folder, exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=1)
+        if not quiet:
+            print(f"wrote {args.json}")
+
+
+def format_summary(volume, result) -> str:
+    """A readable table of the picks."""
+    size = "x".join(str(n) for n in result.size_ijk)
+    spacing = "x".join(f"{s:.2f}" for s in result.spacing_mm)
+    settings = result.settings
+    lines = [f"{volume.name}: {size} voxels, {spacing} mm; mode {settings['mode']}, seed {settings['seed']}, "
+             f"{settings['patches']} patches, {settings['clusters']} clusters",
+             f"{'id':<4}{'plane':<10}{'slice':>6}{'position (RAS mm)':>20}{'score':>8}"]
+    for plane, plane_result in result.planes.items():
+        for chosen in plane_result.selected:
+            where = f"{plane_result.normal_axis} {chosen.position_mm:+8.1f}"
+            lines.append(f"{chosen.label:<4}{plane:<10}{chosen.index:>6}{where:>20}{chosen.score:>8.3f}")
+    timing = ", ".join(f"{key} {value:.2f} s" for key, value in result.timing_s.items())
+    lines.append(f"time: {timing}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

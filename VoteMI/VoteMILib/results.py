@@ -1,0 +1,96 @@
+"""Result types of a selection, and their JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SelectedSlice:
+    """One voted slice.
+
+    Attributes
+    ----------
+    plane : str
+        "axial", "coronal" or "sagittal".
+    rank : int
+        1 for the best slice of its plane.
+    index : int
+        Position of the slice in the plane's ascending ``positions_mm``.
+    ijk_index : int
+        Index of the slice along the IJK axis that carries the plane.
+    position_mm : float
+        RAS coordinate of the slice centre along the plane normal.
+    center_ras : tuple of float
+        RAS point at the centre of the slice (for jumping slice views).
+    score : float
+        The slice's score (higher is better).
+    """
+
+    plane: str
+    rank: int
+    index: int
+    ijk_index: int
+    position_mm: float
+    center_ras: tuple
+    score: float
+
+    @property
+    def label(self) -> str:
+        """Short ID such as ``A1`` (axial rank 1), ``C2``, ``S1``."""
+        return f"{self.plane[0].upper()}{self.rank}"
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "position_mm": round(self.position_mm, 3), "score": round(self.score, 6),
+                "rank": self.rank, "id": self.label, "ijk_index": self.ijk_index,
+                "center_ras": [round(float(c), 3) for c in self.center_ras]}
+
+
+@dataclass
+class PlaneResult:
+    """Scores of every slice of one plane and its top slices (best first)."""
+
+    plane: str
+    normal_axis: str
+    ijk_axis: int
+    positions_mm: np.ndarray
+    ijk_indices: np.ndarray
+    scores: np.ndarray
+    selected: list
+
+    def to_dict(self) -> dict:
+        return {
+            "normal_axis": self.normal_axis,
+            "ijk_axis": "IJK"[self.ijk_axis],
+            "positions_mm": [round(float(p), 3) for p in self.positions_mm],
+            "scores": [round(float(s), 6) for s in self.scores],
+            "selected": [s.to_dict() for s in self.selected],
+        }
+
+
+@dataclass
+class SelectionResult:
+    """What :func:`VoteMILib.selection.select_slices` returns."""
+
+    planes: dict
+    settings: dict
+    size_ijk: tuple
+    spacing_mm: tuple
+    timing_s: dict = field(default_factory=dict)
+
+    def selected(self, planes=None) -> list:
+        """Selected slices of the given planes (all by default), plane by plane, best first."""
+        return [s for name, result in self.planes.items() if planes is None or name in planes
+                for s in result.selected]
+
+    def to_dict(self, image: str = "") -> dict:
+        return {
+            "image": image,
+            "size_ijk": [int(n) for n in self.size_ijk],
+            "spacing_mm": [round(float(s), 6) for s in self.spacing_mm],
+            "planes": {name: result.to_dict() for name, result in self.planes.items()},
+            "settings": dict(self.settings),
+            "timing_s": {key: round(float(value), 4) for key, value in self.timing_s.items()},
+        }

@@ -1,0 +1,201 @@
+"""Vote-MI slice selection: one pass, unsupervised, deterministic for a given seed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from . import abnormality
+from .clustering import NOISE, dbscan, estimate_eps
+from .features import PATCH_SIZE, PCAEncoder, extract_patches
+from .geometry import NORMAL_AXIS, PLANES, plane_geometry
+from .preprocess import make_working_grid
+from .results import PlaneResult, SelectedSlice, SelectionResult
+from .voting import count_votes, greedy_coverage, similarity_graph, slice_scores, pick_top_slices
+
+MODES = ("votemi", "plain")
+
+
+class Cancelled(Exception):
+    """Raised when the caller's ``cancel()`` returned True."""
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """Parameters of a selection; defaults follow the paper where it gives a value.
+
+    Attributes
+    ----------
+    mode : str
+        "votemi" (default): votes weighted by how abnormal each patch looks, so the pick shows what
+        is worth describing; "plain": the paper's representativeness vote.
+    min_samples : int
+        DBSCAN core-point neighbour count (one of the paper's values is 25; see ``dbscan``).
+    delta : float
+        Fraction of each cluster kept by within-cluster coverage selection (paper outline: 0.5).
+    theta : float
+        Fraction of all patches kept across clusters (paper outline: 0.2).
+    min_spacing_mm : float or None
+        Closest two picks of one plane may be; default max(10 mm, 2 slices).
+    smoothing_mm : float
+        Gaussian smoothing of votes along the plane normal.
+    """
+
+    mode: str = "votemi"
+    top_k: int = 3
+    seed: int = 0
+    patch_size: int = PATCH_SIZE
+    min_samples: int = 25
+    delta: float = 0.5
+    theta: float = 0.2
+    min_spacing_mm: float | None = None
+    smoothing_mm: float = 3.0
+
+
+def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_volumes=(), encoder=None,
+                  progress=None, cancel=None, **options) -> SelectionResult:
+    """Score every slice of each plane and pick the top ``top_k``.
+
+    Parameters
+    ----------
+    volume : Volume
+        The main volume.
+    planes : sequence of str
+        Any of "axial", "coronal", "sagittal".
+    top_k : int
+        Slices to pick per plane (best first).
+    seed : int
+        Seeds every random choice; the same input and settings give the same picks.
+    mode : {"votemi", "plain"}
+    extra_volumes : sequence of Volume
+        Other sequences of the same patient; their patches are stacked with the main volume's so
+        that all sequences vote together.
+    encoder : PatchEncoder, optional
+        Patch feature extractor; PCA of the volume's own patches by default.
+    progress : callable(fraction, message), optional
+    cancel : callable() -> bool, optional
+        Polled between steps; selection raises :class:`Cancelled` when it returns True.
+    **options
+        Further :class:`SelectionSettings` fields.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown selection mode '{mode}'; choose from {', '.join(MODES)}")
+    if int(top_k) < 1:
+        raise ValueError("top_k must be at least 1")
+    planes = tuple(plane for plane in PLANES if plane in set(planes))
+    if not planes:
+        raise ValueError("no plane requested")
+    settings = SelectionSettings(mode=mode, top_k=int(top_k), seed=int(seed), **options)
+    report = _Progress(progress, cancel)
+    started = time.perf_counter()
+
+    report(0.02, "Resampling to the working grid")
+    grid = make_working_grid(volume)
+    channels = [grid.data] + [_resample_to(grid, make_working_grid(extra)) for extra in extra_volumes]
+    report(0.2, "Cutting slices into patches")
+    patch_sets = [extract_patches(data, grid.mask, planes, settings.patch_size) for data in channels]
+    patches = patch_sets[0]
+    if len(patches) < 4 * settings.min_samples:
+        raise ValueError(f"{volume.name or 'volume'}: too little foreground to cut into patches "
+                         f"({len(patches)} patches); is the volume empty?")
+    pixels = np.concatenate([p.pixels for p in patch_sets], axis=2) if len(patch_sets) > 1 else patches.pixels
+
+    report(0.3, "Computing patch features")
+    encoder = encoder if encoder is not None else PCAEncoder()
+    features = np.asarray(encoder.fit(pixels, seed=settings.seed).transform(pixels), dtype=np.float64)
+    features /= max(float(features.std()), 1e-12)
+
+    report(0.45, "Clustering patches (DBSCAN)")
+    eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
+    labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
+    report(0.6, "Selecting covering patches")
+    neighbours, similarity = similarity_graph(features, bandwidth=eps)
+    chosen = _vote_mi_selection(labels, neighbours, similarity, settings, report)
+
+    weights = None
+    if mode == "votemi":
+        report(0.8, "Weighting votes by abnormality")
+        weights = abnormality.patch_weights(grid, channels, patches, features, neighbours)
+
+    report(0.9, "Counting votes")
+    plane_results = {}
+    size_ijk = volume.size_ijk
+    for plane_id, plane in enumerate(planes):
+        geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
+        work_positions = grid.positions_mm[plane]
+        mine = chosen[patches.plane[chosen] == plane_id]
+        votes = count_votes(patches.slice_index[mine], len(work_positions),
+                            None if weights is None else weights[mine])
+        scores = slice_scores(votes, work_positions, geometry.positions_mm, settings.smoothing_mm)
+        spacing = settings.min_spacing_mm
+        if spacing is None:
+            step = abs(geometry.positions_mm[-1] - geometry.positions_mm[0]) / max(geometry.count - 1, 1)
+            spacing = max(10.0, 2.0 * step)
+        picks = pick_top_slices(scores, geometry.positions_mm, settings.top_k, spacing)
+        selected = [SelectedSlice(plane=plane, rank=rank, index=index, ijk_index=int(geometry.ijk_indices[index]),
+                                  position_mm=float(geometry.positions_mm[index]),
+                                  center_ras=tuple(float(c) for c in geometry.centers_ras[index]),
+                                  score=float(scores[index]))
+                    for rank, index in enumerate(picks, start=1)]
+        plane_results[plane] = PlaneResult(plane=plane, normal_axis=NORMAL_AXIS[plane], ijk_axis=geometry.ijk_axis,
+                                           positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
+                                           scores=scores, selected=selected)
+    report(1.0, "Done")
+
+    recorded = asdict(settings)
+    recorded.update(planes=list(planes), encoder=encoder.describe(), eps=round(eps, 6),
+                    clusters=int(labels.max() + 1), noise_fraction=round(float(np.mean(labels == NOISE)), 4),
+                    patches=int(len(patches)), working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
+                    sequences=[volume.name] + [extra.name for extra in extra_volumes])
+    return SelectionResult(planes=plane_results, settings=recorded, size_ijk=size_ijk,
+                           spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started})
+
+
+def _vote_mi_selection(labels, neighbours, similarity, settings, report) -> np.ndarray:
+    """Steps 4 and 5 of the paper: coverage within each cluster, then diversity across clusters.
+
+    Noise points are dropped as in the paper. Each cluster's subset is seeded with its densest
+    patch (the mode of the density that the paper samples with MCMC), which keeps the result
+    deterministic; both steps maximise the same facility-location coverage on the k-NN graph.
+    """
+    clustered = labels != NOISE
+    density = similarity.sum(axis=1)
+    pooled = []
+    for cluster in range(int(labels.max()) + 1):
+        report(None, None)
+        members = np.flatnonzero(labels == cluster)
+        budget = int(np.ceil(settings.delta * len(members)))
+        seed_point = int(members[np.argmax(density[members])])
+        universe = labels == cluster
+        pooled.append(greedy_coverage(members, budget, neighbours, similarity, universe, seed_point))
+    if not pooled:
+        return np.zeros(0, dtype=int)
+    pooled = np.concatenate(pooled)
+    budget = int(np.ceil(settings.theta * len(labels)))
+    return greedy_coverage(pooled, budget, neighbours, similarity, clustered)
+
+
+def _resample_to(grid, other):
+    """Resample another sequence's working grid onto ``grid`` by RAS position, axis by axis."""
+    coordinates = []
+    for plane in ("sagittal", "coronal", "axial"):  # canonical axes R, A, S
+        target, source = grid.positions_mm[plane], other.positions_mm[plane]
+        coordinates.append(np.interp(target, source, np.arange(len(source))))
+    mesh = np.meshgrid(*coordinates, indexing="ij")
+    return ndimage.map_coordinates(other.data, mesh, order=1, mode="nearest").astype(np.float32)
+
+
+class _Progress:
+    """Calls the user's progress callback and raises :class:`Cancelled` when asked to stop."""
+
+    def __init__(self, progress, cancel):
+        self.progress, self.cancel = progress, cancel
+
+    def __call__(self, fraction, message):
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("selection cancelled")
+        if self.progress is not None and fraction is not None:
+            self.progress(float(fraction), message)

@@ -1,0 +1,170 @@
+"""Reading and validating 3D scalar volumes.
+
+A :class:`Volume` holds voxels in Slicer's array order (K, J, I) -- the same
+layout as ``slicer.util.arrayFromVolume`` -- and the 4x4 IJK-to-RAS matrix, so
+the engine can be fed from a file (SimpleITK) or from an MRML node alike.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Largest volume accepted, in voxels (about 4 GB as float32).
+MAX_VOXELS = 1_000_000_000
+#: Fewest slices a volume must have along each axis to be treated as 3D.
+MIN_SLICES = 3
+
+# ITK's physical space is LPS; Slicer's world (and every position VoteMI reports) is RAS.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """An input volume that VoteMI cannot use; the message is one line for the user."""
+
+
+@dataclass
+class Volume:
+    """A scalar 3D image in RAS space.
+
+    Attributes
+    ----------
+    array : ndarray of float32, shape (K, J, I)
+        Voxel values; ``array[k, j, i]`` is voxel (i, j, k).
+    ijk_to_ras : ndarray, shape (4, 4)
+        Homogeneous matrix mapping voxel indices (i, j, k) to RAS millimetres.
+    name : str
+        Human-readable name (file stem or node name).
+    path : str or None
+        Source file, when read from disk.
+    """
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    name: str = ""
+    path: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def size_ijk(self) -> tuple[int, int, int]:
+        k, j, i = self.array.shape
+        return (i, j, k)
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0))
+
+
+def volume_from_array(array_kji, ijk_to_ras, name: str = "", path: str | None = None) -> Volume:
+    """Validate a (K, J, I) array and its IJK-to-RAS matrix and wrap them in a :class:`Volume`.
+
+    Raises
+    ------
+    VolumeError
+        If the array is not a finite, non-constant, scalar 3D volume of accepted size.
+    """
+    array = np.asarray(array_kji)
+    label = name or "volume"
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        kind = {2: "a 2D image", 4: "a 4D or multi-component image"}.get(array.ndim, f"{array.ndim}-dimensional")
+        raise VolumeError(f"{label} is {kind} (shape {array.shape}); VoteMI needs a scalar 3D volume")
+    if array.size > MAX_VOXELS:
+        raise VolumeError(
+            f"{label} has {array.size:,} voxels, more than the {MAX_VOXELS:,} VoteMI accepts; "
+            "crop or resample it first")
+    if min(array.shape) < MIN_SLICES:
+        axis = "IJK"[2 - int(np.argmin(array.shape))]
+        raise VolumeError(
+            f"{label} has only {min(array.shape)} slice(s) along {axis} (size {tuple(reversed(array.shape))}); "
+            f"VoteMI needs at least {MIN_SLICES} slices in every direction")
+    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise VolumeError(f"{label} has voxel type {array.dtype}; VoteMI needs real scalar voxels")
+    array = np.asarray(array, dtype=np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise VolumeError(f"{label} has {bad:,} NaN or infinite voxels; fix or mask them before selection")
+    lo, hi = float(array.min()), float(array.max())
+    if lo == hi:
+        what = "all zero" if lo == 0 else f"constant ({lo:g})"
+        raise VolumeError(f"{label} is {what}: there is nothing to select from")
+    matrix = np.asarray(ijk_to_ras, dtype=float)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+        raise VolumeError(f"{label} has an invalid IJK-to-RAS matrix")
+    return Volume(array=array, ijk_to_ras=matrix, name=name, path=path)
+
+
+def load_volume(path) -> Volume:
+    """Read a scalar 3D volume with SimpleITK.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any file SimpleITK reads (NIfTI, NRRD, MHA/MHD, ...) or a folder holding one DICOM series.
+
+    Raises
+    ------
+    VolumeError
+        With a one-line reason when the file is missing, unreadable or not a usable 3D volume.
+    """
+    import SimpleITK as sitk  # imported here so that the engine can be imported without it
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VolumeError(f"no such file or folder: {path}")
+    try:
+        if os.path.isdir(path):
+            image = _read_dicom_folder(sitk, path)
+        else:
+            image = sitk.ReadImage(path)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()
+        detail = next((line for line in reversed(reason) if line.strip()), "unknown reason")
+        raise VolumeError(f"cannot read {path}: {detail.strip()}") from None
+    name = _stem(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(
+            f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; VoteMI needs a scalar volume")
+    if image.GetDimension() != 3:
+        raise VolumeError(f"{name} is a {image.GetDimension()}D image; VoteMI needs a scalar 3D volume")
+    voxels = image.GetNumberOfPixels()
+    if voxels > MAX_VOXELS:
+        raise VolumeError(
+            f"{name} has {voxels:,} voxels, more than the {MAX_VOXELS:,} VoteMI accepts; crop or resample it first")
+    # One float32 copy out of ITK's buffer: a view would dangle once ``image`` is freed.
+    array = np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32)  # (K, J, I)
+    return volume_from_array(array, ijk_to_ras_from_image(image), name=name, path=path)
+
+
+def ijk_to_ras_from_image(image) -> np.ndarray:
+    """The 4x4 IJK-to-RAS matrix of a SimpleITK image (ITK stores LPS)."""
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    origin = np.array(image.GetOrigin(), dtype=float)
+    matrix = np.eye(4)
+    matrix[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    matrix[:3, 3] = _LPS_TO_RAS @ origin
+    return matrix
+
+
+def _read_dicom_folder(sitk, folder):
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(folder)
+    if not series:
+        raise VolumeError(f"{folder} is a folder without a DICOM series")
+    # The series with most files is the one a user most likely means.
+    files = max((reader.GetGDCMSeriesFileNames(folder, uid) for uid in series), key=len)
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(os.path.normpath(path))
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".gz"):
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return base

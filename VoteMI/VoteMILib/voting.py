@@ -1,0 +1,115 @@
+"""Coverage selection within and across clusters, votes per slice, and top-k picks."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.spatial import cKDTree
+
+#: Neighbours per patch in the similarity graph that coverage is computed on.
+GRAPH_NEIGHBOURS = 16
+#: Each greedy round adds this fraction of the remaining budget (1 patch at the least).
+BATCH_FRACTION = 0.2
+
+
+def similarity_graph(features: np.ndarray, bandwidth: float, k: int = GRAPH_NEIGHBOURS):
+    """k-nearest-neighbour graph with Gaussian similarities ``exp(-d^2 / (2 bandwidth^2))``.
+
+    Returns ``(neighbours, similarity)``, both of shape (n, k); column 0 is the point itself.
+    """
+    k = int(min(k, len(features)))
+    distances, neighbours = cKDTree(features).query(features, k=k, workers=-1)
+    if k == 1:
+        distances, neighbours = distances[:, None], neighbours[:, None]
+    similarity = np.exp(-(distances ** 2) / (2.0 * bandwidth ** 2))
+    return neighbours, similarity
+
+
+def greedy_coverage(candidates: np.ndarray, budget: int, neighbours: np.ndarray, similarity: np.ndarray,
+                    universe: np.ndarray, seed_point: int | None = None) -> np.ndarray:
+    """Greedy facility-location coverage: add the candidate that raises coverage most.
+
+    Coverage of a point is its best similarity to any chosen patch; a candidate covers the points of
+    its neighbour list that belong to ``universe``. Rounds add ``BATCH_FRACTION`` of the remaining
+    budget at once (an accelerated greedy; exact greedy would cost one pass per patch).
+
+    Parameters
+    ----------
+    candidates : ndarray of int
+        Patches that may be chosen.
+    budget : int
+        How many to choose.
+    universe : ndarray of bool, shape (n,)
+        Points whose coverage counts.
+    seed_point : int, optional
+        Chosen first (the paper seeds each cluster's subset by sampling its density).
+
+    Returns
+    -------
+    ndarray of int
+        Chosen patches in the order they were added.
+    """
+    budget = int(min(budget, len(candidates)))
+    cover = np.zeros(len(universe), dtype=np.float64)
+    counts = universe[neighbours]
+    cand_neighbours = neighbours[candidates]
+    cand_similarity = similarity[candidates] * counts[candidates]
+    available = np.ones(len(candidates), dtype=bool)
+    chosen = []
+    if seed_point is not None and budget > 0:
+        where = np.flatnonzero(candidates == seed_point)
+        if where.size:
+            _take(where, cand_neighbours, cand_similarity, cover, available, chosen, candidates)
+    while len(chosen) < budget:
+        gains = np.maximum(cand_similarity - cover[cand_neighbours], 0.0).sum(axis=1)
+        gains[~available] = -1.0
+        batch = max(1, int(BATCH_FRACTION * (budget - len(chosen))))
+        # Stable order: highest gain first, lowest index on ties, for reproducible picks.
+        order = np.lexsort((np.arange(len(gains)), -gains))[:batch]
+        order = order[gains[order] >= 0]
+        if order.size == 0:
+            break
+        _take(order, cand_neighbours, cand_similarity, cover, available, chosen, candidates)
+    return np.asarray(chosen[:budget], dtype=int)
+
+
+def _take(rows, cand_neighbours, cand_similarity, cover, available, chosen, candidates):
+    for row in rows:
+        np.maximum.at(cover, cand_neighbours[row], cand_similarity[row])
+    available[rows] = False
+    chosen.extend(candidates[rows].tolist())
+
+
+def count_votes(slice_index: np.ndarray, n_slices: int, weights=None) -> np.ndarray:
+    """Sum of (weighted) votes per slice."""
+    return np.bincount(slice_index, weights=weights, minlength=n_slices).astype(float)
+
+
+def slice_scores(votes: np.ndarray, work_positions: np.ndarray, positions: np.ndarray,
+                 smoothing_mm: float) -> np.ndarray:
+    """Votes on the working grid turned into a 0..1 score for every original slice.
+
+    Votes are smoothed along the normal (a lesion or structure spans several slices, and a single
+    slice's count is noisy) and interpolated to the original slice positions.
+    """
+    step = abs(work_positions[1] - work_positions[0]) if len(work_positions) > 1 else 1.0
+    smooth = gaussian_filter1d(votes, smoothing_mm / step, mode="constant") if smoothing_mm > 0 else votes
+    scores = np.interp(positions, work_positions, smooth, left=0.0, right=0.0)
+    top = scores.max()
+    return scores / top if top > 0 else scores
+
+
+def pick_top_slices(scores: np.ndarray, positions: np.ndarray, k: int, min_spacing_mm: float) -> list:
+    """Indices of the k best slices, best first, no two closer than ``min_spacing_mm``.
+
+    Ties go to the slice nearest the middle of the scored range, then to the lower index.
+    """
+    middle = 0.5 * (positions[0] + positions[-1])
+    order = np.lexsort((np.arange(len(scores)), np.abs(positions - middle), -scores))
+    picks = []
+    for index in order:
+        if len(picks) == k:
+            break
+        if all(abs(positions[index] - positions[p]) >= min_spacing_mm for p in picks):
+            picks.append(int(index))
+    return picks
