@@ -88,7 +88,8 @@ class PatchEncoder:
     """Interface of a patch feature extractor.
 
     ``fit`` sees the patches of the volume being analysed (a trained encoder ignores it);
-    ``transform`` maps patches of shape (n, p, p) to features of shape (n, d).
+    ``transform`` maps patches of shape (n, c, p, p) -- c sequences stacked -- to features (n, d).
+    Patch intensities are scaled so that the volume's foreground spans about 0..1.
     """
 
     name = "encoder"

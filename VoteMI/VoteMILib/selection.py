@@ -101,7 +101,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     if len(patches) < 4 * settings.min_samples:
         raise ValueError(f"{volume.name or 'volume'}: too little foreground to cut into patches "
                          f"({len(patches)} patches); is the volume empty?")
-    pixels = np.concatenate([p.pixels for p in patch_sets], axis=2) if len(patch_sets) > 1 else patches.pixels
+    pixels = np.stack([p.pixels for p in patch_sets], axis=1)  # (n, sequences, p, p)
 
     report(0.3, "Computing patch features")
     encoder = encoder if encoder is not None else PCAEncoder()

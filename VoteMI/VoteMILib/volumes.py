@@ -120,7 +120,11 @@ def load_volume(path) -> Volume:
         if os.path.isdir(path):
             image = _read_dicom_folder(sitk, path)
         else:
-            image = sitk.ReadImage(path)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(path)
+            reader.ReadImageInformation()  # the header alone: refuse huge volumes before reading voxels
+            _check_header(reader, _stem(path))
+            image = reader.Execute()
     except RuntimeError as error:
         reason = str(error).strip().splitlines()
         detail = next((line for line in reversed(reason) if line.strip()), "unknown reason")
@@ -138,6 +142,15 @@ def load_volume(path) -> Volume:
     # One float32 copy out of ITK's buffer: a view would dangle once ``image`` is freed.
     array = np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32)  # (K, J, I)
     return volume_from_array(array, ijk_to_ras_from_image(image), name=name, path=path)
+
+
+def _check_header(reader, name: str) -> None:
+    size = reader.GetSize()
+    voxels = int(np.prod(size, dtype=np.int64))
+    if len(size) == 3 and voxels > MAX_VOXELS:
+        raise VolumeError(
+            f"{name} has {voxels:,} voxels ({'x'.join(map(str, size))}), more than the {MAX_VOXELS:,} "
+            "VoteMI accepts; crop or resample it first")
 
 
 def ijk_to_ras_from_image(image) -> np.ndarray:
