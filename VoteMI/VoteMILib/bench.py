@@ -227,6 +227,8 @@ def format_speed_table(rows: list) -> str:
 
 
 def add_bench_command(commands) -> None:
+    from .cli import positive_int
+
     parser = commands.add_parser("bench", help="score selection on cases with lesion masks, and speed",
                                  description="Run selection on every case of a folder and score the top slice "
                                              "of each plane against the lesion mask, beside naive baselines.")
@@ -239,7 +241,7 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--json", metavar="OUT", help="write every number as JSON")
     parser.add_argument("--speed", action="store_true",
                         help="time 240x240x155 and 512x512x400 volumes made from a real scan instead")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per size with --speed")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per size with --speed")
     parser.add_argument("--source", help="scan to resample for --speed (default: Colin27 from mricron-data)")
     parser.set_defaults(func=run_bench)
 

@@ -29,8 +29,26 @@ def main(argv=None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command line (sub-commands inherit this)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="votemi",
         description="Pick representative slices of a 3D scan with Vote-MI and describe them with a local VLM.")
     parser.add_argument("--version", action="version", version=f"votemi {__version__}")
@@ -48,7 +66,7 @@ def add_selection_arguments(parser) -> None:
     parser.add_argument("image", help="3D image: NIfTI, NRRD, MHA/MHD, or a folder with one DICOM series")
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes,
                         help="comma-separated planes (default: %(default)s)")
-    parser.add_argument("--top", type=int, default=3, metavar="K", help="slices per plane (default: 3)")
+    parser.add_argument("--top", type=positive_int, default=3, metavar="K", help="slices per plane (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--mode", choices=("votemi", "plain"), default="votemi",
                         help="votemi: votes weighted by abnormality (default); plain: the paper's Vote-MI")

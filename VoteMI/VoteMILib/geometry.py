@@ -7,6 +7,7 @@ the axes are stored in (LPS, RAS, LAS, permuted, or oblique).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ PLANES = ("axial", "coronal", "sagittal")
 #: RAS axis each plane is normal to, and its index in (R, A, S).
 NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
 _RAS_INDEX = {"R": 0, "A": 1, "S": 2}
+
+
+class PlaneNameError(argparse.ArgumentTypeError, ValueError):
+    """An unknown plane name. A ValueError for callers; as an ArgumentTypeError, argparse shows its message
+    (``--planes foo``) instead of a generic "invalid parse_planes value"."""
 
 
 def parse_planes(text) -> tuple[str, ...]:
@@ -31,10 +37,10 @@ def parse_planes(text) -> tuple[str, ...]:
             continue
         match = [plane for plane in PLANES if plane == item or plane[0] == item]
         if not match:
-            raise ValueError(f"unknown plane '{item}'; choose from {', '.join(PLANES)}")
+            raise PlaneNameError(f"unknown plane '{item}'; choose from {', '.join(PLANES)}")
         wanted.add(match[0])
     if not wanted:
-        raise ValueError("no plane given; choose from " + ", ".join(PLANES))
+        raise PlaneNameError("no plane given; choose from " + ", ".join(PLANES))
     return tuple(plane for plane in PLANES if plane in wanted)
 
 

@@ -166,7 +166,13 @@ def ijk_to_ras_from_image(image) -> np.ndarray:
 
 def _read_dicom_folder(sitk, folder):
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(folder)
+    # GDCM warns on stderr, over several lines, when a folder holds no series; the error below says it in one.
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        series = reader.GetGDCMSeriesIDs(folder)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
     if not series:
         raise VolumeError(f"{folder} is a folder without a DICOM series")
     # The series with most files is the one a user most likely means.
