@@ -1,0 +1,254 @@
+"""HTTP clients against a scripted loopback server: both protocols, what is sent, every failure mode."""
+
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from vlm_fixtures import (complete_json, decode_png, error_answer, make_selection, make_volume,
+                          openai_images_and_texts, position_pattern, streamed)
+from VoteMILib.vlm import DescribeSettings, NOTICE, VLMCancelled, VLMError, describe, list_models
+from VoteMILib.vlm.clients import error_message_from_body, parse_server_url
+
+LONG_SIDE = 72
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return make_volume("mri", name="T1")
+
+
+@pytest.fixture(scope="module")
+def selection(volume):
+    return make_selection(volume, top_k=2)
+
+
+def settings_for(server, **changes):
+    values = dict(server_url=server.url, model="tiny-vlm", long_side=LONG_SIDE, retries=2, retry_backoff_s=0.05,
+                  connect_timeout_s=2.0, idle_timeout_s=5.0, timeout_s=20.0)
+    values.update(changes)
+    return DescribeSettings(**values)
+
+
+def test_openai_streaming_sends_labelled_pngs(scripted_server, volume, selection):
+    pieces = []
+    report = describe(volume, selection, settings_for(scripted_server, top_k=2), on_text=pieces.append)
+    assert report.complete and report.text == "".join(pieces) and len(pieces) == 3
+    assert report.meta["notice"] == NOTICE and NOTICE not in report.text
+    (body,) = scripted_server.chat_requests()
+    assert body["stream"] is True and body["model"] == "tiny-vlm" and body["temperature"] == 0.0
+    images, texts = openai_images_and_texts(body)
+    chosen = selection.selected()
+    assert len(images) == len(chosen) == 6
+    for png in images:
+        assert max(decode_png(png).size) == LONG_SIDE
+    # Each image is immediately followed by its label naming ID, plane and position.
+    content = body["messages"][0]["content"]
+    for n, slice_ in enumerate(chosen):
+        image_at = [i for i, part in enumerate(content) if part["type"] == "image_url"][n]
+        label = content[image_at + 1]["text"]
+        assert re.match(rf"{slice_.label}: {slice_.plane}, {position_pattern(slice_.plane, slice_.position_mm)}",
+                        label)
+    assert "Findings" in texts[-1] and "Impression" in texts[-1]
+    assert [image["id"] for image in report.meta["images"]] == [s.label for s in chosen]
+
+
+def test_ollama_native_streaming_and_plain(scripted_server, volume, selection):
+    settings = settings_for(scripted_server, protocol="ollama", top_k=1, seed=7)
+    report = describe(volume, selection, settings)
+    assert report.complete and report.text.startswith("Findings")
+    assert report.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+    body = scripted_server.chat_requests()[-1]
+    message = body["messages"][0]
+    assert len(message["images"]) == 3
+    for png in message["images"]:
+        import base64
+
+        assert max(decode_png(base64.b64decode(png)).size) == LONG_SIDE
+    for n, slice_ in enumerate(selection.selected()[::2], 1):  # rank 1 of each plane
+        assert re.search(rf"Image {n}: {slice_.label}: {slice_.plane}, "
+                         rf"{position_pattern(slice_.plane, slice_.position_mm)}", message["content"])
+    assert body["options"] == {"temperature": 0.0, "num_predict": 1024, "seed": 7, "num_ctx": 8192}
+    scripted_server.script.append(complete_json("Findings: none.", protocol="ollama"))
+    plain = describe(volume, selection, settings_for(scripted_server, protocol="ollama", stream=False))
+    assert plain.complete and plain.text == "Findings: none."
+    assert scripted_server.chat_requests()[-1]["stream"] is False
+
+
+def test_openai_non_streaming_and_data_without_space(scripted_server, volume, selection):
+    scripted_server.script.append(complete_json("Findings: fine [A1]."))
+    report = describe(volume, selection, settings_for(scripted_server, stream=False))
+    assert report.text == "Findings: fine [A1]." and report.meta["usage"]["total_tokens"] == 12
+    scripted_server.script.append(streamed(["a", "b"], space=False))
+    assert describe(volume, selection, settings_for(scripted_server)).text == "ab"
+
+
+def test_model_listing_and_choice(scripted_server, volume, selection):
+    assert list_models(settings_for(scripted_server)) == ["tiny-vlm"]
+    assert list_models(settings_for(scripted_server, protocol="ollama")) == ["tiny-vlm"]
+    # With no model set, the server's only model is used ...
+    report = describe(volume, selection, settings_for(scripted_server, model=""))
+    assert report.meta["model"] == "tiny-vlm"
+    # ... and several models must be chosen from.
+    scripted_server.models.append("other")
+    with pytest.raises(VLMError, match="several models; choose one: tiny-vlm, other"):
+        describe(volume, selection, settings_for(scripted_server, model=""))
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (404, {"error": "model 'x' not found"}, r"HTTP 404 .*model 'x' not found \(pull it"),
+    (400, {"error": {"message": "image input not supported", "type": "invalid_request_error", "code": 400}},
+     r"HTTP 400 .*image input not supported"),
+    (400, {"object": "error", "message": "max_tokens too large", "type": "BadRequestError", "code": 400},
+     r"HTTP 400 .*max_tokens too large"),
+    (401, {"error": {"message": "Invalid API Key", "type": "authentication_error"}}, r"HTTP 401 .*check the API key"),
+    (422, {"detail": [{"msg": "field required"}]}, r"HTTP 422 .*field required"),
+    (500, b"<html><title>500 Internal Server Error</title><body>boom</body></html>",
+     r"HTTP 500 .*500 Internal Server Error$"),
+    (413, b"request entity too large\n", r"HTTP 413 .*too large.*send fewer slices"),
+])
+def test_error_shapes_become_one_line(scripted_server, volume, selection, status, body, expected):
+    content_type = "text/html" if isinstance(body, bytes) and body.startswith(b"<") else (
+        "text/plain" if isinstance(body, bytes) else "application/json")
+    scripted_server.script.append(error_answer(status, body, content_type))
+    protocol = "ollama" if status == 404 else "openai"
+    with pytest.raises(VLMError, match=expected) as caught:
+        describe(volume, selection, settings_for(scripted_server, protocol=protocol))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(scripted_server.url) and caught.value.status == status
+    assert len(scripted_server.chat_requests()) == 1  # 4xx and 500 are not retried
+
+
+def test_error_body_parser_handles_odd_bodies():
+    assert error_message_from_body(b"") == ""
+    assert error_message_from_body(b'["x"]') == '["x"]'
+    assert error_message_from_body(b'{"error": {"type": "x"}}') == '{"type": "x"}'
+    assert len(error_message_from_body(b"y" * 5000)) <= 300
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_transient_statuses_are_retried(scripted_server, volume, selection, status):
+    scripted_server.script += [error_answer(status, {"error": "busy"}), error_answer(status, {"error": "busy"})]
+    report = describe(volume, selection, settings_for(scripted_server))
+    assert report.complete and report.meta["attempts"] == 3 and len(scripted_server.chat_requests()) == 3
+
+
+def test_retries_give_up_with_the_last_reason(scripted_server, volume, selection):
+    scripted_server.script += [error_answer(503, {"error": "Loading model"}, headers={"Retry-After": "0"})] * 3
+    with pytest.raises(VLMError, match=r"HTTP 503 .*Loading model.*still loading.*after 3 attempts"):
+        describe(volume, selection, settings_for(scripted_server))
+
+
+def test_error_mid_stream_keeps_partial_text(scripted_server, volume, selection):
+    scripted_server.script.append(streamed(["Findings: ", "partial"], tail="error"))
+    report = describe(volume, selection, settings_for(scripted_server))
+    assert not report.complete and report.text == "Findings: partial"
+    assert "server error during the answer: model runner crashed" in report.meta["incomplete_reason"]
+    scripted_server.script.append(streamed(["x"], protocol="ollama", tail="error"))
+    report = describe(volume, selection, settings_for(scripted_server, protocol="ollama"))
+    assert not report.complete and "model runner crashed" in report.incomplete_reason
+    # An error before any text is an error, not a report.
+    scripted_server.script.append(streamed([], tail="error"))
+    with pytest.raises(VLMError, match="model runner crashed"):
+        describe(volume, selection, settings_for(scripted_server))
+
+
+def test_dropped_connection_and_missing_end_marker(scripted_server, volume, selection):
+    scripted_server.script.append(streamed(["Findings: ", "cut"], tail="drop"))
+    report = describe(volume, selection, settings_for(scripted_server))
+    assert not report.complete and report.text == "Findings: cut"
+    assert "closed before the end of the answer" in report.incomplete_reason
+    assert len(scripted_server.chat_requests()) == 1
+    scripted_server.script.append(streamed(["Findings: ", "cut"], tail="no_marker"))
+    report = describe(volume, selection, settings_for(scripted_server))
+    assert not report.complete and "closed before the end" in report.incomplete_reason
+    # Dropped before any text: retried like a connection failure.
+    scripted_server.script.append(streamed([], tail="drop"))
+    assert describe(volume, selection, settings_for(scripted_server)).complete
+
+
+def test_stalled_stream_hits_idle_timeout(scripted_server, volume, selection):
+    scripted_server.script.append(streamed(["Findings: ", "slow"], tail="stall"))
+    started = time.monotonic()
+    report = describe(volume, selection, settings_for(scripted_server, idle_timeout_s=0.5))
+    assert time.monotonic() - started < 5
+    assert not report.complete and report.text == "Findings: slow"
+    assert "sent nothing for 0.5 s" in report.incomplete_reason
+
+
+def test_total_timeout(scripted_server, volume, selection):
+    scripted_server.script.append(streamed(["a"] * 50, pause_s=0.05))
+    report = describe(volume, selection, settings_for(scripted_server, timeout_s=0.6))
+    assert not report.complete and "time limit (0.6 s)" in report.incomplete_reason
+    assert 0 < len(report.text) < 50
+
+
+def test_cancel_closes_the_connection(scripted_server, volume, selection):
+    scripted_server.script.append(streamed(["Findings: ", "more"], tail="stall"))
+    stop = threading.Event()
+    pieces = []
+
+    def on_text(piece):
+        pieces.append(piece)
+        if len(pieces) == 2:
+            threading.Timer(0.2, stop.set).start()
+
+    started = time.monotonic()
+    with pytest.raises(VLMCancelled) as caught:
+        describe(volume, selection, settings_for(scripted_server, idle_timeout_s=30), on_text=on_text,
+                 cancel=stop.is_set)
+    assert time.monotonic() - started < 3
+    assert caught.value.partial_text == "Findings: more"
+    assert caught.value.report.text == "Findings: more" and not caught.value.report.complete
+    assert isinstance(caught.value, VLMError)
+
+
+def test_connection_refused_is_retried_then_reported(volume, selection):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = DescribeSettings(server_url=f"127.0.0.1:{port}", model="m", long_side=64, retries=1,
+                                retry_backoff_s=0.01)
+    with pytest.raises(VLMError, match=r"connection refused; is the server running.*after 2 attempts"):
+        describe(volume, selection, settings)
+    with pytest.raises(VLMError, match="connection refused"):
+        list_models(settings)
+
+
+def test_listing_failures_explain_themselves(scripted_server):
+    scripted_server.script.append(_get(error_answer(401, {"error": "unauthorized"})))
+    with pytest.raises(VLMError, match="HTTP 401 .*unauthorized.*check the API key"):
+        list_models(settings_for(scripted_server))
+    scripted_server.script.append(_get(error_answer(200, b"<html>router login</html>", "text/html")))
+    with pytest.raises(VLMError, match="answered with an HTML page, not the openai API"):
+        list_models(settings_for(scripted_server))
+    scripted_server.script.append(_get(error_answer(200, {"models": []})))
+    with pytest.raises(VLMError, match="did not answer like the openai API"):
+        list_models(settings_for(scripted_server))
+    with pytest.raises(VLMError, match="HTTP 404"):
+        list_models(settings_for(scripted_server, server_url=scripted_server.url + "/nothing"))
+
+
+def test_api_key_is_sent_as_bearer(scripted_server, volume, selection):
+    describe(volume, selection, settings_for(scripted_server, api_key="s3cret"))
+    headers = scripted_server.requests[-1][2]
+    assert headers["Authorization"] == "Bearer s3cret"
+    assert "s3cret" not in str(describe(volume, selection, settings_for(scripted_server, api_key="s3cret")).meta)
+
+
+def test_server_url_forms():
+    assert parse_server_url("localhost:8080").url == "http://localhost:8080"
+    assert parse_server_url("http://127.0.0.1:11434/v1/").base_path == ""
+    assert parse_server_url("https://gpu.example.org/llm/api", "ollama").url == "https://gpu.example.org:443/llm"
+    for bad in ("", "ftp://x", "http://:80", "http://host:99999"):
+        with pytest.raises(VLMError, match="server URL"):
+            parse_server_url(bad)
+
+
+def _get(action):
+    """Mark a scripted action as the answer to the next GET (model listing)."""
+    def for_get(handler, body):
+        action(handler, body)
+    return for_get

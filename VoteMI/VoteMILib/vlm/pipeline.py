@@ -1,0 +1,296 @@
+"""From voted slices to a report: render the images, build the prompt, ask the model, record everything.
+
+Image order (fixed): plane by plane (axial, coronal, sagittal), best rank first, and for each slice
+the primary volume first, then each extra sequence in the order given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from .. import __version__
+from ..geometry import PLANES, parse_planes
+from .clients import DEFAULT_SERVER, GenerationOptions, Timeouts, make_http_client
+from .errors import VLMCancelled, VLMError
+from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
+from .prompts import Prompt, PromptImage, build_prompt, format_position
+from .report import NOTICE, Report
+
+PROTOCOL_CHOICES = ("openai", "ollama", "inprocess")
+
+
+@dataclass
+class DescribeSettings:
+    """Everything that controls a describe run; every field has a default.
+
+    Attributes
+    ----------
+    server_url : str
+        Server address (Ollama's default port 11434, vLLM 8000, llama.cpp 8080, LM Studio 1234).
+    protocol : {"openai", "ollama", "inprocess"}
+        Wire protocol, or "inprocess" to run a transformers model folder (``model``) in this process.
+    model : str
+        Model name on the server (empty: the server's only model), or the model folder for "inprocess".
+    api_key : str
+        Sent as ``Authorization: Bearer``; never recorded in the report metadata.
+    prompt_template : str or None
+        Instruction template (see :data:`VoteMILib.vlm.prompts.PLACEHOLDERS`); None for the default.
+    language : str
+        Report language.
+    planes : sequence of str or None
+        Planes whose voted slices are sent (None: all planes of the selection).
+    top_k : int or None
+        Best slices per plane to send (None: every selected slice).
+    long_side : int
+        Long side of every image in pixels (896 is MedGemma's input size).
+    window : (float, float) or None
+        Intensity window of the primary volume (e.g. Slicer's display window/level); None for
+        intensity percentiles. CT volumes use ``ct_preset`` instead unless it is None.
+    modality : {"auto", "CT", "MRI"}
+        "auto" detects CT from Hounsfield units.
+    ct_preset : str or None
+        "brain", "soft_tissue", "bone", "lung" or "three_window" (RGB of three windows); None
+        windows CT like MRI.
+    timeout_s, connect_timeout_s, idle_timeout_s : float
+        Total time, time to connect, longest silence while streaming.
+    retries, retry_backoff_s : int, float
+        Retries of connection failures, timeouts and HTTP 429/502/503/504, and the first delay
+        (doubled each time).
+    stream : bool
+        Stream the answer token by token.
+    max_tokens, temperature, seed : generation settings (temperature 0 = greedy).
+    num_ctx : int or None
+        Context size requested from Ollama's native API (images take hundreds of tokens each).
+    device, allow_hub : in-process model only: "auto"/"cpu"/"cuda"..., and whether a hub download is allowed.
+    """
+
+    server_url: str = DEFAULT_SERVER
+    protocol: str = "openai"
+    model: str = ""
+    api_key: str = ""
+    prompt_template: str | None = None
+    language: str = "English"
+    planes: tuple | None = None
+    top_k: int | None = None
+    long_side: int = 896
+    window: tuple | None = None
+    modality: str = "auto"
+    ct_preset: str | None = "brain"
+    timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
+    idle_timeout_s: float = 120.0
+    retries: int = 2
+    retry_backoff_s: float = 1.0
+    stream: bool = True
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    seed: int | None = None
+    num_ctx: int | None = 8192
+    device: str = "auto"
+    allow_hub: bool = False
+
+    def validate(self):
+        """Raise :class:`VLMError` with a one-line reason for an unusable setting."""
+        if self.protocol not in PROTOCOL_CHOICES:
+            raise VLMError(f"unknown protocol '{self.protocol}'; choose {', '.join(PROTOCOL_CHOICES)}")
+        if self.protocol == "inprocess" and not (self.model or "").strip():
+            raise VLMError("the in-process protocol needs the model folder as the model setting")
+        if not 32 <= int(self.long_side) <= 4096:
+            raise VLMError(f"image long side {self.long_side} px is outside 32..4096")
+        if self.top_k is not None and int(self.top_k) < 1:
+            raise VLMError("the number of slices per plane must be at least 1")
+        if self.ct_preset and self.ct_preset.strip().lower().replace("-", "_").replace(" ", "_") not in CT_PRESET_NAMES:
+            raise VLMError(f"unknown CT preset '{self.ct_preset}'; choose {', '.join(CT_PRESET_NAMES)}")
+        for name in ("timeout_s", "connect_timeout_s", "idle_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise VLMError(f"{name} must be positive")
+        if int(self.max_tokens) < 1:
+            raise VLMError("max_tokens must be at least 1")
+
+    def public_dict(self) -> dict:
+        """The settings for the report metadata, without the API key."""
+        data = asdict(self)
+        data.pop("api_key")
+        data["api_key_set"] = bool(self.api_key)
+        data["planes"] = list(self.planes) if self.planes else None
+        data["window"] = list(self.window) if self.window is not None else None
+        return data
+
+
+def image_id(label: str, sequence_number: int) -> str:
+    """``A1`` for the primary volume, ``A1-2`` for the second sequence, ``A1-3`` for the third, ..."""
+    return label if sequence_number == 1 else f"{label}-{sequence_number}"
+
+
+def prepare_images(volume, selection, settings: DescribeSettings, extra_volumes=()) -> list:
+    """Render the slices to send, in the documented order, as :class:`PromptImage` objects.
+
+    Extra volumes (other sequences of the same patient) are sliced at the RAS position of each voted
+    slice (nearest slice); a slice position outside an extra volume is skipped for that volume.
+
+    Raises
+    ------
+    VLMError
+        If nothing is left to send or a setting is invalid.
+    """
+    try:
+        planes = parse_planes(settings.planes) if settings.planes else PLANES
+    except ValueError as error:
+        raise VLMError(str(error)) from None
+    chosen = [s for s in selection.selected(planes) if settings.top_k is None or s.rank <= int(settings.top_k)]
+    # Sort explicitly so the order does not depend on how the selection stores its planes.
+    chosen.sort(key=lambda s: (PLANES.index(s.plane), s.rank))
+    if not chosen:
+        raise VLMError(f"no selected slices in the planes {', '.join(planes)}")
+    volumes = [volume, *extra_volumes]
+    try:
+        windowings = [choose_windowing(v, settings.modality, settings.ct_preset, settings.window if n == 0 else None)
+                      for n, v in enumerate(volumes)]
+    except ValueError as error:
+        raise VLMError(str(error)) from None
+    images = []
+    for slice_ in chosen:
+        for number, (source, windowing) in enumerate(zip(volumes, windowings), 1):
+            if number == 1:
+                index, position = slice_.index, float(slice_.position_mm)
+            else:
+                match = nearest_slice(source, slice_.plane, slice_.position_mm)
+                if match is None:
+                    continue
+                index, position = match
+            png, size = render_png(source, slice_.plane, index, windowing, int(settings.long_side))
+            sequence = source.name or f"volume {number}"
+            meta = {"id": image_id(slice_.label, number), "plane": slice_.plane, "rank": slice_.rank,
+                    "index": int(index), "position_mm": round(position, 3),
+                    "position": format_position(slice_.plane, position), "sequence": sequence,
+                    "sequence_number": number, "width": size[0], "height": size[1], "window": windowing.to_dict()}
+            if number == 1:
+                meta["ijk_index"] = int(slice_.ijk_index)
+                meta["center_ras"] = [round(float(c), 3) for c in slice_.center_ras]
+            images.append(PromptImage(meta["id"], slice_.plane, position, sequence, png, meta))
+    return images
+
+
+def make_client(settings: DescribeSettings):
+    """The backend for ``settings.protocol``: an HTTP client or the in-process model."""
+    settings.validate()
+    if settings.protocol == "inprocess":
+        from .inprocess import InProcessClient
+
+        return InProcessClient(settings.model, device=settings.device, allow_hub=settings.allow_hub,
+                               timeout_s=settings.timeout_s)
+    timeouts = Timeouts(settings.connect_timeout_s, settings.idle_timeout_s, settings.timeout_s)
+    return make_http_client(settings.protocol, settings.server_url, settings.api_key, timeouts,
+                            settings.retries, settings.retry_backoff_s)
+
+
+def list_models(settings: DescribeSettings) -> list:
+    """Models offered by the configured server (or the in-process model's name); doubles as a health check.
+
+    Raises
+    ------
+    VLMError
+        With the reason: unreachable, refused (401), not the expected API, ...
+    """
+    return make_client(settings).list_models()
+
+
+def _resolve_model(client, settings) -> str:
+    if settings.protocol == "inprocess" or settings.model.strip():
+        return settings.model.strip()
+    models = client.list_models()
+    if len(models) == 1:
+        return models[0]
+    if not models:
+        raise VLMError(f"{client.server_url} offers no models; install one (e.g. 'ollama pull <model>')")
+    shown = ", ".join(models[:8]) + (", ..." if len(models) > 8 else "")
+    raise VLMError(f"{client.server_url} offers several models; choose one: {shown}")
+
+
+def build_request(volume, selection, settings: DescribeSettings, extra_volumes=()) -> Prompt:
+    """The prompt (with rendered images) :func:`describe` would send."""
+    images = prepare_images(volume, selection, settings, extra_volumes)
+    modalities = list(dict.fromkeys(image.meta["window"]["modality"] for image in images))
+    try:
+        return build_prompt(images, settings.prompt_template, settings.language, " and ".join(modalities))
+    except ValueError as error:
+        raise VLMError(str(error)) from None
+
+
+def describe(volume, selection_result, settings: DescribeSettings | None = None, extra_volumes=(), on_text=None,
+             cancel=None) -> Report:
+    """Draft a report of the voted slices with a vision-language model.
+
+    Parameters
+    ----------
+    volume : Volume
+        The volume the selection was made on.
+    selection_result : SelectionResult
+    settings : DescribeSettings
+    extra_volumes : sequence of Volume
+        Other sequences of the same patient, sliced at the same RAS positions.
+    on_text : callable(str), optional
+        Receives the report text piece by piece as it arrives.
+    cancel : callable() -> bool, optional
+        Return True to stop. Polled about 20 times a second, possibly from a helper thread, so it
+        must be cheap and thread-safe (``threading.Event().is_set`` is ideal).
+
+    Returns
+    -------
+    Report
+        ``complete`` is False when the answer broke off after some text (dropped connection,
+        timeout, error mid-stream, token limit); ``meta["incomplete_reason"]`` says why.
+
+    Raises
+    ------
+    VLMCancelled
+        When ``cancel`` returned True; its ``report`` attribute holds the partial report.
+        It is a subclass of VLMError, so catch it first.
+    VLMError
+        For any failure that left no text, with a one-line message for the user.
+    """
+    settings = settings or DescribeSettings()
+    settings.validate()
+    started = time.monotonic()
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    prompt = build_request(volume, selection_result, settings, extra_volumes)
+    client = make_client(settings)
+    if cancel is not None and cancel():
+        raise VLMCancelled()
+    model = _resolve_model(client, settings)
+    options = GenerationOptions(max_tokens=int(settings.max_tokens), temperature=float(settings.temperature),
+                                seed=settings.seed, num_ctx=settings.num_ctx, stream=bool(settings.stream))
+    meta = {
+        "notice": NOTICE,
+        "model": model if settings.protocol != "inprocess" else client.model_path,
+        "server": client.server_url,
+        "protocol": settings.protocol,
+        "created": created,
+        "volume": volume.name,
+        "sequences": [v.name for v in (volume, *extra_volumes)],
+        "modality": prompt.images[0].meta["window"]["modality"],
+        "images": [image.meta for image in prompt.images],
+        "prompt": {"intro": prompt.intro, "instruction": prompt.instruction,
+                   "labels": [image.label for image in prompt.images]},
+        "settings": settings.public_dict(),
+        "votemi_version": __version__,
+    }
+    try:
+        result = client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
+    except VLMCancelled as cancelled:
+        meta.update(duration_s=round(time.monotonic() - started, 3), complete=False,
+                    incomplete_reason="cancelled by the user")
+        cancelled.report = Report(cancelled.partial_text, meta, complete=False)
+        raise
+    if result.model:
+        meta["model_reported"] = result.model
+    meta.update(duration_s=round(time.monotonic() - started, 3), finish_reason=result.finish_reason,
+                usage=result.usage, attempts=result.attempts, complete=result.complete)
+    if not result.complete:
+        meta["incomplete_reason"] = result.incomplete_reason
+    if not result.text.strip():
+        why = f" ({result.incomplete_reason})" if result.incomplete_reason else "; check that it accepts images"
+        raise VLMError(f"{client.server_url}: the model returned an empty answer{why}")
+    return Report(result.text, meta, complete=result.complete)

@@ -1,0 +1,157 @@
+"""What the model is asked: image labels, the radiology prompt template and its placeholders.
+
+A prompt is sent as one user turn: a short fixed introduction, then every image immediately
+followed by its label (``A1: axial, S 12.5 mm, sequence T1``), then the instruction made from the
+template. Protocols that cannot interleave text and images (Ollama's native API) receive the
+labels as an ordered list instead, see :meth:`Prompt.label_list`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+#: The report prompt used when the user gives none. See :data:`PLACEHOLDERS`.
+DEFAULT_TEMPLATE = """\
+You are assisting a radiologist. The {image_count} images above are representative slices of one \
+{modality} examination ({sequences}), selected automatically; each image is followed by its ID.
+Write a concise radiology report in {language} with exactly two sections:
+Findings: the relevant observations, one per line. End each finding with the ID(s) of the image(s) \
+that show it in square brackets, for example [{example_ids}].
+Impression: a short summary of the most important findings, also citing image IDs.
+Describe only what is visible in these images. If the images do not allow an assessment, say so."""
+
+#: Placeholders a template may use, written ``{name}``; ``{{`` and ``}}`` give literal braces.
+PLACEHOLDERS = {
+    "image_count": "number of images sent",
+    "image_ids": "IDs of all images, comma-separated (A1, A2, C1, ...)",
+    "image_list": "one line per image: ID, plane, position and sequence",
+    "example_ids": "the first one or two IDs, for use in an example citation",
+    "modality": "CT or MRI (detected or chosen)",
+    "sequences": "names of the sequences (volumes) the images come from",
+    "planes": "planes shown (axial, coronal, sagittal)",
+    "language": "report language chosen by the user",
+}
+
+INTRO = ("Images of one {modality} examination follow. Each image is followed by its ID, its plane, "
+         "the slice position in patient RAS coordinates (mm) and its sequence.")
+
+# Letter naming the positive and negative direction along each plane's normal (RAS convention).
+_DIRECTIONS = {"axial": ("S", "I"), "coronal": ("A", "P"), "sagittal": ("R", "L")}
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+@dataclass
+class PromptImage:
+    """One image sent to the model.
+
+    Attributes
+    ----------
+    id : str
+        Short ID cited in the report: plane letter and rank (``A1``), plus ``-n`` for the n-th
+        sequence when several are sent (``A1-2``).
+    plane : str
+    position_mm : float
+        RAS coordinate of the slice along the plane normal.
+    sequence : str
+        Name of the volume the image comes from.
+    png : bytes
+        The encoded image.
+    meta : dict
+        Everything else worth recording (rank, index, size, window, ...).
+    """
+
+    id: str
+    plane: str
+    position_mm: float
+    sequence: str
+    png: bytes = field(repr=False)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Text placed right after the image, e.g. ``A1: axial, S 12.5 mm, sequence T1``."""
+        text = f"{self.id}: {self.plane}, {format_position(self.plane, self.position_mm)}"
+        return f"{text}, sequence {self.sequence}" if self.sequence else text
+
+
+@dataclass
+class Prompt:
+    """A complete request: introduction, labelled images (in order) and instruction."""
+
+    intro: str
+    images: list
+    instruction: str
+
+    def label_list(self) -> str:
+        """The image labels as numbered lines, for protocols that cannot interleave them."""
+        return "\n".join(f"Image {n}: {image.label}" for n, image in enumerate(self.images, 1))
+
+    def flat_text(self) -> str:
+        """Introduction, label list and instruction as one text (images attached separately, in order)."""
+        return f"{self.intro}\nThe images, in the order attached:\n{self.label_list()}\n\n{self.instruction}"
+
+
+def format_position(plane: str, position_mm: float) -> str:
+    """Slice position as Slicer writes it, e.g. ``S 12.5 mm`` (axial), ``P 3.0 mm`` (coronal)."""
+    positive, negative = _DIRECTIONS[plane]
+    letter = positive if position_mm >= 0 else negative
+    return f"{letter} {abs(position_mm):.1f} mm"
+
+
+def render_template(template: str, values: dict) -> str:
+    """Fill ``{placeholder}`` fields of a template.
+
+    Unlike :meth:`str.format`, other braces are left alone only when doubled, and an unknown
+    name is reported with the list of valid ones (a typo should not silently reach the model).
+
+    Raises
+    ------
+    ValueError
+        For an unknown or empty placeholder.
+    """
+    def substitute(match):
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            return token[0]
+        name = match.group(1).strip()
+        if name not in values:
+            raise ValueError(f"unknown placeholder {token} in the prompt template; "
+                             f"use {', '.join('{' + key + '}' for key in PLACEHOLDERS)}")
+        return str(values[name])
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+def build_prompt(images: list, template: str | None = None, language: str = "English",
+                 modality: str = "MRI") -> Prompt:
+    """Assemble the prompt for a list of :class:`PromptImage` (already in sending order).
+
+    Parameters
+    ----------
+    images : list of PromptImage
+    template : str, optional
+        Instruction template with :data:`PLACEHOLDERS`; :data:`DEFAULT_TEMPLATE` if None or blank.
+    language : str
+        Language the report should be written in.
+    modality : str
+        "CT", "MRI" or a combination such as "CT and MRI".
+    """
+    if not images:
+        raise ValueError("no images to describe")
+    sequences = list(dict.fromkeys(image.sequence for image in images if image.sequence))
+    planes = list(dict.fromkeys(image.plane for image in images))
+    ids = [image.id for image in images]
+    values = {
+        "image_count": len(images),
+        "image_ids": ", ".join(ids),
+        "image_list": "\n".join(image.label for image in images),
+        "example_ids": ", ".join(ids[:2]),
+        "modality": modality,
+        "sequences": ", ".join(sequences) if sequences else "one sequence",
+        "planes": ", ".join(planes),
+        "language": language.strip() or "English",
+    }
+    text = template if template and template.strip() else DEFAULT_TEMPLATE
+    return Prompt(intro=render_template(INTRO, values), images=list(images),
+                  instruction=render_template(text, values).strip())

@@ -1,0 +1,104 @@
+"""The drafted report: the model's text, its metadata and the notice, kept apart, and their exports."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+#: Shown with every report and written into every export; never mixed into the model's text.
+NOTICE = "AI-generated draft, not for diagnostic use; requires review by a radiologist"
+EXPORT_FORMATS = ("text", "markdown", "json")
+
+
+@dataclass
+class Report:
+    """A report drafted by a vision-language model.
+
+    Attributes
+    ----------
+    text : str
+        The model's text, exactly as received (possibly partial, see ``complete``).
+    meta : dict
+        Model, server, images sent (IDs, planes, positions, sequences), settings, timing, the
+        notice, and ``incomplete_reason`` when ``complete`` is False.
+    complete : bool
+        False when the answer was cut short (dropped connection, timeout, token limit, error
+        mid-stream); the text then holds what arrived.
+    """
+
+    text: str
+    meta: dict = field(default_factory=dict)
+    complete: bool = True
+
+    @property
+    def notice(self) -> str:
+        return self.meta.get("notice", NOTICE)
+
+    @property
+    def incomplete_reason(self) -> str:
+        return "" if self.complete else self.meta.get("incomplete_reason", "the answer is incomplete")
+
+    def _source_line(self) -> str:
+        model = self.meta.get("model") or "unknown model"
+        server = self.meta.get("server") or self.meta.get("protocol") or ""
+        when = self.meta.get("created", "")
+        return ", ".join(part for part in (f"model {model}", server, when) if part)
+
+    def _image_lines(self) -> list:
+        return [f"{image['id']}: {image['plane']}, {image['position']}"
+                + (f", sequence {image['sequence']}" if image.get("sequence") else "")
+                for image in self.meta.get("images", [])]
+
+    def to_text(self) -> str:
+        """Plain text: notice, source, the model's text, incompleteness warning and image list."""
+        lines = [f"*** {self.notice} ***", f"Drafted by {self._source_line()}", "", self.text.strip(), ""]
+        if not self.complete:
+            lines += [f"[Incomplete report: {self.incomplete_reason}]", ""]
+        images = self._image_lines()
+        if images:
+            lines += ["Images sent:", *(f"  {line}" for line in images)]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_markdown(self) -> str:
+        """Markdown: the notice as a quote block above the model's text, images as a list."""
+        lines = [f"> **{self.notice}**", ">", f"> Drafted by {self._source_line()}", "", self.text.strip(), ""]
+        if not self.complete:
+            lines += [f"> **Incomplete report:** {self.incomplete_reason}", ""]
+        images = self._image_lines()
+        if images:
+            lines += ["### Images sent", "", *(f"- {line}" for line in images)]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_dict(self) -> dict:
+        """``{"report": text, "report_meta": meta}`` (the notice and ``complete`` live in the meta)."""
+        meta = dict(self.meta)
+        meta.setdefault("notice", NOTICE)
+        meta["complete"] = self.complete
+        return {"report": self.text, "report_meta": meta}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        """Inverse of :meth:`to_dict` (e.g. from a saved JSON or node attributes)."""
+        meta = dict(data.get("report_meta") or {})
+        return cls(text=str(data.get("report", "")), meta=meta, complete=bool(meta.get("complete", True)))
+
+    def export(self, fmt: str = "text") -> str:
+        """The report in one of :data:`EXPORT_FORMATS`."""
+        exporters = {"text": self.to_text, "markdown": self.to_markdown, "json": self.to_json}
+        if fmt not in exporters:
+            raise ValueError(f"unknown report format '{fmt}'; choose from {', '.join(EXPORT_FORMATS)}")
+        return exporters[fmt]()
+
+    def save(self, path, fmt: str | None = None) -> str:
+        """Write the report; the format follows the extension (.md, .json, otherwise text)."""
+        path = os.fspath(path)
+        if fmt is None:
+            extension = os.path.splitext(path)[1].lower()
+            fmt = {".md": "markdown", ".markdown": "markdown", ".json": "json"}.get(extension, "text")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(self.export(fmt))
+        return path
