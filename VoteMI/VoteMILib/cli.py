@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_command(commands)
     # Commands defined beside the parts they drive are registered here (VLM: describe, serve).
+    from .encoder_commands import add_train_encoder_command
+
+    add_train_encoder_command(commands)
+    from .vlm.commands import add_describe_command, add_serve_command
+
+    add_describe_command(commands)
+    add_serve_command(commands)
     return parser
 
 
@@ -138,8 +145,9 @@ def format_summary(volume, result) -> str:
     size = "x".join(str(n) for n in result.size_ijk)
     spacing = "x".join(f"{s:.2f}" for s in result.spacing_mm)
     settings = result.settings
+    clusters = f", {settings['clusters']} clusters" if "clusters" in settings else ""
     lines = [f"{volume.name}: {size} voxels, {spacing} mm; mode {settings['mode']}, seed {settings['seed']}, "
-             f"{settings['patches']} patches, {settings['clusters']} clusters",
+             f"{settings['patches']} patches{clusters}",
              f"{'id':<4}{'plane':<10}{'slice':>6}{'position (RAS mm)':>20}{'score':>8}"]
     for plane, plane_result in result.planes.items():
         for chosen in plane_result.selected:

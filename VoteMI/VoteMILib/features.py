@@ -117,7 +117,7 @@ class PCAEncoder(PatchEncoder):
 
     name = "pca"
 
-    def __init__(self, components: int = 10, max_fit_patches: int = 20000):
+    def __init__(self, components: int = 10, max_fit_patches: int = 10000):
         self.components = components
         self.max_fit_patches = max_fit_patches
         self.mean_ = None
@@ -128,11 +128,16 @@ class PCAEncoder(PatchEncoder):
         rng = np.random.default_rng(seed)
         if len(flat) > self.max_fit_patches:
             flat = flat[rng.choice(len(flat), self.max_fit_patches, replace=False)]
+        flat = flat.astype(np.float64)
         self.mean_ = flat.mean(axis=0)
-        _, _, vt = np.linalg.svd(flat - self.mean_, full_matrices=False)
+        centred = flat - self.mean_
+        # Eigenvectors of the small (d x d) covariance: much cheaper than an SVD of the patches.
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+        vectors = vectors[:, np.argsort(eigenvalues)[::-1][: self.components]]
         # Fix each component's sign so results do not depend on the LAPACK build.
-        signs = np.sign(vt[:, np.argmax(np.abs(vt), axis=1)].diagonal())
-        self.basis_ = (vt * signs[:, None])[: self.components].T.astype(np.float32)
+        signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])
+        self.basis_ = (vectors * signs).astype(np.float32)
+        self.mean_ = self.mean_.astype(np.float32)
         return self
 
     def transform(self, patches):

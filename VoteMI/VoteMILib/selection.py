@@ -14,7 +14,7 @@ from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, PLANES, plane_geometry
 from .preprocess import make_working_grid
 from .results import PlaneResult, SelectedSlice, SelectionResult
-from .voting import count_votes, greedy_coverage, similarity_graph, slice_scores, pick_top_slices
+from .voting import count_votes, greedy_coverage, nearest_patches, pick_top_slices, similarity_graph, slice_scores
 
 MODES = ("votemi", "plain")
 
@@ -96,7 +96,9 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     grid = make_working_grid(volume)
     channels = [grid.data] + [_resample_to(grid, make_working_grid(extra)) for extra in extra_volumes]
     report(0.2, "Cutting slices into patches")
-    patch_sets = [extract_patches(data, grid.mask, planes, settings.patch_size) for data in channels]
+    # Patches of all three planes, whichever are reported, so that a plane's scores do not depend
+    # on which other planes were asked for.
+    patch_sets = [extract_patches(data, grid.mask, PLANES, settings.patch_size) for data in channels]
     patches = patch_sets[0]
     if len(patches) < 4 * settings.min_samples:
         raise ValueError(f"{volume.name or 'volume'}: too little foreground to cut into patches "
@@ -108,25 +110,32 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     features = np.asarray(encoder.fit(pixels, seed=settings.seed).transform(pixels), dtype=np.float64)
     features /= max(float(features.std()), 1e-12)
 
-    report(0.45, "Clustering patches (DBSCAN)")
-    eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
-    labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
-    report(0.6, "Selecting covering patches")
-    neighbours, similarity = similarity_graph(features, bandwidth=eps)
-    chosen = _vote_mi_selection(labels, neighbours, similarity, settings, report)
-
-    weights = None
-    if mode == "votemi":
-        report(0.8, "Weighting votes by abnormality")
-        weights = abnormality.patch_weights(grid, channels, patches, features, neighbours)
+    distances, neighbours = nearest_patches(features)
+    if mode == "plain":
+        report(0.45, "Clustering patches (DBSCAN)")
+        eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
+        labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
+        report(0.6, "Selecting covering patches")
+        voters = _vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings, report)
+        weights = None
+        details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1),
+                   "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
+    else:
+        report(0.5, "Comparing both sides of the head")
+        scores_map = abnormality.abnormality_map(grid, channels, patches, features, neighbours, seed=settings.seed)
+        # Every patch votes: a coverage subset would drop the rare patches that show disease.
+        voters = np.arange(len(patches))
+        weights = abnormality.patch_votes(scores_map, patches, PLANES)
+        details = {}
 
     report(0.9, "Counting votes")
     plane_results = {}
     size_ijk = volume.size_ijk
-    for plane_id, plane in enumerate(planes):
+    for plane in planes:
+        plane_id = PLANES.index(plane)
         geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
         work_positions = grid.positions_mm[plane]
-        mine = chosen[patches.plane[chosen] == plane_id]
+        mine = voters[patches.plane[voters] == plane_id]
         votes = count_votes(patches.slice_index[mine], len(work_positions),
                             None if weights is None else weights[mine])
         scores = slice_scores(votes, work_positions, geometry.positions_mm, settings.smoothing_mm)
@@ -146,9 +155,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     report(1.0, "Done")
 
     recorded = asdict(settings)
-    recorded.update(planes=list(planes), encoder=encoder.describe(), eps=round(eps, 6),
-                    clusters=int(labels.max() + 1), noise_fraction=round(float(np.mean(labels == NOISE)), 4),
-                    patches=int(len(patches)), working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
+    recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **details, working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
                     sequences=[volume.name] + [extra.name for extra in extra_volumes])
     return SelectionResult(planes=plane_results, settings=recorded, size_ijk=size_ijk,
                            spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started})

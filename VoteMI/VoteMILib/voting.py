@@ -12,17 +12,18 @@ GRAPH_NEIGHBOURS = 16
 BATCH_FRACTION = 0.2
 
 
-def similarity_graph(features: np.ndarray, bandwidth: float, k: int = GRAPH_NEIGHBOURS):
-    """k-nearest-neighbour graph with Gaussian similarities ``exp(-d^2 / (2 bandwidth^2))``.
-
-    Returns ``(neighbours, similarity)``, both of shape (n, k); column 0 is the point itself.
-    """
+def nearest_patches(features: np.ndarray, k: int = GRAPH_NEIGHBOURS):
+    """``(distances, neighbours)`` of each patch's k nearest patches in feature space, itself first."""
     k = int(min(k, len(features)))
     distances, neighbours = cKDTree(features).query(features, k=k, workers=-1)
     if k == 1:
         distances, neighbours = distances[:, None], neighbours[:, None]
-    similarity = np.exp(-(distances ** 2) / (2.0 * bandwidth ** 2))
-    return neighbours, similarity
+    return distances, neighbours
+
+
+def similarity_graph(distances: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Gaussian similarities ``exp(-d^2 / (2 bandwidth^2))`` of a k-nearest-neighbour graph."""
+    return np.exp(-(distances ** 2) / (2.0 * bandwidth ** 2))
 
 
 def greedy_coverage(candidates: np.ndarray, budget: int, neighbours: np.ndarray, similarity: np.ndarray,
