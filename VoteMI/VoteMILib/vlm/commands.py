@@ -1,0 +1,218 @@
+"""``votemi describe`` and ``votemi serve``, registered by :mod:`VoteMILib.cli`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from .clients import DEFAULT_SERVER
+from .errors import VLMCancelled, VLMError
+from .imaging import CT_PRESET_NAMES
+from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
+from .report import NOTICE
+from .server import DEFAULT_HOST, DEFAULT_MAX_REQUEST_MB, DEFAULT_PORT
+
+API_KEY_ENV = "VOTEMI_API_KEY"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"votemi: error: {message}", file=sys.stderr)
+    return code
+
+
+def _api_key(args) -> str:
+    """--api-key, else the variable named by --api-key-env (default VOTEMI_API_KEY)."""
+    if args.api_key:
+        return args.api_key
+    return os.environ.get(args.api_key_env or API_KEY_ENV, "")
+
+
+def _add_key_arguments(parser):
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default="", help="API key (visible in the process list; prefer --api-key-env)")
+    keys.add_argument("--api-key-env", metavar="VAR", default=API_KEY_ENV,
+                      help="environment variable holding the API key (default: %(default)s)")
+
+
+def add_describe_command(commands) -> None:
+    """Register ``votemi describe``."""
+    from ..cli import add_selection_arguments
+
+    parser = commands.add_parser(
+        "describe", help="select slices, then draft a report with a local vision-language model",
+        description="Run the selection, send the voted slices to a locally hosted vision-language model and "
+                    f"stream its report. {NOTICE}.")
+    add_selection_arguments(parser)
+    group = parser.add_argument_group("model")
+    group.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
+    group.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="openai",
+                       help="openai: /v1/chat/completions (Ollama, vLLM, llama.cpp, LM Studio, votemi serve); "
+                            "ollama: Ollama's /api/chat; inprocess: run --model (a folder) here (default: %(default)s)")
+    group.add_argument("--model", default="", help="model name (default: the server's only model); a folder for "
+                                                   "--protocol inprocess")
+    _add_key_arguments(group)
+    group.add_argument("--timeout", type=float, default=300.0, metavar="S", help="total time limit (default: 300)")
+    group.add_argument("--max-tokens", type=int, default=1024, help="longest report in tokens (default: 1024)")
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    group.add_argument("--no-stream", action="store_true", help="wait for the whole answer instead of streaming")
+    group.add_argument("--device", default="auto", help="in-process model device: auto, cpu, cuda, ... (default: auto)")
+    group.add_argument("--allow-hub", action="store_true", help="let the in-process model download from a model hub")
+    group = parser.add_argument_group("prompt and images")
+    group.add_argument("--prompt-file", metavar="FILE", help="prompt template (placeholders: see the README)")
+    group.add_argument("--language", default="English", help="report language (default: %(default)s)")
+    group.add_argument("--modality", choices=("auto", "CT", "MRI"), default="auto",
+                       help="auto detects CT from Hounsfield units (default: %(default)s)")
+    group.add_argument("--ct-preset", choices=(*CT_PRESET_NAMES, "none"), default="brain",
+                       help="CT window; three_window = RGB of three windows; none = percentiles (default: %(default)s)")
+    group.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), help="intensity window of IMAGE")
+    group.add_argument("--long-side", type=int, default=896, metavar="PX", help="image size (default: 896)")
+    group.add_argument("--report", metavar="OUT", help="also save the report (.txt, .md or .json)")
+    group.add_argument("--dry-run", action="store_true",
+                       help="prepare images and prompt (see --png-dir, --json) without contacting any model")
+    group.add_argument("--quiet", action="store_true", help="print only the report")
+    parser.set_defaults(func=run_describe)
+
+
+def settings_from_args(args) -> DescribeSettings:
+    """The :class:`DescribeSettings` of a parsed ``votemi describe`` command line."""
+    template = None
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as stream:
+            template = stream.read()
+    return DescribeSettings(
+        server_url=args.server, protocol=args.protocol, model=args.model, api_key=_api_key(args),
+        prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
+        long_side=args.long_side, window=tuple(args.window) if args.window else None, modality=args.modality,
+        ct_preset=None if args.ct_preset == "none" else args.ct_preset, timeout_s=args.timeout,
+        stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+        device=args.device, allow_hub=args.allow_hub)
+
+
+def _write_pngs(prompt, folder) -> list:
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for image in prompt.images:
+        name = f"{image.sequence}_{image.id}_{image.plane}_{image.position_mm:+.1f}mm.png".replace(os.sep, "_")
+        path = os.path.join(folder, name)
+        with open(path, "wb") as stream:
+            stream.write(image.png)
+        paths.append(os.path.abspath(path))
+    return paths
+
+
+def run_describe(args) -> int:
+    """``votemi describe``: selection, then the report streamed to stdout; 0 on success."""
+    from ..cli import format_summary, run_selection
+
+    try:
+        settings = settings_from_args(args)
+        settings.validate()
+    except VLMError as error:
+        return _fail(str(error), 2)
+    volume, extras, result = run_selection(args)
+    document = result.to_dict(image=os.path.abspath(args.image))
+    log = sys.stderr
+    if not args.quiet:
+        print(format_summary(volume, result), file=log)
+    try:
+        prompt = build_request(volume, result, settings, extras)
+        if args.png_dir:
+            document["pngs"] = _write_pngs(prompt, args.png_dir)
+            if not args.quiet:
+                print(f"wrote {len(prompt.images)} PNGs to {args.png_dir}", file=log)
+        if args.dry_run:
+            document["prompt"] = {"intro": prompt.intro, "labels": [i.label for i in prompt.images],
+                                  "instruction": prompt.instruction}
+            print(prompt.flat_text())
+            _write_json(args.json, document)
+            return 0
+        if not args.quiet:
+            target = settings.model if settings.protocol == "inprocess" else settings.server_url
+            print(f"sending {len(prompt.images)} images to {target} ({settings.protocol})", file=log)
+        print(f"[{NOTICE}]\n", flush=True)
+
+        def show(text):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        report = describe(volume, result, settings, extras, on_text=show if settings.stream else None)
+    except VLMCancelled:
+        return _fail("cancelled", 130)
+    except VLMError as error:
+        print(file=sys.stdout)
+        return _fail(str(error))
+    if not settings.stream:
+        show(report.text)
+    print()
+    if not report.complete:
+        print(f"votemi: warning: incomplete report: {report.incomplete_reason}", file=sys.stderr)
+    document.update(report.to_dict())
+    _write_json(args.json, document)
+    if args.report:
+        report.save(args.report)
+    return 0 if report.complete else 3
+
+
+def _write_json(path, document):
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as stream:
+        json.dump(document, stream, indent=1, ensure_ascii=False)
+
+
+def add_serve_command(commands) -> None:
+    """Register ``votemi serve``."""
+    parser = commands.add_parser(
+        "serve", help="serve a local model folder over an OpenAI-compatible API",
+        description="Load a transformers vision-language model folder and serve it with /v1/chat/completions, "
+                    "/v1/models and /health, so Slicer on other machines can use it.")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. a MedGemma download)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+    _add_key_arguments(parser)
+    parser.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_MB,
+                        help="largest request body accepted (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights type (default: bfloat16/float16 on GPU, float32 on CPU)")
+    parser.add_argument("--allow-hub", action="store_true", help="let transformers download missing files")
+    parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.set_defaults(func=run_serve)
+
+
+def run_serve(args) -> int:
+    """``votemi serve``: blocks until Ctrl-C; 0 after a clean stop."""
+    from .inprocess import load_model
+    from .server import create_server, is_loopback
+
+    api_key = _api_key(args)
+    if not 0 <= args.port <= 65535:
+        return _fail(f"invalid port {args.port}", 2)
+    if args.max_request_mb <= 0:
+        return _fail("--max-request-mb must be positive", 2)
+    try:
+        print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+        model = load_model(args.model, device=args.device, dtype=args.dtype, allow_hub=args.allow_hub)
+        server = create_server(model, args.host, args.port, api_key=api_key, max_request_mb=args.max_request_mb,
+                               log=None if args.quiet else sys.stderr)
+    except VLMError as error:
+        return _fail(str(error))
+    except OSError as error:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    if not is_loopback(args.host) and not api_key:
+        print("votemi: warning: listening beyond this machine without an API key; anyone who can reach "
+              f"{args.host}:{args.port} can use the model", file=sys.stderr)
+    print(f"serving {model.name} on {server.url} (device {model.device}); OpenAI-compatible API at "
+          f"{server.url}/v1; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("votemi: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
