@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage, optimize
+from scipy.spatial import cKDTree
 
 #: Outer rim left out of the comparison: scalp and skull (about 5 + 7 mm in adults), and the head's
 #: edge, where a slightly tilted mirror plane compares tissue with air.
@@ -83,12 +84,14 @@ def mirror(volume: np.ndarray, plane: MidsagittalPlane, where: np.ndarray) -> np
 def inner_region(mask: np.ndarray, spacing_mm, rim_mm: float = RIM_MM) -> np.ndarray:
     """The foreground without its outer ``rim_mm``, counting the field of view's faces as an edge
     (a scan that cuts through the head has no mirror partner beyond its last slice)."""
-    padded = np.pad(mask, 1, constant_values=False)
-    depth = ndimage.distance_transform_edt(padded, sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
-    return depth > rim_mm
+    # On every second voxel: eight times cheaper, and a voxel of error is nothing beside the rim.
+    coarse = np.pad(mask[::2, ::2, ::2], 1, constant_values=False)
+    depth = ndimage.distance_transform_edt(coarse, sampling=2 * np.asarray(spacing_mm, dtype=float))
+    depth = depth[1:-1, 1:-1, 1:-1].repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    return (depth[: mask.shape[0], : mask.shape[1], : mask.shape[2]] > rim_mm) & mask
 
 
-def abnormality_map(grid, channels, patches, features, neighbours, seed: int = 0) -> np.ndarray:
+def abnormality_map(grid, channels, patches, features, seed: int = 0) -> np.ndarray:
     """Abnormality of every working-grid voxel (0 outside the inner head).
 
     Parameters
@@ -98,8 +101,7 @@ def abnormality_map(grid, channels, patches, features, neighbours, seed: int = 0
         Working-grid intensities of each sequence (main first).
     patches : PatchSet
     features : ndarray, shape (n, d)
-    neighbours : ndarray, shape (n, k)
-        Nearest patches in feature space (column 0 is the patch itself).
+    seed : int
 
     Returns
     -------
@@ -117,17 +119,26 @@ def abnormality_map(grid, channels, patches, features, neighbours, seed: int = 0
     for data in channels:
         smooth = ndimage.gaussian_filter(data, sigma)
         difference += (smooth - mirror(smooth, plane, inner)) ** 2
-    rarity = rarity_map(grid.mask.shape, patches, feature_rarity(features, neighbours), spacing)
+    rarity = rarity_map(grid.mask.shape, patches, feature_rarity(features, seed=seed), spacing)
     mirrored = mirror(rarity, plane, inner)
     side = np.divide(rarity, rarity + mirrored, out=np.full(rarity.shape, 0.5, np.float32),
                      where=(rarity + mirrored) > 0)
     return np.where(inner, difference * side, 0.0).astype(np.float32)
 
 
-def feature_rarity(features: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Mean distance of each patch to its nearest patches in feature space: large where few look alike."""
-    differences = features[neighbours[:, 1:]] - features[:, None, :]
-    return np.sqrt((differences ** 2).sum(axis=2)).mean(axis=1)
+def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: int = 3000, seed: int = 0) -> np.ndarray:
+    """Mean feature distance of each patch to its nearest patches: large where few patches look alike.
+
+    Distances are taken to a seeded sample of ``reference_size`` patches (a k-nearest-neighbour
+    density estimate), which bounds the cost on large volumes.
+    """
+    rng = np.random.default_rng(seed)
+    reference = features
+    if len(features) > reference_size:
+        reference = features[rng.choice(len(features), reference_size, replace=False)]
+    k = int(min(neighbours, len(reference)))
+    distances, _ = cKDTree(reference).query(features, k=k)
+    return distances.reshape(len(features), -1).mean(axis=1)
 
 
 def rarity_map(shape, patches, rarity: np.ndarray, spacing_mm) -> np.ndarray:

@@ -132,7 +132,7 @@ class PCAEncoder(PatchEncoder):
         self.mean_ = flat.mean(axis=0)
         centred = flat - self.mean_
         # Eigenvectors of the small (d x d) covariance: much cheaper than an SVD of the patches.
-        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+        eigenvalues, vectors = np.linalg.eigh(np.ascontiguousarray(centred.T) @ centred)
         vectors = vectors[:, np.argsort(eigenvalues)[::-1][: self.components]]
         # Fix each component's sign so results do not depend on the LAPACK build.
         signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])

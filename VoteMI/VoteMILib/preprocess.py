@@ -43,17 +43,22 @@ class WorkingGrid:
 
 
 def block_mean(view: np.ndarray, factors) -> np.ndarray:
-    """Average non-overlapping blocks of ``factors`` voxels, slab by slab to keep memory low.
-
-    Trailing voxels that do not fill a block are dropped.
-    """
-    f0, f1, f2 = (int(f) for f in factors)
-    n0, n1, n2 = (s // f for s, f in zip(view.shape, (f0, f1, f2)))
-    out = np.empty((n0, n1, n2), dtype=np.float32)
-    for b in range(n0):
-        slab = np.asarray(view[b * f0:(b + 1) * f0, : n1 * f1, : n2 * f2], dtype=np.float32)
-        out[b] = slab.reshape(f0, n1, f1, n2, f2).mean(axis=(0, 2, 4))
-    return out
+    """Average non-overlapping blocks of ``factors`` voxels; trailing voxels that do not fill a
+    block are dropped. Reduces one axis at a time, so the largest temporary is the input over its
+    first factor."""
+    out = view
+    for axis, factor in enumerate(int(f) for f in factors):
+        if factor == 1:
+            continue
+        count = out.shape[axis] // factor
+        index = [slice(None)] * 3
+        index[axis] = slice(0, count * factor, factor)
+        total = np.array(out[tuple(index)], dtype=np.float32)  # a copy: the input is never written
+        for offset in range(1, factor):
+            index[axis] = slice(offset, offset + count * factor, factor)
+            total += out[tuple(index)]
+        out = total / np.float32(factor)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def working_shape(shape, spacing, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_SIZE):

@@ -110,19 +110,19 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     features = np.asarray(encoder.fit(pixels, seed=settings.seed).transform(pixels), dtype=np.float64)
     features /= max(float(features.std()), 1e-12)
 
-    distances, neighbours = nearest_patches(features)
     if mode == "plain":
         report(0.45, "Clustering patches (DBSCAN)")
         eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
         labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
         report(0.6, "Selecting covering patches")
+        distances, neighbours = nearest_patches(features)
         voters = _vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings, report)
         weights = None
         details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1),
                    "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
     else:
         report(0.5, "Comparing both sides of the head")
-        scores_map = abnormality.abnormality_map(grid, channels, patches, features, neighbours, seed=settings.seed)
+        scores_map = abnormality.abnormality_map(grid, channels, patches, features, seed=settings.seed)
         # Every patch votes: a coverage subset would drop the rare patches that show disease.
         voters = np.arange(len(patches))
         weights = abnormality.patch_votes(scores_map, patches, PLANES)
