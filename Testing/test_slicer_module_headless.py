@@ -1,0 +1,117 @@
+"""VoteMI.py's logic and self-test run outside the Slicer application.
+
+The Slicer application's Qt layer is not available here, so the few application-only names the
+module file imports (``qt``, ``ctk``, ``slicer.ScriptedLoadableModule``, the parameter node
+wrapper, ``slicer.i18n``) are replaced by minimal stand-ins, while MRML is real (slicer-core).
+This runs ``VoteMILogic`` and the very ``VoteMITest`` methods that Slicer runs, on a headless scene.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
+
+MODULE_FILE = Path(__file__).resolve().parents[1] / "VoteMI" / "VoteMI.py"
+
+
+class _Base:
+    def __init__(self, *args, **kwargs):
+        self.parent = types.SimpleNamespace()
+
+    def getParameterNode(self):
+        raise NotImplementedError("the parameter node needs the Slicer application")
+
+
+class _Test:
+    def delayDisplay(self, message, msec=None):
+        pass
+
+    def assertEqual(self, first, second):
+        assert first == second, f"{first!r} != {second!r}"
+
+    def assertTrue(self, value):
+        assert value
+
+
+def _stand_ins():
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    scripted.ScriptedLoadableModule = _Base
+    scripted.ScriptedLoadableModuleWidget = _Base
+    scripted.ScriptedLoadableModuleLogic = _Base
+    scripted.ScriptedLoadableModuleTest = _Test
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda choices: ("Choice", tuple(choices))
+    wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    return {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"),
+            "slicer.ScriptedLoadableModule": scripted, "slicer.parameterNodeWrapper": wrapper, "slicer.i18n": i18n}
+
+
+@pytest.fixture
+def votemi_module(headless_slicer, monkeypatch):
+    import slicer
+
+    for name, module in _stand_ins().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(slicer, "mrmlScene", headless_slicer.scene, raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: None, testingEnabled=lambda: True),
+                        raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+
+    def set_layers(background=None, fit=False, **kwargs):
+        headless_slicer.show(background, fit=fit)
+
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", set_layers)
+    spec = importlib.util.spec_from_file_location("VoteMI", MODULE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_module_description(votemi_module):
+    module = votemi_module.VoteMI(None)
+    assert module.parent.categories == ["Informatics"]
+    assert module.parent.contributors and module.parent.acknowledgementText
+    assert "github.com/VoteMI/SlicerVoteMI" in module.parent.helpText
+
+
+def test_self_test_select_marks_blob(votemi_module, headless_slicer):
+    test = votemi_module.VoteMITest()
+    test.test_SelectMarksBlob()
+    volume = headless_slicer.scene.GetFirstNodeByName("VoteMIBlob")
+    assert len(votemi_module.VoteMILogic().votedSlices(volume)) == 6
+
+
+def test_self_test_describe_loopback(votemi_module, headless_slicer):
+    test = votemi_module.VoteMITest()
+    test.test_DescribeLoopback()
+    logic = votemi_module.VoteMILogic()
+    report = logic.reportNode(headless_slicer.scene.GetFirstNodeByName("VoteMIBlob"))
+    summary = logic.reportSummary(report)
+    assert "votemi-loopback" in summary and "edited by the user" in summary
+    exported = logic.reportExport(report, "markdown")
+    assert "AI-generated draft" in exported and "Reviewed." in exported
+
+
+def test_logic_jumps_to_clicked_plot_point(votemi_module, headless_slicer):
+    from VoteMILib import mrml, mrml_selftest
+
+    phantom = mrml_selftest.blob_phantom()
+    volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")
+    logic = votemi_module.VoteMILogic()
+    result = logic.select(volume, planes=("axial", "coronal"), topK=1)
+    series, = mrml.votemi_nodes(headless_slicer.scene, volume, role="series", plane="coronal")
+    row = 10
+    assert logic.jumpToSeriesPoint(series, row)
+    center = mrml.table_rows(series.GetTableNode())[row]["center_ras"]
+    assert abs(mrml.slice_offset_mm(headless_slicer.slice_node("Green"), center)) < 1e-6
+    assert not logic.jumpToSeriesPoint(series, 10_000)
+    assert result.planes["axial"].selected

@@ -1,0 +1,197 @@
+"""Static checks of the Slicer extension: packaging lists, UI names, catalog entry, icons, module source."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "VoteMI"
+MODULE_SOURCE = MODULE_DIR / "VoteMI.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "VoteMI.ui"
+#: Categories the ExtensionsIndex accepts (Slicer/ExtensionsIndex scripts/check_description_files.py).
+ACCEPTED_CATEGORIES = {
+    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda",
+    "Converters", "DICOM", "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter", "FTV Segmentation",
+    "Filtering", "Filtering.Morphology", "Filtering.Vesselness", "Holographic Display", "IGT", "Informatics",
+    "Netstim", "Neuroimaging", "Nuclear Medicine", "Orthodontics", "Osteotomy Planning", "Otolaryngology",
+    "Photogrammetry", "Pipelines", "Planning", "Printing", "Quantification", "Radiotherapy", "Registration",
+    "Remote", "Rendering", "SPHARM", "Segmentation", "Sequences", "Shape Analysis", "Shape Regression",
+    "Shape Visualization", "Simulation", "SlicerCMF", "SlicerMorph", "Spectral Imaging", "Supervisely",
+    "Surface Models", "SurfaceLearner", "Tomographic Reconstruction", "Tracking", "Tractography", "Training",
+    "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools", "Web System Tools",
+    "Wizards",
+}
+#: Modules the Slicer application provides besides the standard library.
+SLICER_MODULES = {"slicer", "qt", "ctk", "vtk", "__main__"}
+
+
+def _cmake_set(text: str, variable: str) -> list:
+    match = re.search(rf"set\(\s*{variable}\s+(.*?)\)", text, re.S)
+    assert match, f"set({variable} ...) not found"
+    return match.group(1).split()
+
+
+def _cmake_value(text: str, variable: str) -> str:
+    match = re.search(rf'set\(\s*{variable}\s+"([^"]*)"\s*\)', text)
+    assert match, f"set({variable} \"...\") not found"
+    return match.group(1)
+
+
+def _module_files(relative_to: Path) -> set:
+    skipped = {"__pycache__"}
+    return {path.relative_to(relative_to).as_posix() for path in relative_to.rglob("*")
+            if path.is_file() and not skipped & set(path.parts) and not any(p.endswith(".egg-info") for p in path.parts)
+            and path.suffix not in (".pyc",) and path.name != "CMakeLists.txt"}
+
+
+def test_every_module_file_is_packaged():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    listed = {entry.replace("${MODULE_NAME}", "VoteMI")
+              for entry in _cmake_set(cmake, "MODULE_PYTHON_SCRIPTS") + _cmake_set(cmake, "MODULE_PYTHON_RESOURCES")}
+    present = _module_files(MODULE_DIR)
+    assert present - listed == set(), "files under VoteMI/ missing from VoteMI/CMakeLists.txt (not packaged)"
+    assert listed - present == set(), "VoteMI/CMakeLists.txt lists files that do not exist"
+    assert "WITH_GENERIC_TESTS" in cmake
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", cmake)
+
+
+def test_ui_has_every_widget_the_module_uses():
+    source = MODULE_SOURCE.read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    tree = ElementTree.parse(UI_FILE)
+    names = {widget.get("name") for widget in tree.iter("widget")}
+    assert used, "the module uses no self.ui widgets?"
+    assert used - names == set(), "widgets used in VoteMI.py but missing from VoteMI.ui"
+
+
+def test_ui_parameter_names_match_the_parameter_node():
+    module = ast.parse(MODULE_SOURCE.read_text())
+    wrapper = next(node for node in module.body if isinstance(node, ast.ClassDef) and node.name == "VoteMIParameterNode")
+    fields = {statement.target.id for statement in wrapper.body if isinstance(statement, ast.AnnAssign)}
+    tree = ElementTree.parse(UI_FILE)
+    bound = {}
+    for widget in tree.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = widget.get("class")
+    assert set(bound) <= fields, f"UI binds unknown parameters: {set(bound) - fields}"
+    assert fields <= set(bound), f"parameters without a widget: {fields - set(bound)}"
+    # The parameter node wrapper connects exact widget classes only.
+    allowed = {"qMRMLNodeComboBox", "QCheckBox", "QSpinBox", "QComboBox", "QLineEdit", "QTextEdit"}
+    assert set(bound.values()) <= allowed
+
+
+def test_ui_custom_widgets_are_declared():
+    tree = ElementTree.parse(UI_FILE)
+    classes = {widget.get("class") for widget in tree.iter("widget")}
+    declared = {custom.findtext("class") for custom in tree.iter("customwidget")}
+    custom = {name for name in classes if name.startswith(("ctk", "qMRML", "qSlicer"))}
+    assert custom <= declared
+
+
+def test_catalog_entry_agrees_with_cmake():
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    entry = json.loads((REPO / "VoteMI.json").read_text())
+    project = re.search(r"project\(\s*([^\s)]+)", cmake).group(1)
+    assert project == "VoteMI" == (REPO / "VoteMI.json").stem
+    category = _cmake_value(cmake, "EXTENSION_CATEGORY")
+    assert entry["category"] == category
+    assert category in ACCEPTED_CATEGORIES
+    depends = _cmake_value(cmake, "EXTENSION_DEPENDS")
+    assert (entry.get("build_dependencies") or []) == ([] if depends == "NA" else depends.split())
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert entry["scm_url"].startswith("https://")
+    repository = entry["scm_url"].rstrip("/").split("/")[-1].removesuffix(".git")
+    assert repository.startswith("Slicer") and not project.startswith("Slicer")
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION"):
+        assert _cmake_value(cmake, variable).strip()
+    assert re.search(r"add_subdirectory\(\s*VoteMI\s*\)", cmake)
+    for line in ("include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in cmake
+
+
+def test_icon_and_screenshot_urls_point_at_png_files_here():
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    urls = [_cmake_value(cmake, "EXTENSION_ICONURL")] + _cmake_value(cmake, "EXTENSION_SCREENSHOTURLS").split()
+    for url in urls:
+        assert url.startswith("https://raw.githubusercontent.com/VoteMI/SlicerVoteMI/") and url.endswith(".png")
+        local = REPO / url.split("/SlicerVoteMI/", 1)[1].split("/", 1)[1]
+        assert local.is_file(), f"{url} names {local}, which is not in the repository"
+
+
+@pytest.mark.parametrize("path", ["VoteMI.png", "VoteMI/Resources/Icons/VoteMI.png"])
+def test_icons_are_128_pixel_png(path):
+    from PIL import Image
+
+    with Image.open(REPO / path) as image:
+        assert image.format == "PNG"
+        assert image.size == (128, 128)
+
+
+def test_screenshot_is_a_real_rendering():
+    from PIL import Image
+
+    with Image.open(REPO / "Screenshot01.png") as image:
+        assert image.format == "PNG"
+        assert image.width >= 600 and image.height >= 200
+        import numpy as np
+
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+        assert len(np.unique(pixels, axis=0)) > 200, "the screenshot looks blank"
+
+
+def test_license_is_apache_2():
+    text = (REPO / "LICENSE.txt").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+
+
+def test_module_source_compiles_for_python_310_and_imports_only_slicer_at_file_scope():
+    source = MODULE_SOURCE.read_text()
+    tree = ast.parse(source, filename=str(MODULE_SOURCE), feature_version=(3, 10))
+    compile(tree, str(MODULE_SOURCE), "exec")
+    stdlib = set(sys.stdlib_module_names)
+    for statement in tree.body:
+        if isinstance(statement, ast.Import):
+            roots = [alias.name.split(".")[0] for alias in statement.names]
+        elif isinstance(statement, ast.ImportFrom):
+            roots = [(statement.module or "").split(".")[0]]
+        else:
+            continue
+        for root in roots:
+            assert root in stdlib or root in SLICER_MODULES, (
+                f"line {statement.lineno}: '{root}' imported at file scope; import it where it is used")
+    # No work at file scope: only imports, constants, classes and functions.
+    for statement in tree.body:
+        allowed = (ast.Import, ast.ImportFrom, ast.ClassDef, ast.FunctionDef, ast.Assign, ast.AnnAssign, ast.Expr)
+        assert isinstance(statement, allowed), f"line {statement.lineno}: statement at file scope"
+        if isinstance(statement, ast.Expr):
+            assert isinstance(statement.value, ast.Constant), f"line {statement.lineno}: call at file scope"
+        if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+            value = statement.value
+            assert value is None or isinstance(value, ast.Constant), f"line {statement.lineno}: computed constant"
+
+
+def test_module_classes_and_metadata():
+    source = MODULE_SOURCE.read_text()
+    tree = ast.parse(source)
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    for name in ("VoteMI", "VoteMIParameterNode", "VoteMIWidget", "VoteMILogic", "VoteMITest"):
+        assert name in classes, f"class {name} missing"
+    decorators = [ast.unparse(d) for d in classes["VoteMIParameterNode"].decorator_list]
+    assert decorators == ["parameterNodeWrapper"]
+    assert "def runTest" in ast.get_source_segment(source, classes["VoteMITest"])
+    # Generic tests need non-empty categories, contributors and acknowledgement.
+    category = re.search(r'self\.parent\.categories = \[_\("([^"]+)"\)\]', source).group(1)
+    assert category in ACCEPTED_CATEGORIES
+    assert re.search(r"self\.parent\.contributors = \[\"[^\"]+\"\]", source)
+    assert "acknowledgementText" in source and "Vote-MI" in source
+    assert "README_URL" in source and "github.com/VoteMI/SlicerVoteMI" in source
+    assert "tryWithErrorDisplay" in source and "QTimer" in source and "QSettings" in source

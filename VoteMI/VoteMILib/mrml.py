@@ -1,0 +1,601 @@
+"""MRML layer of the VoteMI Slicer module: volumes in, marks, scores and reports out. No Qt.
+
+Everything here works on a ``vtkMRMLScene`` and its nodes only, so it runs inside the Slicer
+application and, for testing, on the MRML libraries of the ``slicer-core`` wheel. ``slicer`` and
+``vtk`` are imported inside the functions; importing this module needs neither.
+
+Nodes VoteMI adds for an input volume (all carry the attribute :data:`ROLE_ATTRIBUTE` and a
+:data:`SOURCE_REFERENCE` node reference to the volume, and sit in one subject hierarchy folder):
+
+* one markups fiducial node per plane, a control point at the centre of every voted slice,
+  labelled like ``"Axial 1 (0.82)"``, coloured like the slice view that shows that plane;
+* one table node per plane with every slice's position, score, IJK index, rank and centre;
+* one plot series per plane (score versus RAS position) and a plot chart holding them;
+* a text node with the report drafted by the vision-language model and its metadata as attributes.
+
+Running again for the same volume replaces the marks, tables, series and chart and reuses the
+report node. :func:`report_edited` tells whether the user changed the report since VoteMI wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import PLANES, plane_geometry
+from .volumes import Volume, VolumeError, volume_from_array
+
+#: Node attribute naming what a VoteMI node is ("marks", "scores", "series", "chart", "report").
+ROLE_ATTRIBUTE = "VoteMI.Role"
+#: Node attribute with the plane of a per-plane node.
+PLANE_ATTRIBUTE = "VoteMI.Plane"
+#: Node reference role from every VoteMI node to its input volume.
+SOURCE_REFERENCE = "VoteMISource"
+#: Subject hierarchy item attribute marking VoteMI's folder (value: the input volume's node ID).
+FOLDER_ATTRIBUTE = "VoteMI.Folder"
+#: Report node attribute: SHA-1 of the text VoteMI last wrote (compared to detect user edits).
+WRITTEN_DIGEST_ATTRIBUTE = "VoteMI.WrittenSHA1"
+#: Report node attribute holding the report metadata as JSON.
+REPORT_META_ATTRIBUTE = "VoteMI.ReportMeta"
+#: Prefix of the one-value report attributes (model, server, created, complete, ...).
+REPORT_ATTRIBUTE_PREFIX = "VoteMI.Report."
+
+ROLES = ("marks", "scores", "series", "chart", "report")
+#: Slice view colours of Slicer's default layout: Red shows axial, Green coronal, Yellow sagittal.
+PLANE_COLORS = {
+    "axial": (0.953, 0.290, 0.200),
+    "coronal": (0.431, 0.690, 0.294),
+    "sagittal": (0.929, 0.835, 0.298),
+}
+#: RAS axis index each plane is normal to.
+_NORMAL_INDEX = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+# Table column names (also the plot series' X and Y columns).
+COLUMN_SLICE = "Slice"
+COLUMN_IJK = "IJK index"
+COLUMN_POSITION = "Position (mm)"
+COLUMN_SCORE = "Score"
+COLUMN_RANK = "Rank"
+COLUMNS_CENTER = ("R", "A", "S")
+
+
+@dataclass
+class SceneNodes:
+    """The nodes :func:`apply_selection` made for one input volume."""
+
+    folder_item: int
+    marks: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    series: dict = field(default_factory=dict)
+    chart: object = None
+    report: object = None
+    jumped: dict = field(default_factory=dict)
+
+    def all_nodes(self) -> list:
+        nodes = [*self.marks.values(), *self.tables.values(), *self.series.values()]
+        return nodes + [node for node in (self.chart, self.report) if node is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# Volumes
+
+
+def matrix_to_numpy(vtk_matrix) -> np.ndarray:
+    """A ``vtkMatrix4x4`` as a 4x4 numpy array."""
+    return np.array([[vtk_matrix.GetElement(row, col) for col in range(4)] for row in range(4)], dtype=float)
+
+
+def ijk_to_world_matrix(volume_node) -> np.ndarray:
+    """IJK-to-RAS matrix of a volume node including a linear parent transform.
+
+    Raises
+    ------
+    VolumeError
+        When the volume is under a non-linear transform (harden it first).
+    """
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = matrix_to_numpy(matrix)
+    transform = volume_node.GetParentTransformNode()
+    if transform is not None:
+        if not transform.IsTransformToWorldLinear():
+            raise VolumeError(f"{volume_node.GetName()} is under a non-linear transform; "
+                              "harden the transform (Data module) before running VoteMI")
+        to_world = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToWorld(to_world)
+        ijk_to_ras = matrix_to_numpy(to_world) @ ijk_to_ras
+    return ijk_to_ras
+
+
+def volume_from_node(volume_node) -> Volume:
+    """Copy a scalar volume node's voxels and geometry into a :class:`~VoteMILib.volumes.Volume`.
+
+    The voxels are copied (K, J, I order, as ``slicer.util.arrayFromVolume``), so the result can be
+    handed to a worker thread while the user keeps working with the node. The IJK-to-RAS matrix
+    includes a linear parent transform, so positions match what the slice views show.
+
+    Raises
+    ------
+    VolumeError
+        With a one-line reason: no volume, a label map, no voxels, several components, a
+        non-linear transform, or anything :func:`~VoteMILib.volumes.volume_from_array` refuses.
+    """
+    from vtk.util import numpy_support
+
+    if volume_node is None:
+        raise VolumeError("no input volume selected")
+    name = volume_node.GetName() or "volume"
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+        raise VolumeError(f"{name} is a {volume_node.GetClassName()}, not a scalar volume")
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise VolumeError(f"{name} is a label map; choose an image volume")
+    image = volume_node.GetImageData()
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if scalars is None:
+        raise VolumeError(f"{name} has no voxels loaded")
+    if scalars.GetNumberOfComponents() != 1:
+        raise VolumeError(f"{name} has {scalars.GetNumberOfComponents()} components per voxel; "
+                          "VoteMI needs a scalar volume")
+    dims = image.GetDimensions()
+    array = np.array(numpy_support.vtk_to_numpy(scalars), copy=True).reshape(dims[2], dims[1], dims[0])
+    return volume_from_array(array, ijk_to_world_matrix(volume_node), name=name)
+
+
+def display_window(volume_node):
+    """(low, high) intensity window the slice views show for a volume, or None if it has none."""
+    display = volume_node.GetDisplayNode() if volume_node is not None else None
+    if display is None or not hasattr(display, "GetWindow"):
+        return None
+    window, level = float(display.GetWindow()), float(display.GetLevel())
+    if not np.isfinite(window) or window <= 0:
+        return None
+    return (level - window / 2.0, level + window / 2.0)
+
+
+def add_volume_from_array(scene, array_kji, ijk_to_ras, name: str = "Volume"):
+    """Add a scalar volume node with display node to ``scene`` (``slicer.util.addVolumeFromArray``
+    for scenes other than ``slicer.mrmlScene``)."""
+    import vtk
+    from vtk.util import numpy_support
+
+    array = np.ascontiguousarray(array_kji)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for col in range(4):
+            matrix.SetElement(row, col, float(ijk_to_ras[row][col]))
+    node.SetIJKToRASMatrix(matrix)
+    node.SetAndObserveImageData(image)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.AutoWindowLevelOn()
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and removing VoteMI's nodes
+
+
+def _iter_nodes(scene):
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node is not None:
+            yield node
+
+
+def votemi_nodes(scene, volume_node, role: str | None = None, plane: str | None = None) -> list:
+    """VoteMI's nodes made for ``volume_node`` (optionally of one role and plane), in scene order."""
+    found = []
+    for node in _iter_nodes(scene):
+        node_role = node.GetAttribute(ROLE_ATTRIBUTE)
+        if not node_role or (role is not None and node_role != role):
+            continue
+        if plane is not None and node.GetAttribute(PLANE_ATTRIBUTE) != plane:
+            continue
+        if node.GetNodeReference(SOURCE_REFERENCE) is volume_node:
+            found.append(node)
+    return found
+
+
+def remove_votemi_nodes(scene, volume_node, keep_report: bool = True) -> int:
+    """Remove VoteMI's nodes of ``volume_node`` (with their display and storage nodes); return how many."""
+    doomed = [node for node in votemi_nodes(scene, volume_node)
+              if not (keep_report and node.GetAttribute(ROLE_ATTRIBUTE) == "report")]
+    for node in doomed:
+        _remove_node(scene, node)
+    return len(doomed)
+
+
+def _remove_node(scene, node):
+    helpers = []
+    for getter, counter in (("GetNthDisplayNode", "GetNumberOfDisplayNodes"),
+                            ("GetNthStorageNode", "GetNumberOfStorageNodes")):
+        if hasattr(node, counter):
+            helpers += [getattr(node, getter)(i) for i in range(getattr(node, counter)())]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene:
+            scene.RemoveNode(helper)
+
+
+def _subject_hierarchy(scene):
+    import slicer
+
+    shnode = scene.GetSubjectHierarchyNode() if hasattr(scene, "GetSubjectHierarchyNode") else None
+    if shnode is None:
+        shnode = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    return shnode
+
+
+def _item_of(shnode, node, parent=None):
+    item = shnode.GetItemByDataNode(node)
+    if not item:
+        item = shnode.CreateItem(parent if parent is not None else shnode.GetSceneItemID(), node)
+    return item
+
+
+def votemi_folder(scene, volume_node, create: bool = True) -> int:
+    """Subject hierarchy folder of VoteMI's nodes for ``volume_node`` (0 if none and not ``create``).
+
+    The folder sits beside the volume (under its study or patient when it has one).
+    """
+    shnode = _subject_hierarchy(scene)
+    for node in votemi_nodes(scene, volume_node):
+        item = shnode.GetItemByDataNode(node)
+        parent = shnode.GetItemParent(item) if item else 0
+        if parent and shnode.HasItemAttribute(parent, FOLDER_ATTRIBUTE):
+            return parent
+    volume_item = _item_of(shnode, volume_node)
+    parent = shnode.GetItemParent(volume_item) or shnode.GetSceneItemID()
+    import vtk
+
+    ids = vtk.vtkIdList()
+    shnode.GetItemChildren(parent, ids)
+    for index in range(ids.GetNumberOfIds()):
+        child = ids.GetId(index)
+        if shnode.GetItemAttribute(child, FOLDER_ATTRIBUTE) == volume_node.GetID():
+            return child
+    if not create:
+        return 0
+    folder = shnode.CreateFolderItem(parent, f"VoteMI {volume_node.GetName()}")
+    shnode.SetItemAttribute(folder, FOLDER_ATTRIBUTE, volume_node.GetID())
+    return folder
+
+
+def _tag(node, volume_node, role, plane=None):
+    node.SetAttribute(ROLE_ATTRIBUTE, role)
+    if plane is not None:
+        node.SetAttribute(PLANE_ATTRIBUTE, plane)
+    node.SetNodeReferenceID(SOURCE_REFERENCE, volume_node.GetID())
+
+
+def _file_into(scene, node, folder):
+    shnode = _subject_hierarchy(scene)
+    item = _item_of(shnode, node, folder)
+    if shnode.GetItemParent(item) != folder:
+        shnode.SetItemParent(item, folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Applying a selection
+
+
+def mark_label(selected) -> str:
+    """Control point label of a voted slice, e.g. ``"Axial 1 (0.82)"``."""
+    return f"{selected.plane.capitalize()} {selected.rank} ({selected.score:.2f})"
+
+
+def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: bool = True) -> SceneNodes:
+    """Put a :class:`~VoteMILib.results.SelectionResult` into the scene.
+
+    Replaces VoteMI's previous marks, tables, series and chart of ``volume_node`` (the report node
+    is kept), files everything into the volume's VoteMI folder and, if ``jump``, moves every slice
+    view to the best slice of the plane it shows.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene
+    volume_node : vtkMRMLScalarVolumeNode
+        The volume the selection was made on.
+    result : SelectionResult
+    jump : bool
+        Jump the slice views (see :func:`jump_to_best_slices`).
+    show_volume : bool
+        Show ``volume_node`` as background of slice views that show neither it nor anything else.
+
+    Returns
+    -------
+    SceneNodes
+    """
+    import vtk
+
+    remove_votemi_nodes(scene, volume_node, keep_report=True)
+    folder = votemi_folder(scene, volume_node)
+    ijk_to_ras = ijk_to_world_matrix(volume_node)
+    volume_name = volume_node.GetName()
+    made = SceneNodes(folder_item=folder)
+
+    for plane, plane_result in result.planes.items():
+        color = PLANE_COLORS[plane]
+        geometry = plane_geometry(ijk_to_ras, result.size_ijk, plane)
+        if geometry.count != len(plane_result.scores):
+            raise ValueError(f"the selection has {len(plane_result.scores)} {plane} slices but "
+                             f"{volume_name} has {geometry.count}; was it made on another volume?")
+        ranks = np.zeros(geometry.count, dtype=int)
+        for chosen in plane_result.selected:
+            ranks[chosen.index] = chosen.rank
+
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"VoteMI {plane} scores ({volume_name})")
+        columns = [
+            (vtk.vtkIntArray, COLUMN_SLICE, np.arange(geometry.count)),
+            (vtk.vtkIntArray, COLUMN_IJK, np.asarray(plane_result.ijk_indices)),
+            (vtk.vtkDoubleArray, COLUMN_POSITION, np.asarray(plane_result.positions_mm, dtype=float)),
+            (vtk.vtkDoubleArray, COLUMN_SCORE, np.asarray(plane_result.scores, dtype=float)),
+            (vtk.vtkIntArray, COLUMN_RANK, ranks),
+        ] + [(vtk.vtkDoubleArray, name, geometry.centers_ras[:, axis]) for axis, name in enumerate(COLUMNS_CENTER)]
+        for array_type, name, values in columns:
+            column = array_type()
+            column.SetName(name)
+            column.SetNumberOfValues(len(values))
+            for row, value in enumerate(values):
+                column.SetValue(row, value.item() if hasattr(value, "item") else value)
+            table.AddColumn(column)
+        table.SetAttribute("VoteMI.Settings", json.dumps(result.settings, sort_keys=True))
+        _tag(table, volume_node, "scores", plane)
+        made.tables[plane] = table
+
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{plane.capitalize()}")
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName(COLUMN_POSITION)
+        series.SetYColumnName(COLUMN_SCORE)
+        series.SetPlotType(series.PlotTypeScatter)
+        series.SetMarkerStyle(series.MarkerStyleNone)
+        series.SetLineStyle(series.LineStyleSolid)
+        series.SetColor(*color)
+        _tag(series, volume_node, "series", plane)
+        made.series[plane] = series
+
+        marks = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"VoteMI {plane} ({volume_name})")
+        marks.CreateDefaultDisplayNodes()
+        for chosen in plane_result.selected:
+            index = marks.AddControlPoint(*[float(c) for c in chosen.center_ras], mark_label(chosen))
+            marks.SetNthControlPointDescription(
+                index, f"{plane} slice {chosen.index} (IJK {chosen.ijk_index}), {chosen.position_mm:+.1f} mm, "
+                       f"score {chosen.score:.3f}")
+            marks.SetNthControlPointLocked(index, True)
+        marks.SetLocked(True)
+        display = marks.GetDisplayNode()
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
+        display.SetActiveColor(*color)
+        display.SetPointLabelsVisibility(True)
+        display.SetPropertiesLabelVisibility(False)
+        display.SetGlyphScale(2.5)
+        display.SetTextScale(3.5)
+        display.SetVisibility(True)
+        _tag(marks, volume_node, "marks", plane)
+        made.marks[plane] = marks
+
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"VoteMI slice scores ({volume_name})")
+    chart.SetTitle(f"VoteMI slice scores: {volume_name}")
+    chart.SetXAxisTitle("Slice position along the plane normal, RAS (mm)")
+    chart.SetYAxisTitle("Score")
+    chart.SetLegendVisibility(True)
+    for series in made.series.values():
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    _tag(chart, volume_node, "chart")
+    made.chart = chart
+
+    for node in made.all_nodes():
+        _file_into(scene, node, folder)
+    report = report_node(scene, volume_node, create=False)
+    if report is not None:
+        _file_into(scene, report, folder)
+        made.report = report
+    if show_volume:
+        show_volume_in_slice_views(scene, volume_node)
+    if jump:
+        made.jumped = jump_to_best_slices(scene, result)
+    return made
+
+
+def show_volume_in_slice_views(scene, volume_node) -> None:
+    """Make ``volume_node`` the background of slice views that show no volume at all."""
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        if not composite.GetBackgroundVolumeID() and not composite.GetForegroundVolumeID():
+            composite.SetBackgroundVolumeID(volume_node.GetID())
+
+
+# --------------------------------------------------------------------------------------------
+# Slice views
+
+
+def slice_node_plane(slice_node) -> str | None:
+    """Anatomical plane a slice view shows, from its slice normal; None for oblique reformats.
+
+    Works for any layout: Red/Yellow/Green with Slicer's default orientations, or views the user
+    set to another orientation.
+    """
+    normal = np.array([slice_node.GetSliceToRAS().GetElement(row, 2) for row in range(3)])
+    normal /= max(float(np.linalg.norm(normal)), 1e-12)
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < np.cos(np.radians(30)):
+        return None
+    return {0: "sagittal", 1: "coronal", 2: "axial"}[axis]
+
+
+def slice_nodes(scene) -> list:
+    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    return [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
+
+
+def jump_to_slice(scene, plane: str, center_ras) -> list:
+    """Move every slice view that shows ``plane`` so that it passes through ``center_ras``.
+
+    Only the slice offset changes; the views keep their zoom and pan. Returns the names of the
+    views moved.
+    """
+    moved = []
+    for node in slice_nodes(scene):
+        if slice_node_plane(node) == plane:
+            node.JumpSliceByOffsetting(*[float(c) for c in center_ras])
+            moved.append(node.GetName())
+    return moved
+
+
+def jump_to_best_slices(scene, result) -> dict:
+    """Jump each slice view to the best voted slice of the plane it shows; return {view name: plane}."""
+    jumped = {}
+    for node in slice_nodes(scene):
+        plane = slice_node_plane(node)
+        plane_result = result.planes.get(plane) if plane else None
+        if plane_result is None or not plane_result.selected:
+            continue
+        node.JumpSliceByOffsetting(*[float(c) for c in plane_result.selected[0].center_ras])
+        jumped[node.GetName()] = plane
+    return jumped
+
+
+def slice_offset_mm(slice_node, point_ras) -> float:
+    """Signed distance (mm) of a RAS point from a slice view's plane."""
+    slice_to_ras = matrix_to_numpy(slice_node.GetSliceToRAS())
+    normal = slice_to_ras[:3, 2] / np.linalg.norm(slice_to_ras[:3, 2])
+    return float(np.dot(np.asarray(point_ras, dtype=float) - slice_to_ras[:3, 3], normal))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading results back (also after a scene was saved and loaded)
+
+
+def table_rows(table) -> list:
+    """Rows of a VoteMI score table as dicts (slice, ijk_index, position_mm, score, rank, center_ras)."""
+    data = table.GetTable()
+
+    def column(name):
+        array = data.GetColumnByName(name)
+        if array is None:
+            raise ValueError(f"{table.GetName()} has no column '{name}'")
+        return [array.GetValue(row) for row in range(data.GetNumberOfRows())]
+
+    slices, ijk, positions, scores, ranks = (column(name) for name in
+                                             (COLUMN_SLICE, COLUMN_IJK, COLUMN_POSITION, COLUMN_SCORE, COLUMN_RANK))
+    centers = list(zip(*(column(name) for name in COLUMNS_CENTER)))
+    return [{"slice": int(slices[row]), "ijk_index": int(ijk[row]), "position_mm": float(positions[row]),
+             "score": float(scores[row]), "rank": int(ranks[row]), "center_ras": tuple(float(c) for c in centers[row])}
+            for row in range(len(slices))]
+
+
+def voted_slices(scene, volume_node) -> list:
+    """Voted slices of ``volume_node`` as stored in the scene, plane by plane, best first.
+
+    Each item is a dict with ``plane`` plus the keys of :func:`table_rows`.
+    """
+    picks = []
+    for plane in PLANES:
+        for table in votemi_nodes(scene, volume_node, role="scores", plane=plane):
+            rows = [dict(row, plane=plane) for row in table_rows(table) if row["rank"] > 0]
+            picks += sorted(rows, key=lambda row: row["rank"])
+    return picks
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1((text or "").encode("utf-8")).hexdigest()
+
+
+def report_node(scene, volume_node, create: bool = False):
+    """The report text node of ``volume_node`` (created, in VoteMI's folder, if ``create``)."""
+    found = votemi_nodes(scene, volume_node, role="report")
+    if found or not create:
+        return found[0] if found else None
+    node = scene.AddNewNodeByClass("vtkMRMLTextNode", f"VoteMI report ({volume_node.GetName()})")
+    _tag(node, volume_node, "report")
+    _write_text(node, "")
+    _file_into(scene, node, votemi_folder(scene, volume_node))
+    return node
+
+
+def report_edited(node) -> bool:
+    """True if the report's text is not what VoteMI last wrote (the user edited it).
+
+    An empty report never counts as edited.
+    """
+    if node is None or not (node.GetText() or "").strip():
+        return False
+    return node.GetAttribute(WRITTEN_DIGEST_ATTRIBUTE) != _digest(node.GetText())
+
+
+def _write_text(node, text: str) -> None:
+    was = node.StartModify()
+    node.SetText(text)
+    node.SetAttribute(WRITTEN_DIGEST_ATTRIBUTE, _digest(text))
+    node.EndModify(was)
+
+
+def begin_report(scene, volume_node):
+    """Empty the report node of ``volume_node`` (creating it) for a new run; return it.
+
+    Callers ask the user first if :func:`report_edited` is True.
+    """
+    node = report_node(scene, volume_node, create=True)
+    was = node.StartModify()
+    for name in list(node.GetAttributeNames() or ()):
+        if name.startswith(REPORT_ATTRIBUTE_PREFIX) or name == REPORT_META_ATTRIBUTE:
+            node.RemoveAttribute(name)
+    node.SetAttribute(REPORT_ATTRIBUTE_PREFIX + "complete", "false")
+    _write_text(node, "")
+    node.EndModify(was)
+    return node
+
+
+def append_report(node, chunk: str) -> None:
+    """Append streamed text to the report node (keeps the edit check in step)."""
+    if chunk:
+        _write_text(node, (node.GetText() or "") + chunk)
+
+
+def finish_report(node, report) -> None:
+    """Store a finished (or cancelled / broken-off) :class:`~VoteMILib.vlm.Report` in the node.
+
+    The node's text becomes ``report.text``; the metadata goes into attributes: the full metadata
+    as JSON in :data:`REPORT_META_ATTRIBUTE`, and ``model``, ``server``, ``protocol``, ``created``,
+    ``complete``, ``incomplete_reason``, ``images`` and ``notice`` as separate attributes.
+    """
+    meta = dict(report.meta or {})
+    was = node.StartModify()
+    _write_text(node, report.text)
+    images = ", ".join(str(image.get("id", "")) for image in meta.get("images", []) if isinstance(image, dict))
+    values = {
+        "model": meta.get("model", ""), "server": meta.get("server", ""), "protocol": meta.get("protocol", ""),
+        "created": meta.get("created", ""), "complete": "true" if report.complete else "false",
+        "incomplete_reason": "" if report.complete else meta.get("incomplete_reason", ""),
+        "images": images, "notice": meta.get("notice", ""),
+    }
+    for key, value in values.items():
+        node.SetAttribute(REPORT_ATTRIBUTE_PREFIX + key, str(value))
+    node.SetAttribute(REPORT_META_ATTRIBUTE, json.dumps(meta, default=str, separators=(",", ":")))
+    node.EndModify(was)
+
+
+def report_metadata(node) -> dict:
+    """The metadata :func:`finish_report` stored ({} if none)."""
+    text = node.GetAttribute(REPORT_META_ATTRIBUTE) if node is not None else None
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
