@@ -158,6 +158,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._task = None
         self._taskVolumeID = None
+        self._taskReportNode = None
+        self._describing = False
         self._results = {}
         self._reportNode = None
         self._updatingReport = False
@@ -397,19 +399,21 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _pollTask(self) -> None:
         task = self._task
+        self._timer.stop()  # no re-entry while a message box is open
         if task is None:
-            self._timer.stop()
             return
         for kind, values in task.drain():
             if task is not self._task:
-                return  # cancelled while draining
+                return  # cancelled or finished meanwhile
             try:
                 self._handleEvent(kind, values)
             except Exception as error:
                 logging.exception("VoteMI: handling %s failed", kind)
                 self._finishTask()
-                slicer.util.errorDisplay(_("VoteMI failed: {reason}").format(reason=error), detailedText=str(error))
+                slicer.util.errorDisplay(_("VoteMI failed: {reason}").format(reason=error), windowTitle="VoteMI")
                 return
+        if task is self._task:
+            self._timer.start()
 
     def _handleEvent(self, kind, values):
         volumeNode = slicer.mrmlScene.GetNodeByID(self._taskVolumeID) if self._taskVolumeID else None
@@ -427,16 +431,18 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._refreshResults()
             self._connectPlotView(True)
             if self._describing:
-                self._observeReport(self.logic.beginReport(volumeNode))
+                self._taskReportNode = self.logic.beginReport(volumeNode)
+                if self._parameterNode and self._parameterNode.inputVolume is volumeNode:
+                    self._observeReport(self._taskReportNode)
                 self.ui.statusLabel.text = _("Slices selected; waiting for the model...")
         elif kind == "text":
-            if self._reportNode is not None:
-                self.logic.appendReport(self._reportNode, values[0])
+            if self._taskReportNode is not None:
+                self.logic.appendReport(self._taskReportNode, values[0])
                 self.ui.progressBar.value = max(self.ui.progressBar.value, 60)
         elif kind == "report":
             report, = values
-            if self._reportNode is not None:
-                self.logic.finishReport(self._reportNode, report)
+            if self._taskReportNode is not None:
+                self.logic.finishReport(self._taskReportNode, report)
             self._showReportInfo()
             if not report.complete:
                 slicer.util.warningDisplay(
@@ -444,20 +450,21 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     windowTitle="VoteMI")
         elif kind == "error":
             error, = values
+            reportNode = self._taskReportNode
             self._finishTask()
-            self._showError(error)
+            self._showError(error, reportNode)
         elif kind == "finished":
             self._finishTask(_("Done."))
 
-    def _showError(self, error):
+    def _showError(self, error, reportNode=None):
         from VoteMILib.selection import Cancelled
         from VoteMILib.vlm import VLMCancelled, VLMError
         from VoteMILib.volumes import VolumeError
 
         if isinstance(error, (Cancelled, VLMCancelled)):
             partial = getattr(error, "report", None)
-            if partial is not None and self._reportNode is not None:
-                self.logic.finishReport(self._reportNode, partial)
+            if partial is not None and reportNode is not None:
+                self.logic.finishReport(reportNode, partial)
             self.ui.statusLabel.text = _("Cancelled.")
             return
         if isinstance(error, VLMError):
@@ -472,6 +479,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _finishTask(self, message=None):
         self._task = None
+        self._taskReportNode = None
         self._timer.stop()
         self._setBusy(False, message)
 
@@ -480,11 +488,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is None:
             return
         self._task.cancel()
-        abandoned = self._task
+        reportNode = self._taskReportNode if self._describing else None
         self._finishTask(_("Cancelled."))
-        if self._reportNode is not None and self._describing:
-            self.logic.markReportCancelled(self._reportNode)
-        logging.info("VoteMI: cancelled (%s)", abandoned._thread.name)
+        if reportNode is not None:
+            self.logic.markReportCancelled(reportNode)
+            self._showReportInfo()
+        logging.info("VoteMI: cancelled; the worker thread stops at its next check and its output is discarded")
 
     def _setBusy(self, busy, message=None):
         self.ui.progressBar.visible = busy
@@ -524,8 +533,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _pollConnection(self):
         task = self._task
-        if task is None:
-            self._connectionTimer.stop()
+        self._connectionTimer.stop()  # no re-entry while a message box is open
+        if task is None:  # cancelled
             self.ui.progressBar.maximum = 100
             return
         for kind, values in task.drain():
@@ -543,10 +552,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif kind == "error":
                 self._showError(values[0])
             elif kind == "finished":
-                self._connectionTimer.stop()
                 self.ui.progressBar.maximum = 100
                 self._task = None
                 self._setBusy(False)
+                return
+        if task is self._task:
+            self._connectionTimer.start()
 
     def onModelChosen(self, index) -> None:
         if index >= 0 and self._parameterNode:
