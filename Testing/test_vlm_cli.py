@@ -48,8 +48,8 @@ def test_describe_streams_report_and_writes_json(scripted_server, image_path, tm
     images, texts = openai_images_and_texts(body)
     assert len(images) == 6 and all(max(decode_png(png).size) == 80 for png in images)
     for image in meta["images"]:
-        assert any(re.match(rf"{image['id']}: {image['plane']}, {position_pattern(image['plane'], image['position_mm'])}",
-                            text) for text in texts)
+        where = position_pattern(image["plane"], image["position_mm"])
+        assert any(re.match(rf"{image['id']}: {image['plane']}, {where}", text) for text in texts)
     assert "Spanish" in texts[-1]
 
 

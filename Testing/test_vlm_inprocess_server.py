@@ -200,7 +200,7 @@ def test_server_refuses_wrong_paths_methods_and_sizes(server):
     with socket.create_connection(server.server_address[:2], timeout=10) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-123\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-        answer = sock.recv(65536).decode()
+        answer = b"".join(iter(lambda: sock.recv(65536), b"")).decode()  # the server closes after answering
     assert answer.startswith("HTTP/1.1 411") and '"invalid_request_error"' in answer
 
 
@@ -214,3 +214,11 @@ def test_server_stops_generating_when_the_client_leaves(server, model):
     started = time.monotonic()
     status, _, _ = request(server, "POST", "/v1/chat/completions", chat_body(max_tokens=2))
     assert status == 200 and time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_server_reports_processor_rejection_as_400(server, stream):
+    # The text holds an image token but no image is attached: the processor refuses the request.
+    body = {"messages": [{"role": "user", "content": "<image> describe"}], "max_tokens": 2, "stream": stream}
+    status, _, data = request(server, "POST", "/v1/chat/completions", body)
+    assert status == 400 and "processor rejected the request" in data["error"]["message"]

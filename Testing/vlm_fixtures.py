@@ -106,7 +106,8 @@ def build_tiny_vlm(folder) -> str:
     model = LlavaForConditionalGeneration(config)
     # Never emit special tokens (end of text, padding, image): every generation then runs to
     # max_new_tokens and decodes to non-empty text, whatever the random weights.
-    model.generation_config.suppress_tokens = [fast.convert_tokens_to_ids(t) for t in ("<pad>", "<s>", "</s>", "<image>")]
+    special = ("<pad>", "<s>", "</s>", "<image>")
+    model.generation_config.suppress_tokens = [fast.convert_tokens_to_ids(token) for token in special]
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
@@ -140,7 +141,8 @@ class ScriptedServer:
                 if outer.script and outer.script[0].__name__ == "for_get":
                     outer.script.pop(0)(self, None)
                 elif self.path == "/v1/models":
-                    send_json(self, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in outer.models]})
+                    listing = [{"id": name, "object": "model"} for name in outer.models]
+                    send_json(self, 200, {"object": "list", "data": listing})
                 elif self.path == "/api/tags":
                     send_json(self, 200, {"models": [{"name": m, "model": m} for m in outer.models]})
                 else:

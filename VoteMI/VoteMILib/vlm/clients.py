@@ -285,7 +285,7 @@ class _Exchange:
     def _where(self) -> str:
         return self.address.url
 
-    def _interrupted(self, retryable_timeout=True):
+    def _interrupted(self):
         """Exception for a socket closed by the watchdog, or None."""
         reason = self.watchdog.reason
         if reason == "cancelled":
@@ -294,8 +294,7 @@ class _Exchange:
             return VLMError(f"{self._where()}: no complete answer within the time limit "
                             f"({self.client.timeouts.total_s:g} s)")
         if reason == "idle":
-            return VLMError(f"{self._where()}: the server sent nothing for {self.idle_s:g} s",
-                            retryable=retryable_timeout)
+            return VLMError(f"{self._where()}: the server sent nothing for {self.idle_s:g} s", retryable=True)
         return None
 
     def open(self):
@@ -415,6 +414,12 @@ class _Exchange:
             return _StreamBroken(f"{self._where()}: the server sent nothing for {self.idle_s:g} s", True)
         detail = _one_line(error) if error is not None and str(error) else type(error).__name__
         return _StreamBroken(f"{self._where()}: the connection broke off ({detail})", True)
+
+
+def token_limit_message(max_tokens: int | None) -> str:
+    """Why an answer that stopped at the token limit is incomplete."""
+    limit = f" ({max_tokens} tokens)" if max_tokens else ""
+    return f"stopped at the token limit{limit}; raise the maximum for a longer report"
 
 
 def _sleep(seconds: float, cancel):
@@ -572,8 +577,7 @@ class _HTTPClient:
         if not incomplete and not state["done"]:
             incomplete = f"{self.server_url}: the connection closed before the end of the answer"
         if not incomplete and finish == "length":
-            limit = f" ({options.max_tokens} tokens)" if options else ""
-            incomplete = f"stopped at the token limit{limit}; raise the maximum for a longer report"
+            incomplete = token_limit_message(options.max_tokens if options else None)
         return ChatResult(text="".join(received), complete=not incomplete, finish_reason=finish,
                           incomplete_reason=incomplete, usage=state["usage"], model=state["model"])
 

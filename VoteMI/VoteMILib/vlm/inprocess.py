@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .clients import ChatResult, GenerationOptions
+from .clients import ChatResult, GenerationOptions, token_limit_message
 from .errors import VLMCancelled, VLMError
 
 _MODELS = {}
@@ -113,7 +113,8 @@ class InProcessModel:
         return torch.float32
 
     def generate(self, messages: list, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float | None = None,
-                 seed: int | None = None, on_text=None, cancel=None, timeout_s: float | None = None) -> GenerationResult:
+                 seed: int | None = None, on_text=None, cancel=None,
+                 timeout_s: float | None = None) -> GenerationResult:
         """Generate an answer to chat ``messages``.
 
         Parameters
@@ -140,8 +141,9 @@ class InProcessModel:
             try:
                 inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                             return_dict=True, return_tensors="pt")
-            except (ValueError, TypeError, KeyError, OSError) as error:
-                raise VLMError(f"the model's processor rejected the request: {_first_line(error)}") from None
+            except Exception as error:  # chat templates and processors raise many types (jinja, ValueError, ...)
+                raise VLMError(f"the model's processor rejected the request: {_first_line(error)}",
+                               status=400) from None
             inputs = inputs.to(self.device)
             for key, value in inputs.items():
                 if torch.is_floating_point(value):
@@ -282,7 +284,7 @@ class InProcessClient:
         if result.finish_reason == "timeout":
             incomplete = f"generation stopped at the time limit ({self.timeout_s:g} s)"
         elif result.finish_reason == "length":
-            incomplete = f"stopped at the token limit ({options.max_tokens} tokens); raise the maximum for a longer report"
+            incomplete = token_limit_message(options.max_tokens)
         return ChatResult(text=result.text, complete=not incomplete, finish_reason=result.finish_reason,
                           incomplete_reason=incomplete, usage=result.usage, model=loaded.name)
 

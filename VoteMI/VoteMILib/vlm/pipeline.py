@@ -99,6 +99,11 @@ class DescribeSettings:
             raise VLMError("the in-process protocol needs the model folder as the model setting")
         if not 32 <= int(self.long_side) <= 4096:
             raise VLMError(f"image long side {self.long_side} px is outside 32..4096")
+        if self.planes:
+            try:
+                parse_planes(self.planes)
+            except ValueError as error:
+                raise VLMError(str(error)) from None
         if self.top_k is not None and int(self.top_k) < 1:
             raise VLMError("the number of slices per plane must be at least 1")
         if self.ct_preset and self.ct_preset.strip().lower().replace("-", "_").replace(" ", "_") not in CT_PRESET_NAMES:
@@ -114,7 +119,7 @@ class DescribeSettings:
         data = asdict(self)
         data.pop("api_key")
         data["api_key_set"] = bool(self.api_key)
-        data["planes"] = list(self.planes) if self.planes else None
+        data["planes"] = list(parse_planes(self.planes)) if self.planes else None
         data["window"] = list(self.window) if self.window is not None else None
         return data
 

@@ -337,7 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             result = self._generate(request)
         except VLMError as error:
-            self._send_error(RequestError(500, str(error)))
+            self._send_error(RequestError(error.status or 500, str(error)))
             return
         self._send_json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -349,14 +349,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, request):
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
         gone = threading.Event()
+        started = []
 
         def send(payload):
+            if not started:
+                # Headers go out with the first token, so errors before it (e.g. the processor
+                # rejecting the request) still get a proper status code.
+                started.append(True)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                send(chunk({"role": "assistant", "content": ""}))
             data = payload if isinstance(payload, str) else json.dumps(payload)
             raw = f"data: {data}\n\n".encode("utf-8")
             try:
@@ -375,12 +381,14 @@ class _Handler(BaseHTTPRequestHandler):
             return payload
 
         try:
-            send(chunk({"role": "assistant", "content": ""}))
             result = self._generate(request, on_text=lambda text: send(chunk({"content": text})), cancel=gone.is_set)
             send(chunk({}, self._finish_reason(result), result.usage))
             send("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
         except VLMError as error:
+            if not started:
+                self._send_error(RequestError(error.status or 500, str(error)))
+                return
             try:
                 send(error_body(500, str(error)))
                 self.wfile.write(b"0\r\n\r\n")
