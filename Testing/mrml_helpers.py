@@ -20,7 +20,7 @@ DEFAULT_VIEWS = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))
 class HeadlessSlicer:
     """Scene, logics and slice views, as the Slicer application sets them up."""
 
-    def __init__(self, view_size=(400, 400)):
+    def __init__(self, view_size=(420, 420)):
         import slicer
         import vtk
 
@@ -179,3 +179,32 @@ def main_case_image() -> Path:
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "tcga_du_7294" / "image.nii.gz"
     assert path.exists(), f"real test data missing: {path} (the repository must sit beside shared/)"
     return path
+
+
+#: Colour of the controller bar above each slice view in Slicer.
+VIEW_BAR_COLORS = {"Red": (243, 74, 51), "Yellow": (237, 213, 76), "Green": (110, 176, 75)}
+
+
+def views_with_bars(views: dict, captions: dict):
+    """Rendered slice views side by side, each under a bar in its view colour with a caption,
+    as Slicer's slice view controllers look; returns a PIL image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    bar = 26
+    height = max(pixels.shape[0] for pixels in views.values()) + bar
+    width = sum(pixels.shape[1] for pixels in views.values())
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=16)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    left = 0
+    for name, pixels in views.items():
+        view_width = pixels.shape[1]
+        draw.rectangle([left, 0, left + view_width - 1, bar - 1], fill=VIEW_BAR_COLORS.get(name, (128, 128, 128)))
+        draw.text((left + 8, 4), captions.get(name, name), fill=(0, 0, 0), font=font)
+        canvas.paste(Image.fromarray(pixels), (left, bar))
+        draw.line([left + view_width - 1, bar, left + view_width - 1, height], fill=(60, 60, 60), width=2)
+        left += view_width
+    return canvas

@@ -341,8 +341,6 @@ def _colour_pixels(pixels, colour, tolerance=40):
 
 
 def test_offscreen_views_show_image_and_marks(headless_slicer, main_case_selection, tmp_path):
-    from PIL import Image
-
     scene = headless_slicer.scene
     node, result = _load_main_case(headless_slicer, main_case_selection)
     views = headless_slicer.render_views()  # before VoteMI: no marks
@@ -358,10 +356,16 @@ def test_offscreen_views_show_image_and_marks(headless_slicer, main_case_selecti
         assert centre.mean() > 40, f"{name}: the brain is not visible (mean {centre.mean():.1f})"
         marked = _colour_pixels(pixels, mrml.PLANE_COLORS[plane])
         assert marked > baseline[name] + 150, f"{name}: the {plane} mark is not visible ({marked} pixels)"
-    strip = np.concatenate([views[name] for name in ("Red", "Yellow", "Green")], axis=1)
-    Image.fromarray(strip).save(tmp_path / "views.png")
-    if os.environ.get("VOTEMI_UPDATE_SCREENSHOT"):
-        Image.fromarray(strip).save(REPO / "Screenshot01.png")
+    from mrml_helpers import views_with_bars
+
+    captions = {}
+    for name, plane in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal")):
+        best = result.planes[plane].selected[0]
+        captions[name] = f"{name[0]}: {plane.capitalize()} 1, {'RAS'[mrml._NORMAL_INDEX[plane]]} {best.position_mm:+.1f} mm"
+    screenshot = views_with_bars(views, captions)
+    screenshot.save(tmp_path / "views.png")
+    if os.environ.get("VOTEMI_UPDATE_SCREENSHOT"):  # refresh the Extension Manager screenshot
+        screenshot.save(REPO / "Screenshot01.png")
 
 
 def test_every_plane_has_a_colour():
