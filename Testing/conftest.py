@@ -7,15 +7,25 @@ import pytest
 # --- VLM tests (helpers in vlm_fixtures.py) ------------------------------------------------------
 
 
+def _tiny_model(tmp_path_factory, builder: str, folder: str) -> str:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach for a model hub
+    import vlm_fixtures
+
+    return getattr(vlm_fixtures, builder)(tmp_path_factory.mktemp(folder))
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory):
     """Folder of a tiny random LLaVA built for this test session (never downloaded)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from vlm_fixtures import build_tiny_vlm
+    return _tiny_model(tmp_path_factory, "build_tiny_vlm", "tiny-vlm")
 
-    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory):
+    """Folder of a tiny random Gemma 3 (MedGemma's architecture) built for this test session."""
+    return _tiny_model(tmp_path_factory, "build_tiny_gemma3", "tiny-gemma3")
 
 
 @pytest.fixture
@@ -25,28 +35,3 @@ def scripted_server():
 
     with ScriptedServer() as server:
         yield server
-
-
-# --- MRML layer tests (helpers in mrml_helpers.py) -----------------------------------------------
-
-
-@pytest.fixture
-def headless_slicer():
-    """Scene, module logics and Red/Yellow/Green slice views on the MRML libraries of slicer-core."""
-    pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
-    from mrml_helpers import HeadlessSlicer
-
-    app = HeadlessSlicer()
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="session")
-def main_case_selection():
-    """Path of the main real case and its selection (computed once; do not modify)."""
-    from VoteMILib.selection import select_slices
-    from VoteMILib.volumes import load_volume
-    from mrml_helpers import main_case_image
-
-    path = main_case_image()
-    return path, select_slices(load_volume(path), top_k=3, seed=0)

@@ -93,6 +93,17 @@ def test_inprocess_describe_streams_and_records(tiny_vlm_dir, volume, selection)
     assert list_models(settings) == [report.meta["model_reported"]]
 
 
+def test_inprocess_gemma3_three_window_ct(tiny_gemma3_dir):
+    # Gemma 3 is MedGemma's architecture: its processor path must work, with RGB three-window CT images.
+    ct = make_volume("ct", name="CT head")
+    settings = DescribeSettings(protocol="inprocess", model=tiny_gemma3_dir, max_tokens=MAX_TOKENS, long_side=64,
+                                ct_preset="three_window", device="cpu")
+    report = describe(ct, make_selection(ct, top_k=1), settings)
+    assert report.text and report.meta["usage"]["completion_tokens"] == MAX_TOKENS
+    assert report.meta["modality"] == "CT"
+    assert all(image["window"]["source"] == "three_window" for image in report.meta["images"])
+
+
 def test_inprocess_cancel_and_missing_folder(tiny_vlm_dir, volume, selection, tmp_path):
     settings = DescribeSettings(protocol="inprocess", model=tiny_vlm_dir, max_tokens=200, long_side=64, device="cpu")
     stop = threading.Event()

@@ -61,56 +61,103 @@ def make_selection(volume, planes=PLANES, top_k: int = 2) -> SelectionResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tiny random VLM (LLaVA architecture)
+# Tiny random VLMs (LLaVA, and Gemma 3 as used by MedGemma)
 
 _SENTENCES = [
     "Findings: the axial slice shows normal brain tissue without haemorrhage [A1].",
     "Impression: no acute abnormality; coronal and sagittal images are unremarkable [C1, S1].",
     "The ventricles are symmetric. Bone windows show no fracture. Lung fields are clear.",
 ]
-_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def _chat_template(image_token: str, turn: str = "", bos: str = "") -> str:
+    """A minimal Jinja chat template that emits ``image_token`` for every image part."""
+    return (
+        bos + "{% for m in messages %}" + turn + "{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}" + image_token + "{% else %}"
+        "{{ p['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}" + turn + "assistant:{% endif %}")
+
+
+def _tokenizer(specials, template, **named_tokens):
+    """A byte-level BPE tokenizer trained on a few sentences; any text encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(specials),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(_SENTENCES * 3, trainer)
+    standard = {key: named_tokens.pop(key) for key in ("bos_token", "eos_token", "pad_token")}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, extra_special_tokens=named_tokens, **standard)
+    fast.chat_template = template
+    return fast
+
+
+def _save(model, processor, specials, tokenizer, folder) -> str:
+    # Never emit special tokens (end of text, padding, image): every generation then runs to
+    # max_new_tokens and decodes to non-empty text, whatever the random weights.
+    model.generation_config.suppress_tokens = [tokenizer.convert_tokens_to_ids(token) for token in specials]
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
 
 
 def build_tiny_vlm(folder) -> str:
     """Build and save a randomly initialised LLaVA (~0.6 MB) with its processor; returns the folder."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+                              LlavaForConditionalGeneration, LlavaProcessor)
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<image>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(_SENTENCES * 3, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   extra_special_tokens={"image_token": "<image>"})
-    fast.chat_template = _CHAT_TEMPLATE
+    specials = ("<pad>", "<s>", "</s>", "<image>")
+    template = _chat_template("<image>")
+    tokenizer = _tokenizer(specials, template, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                           image_token="<image>")
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                             image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=fast, patch_size=8,
-                               vision_feature_select_strategy="default", chat_template=_CHAT_TEMPLATE,
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", chat_template=template,
                                image_token="<image>", num_additional_image_tokens=1)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=32)
     text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=len(fast), max_position_embeddings=4096,
+                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=4096,
                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=fast.convert_tokens_to_ids("<image>"),
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                          vision_feature_select_strategy="default", vision_feature_layer=-1)
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
-    # Never emit special tokens (end of text, padding, image): every generation then runs to
-    # max_new_tokens and decodes to non-empty text, whatever the random weights.
-    special = ("<pad>", "<s>", "</s>", "<image>")
-    model.generation_config.suppress_tokens = [fast.convert_tokens_to_ids(token) for token in special]
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
+    return _save(LlavaForConditionalGeneration(config), processor, specials, tokenizer, folder)
+
+
+def build_tiny_gemma3(folder) -> str:
+    """Build and save a randomly initialised Gemma 3 (MedGemma's architecture and processor path)."""
+    import torch
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil,
+                              Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig)
+
+    specials = ("<pad>", "<bos>", "<eos>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+    template = _chat_template("<start_of_image>", turn="<turn>", bos="{{ bos_token }}")
+    tokenizer = _tokenizer(specials, template, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                           boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>")
+    image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
+                                image_seq_length=4)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=32, patch_size=8)
+    text = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=16, vocab_size=len(tokenizer), sliding_window=64,
+                            max_position_embeddings=4096, bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"],
+                            pad_token_id=ids["<pad>"])
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+                          image_token_index=ids["<image_soft_token>"])
+    torch.manual_seed(0)
+    return _save(Gemma3ForConditionalGeneration(config), processor, specials, tokenizer, folder)
 
 
 # ---------------------------------------------------------------------------------------------
