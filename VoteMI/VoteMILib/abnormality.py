@@ -119,14 +119,17 @@ def abnormality_map(grid, channels, patches, features, seed: int = 0) -> np.ndar
     for data in channels:
         smooth = ndimage.gaussian_filter(data, sigma)
         difference += (smooth - mirror(smooth, plane, inner)) ** 2
-    rarity = rarity_map(grid.mask.shape, patches, feature_rarity(features, seed=seed), spacing)
+    # Rarity is only compared inside the inner head, so only patches centred there need it.
+    central = inner[tuple(patches.center.T)]
+    rarity = rarity_map(grid.mask.shape, patches.center[central], feature_rarity(features[central], seed=seed),
+                        spacing)
     mirrored = mirror(rarity, plane, inner)
     side = np.divide(rarity, rarity + mirrored, out=np.full(rarity.shape, 0.5, np.float32),
                      where=(rarity + mirrored) > 0)
     return np.where(inner, difference * side, 0.0).astype(np.float32)
 
 
-def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: int = 3000, seed: int = 0) -> np.ndarray:
+def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: int = 2000, seed: int = 0) -> np.ndarray:
     """Mean feature distance of each patch to its nearest patches: large where few patches look alike.
 
     Distances are taken to a seeded sample of ``reference_size`` patches (a k-nearest-neighbour
@@ -141,11 +144,11 @@ def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: in
     return distances.reshape(len(features), -1).mean(axis=1)
 
 
-def rarity_map(shape, patches, rarity: np.ndarray, spacing_mm) -> np.ndarray:
-    """Patch rarity spread from the patch centres into a smooth map (a weighted local mean)."""
+def rarity_map(shape, centers: np.ndarray, rarity: np.ndarray, spacing_mm) -> np.ndarray:
+    """Patch rarity spread from the patch centres (n, 3) into a smooth map (a weighted local mean)."""
     total = np.zeros(shape, dtype=np.float64)
     count = np.zeros(shape, dtype=np.float64)
-    index = tuple(patches.center.T)
+    index = tuple(centers.T)
     np.add.at(total, index, rarity)
     np.add.at(count, index, 1.0)
     sigma = _sigma_voxels(RARITY_SCALE_MM, spacing_mm)
