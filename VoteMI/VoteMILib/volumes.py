@@ -7,7 +7,12 @@ the engine can be fed from a file (SimpleITK) or from an MRML node alike.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
+import struct
+import sys
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,19 +121,26 @@ def load_volume(path) -> Volume:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VolumeError(f"no such file or folder: {path}")
+    chatter = []  # what ITK's readers print straight to stderr (MetaIO does, on short files)
     try:
-        if os.path.isdir(path):
-            image = _read_dicom_folder(sitk, path)
-        else:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(path)
-            reader.ReadImageInformation()  # the header alone: refuse huge volumes before reading voxels
-            _check_header(reader, _stem(path))
-            image = reader.Execute()
+        with _captured_stderr(chatter):
+            if os.path.isdir(path):
+                image = _read_dicom_folder(sitk, path)
+            else:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(path)
+                reader.ReadImageInformation()  # the header alone: refuse huge volumes before reading voxels
+                _check_header(reader, _stem(path))
+                _check_nifti_complete(path, _stem(path))
+                image = reader.Execute()
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()
-        detail = next((line for line in reversed(reason) if line.strip()), "unknown reason")
-        raise VolumeError(f"cannot read {path}: {detail.strip()}") from None
+        reason = [line.strip() for line in chatter + str(error).strip().splitlines() if line.strip()]
+        # ITK's own text: the reader's first complaint names the problem best; the last line of the
+        # exception is often a stale errno ("No such file or directory") or the source position.
+        detail = " ".join(reason[:2]) if chatter else (reason[-1] if reason else "unknown reason")
+        raise VolumeError(f"cannot read {path}: {detail}") from None
+    if chatter:
+        sys.stderr.write("\n".join(chatter) + "\n")
     name = _stem(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(
@@ -151,6 +163,81 @@ def _check_header(reader, name: str) -> None:
         raise VolumeError(
             f"{name} has {voxels:,} voxels ({'x'.join(map(str, size))}), more than the {MAX_VOXELS:,} "
             "VoteMI accepts; crop or resample it first")
+
+
+def _check_nifti_complete(path: str, name: str) -> None:
+    """Refuse a single-file NIfTI shorter than its header says: ITK reads a truncated .nii or .nii.gz
+    without complaint and fills the missing voxels with zeros."""
+    lower = path.lower()
+    if not (lower.endswith(".nii") or lower.endswith(".nii.gz")):
+        return
+    compressed = lower.endswith(".gz")
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as handle:
+            expected = _nifti_data_end(handle.read(540))
+    except (OSError, EOFError):
+        return  # not readable as gzip: leave the diagnosis to ITK
+    if expected is None:
+        return
+    if compressed:
+        # The gzip trailer holds the uncompressed size modulo 2^32; decompress only if it disagrees.
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            if struct.unpack("<I", handle.read(4))[0] == expected % 2 ** 32:
+                return
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as handle:
+                while chunk := handle.read(1 << 16):  # small reads: a cut-off stream loses little
+                    actual += len(chunk)
+        except (OSError, EOFError):
+            pass  # a cut-off gzip stream: ``actual`` is what could be decompressed
+    else:
+        actual = os.path.getsize(path)
+    if actual < expected:
+        raise VolumeError(f"{name} is truncated: its header promises {expected:,} bytes, the file holds "
+                          f"{actual:,}{' (uncompressed)' if compressed else ''}")
+
+
+def _nifti_data_end(header: bytes):
+    """Offset of the last voxel byte of a single-file NIfTI-1/2 (None if ``header`` is not one)."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348 and header[344:347] == b"n+1":
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540 and header[4:7] == b"n+2":
+            dims = struct.unpack(order + "8q", header[16:80])
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            offset = int(struct.unpack(order + "q", header[168:176])[0])
+            break
+    else:
+        return None
+    rank = dims[0]
+    if not 1 <= rank <= 7 or bitpix <= 0 or any(n <= 0 for n in dims[1:rank + 1]):
+        return None
+    return offset + int(np.prod(dims[1:rank + 1], dtype=np.int64)) * bitpix // 8
+
+
+@contextlib.contextmanager
+def _captured_stderr(lines: list):
+    """Collect what C++ code writes to file descriptor 2 meanwhile into ``lines`` (one entry per line)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (some embedded interpreters): capture nothing
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
 
 
 def ijk_to_ras_from_image(image) -> np.ndarray:
