@@ -35,3 +35,28 @@ def scripted_server():
 
     with ScriptedServer() as server:
         yield server
+
+
+# --- MRML layer tests (helpers in mrml_helpers.py) -----------------------------------------------
+
+
+@pytest.fixture
+def headless_slicer():
+    """Scene, module logics and Red/Yellow/Green slice views on the MRML libraries of slicer-core."""
+    pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
+    from mrml_helpers import HeadlessSlicer
+
+    app = HeadlessSlicer()
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def main_case_selection():
+    """Path of the main real case and its selection (computed once; do not modify)."""
+    from VoteMILib.selection import select_slices
+    from VoteMILib.volumes import load_volume
+    from mrml_helpers import main_case_image
+
+    path = main_case_image()
+    return path, select_slices(load_volume(path), top_k=3, seed=0)
