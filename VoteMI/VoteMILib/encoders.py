@@ -173,7 +173,7 @@ def load_patch_encoder(path, patch_size: int | None = PATCH_SIZE) -> VAEEncoder:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{path} is not a readable encoder file ({reason})") from None
-    if not isinstance(arrays, dict) or "metadata" not in arrays:
+    if "metadata" not in arrays:
         raise ModelError(f"{path} is not a VoteMI encoder file (no metadata record)")
     try:
         metadata = json.loads(str(arrays["metadata"]))
@@ -188,6 +188,9 @@ def load_patch_encoder(path, patch_size: int | None = PATCH_SIZE) -> VAEEncoder:
     architecture = metadata.get("architecture")
     if architecture not in ARCHITECTURES:
         raise ModelError(f"{path} uses architecture '{architecture}', which this VoteMI cannot run")
+    activation = metadata.get("activation")
+    if activation not in ACTIVATIONS:
+        raise ModelError(f"{path} uses activation '{activation}', which this VoteMI cannot run")
     model_patch = metadata.get("patch_size")
     if not isinstance(model_patch, int) or model_patch < 1:
         raise ModelError(f"{path} does not record a valid patch size")
@@ -203,10 +206,7 @@ def load_patch_encoder(path, patch_size: int | None = PATCH_SIZE) -> VAEEncoder:
     with open(path, "rb") as handle:
         metadata["sha256"] = hashlib.sha256(handle.read()).hexdigest()[:16]
     metadata["file"] = os.path.basename(path)
-    try:
-        return VAEEncoder(weights, model_patch, metadata.get("activation", "relu"), metadata)
-    except ModelError as error:
-        raise ModelError(f"{path}: {error}") from None
+    return VAEEncoder(weights, model_patch, activation, metadata)
 
 
 def _layers(path, arrays, patch_size):
