@@ -78,7 +78,7 @@ def votemi_module(headless_slicer, monkeypatch):
 
 def test_module_description(votemi_module):
     module = votemi_module.VoteMI(None)
-    assert module.parent.categories == ["Informatics"]
+    assert module.parent.categories == ["Quantification"]
     assert module.parent.contributors and module.parent.acknowledgementText
     assert "github.com/VoteMI/SlicerVoteMI" in module.parent.helpText
 

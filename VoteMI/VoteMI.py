@@ -43,7 +43,7 @@ class VoteMI(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VoteMI")
-        self.parent.categories = [_("Informatics")]
+        self.parent.categories = [_("Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["VoteMI developers (VoteMI project)"]
         self.parent.helpText = _(
