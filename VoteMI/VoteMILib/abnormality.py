@@ -46,7 +46,7 @@ class MidsagittalPlane:
 
 
 def fit_midsagittal_plane(data: np.ndarray, mask: np.ndarray, spacing_mm, seed: int = 0,
-                          max_points: int = 4000) -> MidsagittalPlane:
+                          max_points: int = 2000) -> MidsagittalPlane:
     """The plane about which the head looks most symmetric.
 
     Starts at the head's centre of mass with no tilt and minimises the mean absolute difference
@@ -68,16 +68,19 @@ def fit_midsagittal_plane(data: np.ndarray, mask: np.ndarray, spacing_mm, seed: 
 
     fit = optimize.minimize(asymmetry, x0=[0.0, 0.0, 0.0], method="Powell",
                             bounds=[(-0.15 * data.shape[0], 0.15 * data.shape[0]), (-0.35, 0.35), (-0.35, 0.35)],
-                            options={"xtol": 1e-2, "ftol": 1e-4})
+                            options={"xtol": 1e-2, "ftol": 1e-3})
     offset, yaw, roll = fit.x
     return MidsagittalPlane(tuple(float(c) for c in centre + [offset, 0.0, 0.0]), float(yaw), float(roll))
 
 
-def mirror(volume: np.ndarray, plane: MidsagittalPlane, where: np.ndarray) -> np.ndarray:
-    """Values of ``volume`` at the mirror image of every voxel in ``where`` (0 elsewhere)."""
-    points = np.argwhere(where).astype(float)
-    out = np.zeros(volume.shape, dtype=np.float32)
-    out[where] = ndimage.map_coordinates(volume, plane.reflect(points).T, order=1, mode="constant")
+def mirror(volumes, plane: MidsagittalPlane, where: np.ndarray) -> list:
+    """Values of each volume at the mirror image of every voxel in ``where`` (0 elsewhere)."""
+    reflected = plane.reflect(np.argwhere(where).astype(float)).T
+    out = []
+    for volume in volumes:
+        image = np.zeros(volume.shape, dtype=np.float32)
+        image[where] = ndimage.map_coordinates(volume, reflected, order=1, mode="constant")
+        out.append(image)
     return out
 
 
@@ -114,16 +117,14 @@ def abnormality_map(grid, channels, patches, features, seed: int = 0) -> np.ndar
     if not inner.any():
         inner = grid.mask
     plane = fit_midsagittal_plane(channels[0], grid.mask, spacing, seed=seed)
-    difference = np.zeros(grid.mask.shape, dtype=np.float32)
     sigma = _sigma_voxels(LESION_SCALE_MM, spacing)
-    for data in channels:
-        smooth = ndimage.gaussian_filter(data, sigma)
-        difference += (smooth - mirror(smooth, plane, inner)) ** 2
+    smooth = [ndimage.gaussian_filter(data, sigma, truncate=3.0) for data in channels]
     # Rarity is only compared inside the inner head, so only patches centred there need it.
     central = inner[tuple(patches.center.T)]
     rarity = rarity_map(grid.mask.shape, patches.center[central], feature_rarity(features[central], seed=seed),
                         spacing)
-    mirrored = mirror(rarity, plane, inner)
+    *mirrored_channels, mirrored = mirror(smooth + [rarity], plane, inner)
+    difference = sum((a - b) ** 2 for a, b in zip(smooth, mirrored_channels))
     side = np.divide(rarity, rarity + mirrored, out=np.full(rarity.shape, 0.5, np.float32),
                      where=(rarity + mirrored) > 0)
     return np.where(inner, difference * side, 0.0).astype(np.float32)
@@ -146,15 +147,14 @@ def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: in
 
 def rarity_map(shape, centers: np.ndarray, rarity: np.ndarray, spacing_mm) -> np.ndarray:
     """Patch rarity spread from the patch centres (n, 3) into a smooth map (a weighted local mean)."""
-    total = np.zeros(shape, dtype=np.float64)
-    count = np.zeros(shape, dtype=np.float64)
-    index = tuple(centers.T)
-    np.add.at(total, index, rarity)
-    np.add.at(count, index, 1.0)
+    flat = np.ravel_multi_index(tuple(centers.T), shape)
+    size = int(np.prod(shape))
+    total = np.bincount(flat, weights=rarity, minlength=size).reshape(shape).astype(np.float32)
+    count = np.bincount(flat, minlength=size).reshape(shape).astype(np.float32)
     sigma = _sigma_voxels(RARITY_SCALE_MM, spacing_mm)
-    total = ndimage.gaussian_filter(total, sigma)
-    count = ndimage.gaussian_filter(count, sigma)
-    return np.divide(total, count, out=np.zeros(shape), where=count > 1e-6).astype(np.float32)
+    total = ndimage.gaussian_filter(total, sigma, truncate=3.0)
+    count = ndimage.gaussian_filter(count, sigma, truncate=3.0)
+    return np.divide(total, count, out=np.zeros(shape, np.float32), where=count > 1e-6)
 
 
 def patch_votes(volume_map: np.ndarray, patches, planes) -> np.ndarray:
