@@ -197,6 +197,14 @@ class VLMServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
 
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-answer is routine (Cancel in Slicer); anything else is logged.
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError) or self.log is None:
+            return
+        self.log.write(f"{client_address[0]} error: {type(error).__name__}: {error}\n")
+        self.log.flush()
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
