@@ -318,7 +318,10 @@ def test_saved_scene_restores_votemi_nodes(headless_slicer, main_case_selection,
         assert mrml.report_edited(loaded_report), "the user's edit is still recognised after reloading"
         assert mrml.report_metadata(loaded_report) == {"model": "m"}
         before, after = mrml.voted_slices(scene, node), mrml.voted_slices(restored.scene, volume)
-        assert [(p["plane"], p["rank"], p["slice"]) for p in after] == [(p["plane"], p["rank"], p["slice"]) for p in before]
+        def keys(picks):
+            return [(pick["plane"], pick["rank"], pick["slice"]) for pick in picks]
+
+        assert keys(after) == keys(before)
         assert np.allclose([p["center_ras"] for p in after], [p["center_ras"] for p in before])
         folder = mrml.votemi_folder(restored.scene, volume, create=False)
         shnode = restored.scene.GetSubjectHierarchyNode()
@@ -345,12 +348,12 @@ def test_offscreen_views_show_image_and_marks(headless_slicer, main_case_selecti
     node, result = _load_main_case(headless_slicer, main_case_selection)
     views = headless_slicer.render_views()  # before VoteMI: no marks
     baseline = {name: _colour_pixels(pixels, mrml.PLANE_COLORS[plane]) for (name, pixels), plane
-                in zip(views.items(), ("axial", "sagittal", "coronal"))}
+                in zip(views.items(), ("axial", "sagittal", "coronal"), strict=True)}
     mrml.apply_selection(scene, node, result)
     views = headless_slicer.render_views()
     assert headless_slicer.window_class() in ("vtkEGLRenderWindow", "vtkOSOpenGLRenderWindow",
                                               "vtkXOpenGLRenderWindow")
-    for (name, pixels), plane in zip(views.items(), ("axial", "sagittal", "coronal")):
+    for (name, pixels), plane in zip(views.items(), ("axial", "sagittal", "coronal"), strict=True):
         height, width, _ = pixels.shape
         centre = pixels[height // 4: 3 * height // 4, width // 4: 3 * width // 4]
         assert centre.mean() > 40, f"{name}: the brain is not visible (mean {centre.mean():.1f})"
@@ -361,7 +364,8 @@ def test_offscreen_views_show_image_and_marks(headless_slicer, main_case_selecti
     captions = {}
     for name, plane in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal")):
         best = result.planes[plane].selected[0]
-        captions[name] = f"{name[0]}: {plane.capitalize()} 1, {'RAS'[mrml._NORMAL_INDEX[plane]]} {best.position_mm:+.1f} mm"
+        axis = "RAS"[mrml._NORMAL_INDEX[plane]]
+        captions[name] = f"{name[0]}: {plane.capitalize()} 1, {axis} {best.position_mm:+.1f} mm"
     screenshot = views_with_bars(views, captions)
     screenshot.save(tmp_path / "views.png")
     if os.environ.get("VOTEMI_UPDATE_SCREENSHOT"):  # refresh the Extension Manager screenshot

@@ -73,7 +73,8 @@ def test_ui_has_every_widget_the_module_uses():
 
 def test_ui_parameter_names_match_the_parameter_node():
     module = ast.parse(MODULE_SOURCE.read_text())
-    wrapper = next(node for node in module.body if isinstance(node, ast.ClassDef) and node.name == "VoteMIParameterNode")
+    wrapper = next(node for node in module.body
+                   if isinstance(node, ast.ClassDef) and node.name == "VoteMIParameterNode")
     fields = {statement.target.id for statement in wrapper.body if isinstance(statement, ast.AnnAssign)}
     tree = ElementTree.parse(UI_FILE)
     bound = {}

@@ -12,7 +12,6 @@ import queue
 import threading
 from typing import Annotated
 
-import ctk
 import qt
 import slicer
 import vtk
@@ -160,11 +159,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._taskVolumeID = None
         self._taskReportNode = None
         self._describing = False
-        self._results = {}
         self._reportNode = None
         self._updatingReport = False
         self._plotView = None
         self._timer = None
+        self._shownVolumeID = None
+        self._rows = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -205,7 +205,6 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.reportTextEdit.connect("textChanged()", self.onReportEdited)
-        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.extraVolumesSelector.connect("checkedNodesChanged()", self.onExtraVolumesChanged)
 
         self.initializeParameterNode()
@@ -226,12 +225,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancel()
         self._observeReport(None)
-        self._results.clear()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -268,14 +266,22 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._shownVolumeID = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._loadExtraVolumesIntoGui()
+        self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._updateButtons()
-        self.onInputChanged()
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        volumeID = volumeNode.GetID() if volumeNode else None
+        if volumeID != self._shownVolumeID:
+            self._shownVolumeID = volumeID
+            self.onInputChanged()
 
     def _loadExtraVolumesIntoGui(self):
         raw = self._parameterNode.parameterNode
@@ -360,7 +366,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         reportNode = self.logic.reportNode(volumeNode)
         if describe and self.logic.reportEdited(reportNode):
             if not slicer.util.confirmYesNoDisplay(
-                    _("The report of {name} was edited. Replace it with a new draft?").format(name=volumeNode.GetName()),
+                    _("The report of {name} was edited. Replace it with a new draft?").format(
+                        name=volumeNode.GetName()),
                     windowTitle="VoteMI"):
                 return
         if describe:
@@ -372,6 +379,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = self.logic.volumeFromNode(volumeNode)
         extras = [self.logic.volumeFromNode(extra) for extra in self._extraVolumes()]
         topK, mode = int(node.slicesPerPlane), node.selectionMode
+        waiting = _("Waiting for the model at {url}").format(url=settings.server_url) if describe else ""
 
         def work(post, cancelled):
             from VoteMILib.selection import select_slices
@@ -385,7 +393,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             from VoteMILib.vlm import describe as describeSlices
 
-            post("progress", 0.55, _("Waiting for the model at {url}").format(url=settings.server_url))
+            post("progress", 0.55, waiting)
             report = describeSlices(volume, result, settings, extra_volumes=extras,
                                     on_text=lambda text: post("text", text), cancel=cancelled)
             post("report", report)
@@ -426,7 +434,6 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result, = values
             if volumeNode is None:
                 raise RuntimeError(_("the input volume was removed from the scene"))
-            self._results[volumeNode.GetID()] = result
             self.logic.applySelection(volumeNode, result)
             self._refreshResults()
             self._connectPlotView(True)
@@ -566,7 +573,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ----------------------------------------------------------------------------------------
     # Results table and plot
 
-    def onInputChanged(self, node=None) -> None:
+    def onInputChanged(self) -> None:
+        """Show the voted slices and the report of the (new) input volume."""
         self._refreshResults()
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         self._observeReport(self.logic.reportNode(volumeNode) if volumeNode else None)
@@ -574,6 +582,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _refreshResults(self):
         table = self.ui.resultsTable
         table.setRowCount(0)
+        self._rows = []
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         if volumeNode is None:
             return
@@ -588,9 +597,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 table.setItem(row, column, item)
 
     def onResultClicked(self, row, column) -> None:
-        rows = getattr(self, "_rows", [])
-        if 0 <= row < len(rows):
-            self.logic.jumpToSlice(rows[row]["plane"], rows[row]["center_ras"])
+        if 0 <= row < len(self._rows):
+            self.logic.jumpToSlice(self._rows[row]["plane"], self._rows[row]["center_ras"])
 
     def _connectPlotView(self, connect):
         layoutManager = slicer.app.layoutManager() if connect else None

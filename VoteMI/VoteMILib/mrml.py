@@ -491,7 +491,7 @@ def table_rows(table) -> list:
 
     slices, ijk, positions, scores, ranks = (column(name) for name in
                                              (COLUMN_SLICE, COLUMN_IJK, COLUMN_POSITION, COLUMN_SCORE, COLUMN_RANK))
-    centers = list(zip(*(column(name) for name in COLUMNS_CENTER)))
+    centers = list(zip(*(column(name) for name in COLUMNS_CENTER), strict=True))
     return [{"slice": int(slices[row]), "ijk_index": int(ijk[row]), "position_mm": float(positions[row]),
              "score": float(scores[row]), "rank": int(ranks[row]), "center_ras": tuple(float(c) for c in centers[row])}
             for row in range(len(slices))]

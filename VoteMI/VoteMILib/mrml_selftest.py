@@ -81,7 +81,8 @@ def check_scene(scene, volume_node, result, tolerance_mm: float = 1e-3) -> None:
     planes = list(result.planes)
     for role, expected in (("marks", len(planes)), ("scores", len(planes)), ("series", len(planes)), ("chart", 1)):
         found = mrml.votemi_nodes(scene, volume_node, role=role)
-        assert len(found) == expected, f"{len(found)} VoteMI {role} node(s) for {volume_node.GetName()}, expected {expected}"
+        assert len(found) == expected, (
+            f"{len(found)} VoteMI {role} node(s) for {volume_node.GetName()}, expected {expected}")
     assert len(mrml.votemi_nodes(scene, volume_node, role="report")) <= 1, "more than one report node"
     for plane in planes:
         plane_result = result.planes[plane]
@@ -95,7 +96,8 @@ def check_scene(scene, volume_node, result, tolerance_mm: float = 1e-3) -> None:
             assert marks.GetNthControlPointLabel(index) == mrml.mark_label(chosen)
         table, = mrml.votemi_nodes(scene, volume_node, role="scores", plane=plane)
         rows = mrml.table_rows(table)
-        assert len(rows) == len(plane_result.scores), f"{plane}: {len(rows)} table rows for {len(plane_result.scores)} slices"
+        assert len(rows) == len(plane_result.scores), (
+            f"{plane}: {len(rows)} table rows for {len(plane_result.scores)} slices")
         assert np.allclose([row["position_mm"] for row in rows], plane_result.positions_mm, atol=tolerance_mm)
         assert np.allclose([row["score"] for row in rows], plane_result.scores, atol=1e-9)
         series, = mrml.votemi_nodes(scene, volume_node, role="series", plane=plane)
