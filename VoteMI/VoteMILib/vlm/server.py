@@ -244,12 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
         token = given[7:].strip() if given[:7].lower() == "bearer " else ""
         return hmac.compare_digest(token.encode("utf-8"), self.server.api_key.encode("utf-8"))
 
-    def _require_key(self) -> bool:
-        if self._authorized():
-            return True
+    def _reject_key(self):
         self._send_error(RequestError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
                                       code="invalid_api_key"), {"WWW-Authenticate": "Bearer"})
-        return False
 
     def _drain_and_close(self):
         """Read and drop what the client is still sending, so it sees our answer instead of a reset."""
@@ -294,10 +291,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/health":
             self._send_json(200, {"status": "ok", "model": self.server.model.name})
         elif path == "/v1/models":
-            if self._require_key():
-                self._send_json(200, {"object": "list", "data": [
-                    {"id": self.server.model.name, "object": "model", "created": self.server.created,
-                     "owned_by": "votemi"}]})
+            if not self._authorized():
+                self._reject_key()
+                return
+            self._send_json(200, {"object": "list", "data": [
+                {"id": self.server.model.name, "object": "model", "created": self.server.created,
+                 "owned_by": "votemi"}]})
         elif path == "/v1/chat/completions":
             self._send_error(RequestError(405, "use POST for /v1/chat/completions"), {"Allow": "POST"})
         else:
@@ -311,7 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(RequestError(404, f"no endpoint {path or '/'}; use POST /v1/chat/completions"))
             self._drain_and_close()
             return
-        if not self._require_key():
+        if not self._authorized():
+            self.close_connection = True  # the unread body would otherwise be taken for the next request
+            self._reject_key()
             self._drain_and_close()
             return
         try:
