@@ -125,3 +125,22 @@ def test_help_and_version(capsys):
     assert "votemi" in capsys.readouterr().out
     assert cli.main([]) == 2  # no command: help, non-zero
     assert "select" in capsys.readouterr().out
+
+
+def test_main_on_colin27_as_in_the_readme(tmp_path, capsys):
+    # The README's first command runs on Debian's Colin27 T1 (mricron-data): a lesion-free real brain.
+    assert ef.COLIN27.exists(), "apt-get install mricron-data"
+    out = tmp_path / "colin27.json"
+    assert cli.main(["select", str(ef.COLIN27), "--json", str(out), "--png-dir", str(tmp_path / "png")]) == 0
+    assert "wrote 9 PNGs" in capsys.readouterr().out
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert document["size_ijk"] == [181, 217, 181]
+    for plane in PLANES:
+        entry = document["planes"][plane]
+        assert entry["normal_axis"] == NORMAL_AXIS[plane]
+        assert len(entry["positions_mm"]) == len(entry["scores"])
+        assert len(entry["selected"]) == 3
+    assert len(document["pngs"]) == 9
+    for path in document["pngs"]:
+        with Image.open(path) as png:
+            assert png.mode == "L" and min(png.size) > 100

@@ -29,13 +29,16 @@ def check_picks(plane_result, top_k, min_spacing):
         assert pick.position_mm == pytest.approx(positions[pick.index])
         assert pick.score == pytest.approx(scores[pick.index])
         assert pick.ijk_index == plane_result.ijk_indices[pick.index]
+        # Slices exactly min_spacing from a pick are on the boundary: float rounding decides them.
         allowed = np.array([all(abs(p - positions[c]) >= min_spacing - 1e-6 for c in chosen) for p in positions])
+        clear = np.array([all(abs(p - positions[c]) >= min_spacing + 1e-6 for c in chosen) for p in positions])
         assert allowed[pick.index], f"{plane_result.plane}: pick {rank} is within {min_spacing} mm of an earlier one"
-        assert pick.score == pytest.approx(scores[allowed].max()), f"{plane_result.plane}: pick {rank} is not the best left"
+        if clear.any():
+            assert pick.score >= scores[clear].max() - 1e-9, f"{plane_result.plane}: pick {rank} is not the best left"
         chosen.append(pick.index)
     # Fewer than top_k picks only when no slice is left far enough from the others.
     if len(selected) < top_k:
-        assert all(any(abs(p - positions[c]) < min_spacing for c in chosen) for p in positions)
+        assert all(any(abs(p - positions[c]) < min_spacing + 1e-6 for c in chosen) for p in positions)
     picked_scores = [s.score for s in selected]
     assert picked_scores == sorted(picked_scores, reverse=True)
     assert selected[0].index == int(np.argmax(scores)) or scores[selected[0].index] == scores.max()
