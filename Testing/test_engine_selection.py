@@ -230,3 +230,35 @@ def test_working_grid_does_not_write_into_its_input():
     assert out.shape == (3, 4, 5)
     assert out[0, 0, 0] == pytest.approx(original[:2, :2, :2].mean())
     assert out[2, 3, 4] == pytest.approx(original[4:6, 6:8, 8:10].mean())
+
+
+def test_focus_lies_on_its_slice_and_inside_the_head():
+    case = ef.MAIN_CASE
+    volume, result = ef.volume(case), ef.selection(case)
+    inverse = np.linalg.inv(volume.ijk_to_ras)
+    axis_of = {"R": 0, "A": 1, "S": 2}
+    for plane in PLANES:
+        for pick in result.planes[plane].selected:
+            assert pick.focus_ras is not None and pick.mark_ras == pick.focus_ras
+            assert pick.focus_ras[axis_of[NORMAL_AXIS[plane]]] == pytest.approx(pick.position_mm)
+            i, j, k = np.round(inverse @ np.append(pick.focus_ras, 1.0))[:3].astype(int)
+            assert volume.array[k, j, i] > 0, f"{plane} focus {pick.focus_ras} is outside the brain"
+
+
+def test_focus_points_at_the_lesion():
+    """On a glioma with a clear mass, the best slice's focus of every plane lies on the lesion."""
+    case = ef.MAIN_CASE
+    volume, result = ef.volume(case), ef.selection(case)
+    from VoteMILib.bench import load_mask
+
+    lesion = np.argwhere(load_mask(ef.cases()[case]["mask"], volume))[:, ::-1]  # (i, j, k)
+    lesion_ras = lesion @ volume.ijk_to_ras[:3, :3].T + volume.ijk_to_ras[:3, 3]
+    for plane in PLANES:
+        focus = np.array(result.planes[plane].selected[0].focus_ras)
+        assert np.linalg.norm(lesion_ras - focus, axis=1).min() < 5.0, f"{plane} focus misses the lesion"
+
+
+def test_plain_mode_marks_slice_centres():
+    result = select_slices(ef.volume(ef.MAIN_CASE), planes="axial", mode="plain")
+    for pick in result.planes["axial"].selected:
+        assert pick.focus_ras is None and pick.mark_ras == pick.center_ras

@@ -368,13 +368,14 @@ def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: 
         marks = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"VoteMI {plane} ({volume_name})")
         marks.CreateDefaultDisplayNodes()
         for chosen in plane_result.selected:
-            index = marks.AddControlPoint(*[float(c) for c in chosen.center_ras], mark_label(chosen))
+            index = marks.AddControlPoint(*[float(c) for c in chosen.mark_ras], mark_label(chosen))
             marks.SetNthControlPointDescription(
                 index, f"{plane} slice {chosen.index} (IJK {chosen.ijk_index}), {chosen.position_mm:+.1f} mm, "
                        f"score {chosen.score:.3f}")
             marks.SetNthControlPointLocked(index, True)
         marks.SetLocked(True)
         display = marks.GetDisplayNode()
+        _show_only_in_views_of(scene, display, plane)
         display.SetSelectedColor(*color)
         display.SetColor(*color)
         display.SetActiveColor(*color)
@@ -434,6 +435,20 @@ def slice_node_plane(slice_node) -> str | None:
     if abs(normal[axis]) < np.cos(np.radians(30)):
         return None
     return {0: "sagittal", 1: "coronal", 2: "axial"}[axis]
+
+
+def _show_only_in_views_of(scene, display_node, plane: str) -> None:
+    """Show a plane's marks in the slice views of that plane (and in 3D views) only: a mark placed
+    on the finding may lie near a slice of another plane, where its label would cover that
+    plane's own mark. Views are left unrestricted when none shows the plane."""
+    views = [node for node in slice_nodes(scene) if slice_node_plane(node) == plane]
+    if not views:
+        return
+    three_d = scene.GetNodesByClass("vtkMRMLViewNode")
+    views += [three_d.GetItemAsObject(index) for index in range(three_d.GetNumberOfItems())]
+    display_node.RemoveAllViewNodeIDs()
+    for view in views:
+        display_node.AddViewNodeID(view.GetID())
 
 
 def slice_nodes(scene) -> list:

@@ -90,8 +90,8 @@ def check_scene(scene, volume_node, result, tolerance_mm: float = 1e-3) -> None:
         assert marks.GetNumberOfControlPoints() == len(plane_result.selected), f"{plane}: wrong number of marks"
         for index, chosen in enumerate(plane_result.selected):
             point = np.array(marks.GetNthControlPointPositionWorld(index))
-            assert np.allclose(point, chosen.center_ras, atol=tolerance_mm), (
-                f"{plane} mark {index + 1} at {point.round(3)}, slice centre {np.round(chosen.center_ras, 3)}")
+            assert np.allclose(point, chosen.mark_ras, atol=tolerance_mm), (
+                f"{plane} mark {index + 1} at {point.round(3)}, expected {np.round(chosen.mark_ras, 3)}")
             assert abs(point[mrml._NORMAL_INDEX[plane]] - chosen.position_mm) <= tolerance_mm
             assert marks.GetNthControlPointLabel(index) == mrml.mark_label(chosen)
         table, = mrml.votemi_nodes(scene, volume_node, role="scores", plane=plane)

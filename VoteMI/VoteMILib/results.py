@@ -27,6 +27,9 @@ class SelectedSlice:
         RAS point at the centre of the slice (for jumping slice views).
     score : float
         The slice's score (higher is better).
+    focus_ras : tuple of float or None
+        RAS point in the slice where it looks most abnormal (default mode); None when the score
+        has no location (plain mode), in which case :attr:`mark_ras` is the slice centre.
     """
 
     plane: str
@@ -36,6 +39,12 @@ class SelectedSlice:
     position_mm: float
     center_ras: tuple
     score: float
+    focus_ras: tuple | None = None
+
+    @property
+    def mark_ras(self) -> tuple:
+        """Where to mark the slice: its focus, or its centre when it has none."""
+        return self.focus_ras if self.focus_ras is not None else self.center_ras
 
     @property
     def label(self) -> str:
@@ -45,7 +54,8 @@ class SelectedSlice:
     def to_dict(self) -> dict:
         return {"index": self.index, "position_mm": round(self.position_mm, 3), "score": round(self.score, 6),
                 "rank": self.rank, "id": self.label, "ijk_index": self.ijk_index,
-                "center_ras": [round(float(c), 3) for c in self.center_ras]}
+                "center_ras": [round(float(c), 3) for c in self.center_ras],
+                "focus_ras": None if self.focus_ras is None else [round(float(c), 3) for c in self.focus_ras]}
 
 
 @dataclass

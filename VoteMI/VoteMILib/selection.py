@@ -11,7 +11,7 @@ from scipy import ndimage
 from . import abnormality
 from .clustering import NOISE, dbscan, estimate_eps
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
-from .geometry import NORMAL_AXIS, PLANES, plane_geometry
+from .geometry import NORMAL_AXIS, PLANES, parse_planes, plane_geometry
 from .preprocess import make_working_grid
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import count_votes, greedy_coverage, nearest_patches, pick_top_slices, similarity_graph, slice_scores
@@ -85,9 +85,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
         raise ValueError(f"unknown selection mode '{mode}'; choose from {', '.join(MODES)}")
     if int(top_k) < 1:
         raise ValueError("top_k must be at least 1")
-    planes = tuple(plane for plane in PLANES if plane in set(planes))
-    if not planes:
-        raise ValueError("no plane requested")
+    planes = parse_planes(planes)
     settings = SelectionSettings(mode=mode, top_k=int(top_k), seed=int(seed), **options)
     report = _Progress(progress, cancel)
     started = time.perf_counter()
@@ -117,7 +115,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
         report(0.6, "Selecting covering patches")
         distances, neighbours = nearest_patches(features)
         voters = _vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings, report)
-        weights = None
+        weights = scores_map = None
         details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1),
                    "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
     else:
@@ -147,7 +145,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
         selected = [SelectedSlice(plane=plane, rank=rank, index=index, ijk_index=int(geometry.ijk_indices[index]),
                                   position_mm=float(geometry.positions_mm[index]),
                                   center_ras=tuple(float(c) for c in geometry.centers_ras[index]),
-                                  score=float(scores[index]))
+                                  score=float(scores[index]),
+                                  focus_ras=_focus(scores_map, grid, plane, geometry.centers_ras[index]))
                     for rank, index in enumerate(picks, start=1)]
         plane_results[plane] = PlaneResult(plane=plane, normal_axis=NORMAL_AXIS[plane], ijk_axis=geometry.ijk_axis,
                                            positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
@@ -183,6 +182,23 @@ def _vote_mi_selection(labels, neighbours, similarity, settings, report) -> np.n
     pooled = np.concatenate(pooled)
     budget = int(np.ceil(settings.theta * len(labels)))
     return greedy_coverage(pooled, budget, neighbours, similarity, clustered)
+
+
+def _focus(scores_map, grid, plane, center_ras):
+    """RAS point of the highest abnormality in the working slice nearest a pick, or None."""
+    if scores_map is None:
+        return None
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    slice_index = int(np.argmin(np.abs(grid.positions_mm[plane] - center_ras[axis])))
+    section = np.take(scores_map, slice_index, axis=axis)
+    if not section.max() > 0:
+        return None
+    in_plane = np.unravel_index(int(np.argmax(section)), section.shape)
+    focus = [float(c) for c in center_ras]
+    # In-plane coordinates from the working grid; the normal coordinate stays on the slice.
+    for other, voxel in zip((a for a in range(3) if a != axis), in_plane):
+        focus[other] = float(grid.positions_mm[("sagittal", "coronal", "axial")[other]][voxel])
+    return tuple(focus)
 
 
 def _resample_to(grid, other):

@@ -111,6 +111,7 @@ def pick_top_slices(scores: np.ndarray, positions: np.ndarray, k: int, min_spaci
     for index in order:
         if len(picks) == k:
             break
-        if all(abs(positions[index] - positions[p]) >= min_spacing_mm for p in picks):
+        # A small tolerance so that a slice exactly at the spacing is not lost to rounding.
+        if all(abs(positions[index] - positions[p]) >= min_spacing_mm - 1e-6 for p in picks):
             picks.append(int(index))
     return picks
