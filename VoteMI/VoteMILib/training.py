@@ -31,13 +31,13 @@ from .volumes import VolumeError, load_volume
 #: Defaults: about a minute on 2 CPU cores for the six shared cases (~110k patches).
 LATENT_DIM = 10
 HIDDEN = (128, 64)
-#: ReLU: smooth activations cost 5-10x more than the matrix products in numpy inference.
+#: ReLU: in numpy inference, tanh or ELU cost several times more than the matrix products.
 ACTIVATION = "relu"
 EPOCHS = 20
 BATCH_SIZE = 256
 LEARNING_RATE = 1e-3
-#: torch CPU threads: one keeps results identical across machines, and this small model gains
-#: little from more (two threads on two busy cores ran 10x slower than one in our measurements).
+#: torch CPU threads: one makes results independent of the machine's core count, and this small
+#: model gains little from more (two threads on two busy cores ran 10x slower than one here).
 THREADS = 1
 #: Upper bound of patches drawn from one scan, so that no single scan dominates training.
 PATCHES_PER_SCAN = 20000
