@@ -16,6 +16,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _widths(text: str) -> tuple:
     try:
         widths = tuple(int(part) for part in text.split(",") if part.strip())
@@ -33,8 +43,8 @@ def add_train_encoder_command(commands) -> None:
     parser = commands.add_parser(
         "train-encoder", help="train a patch VAE on a folder of scans (needs torch)",
         description="Train the patch VAE of Vote-MI without labels on every image of FOLDER (a cases folder's "
-                    "images and extra sequences, or every NIfTI/NRRD/MHA file; masks are never read) and write "
-                    "the encoder as a numpy .npz file for --encoder.")
+                    "images and extra sequences, or every NIfTI/NRRD/MHA file; masks and other label maps are "
+                    "never used) and write the encoder as a numpy .npz file for --encoder.")
     parser.add_argument("folder", metavar="FOLDER", help="folder with cases.tsv, case sub-folders, or scan files")
     parser.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.npz)")
     parser.add_argument("--epochs", type=_positive_int, default=20, metavar="N", help="training epochs (default: 20)")
@@ -45,7 +55,7 @@ def add_train_encoder_command(commands) -> None:
                         help="hidden widths of the encoder MLP (default: 128,64)")
     parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="B", help="default: 256")
     parser.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam step (default: 0.001)")
-    parser.add_argument("--patches-per-scan", type=int, default=20000, metavar="N",
+    parser.add_argument("--patches-per-scan", type=_count, default=20000, metavar="N",
                         help="random patches drawn from larger scans; 0 = all (default: 20000)")
     parser.add_argument("--threads", type=_positive_int, default=1, metavar="T",
                         help="torch CPU threads (default: 1); results repeat for a given count")

@@ -178,6 +178,9 @@ def load_patch_encoder(path, patch_size: int | None = PATCH_SIZE) -> VAEEncoder:
         raise ModelError(f"no such encoder file: {path}")
     if os.path.isdir(path):
         raise ModelError(f"{path} is a folder; --encoder needs the .npz file written by 'votemi train-encoder'")
+    if not zipfile.is_zipfile(path):
+        # np.load would try other formats and blame pickling; the plain reason is more useful.
+        raise ModelError(f"{path} is not a readable encoder file (not a .npz archive from 'votemi train-encoder')")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

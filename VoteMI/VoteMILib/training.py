@@ -264,8 +264,8 @@ def train_encoder(folder, out, epochs: int = EPOCHS, latent: int = LATENT_DIM, s
         raise TrainingError("epochs, latent size, batch size, hidden widths and learning rate must be positive")
     if activation not in ACTIVATIONS:
         raise TrainingError(f"unknown activation '{activation}'; choose from {', '.join(ACTIVATIONS)}")
-    if int(threads) < 1:
-        raise TrainingError("threads must be at least 1")
+    if int(threads) < 1 or (patches_per_scan is not None and patches_per_scan < 0):
+        raise TrainingError("threads must be at least 1 and patches_per_scan 0 or more")
     started = time.perf_counter()
     paths = list(scans) if scans is not None else find_training_scans(folder)
     log(f"reading {len(paths)} scans")
