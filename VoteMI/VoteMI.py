@@ -53,10 +53,10 @@ class VoteMI(ScriptedLoadableModule):
             "review by a radiologist.<br>"
             f'See the <a href="{README_URL}">documentation</a> for setup and usage.')
         self.parent.acknowledgementText = _(
-            "The slice selection implements Vote-MI (representative slice selection by voting over clustered "
-            "image patches) described in: \"Vote-MI: Representative 2D slice selection for 3D medical images "
-            "with vision-language models\" (Vote-MI paper). VoteMI is an independent open-source implementation "
-            "for 3D Slicer released under the Apache 2.0 license.")
+            "The slice selection implements Vote-MI, described in: Yuli Wang et al., \"Enhancing vision-language "
+            "models for medical imaging: bridging the 3D gap with innovative slice selection\", NeurIPS 2024 "
+            "Datasets and Benchmarks Track. VoteMI is an independent open-source implementation for 3D Slicer, "
+            "released under the Apache 2.0 license.")
 
 
 #

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 
 from .clients import DEFAULT_SERVER
 from .errors import VLMCancelled, VLMError
@@ -208,11 +210,20 @@ def run_serve(args) -> int:
               f"{args.host}:{args.port} can use the model", file=sys.stderr)
     print(f"serving {model.name} on {server.url} (device {model.device}); OpenAI-compatible API at "
           f"{server.url}/v1; Ctrl-C to stop", file=sys.stderr, flush=True)
+    # Ctrl-C and SIGTERM ask the serving loop to finish: no KeyboardInterrupt can then land in the
+    # middle of answering a request or of closing the socket.
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum, frame):
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        print("votemi: stopped", file=sys.stderr)
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         server.server_close()
+    print("votemi: stopped", file=sys.stderr)
     return 0
 
