@@ -206,6 +206,7 @@ def speed_benchmark(repeats: int = 5, source: str | None = None) -> list:
             rows.append({"size": "x".join(map(str, size)), "runs": count, "load_s": statistics.median(loads),
                          "select_s": statistics.median(selects), "ratio_to_load": statistics.median(selects)
                          / statistics.median(loads), "peak_mb": peak, "volume_mb": volume_mb,
+                         "total_mb": volume_mb + peak,
                          "memory_limit_mb": 4 * volume_mb + 300})
             del volume
     return rows
@@ -218,11 +219,13 @@ def _resample_to_size(sitk, image, size):
 
 
 def format_speed_table(rows: list) -> str:
-    lines = ["| volume | runs | read s (median) | select s (median) | select / read | peak MB | limit MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| volume | runs | read s (median) | select s (median) | select / read | volume MB | "
+             "selection peak MB | total MB | limit MB (4x volume + 300) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['size']} | {r['runs']} | {r['load_s']:.2f} | {r['select_s']:.2f} | "
-                     f"{r['ratio_to_load']:.1f} | {r['peak_mb']:.0f} | {r['memory_limit_mb']:.0f} |")
+                     f"{r['ratio_to_load']:.1f} | {r['volume_mb']:.0f} | {r['peak_mb']:.0f} | {r['total_mb']:.0f} | "
+                     f"{r['memory_limit_mb']:.0f} |")
     return "\n".join(lines)
 
 
