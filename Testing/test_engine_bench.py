@@ -159,7 +159,7 @@ def test_speed_mode_prints_its_table(tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert cli.main(["bench", "--speed", "--repeats", "1", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| volume | runs | read s (median) | select s (median) | select / read | peak MB | limit MB |" in printed
+    assert "| volume | runs | read s (median) | select s (median) | select / read | volume MB |" in printed
     rows = json.loads(out.read_text(encoding="utf-8"))["speed"]
     assert [r["size"] for r in rows] == ["240x240x155", "512x512x400"]
     for row in rows:
@@ -170,6 +170,7 @@ def test_speed_mode_prints_its_table(tmp_path, capsys):
         voxels = np.prod([int(n) for n in row["size"].split("x")])
         assert row["volume_mb"] == pytest.approx(voxels * 4 / 2 ** 20)
         assert row["memory_limit_mb"] == pytest.approx(4 * row["volume_mb"] + 300)
+        assert row["total_mb"] == pytest.approx(row["volume_mb"] + row["peak_mb"])
 
 
 def test_bench_without_folder_or_speed_is_an_error(capfd):

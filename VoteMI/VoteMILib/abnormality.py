@@ -21,7 +21,7 @@ RIM_MM = 14.0
 #: across, while sulci and small vessels, which never mirror exactly, are millimetres.
 LESION_SCALE_MM = 4.0
 #: Half-width of the neighbourhood over which patch rarity is spread into a map.
-RARITY_SCALE_MM = 6.0
+RARITY_SCALE_MM = 10.0
 
 
 @dataclass(frozen=True)
