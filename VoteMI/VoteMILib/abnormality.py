@@ -41,7 +41,10 @@ class MidsagittalPlane:
     def reflect(self, points: np.ndarray) -> np.ndarray:
         """Mirror images of (n, 3) voxel coordinates."""
         normal = self.normal
-        distance = (points - np.asarray(self.centre)) @ normal
+        # Element-wise rather than a matrix product: called ~100 times on small arrays, where
+        # BLAS thread start-up costs more than the arithmetic.
+        offset = points - np.asarray(self.centre)
+        distance = offset[:, 0] * normal[0] + offset[:, 1] * normal[1] + offset[:, 2] * normal[2]
         return points - 2.0 * distance[:, None] * normal[None, :]
 
 
@@ -140,7 +143,7 @@ def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: in
     if len(features) > reference_size:
         reference = features[rng.choice(len(features), reference_size, replace=False)]
     k = int(min(neighbours, len(reference)))
-    distances, _ = cKDTree(reference).query(features, k=k)
+    distances, _ = cKDTree(reference).query(features, k=k, workers=-1)
     return distances.reshape(len(features), -1).mean(axis=1)
 
 
