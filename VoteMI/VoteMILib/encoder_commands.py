@@ -6,26 +6,6 @@ import argparse
 import os
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def _widths(text: str) -> tuple:
     try:
         widths = tuple(int(part) for part in text.split(",") if part.strip())
@@ -38,6 +18,8 @@ def _widths(text: str) -> tuple:
 
 def add_train_encoder_command(commands) -> None:
     """Register ``train-encoder`` on an ``argparse`` sub-parser collection."""
+    from .cli import int_at_least, positive_int
+
     # Defaults are repeated from training.py rather than imported, so that building the parser never
     # imports the training module; test_encoder checks that they agree.
     parser = commands.add_parser(
@@ -47,17 +29,17 @@ def add_train_encoder_command(commands) -> None:
                     "never used) and write the encoder as a numpy .npz file for --encoder.")
     parser.add_argument("folder", metavar="FOLDER", help="folder with cases.tsv, case sub-folders, or scan files")
     parser.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.npz)")
-    parser.add_argument("--epochs", type=_positive_int, default=20, metavar="N", help="training epochs (default: 20)")
-    parser.add_argument("--latent", type=_positive_int, default=10, metavar="D",
+    parser.add_argument("--epochs", type=positive_int, default=20, metavar="N", help="training epochs (default: 20)")
+    parser.add_argument("--latent", type=positive_int, default=10, metavar="D",
                         help="latent dimension (default: 10, as in the paper)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--hidden", type=_widths, default=(128, 64), metavar="W1,W2",
                         help="hidden widths of the encoder MLP (default: 128,64)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="B", help="default: 256")
+    parser.add_argument("--batch-size", type=positive_int, default=256, metavar="B", help="default: 256")
     parser.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam step (default: 0.001)")
-    parser.add_argument("--patches-per-scan", type=_count, default=20000, metavar="N",
+    parser.add_argument("--patches-per-scan", type=int_at_least(0), default=20000, metavar="N",
                         help="random patches drawn from larger scans; 0 = all (default: 20000)")
-    parser.add_argument("--threads", type=_positive_int, default=1, metavar="T",
+    parser.add_argument("--threads", type=positive_int, default=1, metavar="T",
                         help="torch CPU threads (default: 1); results repeat for a given count")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.set_defaults(func=run_train_encoder)
