@@ -85,8 +85,10 @@ def votemi_command() -> list:
 
 
 def run_votemi(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    # Explicit UTF-8: the MRML libraries switch this process's locale to "C" (ASCII) once loaded.
     return subprocess.run(votemi_command() + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          encoding="utf-8", errors="replace", timeout=timeout,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 def nifti1_bytes(size_ijk, datatype: int = 16, bitpix: int = 32, data: bytes = b"", spacing=(1.0, 1.0, 1.0)):

@@ -327,5 +327,6 @@ def test_encoder_module_does_not_import_torch():
 
     code = ("import sys, VoteMILib.encoders, VoteMILib.encoder_commands, VoteMILib.cli; "
             "VoteMILib.cli.build_parser(); print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+                            check=True)
     assert result.stdout.strip() == "False"

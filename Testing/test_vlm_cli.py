@@ -99,7 +99,8 @@ def test_serve_command_end_to_end(tiny_vlm_dir):
     environment = dict(os.environ, HF_HUB_OFFLINE="1", VOTEMI_API_KEY="abc")
     process = subprocess.Popen([sys.executable, "-m", "VoteMILib.cli", "serve", "--model", tiny_vlm_dir,
                                 "--port", "0", "--quiet", "--device", "cpu"],
-                               stderr=subprocess.PIPE, text=True, env=environment)
+                               stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                               env=environment)
     try:
         url = None
         deadline = time.monotonic() + 120
