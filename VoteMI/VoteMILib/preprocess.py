@@ -86,7 +86,12 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(mask)
+    # Holes are background parts that do not reach the volume's faces (cheaper than binary_fill_holes).
+    background, _ = ndimage.label(~mask)
+    faces = np.concatenate([background[[0, -1]].ravel(), background[:, [0, -1]].ravel(),
+                            background[:, :, [0, -1]].ravel()])
+    outside = np.isin(background, np.unique(faces[faces > 0]))
+    return ~outside
 
 
 def make_working_grid(volume, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_SIZE) -> WorkingGrid:

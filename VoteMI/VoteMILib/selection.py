@@ -115,15 +115,15 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
         report(0.6, "Selecting covering patches")
         distances, neighbours = nearest_patches(features)
         voters = _vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings, report)
-        weights = scores_map = None
+        weights = found = None
         details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1),
                    "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
     else:
         report(0.5, "Comparing both sides of the head")
-        scores_map = abnormality.abnormality_map(grid, channels, patches, features, seed=settings.seed)
+        found = abnormality.abnormality_map(grid, channels, patches, features, seed=settings.seed)
         # Every patch votes: a coverage subset would drop the rare patches that show disease.
         voters = np.arange(len(patches))
-        weights = abnormality.patch_votes(scores_map, patches, PLANES)
+        weights = abnormality.patch_votes(found.map, patches, PLANES)
         details = {}
 
     report(0.9, "Counting votes")
@@ -146,7 +146,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
                                   position_mm=float(geometry.positions_mm[index]),
                                   center_ras=tuple(float(c) for c in geometry.centers_ras[index]),
                                   score=float(scores[index]),
-                                  focus_ras=_focus(scores_map, grid, plane, geometry.centers_ras[index]))
+                                  focus_ras=_focus(found, grid, plane, geometry.centers_ras[index]))
                     for rank, index in enumerate(picks, start=1)]
         plane_results[plane] = PlaneResult(plane=plane, normal_axis=NORMAL_AXIS[plane], ijk_axis=geometry.ijk_axis,
                                            positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
@@ -184,15 +184,24 @@ def _vote_mi_selection(labels, neighbours, similarity, settings, report) -> np.n
     return greedy_coverage(pooled, budget, neighbours, similarity, clustered)
 
 
-def _focus(scores_map, grid, plane, center_ras):
-    """RAS point of the highest abnormality in the working slice nearest a pick, or None."""
-    if scores_map is None:
+def _focus(found, grid, plane, center_ras):
+    """RAS point of the highest abnormality in the working slice nearest a pick, or None.
+
+    A lesion and the healthy tissue facing it differ from each other alike; the share that
+    names the lesion's side is decided per point and can waver, so the side is taken from the
+    whole slice (the hemisphere holding more abnormality) and the point from within it.
+    """
+    if found is None:
         return None
     axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
     slice_index = int(np.argmin(np.abs(grid.positions_mm[plane] - center_ras[axis])))
-    section = np.take(scores_map, slice_index, axis=axis)
+    section = np.take(found.map, slice_index, axis=axis)
     if not section.max() > 0:
         return None
+    if plane != "sagittal":
+        side = np.take(found.hemisphere, slice_index, axis=axis)
+        right = section[side > 0].sum() >= section[side < 0].sum()
+        section = np.where((side > 0) == right, section, 0.0)
     in_plane = np.unravel_index(int(np.argmax(section)), section.shape)
     focus = [float(c) for c in center_ras]
     # In-plane coordinates from the working grid; the normal coordinate stays on the slice.
