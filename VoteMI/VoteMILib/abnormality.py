@@ -69,8 +69,9 @@ def fit_midsagittal_plane(smooth_data: np.ndarray, mask: np.ndarray, seed: int =
         mirrored = ndimage.map_coordinates(smooth_data, plane.reflect(points).T, order=1, mode="constant")
         return float(np.mean(np.abs(values - mirrored)))
 
+    shift = 0.15 * smooth_data.shape[0]  # voxels along R; tilts up to 20 degrees
     fit = optimize.minimize(asymmetry, x0=[0.0, 0.0, 0.0], method="Powell",
-                            bounds=[(-0.15 * smooth_data.shape[0], 0.15 * smooth_data.shape[0]), (-0.35, 0.35), (-0.35, 0.35)],
+                            bounds=[(-shift, shift), (-0.35, 0.35), (-0.35, 0.35)],
                             options={"xtol": 1e-2, "ftol": 1e-3})
     offset, yaw, roll = fit.x
     return MidsagittalPlane(tuple(float(c) for c in centre + [offset, 0.0, 0.0]), float(yaw), float(roll))

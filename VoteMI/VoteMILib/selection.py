@@ -154,7 +154,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     report(1.0, "Done")
 
     recorded = asdict(settings)
-    recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **details, working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
+    recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **details,
+                    working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
                     sequences=[volume.name] + [extra.name for extra in extra_volumes])
     return SelectionResult(planes=plane_results, settings=recorded, size_ijk=size_ijk,
                            spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started})
