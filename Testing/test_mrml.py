@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
 
 from VoteMILib import mrml, mrml_selftest  # noqa: E402
-from VoteMILib.geometry import PLANES, display_slice  # noqa: E402
+from VoteMILib.geometry import NORMAL_INDEX, PLANES, display_slice  # noqa: E402
 from VoteMILib.volumes import VolumeError, load_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,7 +364,7 @@ def test_offscreen_views_show_image_and_marks(headless_slicer, main_case_selecti
     captions = {}
     for name, plane in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal")):
         best = result.planes[plane].selected[0]
-        axis = "RAS"[mrml._NORMAL_INDEX[plane]]
+        axis = "RAS"[NORMAL_INDEX[plane]]
         captions[name] = f"{name[0]}: {plane.capitalize()} 1, {axis} {best.position_mm:+.1f} mm"
     screenshot = views_with_bars(views, captions)
     screenshot.save(tmp_path / "views.png")

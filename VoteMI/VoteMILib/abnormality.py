@@ -15,6 +15,8 @@ import numpy as np
 from scipy import ndimage, optimize
 from scipy.spatial import cKDTree
 
+from .geometry import NORMAL_INDEX
+
 #: Outer rim left out of the comparison: scalp and skull (about 5 + 7 mm in adults), and the head's
 #: edge, where a slightly tilted mirror plane compares tissue with air.
 RIM_MM = 14.0
@@ -190,7 +192,7 @@ def patch_votes(volume_map: np.ndarray, patches, planes) -> np.ndarray:
     size = patches.pixels.shape[-1]
     weights = np.zeros(len(patches), dtype=np.float64)
     for plane_id, plane in enumerate(planes):
-        axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+        axis = NORMAL_INDEX[plane]
         window = [size, size, size]
         window[axis] = 1
         local = ndimage.uniform_filter(volume_map, size=window, mode="constant")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import PLANES, canonical_array, parse_planes, plane_geometry
+from .geometry import NORMAL_INDEX, PLANES, canonical_array, parse_planes, plane_geometry
 from .preprocess import foreground_mask
 from .volumes import VolumeError, load_volume
 
@@ -78,7 +78,7 @@ def load_mask(path, volume) -> np.ndarray:
 
 def plane_profiles(volume, lesion_kji: np.ndarray, plane: str):
     """Lesion and head cross-section area (voxels) of every slice, in ascending RAS order."""
-    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    axis = NORMAL_INDEX[plane]
     others = tuple(a for a in range(3) if a != axis)
     lesion = canonical_array(lesion_kji, volume.ijk_to_ras).sum(axis=others)
     head = canonical_array(foreground_mask(volume.array), volume.ijk_to_ras).sum(axis=others)

@@ -6,14 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import NORMAL_AXIS, PLANES
+from .geometry import NORMAL_INDEX, PLANES
 
 #: Patch side on the working grid (8 voxels of 2 mm = 16 mm on a head scan).
 PATCH_SIZE = 8
 #: A patch is kept when at least this fraction of it is foreground.
 MIN_FOREGROUND = 0.5
 
-_RAS_INDEX = {"R": 0, "A": 1, "S": 2}
 
 
 @dataclass
@@ -58,7 +57,7 @@ def extract_patches(data: np.ndarray, mask: np.ndarray, planes=PLANES, patch_siz
     p = int(patch_size)
     pixels, plane_ids, slices, centers = [], [], [], []
     for plane_id, plane in enumerate(planes):
-        axis = _RAS_INDEX[NORMAL_AXIS[plane]]
+        axis = NORMAL_INDEX[plane]
         stack = np.moveaxis(data, axis, 0)
         stack_mask = np.moveaxis(mask, axis, 0)
         n, u, v = stack.shape

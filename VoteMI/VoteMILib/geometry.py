@@ -17,6 +17,9 @@ PLANES = ("axial", "coronal", "sagittal")
 #: RAS axis each plane is normal to, and its index in (R, A, S).
 NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
 _RAS_INDEX = {"R": 0, "A": 1, "S": 2}
+#: Index (0=R, 1=A, 2=S) of the RAS axis each plane is normal to: also the axis of a canonical
+#: (R, A, S) array that numbers the plane's slices.
+NORMAL_INDEX = {plane: _RAS_INDEX[axis] for plane, axis in NORMAL_AXIS.items()}
 
 
 class PlaneNameError(argparse.ArgumentTypeError, ValueError):
@@ -87,7 +90,7 @@ def plane_geometry(ijk_to_ras, size_ijk, plane: str) -> PlaneGeometry:
     """Slice indices and RAS positions of one anatomical plane of a volume."""
     matrix = np.asarray(ijk_to_ras, dtype=float)
     ijk_axis, sign = ras_axis_assignment(matrix)
-    ras = _RAS_INDEX[NORMAL_AXIS[plane]]
+    ras = NORMAL_INDEX[plane]
     axis = int(ijk_axis[ras])
     n = int(size_ijk[axis])
     ijk_indices = np.arange(n) if sign[ras] > 0 else np.arange(n)[::-1]

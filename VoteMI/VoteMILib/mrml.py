@@ -50,8 +50,6 @@ PLANE_COLORS = {
     "coronal": (0.431, 0.690, 0.294),
     "sagittal": (0.929, 0.835, 0.298),
 }
-#: RAS axis index each plane is normal to.
-_NORMAL_INDEX = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 # Table column names (also the plot series' X and Y columns).
 COLUMN_SLICE = "Slice"

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from . import mrml
+from .geometry import NORMAL_INDEX
 
 #: Text the loopback server streams back, in pieces.
 LOOPBACK_REPORT = ("Findings: a well-circumscribed hyperintense lesion in the right hemisphere. "
@@ -92,7 +93,7 @@ def check_scene(scene, volume_node, result, tolerance_mm: float = 1e-3) -> None:
             point = np.array(marks.GetNthControlPointPositionWorld(index))
             assert np.allclose(point, chosen.mark_ras, atol=tolerance_mm), (
                 f"{plane} mark {index + 1} at {point.round(3)}, expected {np.round(chosen.mark_ras, 3)}")
-            assert abs(point[mrml._NORMAL_INDEX[plane]] - chosen.position_mm) <= tolerance_mm
+            assert abs(point[NORMAL_INDEX[plane]] - chosen.position_mm) <= tolerance_mm
             assert marks.GetNthControlPointLabel(index) == mrml.mark_label(chosen)
         table, = mrml.votemi_nodes(scene, volume_node, role="scores", plane=plane)
         rows = mrml.table_rows(table)

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .geometry import canonical_array, canonical_spacing, plane_geometry, PLANES, NORMAL_AXIS
+from .geometry import NORMAL_INDEX, PLANES, canonical_array, canonical_spacing, plane_geometry
 
 #: Working voxel size in mm: fine enough for lesions of a centimetre, coarse enough to be fast.
 TARGET_SPACING_MM = 2.0
 #: Longest side of the working grid; large field-of-view scans get coarser voxels instead.
 MAX_WORKING_SIZE = 144
 
-_RAS_INDEX = {"R": 0, "A": 1, "S": 2}
 
 
 @dataclass
@@ -109,7 +108,7 @@ def make_working_grid(volume, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_
     positions = {}
     size_ijk = volume.size_ijk
     for plane in PLANES:
-        axis = _RAS_INDEX[NORMAL_AXIS[plane]]
+        axis = NORMAL_INDEX[plane]
         geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
         n_blocks = averaged.shape[axis]
         n_work = data.shape[axis]

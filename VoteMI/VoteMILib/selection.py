@@ -11,7 +11,7 @@ from scipy import ndimage
 from . import abnormality
 from .clustering import NOISE, dbscan, estimate_eps
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
-from .geometry import NORMAL_AXIS, PLANES, parse_planes, plane_geometry
+from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
 from .preprocess import make_working_grid
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import count_votes, greedy_coverage, nearest_patches, pick_top_slices, similarity_graph, slice_scores
@@ -194,7 +194,7 @@ def _focus(found, grid, plane, center_ras):
     """
     if found is None:
         return None
-    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    axis = NORMAL_INDEX[plane]
     slice_index = int(np.argmin(np.abs(grid.positions_mm[plane] - center_ras[axis])))
     section = np.take(found.map, slice_index, axis=axis)
     if not section.max() > 0:
