@@ -262,3 +262,23 @@ def test_plain_mode_marks_slice_centres():
     result = select_slices(ef.volume(ef.MAIN_CASE), planes="axial", mode="plain")
     for pick in result.planes["axial"].selected:
         assert pick.focus_ras is None and pick.mark_ras == pick.center_ras
+
+
+@pytest.mark.parametrize("center_kji, radius", [((110, 120, 60), 10), ((80, 90, 120), 8)])
+def test_default_mode_finds_a_lesion_in_an_unseen_brain(center_kji, radius):
+    """A bright lesion-like sphere put into Colin27 (a brain the score was never looked at on) is on
+    the best slice of every plane, and each mark sits on it."""
+    assert ef.COLIN27.exists(), "apt-get install mricron-data"
+    from VoteMILib.volumes import load_volume, volume_from_array
+
+    brain = load_volume(ef.COLIN27)
+    voxels = brain.array.copy()
+    k, j, i = np.ogrid[: voxels.shape[0], : voxels.shape[1], : voxels.shape[2]]
+    sphere = (k - center_kji[0]) ** 2 + (j - center_kji[1]) ** 2 + (i - center_kji[2]) ** 2 <= radius ** 2
+    voxels[sphere] = 1.2 * np.percentile(voxels[voxels > voxels.mean()], 99)
+    result = select_slices(volume_from_array(voxels, brain.ijk_to_ras, name="colin27 with lesion"))
+    center_ras = (brain.ijk_to_ras @ np.array([*center_kji[::-1], 1.0]))[:3]
+    for plane, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
+        best = result.planes[plane].selected[0]
+        assert abs(best.position_mm - center_ras[axis]) < radius / 2, f"{plane} pick misses the lesion"
+        assert np.linalg.norm(np.array(best.mark_ras) - center_ras) < radius, f"{plane} mark is off the lesion"
