@@ -76,12 +76,12 @@ def load_mask(path, volume) -> np.ndarray:
     return sitk.GetArrayFromImage(image) > 0
 
 
-def plane_profiles(volume, lesion_kji: np.ndarray, plane: str):
+def plane_profiles(volume, lesion_kji: np.ndarray, head_kji: np.ndarray, plane: str):
     """Lesion and head cross-section area (voxels) of every slice, in ascending RAS order."""
     axis = NORMAL_INDEX[plane]
     others = tuple(a for a in range(3) if a != axis)
     lesion = canonical_array(lesion_kji, volume.ijk_to_ras).sum(axis=others)
-    head = canonical_array(foreground_mask(volume.array), volume.ijk_to_ras).sum(axis=others)
+    head = canonical_array(head_kji, volume.ijk_to_ras).sum(axis=others)
     return lesion.astype(float), head.astype(float)
 
 
@@ -125,9 +125,10 @@ def evaluate_case(case: Case, planes=PLANES, mode="votemi", seed=0, use_extras=F
            "volume_mb": volume.array.nbytes / 2 ** 20, "planes": {}}
     if case.mask:
         lesion_kji = load_mask(case.mask, volume)
+        head_kji = foreground_mask(volume.array)
         for plane in planes:
             positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
-            lesion, head = plane_profiles(volume, lesion_kji, plane)
+            lesion, head = plane_profiles(volume, lesion_kji, head_kji, plane)
             top = result.planes[plane].selected[0].index
             row["planes"][plane] = {"votemi": score_slice(top, lesion, positions),
                                     **baseline_scores(lesion, head, positions)}

@@ -52,9 +52,8 @@ def greedy_coverage(candidates: np.ndarray, budget: int, neighbours: np.ndarray,
     """
     budget = int(min(budget, len(candidates)))
     cover = np.zeros(len(universe), dtype=np.float64)
-    counts = universe[neighbours]
     cand_neighbours = neighbours[candidates]
-    cand_similarity = similarity[candidates] * counts[candidates]
+    cand_similarity = similarity[candidates] * universe[cand_neighbours]
     available = np.ones(len(candidates), dtype=bool)
     chosen = []
     if seed_point is not None and budget > 0:
