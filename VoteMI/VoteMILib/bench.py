@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import gc
 import glob
-import json
 import os
 import statistics
 import tempfile
@@ -278,6 +277,7 @@ def run_bench(args) -> int:
         document = {"cases": rows, "means": means, "settings": {"mode": args.mode, "seed": args.seed,
                                                                 "extra": args.extra, "encoder": args.encoder}}
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=1)
+        from .outputs import write_json_atomic
+
+        write_json_atomic(args.json, document, what="bench JSON")
     return 0

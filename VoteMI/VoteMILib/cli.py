@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -140,10 +139,9 @@ def write_outputs(args, volume, result, document: dict, quiet: bool = False) -> 
         if not quiet:
             print(f"wrote {len(paths)} PNGs to {args.png_dir}")
     if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=1)
+        from .outputs import write_json_atomic
+
+        write_json_atomic(args.json, document, what="selection JSON")
         if not quiet:
             print(f"wrote {args.json}")
 

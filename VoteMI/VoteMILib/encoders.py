@@ -10,6 +10,7 @@ Slicer's Python, where torch is usually not installed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -17,6 +18,7 @@ import zipfile
 import numpy as np
 
 from .features import PATCH_SIZE, PatchEncoder
+from .outputs import write_atomic
 from .volumes import VolumeError
 
 #: Identifies VoteMI patch-encoder files; stored in every file's metadata.
@@ -135,7 +137,7 @@ class VAEEncoder(PatchEncoder):
 def save_model(path, weights, metadata: dict) -> None:
     """Write an encoder file: ``layer{i}_weight``/``layer{i}_bias`` arrays and a JSON ``metadata`` entry.
 
-    Written to a temporary file first and renamed, so an interrupted run never leaves a truncated
+    Written atomically (``outputs.write_atomic``), so an interrupted run never leaves a truncated
     model behind. The archive holds no pickled objects; it is read with ``allow_pickle=False``.
     """
     path = os.fspath(path)
@@ -145,16 +147,9 @@ def save_model(path, weights, metadata: dict) -> None:
         arrays[f"layer{i}_bias"] = np.asarray(b, dtype=np.float32)
     record = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **metadata}
     arrays["metadata"] = np.array(json.dumps(record, sort_keys=True))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue(), what="encoder model")
 
 
 def load_patch_encoder(path, patch_size: int | None = PATCH_SIZE) -> VAEEncoder:

@@ -95,7 +95,9 @@ def png_bytes(image) -> bytes:
 
 def save_selection_pngs(volume, result, folder, window=None, long_side: int | None = None) -> list:
     """Write every selected slice as ``<volume>_<ID>_<plane>_<position>mm.png``; return the paths."""
-    os.makedirs(folder, exist_ok=True)
+    from .outputs import check_output_folder, write_atomic
+
+    check_output_folder(folder, "PNG folder")
     if window is None:
         window = percentile_window(volume.array)
     stem = volume.name or "volume"
@@ -104,6 +106,6 @@ def save_selection_pngs(volume, result, folder, window=None, long_side: int | No
         image = render_slice(volume, chosen.plane, chosen.index, window=window, long_side=long_side)
         name = f"{stem}_{chosen.label}_{chosen.plane}_{chosen.position_mm:+.1f}mm.png"
         path = os.path.join(folder, name)
-        image.save(path)
+        write_atomic(path, png_bytes(image), what="PNG")
         paths.append(path)
     return paths

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -92,14 +91,13 @@ def settings_from_args(args) -> DescribeSettings:
 
 
 def _write_pngs(prompt, folder) -> list:
-    os.makedirs(folder, exist_ok=True)
+    from ..outputs import check_output_folder, write_atomic
+
+    check_output_folder(folder, "PNG folder")
     paths = []
     for image in prompt.images:
         name = f"{image.sequence}_{image.id}_{image.plane}_{image.position_mm:+.1f}mm.png".replace(os.sep, "_")
-        path = os.path.join(folder, name)
-        with open(path, "wb") as stream:
-            stream.write(image.png)
-        paths.append(os.path.abspath(path))
+        paths.append(write_atomic(os.path.join(folder, name), image.png, what="PNG"))
     return paths
 
 
@@ -159,10 +157,9 @@ def run_describe(args) -> int:
 def _write_json(path, document):
     if not path:
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as stream:
-        json.dump(document, stream, indent=1, ensure_ascii=False)
+    from ..outputs import write_json_atomic
+
+    write_json_atomic(path, document, what="describe JSON")
 
 
 def add_serve_command(commands) -> None:

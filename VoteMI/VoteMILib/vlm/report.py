@@ -99,6 +99,7 @@ class Report:
         if fmt is None:
             extension = os.path.splitext(path)[1].lower()
             fmt = {".md": "markdown", ".markdown": "markdown", ".json": "json"}.get(extension, "text")
-        with open(path, "w", encoding="utf-8") as stream:
-            stream.write(self.export(fmt))
+        from ..outputs import write_atomic
+
+        write_atomic(path, self.export(fmt), what="report")
         return path
