@@ -120,7 +120,7 @@ def test_bench_on_shared_cases(subset_folder, tmp_path):
         assert name in printed
     assert "no mask" in printed
     assert "Means over 2 cases with masks" in printed
-    assert "| plane | votemi | random | middle | largest head |" in printed
+    assert "| plane | findings | random | middle | largest head |" in printed
     for plane in PLANES:
         assert f"| {plane} |" in printed
     check_top_slice_against_the_mask(next(r for r in rows if r["case"] == ef.MAIN_CASE))

@@ -144,3 +144,15 @@ def test_main_on_colin27_as_in_the_readme(tmp_path, capsys):
     for path in document["pngs"]:
         with Image.open(path) as png:
             assert png.mode == "L" and min(png.size) > 100
+
+
+def test_mode_names_and_their_earlier_aliases():
+    from VoteMILib.selection import canonical_mode
+
+    assert canonical_mode("findings") == "findings" and canonical_mode("votemi") == "findings"
+    assert canonical_mode("Representative") == "representative" and canonical_mode("plain") == "representative"
+    with pytest.raises(ValueError, match="findings, representative"):
+        canonical_mode("best")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["select", "/nonexistent.nii.gz", "--mode", "best"])
+    assert stopped.value.code == 2

@@ -259,7 +259,7 @@ def test_focus_points_at_the_lesion():
 
 
 def test_plain_mode_marks_slice_centres():
-    result = select_slices(ef.volume(ef.MAIN_CASE), planes="axial", mode="plain")
+    result = select_slices(ef.volume(ef.MAIN_CASE), planes="axial", mode="representative")
     for pick in result.planes["axial"].selected:
         assert pick.focus_ras is None and pick.mark_ras == pick.center_ras
 

@@ -71,7 +71,7 @@ class VoteMIParameterNode:
     inputVolume - the volume slices are selected from.
     axial, coronal, sagittal - planes to select in.
     slicesPerPlane - voted slices per plane.
-    selectionMode - "votemi" (votes weighted by abnormality) or "plain" (representativeness only).
+    selectionMode - "findings" (votes weighted by abnormality) or "representative" (the paper's Vote-MI).
     serverUrl, protocol, model - the vision-language model server (also remembered in the settings).
     promptTemplate - instruction for the model; empty for VoteMI's default prompt.
     language - report language.
@@ -86,7 +86,7 @@ class VoteMIParameterNode:
     coronal: bool = True
     sagittal: bool = True
     slicesPerPlane: Annotated[int, WithinRange(1, 10)] = 3
-    selectionMode: Annotated[str, Choice(["votemi", "plain"])] = "votemi"
+    selectionMode: Annotated[str, Choice(["findings", "representative"])] = "findings"
     serverUrl: str = DEFAULT_SERVER_URL
     protocol: Annotated[str, Choice(["openai", "ollama", "inprocess"])] = "openai"
     model: str = ""
@@ -722,7 +722,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     # Selection
 
-    def select(self, volumeNode, planes=("axial", "coronal", "sagittal"), topK=3, mode="votemi",
+    def select(self, volumeNode, planes=("axial", "coronal", "sagittal"), topK=3, mode="findings",
                extraVolumeNodes=(), apply=True, progress=None, cancel=None):
         """Select slices of ``volumeNode`` and (if ``apply``) mark them in the scene; return the SelectionResult."""
         from VoteMILib.selection import select_slices

@@ -102,7 +102,7 @@ def baseline_scores(lesion: np.ndarray, head: np.ndarray, positions: np.ndarray)
             "largest_head": score_slice(int(np.argmax(head)), lesion, positions)}
 
 
-def evaluate_case(case: Case, planes=PLANES, mode="votemi", seed=0, use_extras=False, encoder=None) -> dict:
+def evaluate_case(case: Case, planes=PLANES, mode="findings", seed=0, use_extras=False, encoder=None) -> dict:
     """Run selection on one case and score it (if it has a mask) beside the baselines."""
     from .selection import select_slices
 
@@ -237,7 +237,9 @@ def add_bench_command(commands) -> None:
                                              "of each plane against the lesion mask, beside naive baselines.")
     parser.add_argument("data_dir", nargs="?", help="folder with cases.tsv or case sub-folders")
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes)
-    parser.add_argument("--mode", choices=("votemi", "plain"), default="votemi")
+    from .cli import add_mode_argument
+
+    add_mode_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", action="store_true", help="vote with each case's extra sequences too")
     parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder to use")

@@ -82,14 +82,29 @@ def add_selection_arguments(parser) -> None:
                         help="comma-separated planes (default: %(default)s)")
     parser.add_argument("--top", type=positive_int, default=3, metavar="K", help="slices per plane (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--mode", choices=("votemi", "plain"), default="votemi",
-                        help="votemi: votes weighted by abnormality (default); plain: the paper's Vote-MI")
+    add_mode_argument(parser)
     parser.add_argument("--extra", action="append", default=[], metavar="IMAGE",
                         help="another sequence of the same patient to vote with (repeatable)")
     parser.add_argument("--encoder", metavar="MODEL",
                         help="trained patch encoder (.npz from 'votemi train-encoder'); default: PCA")
     parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
     parser.add_argument("--png-dir", metavar="DIR", help="write each selected slice as a PNG")
+
+
+def parse_mode(text) -> str:
+    """argparse type for --mode: a mode or one of its earlier names."""
+    from .selection import canonical_mode
+
+    try:
+        return canonical_mode(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_mode_argument(parser) -> None:
+    parser.add_argument("--mode", type=parse_mode, default="findings", metavar="{findings,representative}",
+                        help="findings: votes for the slices where something stands out (default); "
+                             "representative: the paper's Vote-MI, typical anatomy (earlier names: votemi, plain)")
 
 
 def add_select_command(commands) -> None:

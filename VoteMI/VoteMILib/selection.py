@@ -16,7 +16,20 @@ from .preprocess import make_working_grid
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import count_votes, greedy_coverage, nearest_patches, pick_top_slices, similarity_graph, slice_scores
 
-MODES = ("votemi", "plain")
+#: Selection modes: "findings" (default) votes for the slices showing what stands out;
+#: "representative" is the paper's Vote-MI, which votes for typical anatomy.
+MODES = ("findings", "representative")
+#: Names of earlier versions, still accepted.
+MODE_ALIASES = {"votemi": "findings", "plain": "representative"}
+
+
+def canonical_mode(name: str) -> str:
+    """The mode a name (or an earlier name) stands for; ValueError for an unknown one."""
+    mode = MODE_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if mode not in MODES:
+        known = ", ".join(MODES) + " (or the earlier names " + ", ".join(MODE_ALIASES) + ")"
+        raise ValueError(f"unknown selection mode '{name}'; choose from {known}")
+    return mode
 
 
 class Cancelled(Exception):
@@ -30,8 +43,8 @@ class SelectionSettings:
     Attributes
     ----------
     mode : str
-        "votemi" (default): votes weighted by how abnormal each patch looks, so the pick shows what
-        is worth describing; "plain": the paper's representativeness vote.
+        "findings" (default): votes weighted by how abnormal each patch looks, so the pick shows what
+        is worth describing; "representative": the paper's representativeness vote.
     min_samples : int
         DBSCAN core-point neighbour count (one of the paper's values is 25; see ``dbscan``).
     delta : float
@@ -44,7 +57,7 @@ class SelectionSettings:
         Gaussian smoothing of votes along the plane normal.
     """
 
-    mode: str = "votemi"
+    mode: str = "findings"
     top_k: int = 3
     seed: int = 0
     patch_size: int = PATCH_SIZE
@@ -55,7 +68,7 @@ class SelectionSettings:
     smoothing_mm: float = 3.0
 
 
-def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_volumes=(), encoder=None,
+def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra_volumes=(), encoder=None,
                   progress=None, cancel=None, **options) -> SelectionResult:
     """Score every slice of each plane and pick the top ``top_k``.
 
@@ -69,7 +82,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
         Slices to pick per plane (best first).
     seed : int
         Seeds every random choice; the same input and settings give the same picks.
-    mode : {"votemi", "plain"}
+    mode : {"findings", "representative"}
+        Earlier names ("votemi", "plain") are accepted.
     extra_volumes : sequence of Volume
         Other sequences of the same patient; their patches are stacked with the main volume's so
         that all sequences vote together.
@@ -81,8 +95,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     **options
         Further :class:`SelectionSettings` fields.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown selection mode '{mode}'; choose from {', '.join(MODES)}")
+    mode = canonical_mode(mode)
     if int(top_k) < 1:
         raise ValueError("top_k must be at least 1")
     planes = parse_planes(planes)
@@ -108,7 +121,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="votemi", extra_v
     features = np.asarray(encoder.fit(pixels, seed=settings.seed).transform(pixels), dtype=np.float64)
     features /= max(float(features.std()), 1e-12)
 
-    if mode == "plain":
+    if mode == "representative":
         report(0.45, "Clustering patches (DBSCAN)")
         eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
         labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
