@@ -125,6 +125,40 @@ def write_array(path, array_kji, spacing=(1.0, 1.0, 1.0), vector: bool = False) 
     return Path(path)
 
 
+#: UID root of the DICOM files the tests write.
+DICOM_ROOT = "1.2.826.0.1.3680043.8.498.7313"
+
+
+def dicom_series_uid(number: int = 2) -> str:
+    return f"{DICOM_ROOT}.{number}"
+
+
+def write_dicom_series(image, folder, number: int = 2, description: str = "", slices=None, prefix: str = "slice"):
+    """One 2D DICOM file per K slice of a SimpleITK image, with the tags a reader sorts by.
+
+    ``number`` makes the SeriesInstanceUID (:func:`dicom_series_uid`); ``slices`` (K indices, default
+    all) leaves slices out, so the series can have gaps or uneven spacing while every file keeps
+    its true position.
+    """
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = image.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    for n, k in enumerate(range(image.GetDepth()) if slices is None else slices):
+        plane = image[:, :, int(k)]
+        tags = {"0008|0060": "MR", "0020|000d": DICOM_ROOT + ".1", "0020|000e": dicom_series_uid(number),
+                "0008|0018": f"{DICOM_ROOT}.3.{number}.{n + 1}", "0020|0013": str(n + 1), "0020|0037": orientation,
+                "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, int(k)))),
+                "0018|0050": f"{image.GetSpacing()[2]:.6f}", "0008|103e": description}
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(os.fspath(folder / f"{prefix}{n:03d}.dcm"))
+        writer.Execute(plane)
+
+
 def head_phantom(shape_kji=(40, 48, 44), seed: int = 0) -> np.ndarray:
     """A smooth ellipsoid 'head' with texture, enough foreground for selection to run on."""
     rng = np.random.default_rng(seed)

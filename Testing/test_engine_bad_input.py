@@ -80,7 +80,7 @@ def _make_bad_files(folder):
         "space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: raw\ndata file: huge.raw\n"),
         "1,100,000,000 voxels", "more than")
     # Tiny noise: loads, but there is no head to cut into patches.
-    put("noise.nii.gz", lambda p: ef.write_array(p, _noise((12, 12, 12))), "too little foreground")
+    put("noise.nii.gz", lambda p: ef.write_array(p, _noise((24, 24, 24))), "too little foreground")
     (folder / "no_dicom").mkdir()
     (folder / "no_dicom" / "readme.txt").write_text("nothing here\n")
     f["no_dicom"] = (folder / "no_dicom", ("without a DICOM series",))

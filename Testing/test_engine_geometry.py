@@ -245,32 +245,12 @@ def test_parse_planes():
 # --- DICOM series -------------------------------------------------------------------------------
 
 
-def write_dicom_series(image, folder):
-    """One 2D DICOM file per K slice, with the position and orientation tags a reader sorts by."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = image.GetDirection()
-    root = "1.2.826.0.1.3680043.8.498.7313"
-    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    for k in range(image.GetDepth()):
-        plane = image[:, :, k]
-        tags = {"0008|0060": "MR", "0020|000d": root + ".1", "0020|000e": root + ".2",
-                "0008|0018": f"{root}.3.{k + 1}", "0020|0013": str(k + 1), "0020|0037": orientation,
-                "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-                "0018|0050": f"{image.GetSpacing()[2]:.6f}"}
-        for tag, value in tags.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(os.fspath(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(plane)
-
-
 def test_dicom_series_folder_reads_like_the_nifti(tmp_path):
     # aurora_met is int16 and stored RAS (not ITK's default LPS): a non-trivial orientation for DICOM.
     source = sitk.ReadImage(os.fspath(ef.cases()["aurora_met"]["image"]))
     assert source.GetPixelID() == sitk.sitkInt16
     crop = source[:, :, 55:95]  # 40 axial slices, plenty in every direction
-    write_dicom_series(crop, tmp_path / "series")
+    ef.write_dicom_series(crop, tmp_path / "series")
     nifti = tmp_path / "crop.nii"
     sitk.WriteImage(crop, os.fspath(nifti))
     assert len(list((tmp_path / "series").glob("*.dcm"))) == 40

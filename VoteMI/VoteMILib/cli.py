@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_selection_arguments(parser) -> None:
     """Options shared by every command that runs a selection."""
-    parser.add_argument("image", help="3D image: NIfTI, NRRD, MHA/MHD, or a folder with one DICOM series")
+    parser.add_argument("image", help="3D image: NIfTI, NRRD, MHA/MHD, or a folder of DICOM files")
+    parser.add_argument("--series", metavar="UID",
+                        help="DICOM series to read when IMAGE is a folder holding several (default: the one with "
+                             "most slices; the others are listed)")
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes,
                         help="comma-separated planes (default: %(default)s)")
     parser.add_argument("--top", type=positive_int, default=3, metavar="K", help="slices per plane (default: 3)")
@@ -115,14 +118,57 @@ def add_select_command(commands) -> None:
     parser.set_defaults(func=run_select)
 
 
+def check_outputs(args, **more_files) -> None:
+    """Before any work, refuse output paths that cannot be written or would overwrite an input.
+
+    Checks ``--json`` and ``--png-dir`` of ``args`` and the files of ``more_files`` (option name ->
+    path or None); raises :class:`~VoteMILib.outputs.OutputError` naming the path.
+    """
+    from .outputs import OutputError, check_output_file, check_output_folder
+
+    files = {"--json": getattr(args, "json", None), **more_files}
+    inputs = [args.image, *getattr(args, "extra", []), getattr(args, "encoder", None),
+              getattr(args, "prompt_file", None)]
+    inputs = {os.path.realpath(path) for path in inputs if path}
+    written = {}
+    for option, path in files.items():
+        if not path:
+            continue
+        checked = check_output_file(path, f"{option} file")
+        real = os.path.realpath(checked)
+        if real in inputs:
+            raise OutputError(f"{option} {path} is an input of this command; choose another file name")
+        if real in written:
+            raise OutputError(f"{option} and {written[real]} both name {path}; choose two files")
+        written[real] = option
+    if getattr(args, "png_dir", None):
+        check_output_folder(args.png_dir, "--png-dir folder")
+
+
+def print_warnings(*volumes) -> None:
+    """What the readers found worth telling (DICOM series chosen, uneven slices), one line each."""
+    for volume in volumes:
+        for warning in volume.metadata.get("warnings", []):
+            print(f"votemi: warning: {warning}", file=sys.stderr)
+
+
+def selection_document(args, volume, result) -> dict:
+    """The selection JSON of ``votemi select`` (also the start of ``votemi describe``'s)."""
+    document = result.to_dict(image=os.path.abspath(args.image))
+    if "dicom_series" in volume.metadata:
+        document["dicom_series"] = volume.metadata["dicom_series"]
+    return document
+
+
 def run_selection(args, progress=None):
     """Load the image (and extras), run the selection; returns (volume, extras, result)."""
     from .selection import select_slices
 
     started = time.perf_counter()
-    volume = load_volume(args.image)
+    volume = load_volume(args.image, series=args.series)
     extras = [load_volume(path) for path in args.extra]
     loaded = time.perf_counter() - started
+    print_warnings(volume, *extras)
     encoder = load_encoder(args.encoder) if args.encoder else None
     result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed, mode=args.mode,
                            extra_volumes=extras, encoder=encoder, progress=progress)
@@ -137,8 +183,9 @@ def load_encoder(path):
 
 
 def run_select(args) -> int:
+    check_outputs(args)
     volume, _, result = run_selection(args)
-    write_outputs(args, volume, result, result.to_dict(image=os.path.abspath(args.image)), quiet=args.quiet)
+    write_outputs(args, volume, result, selection_document(args, volume, result), quiet=args.quiet)
     return 0
 
 

@@ -23,6 +23,22 @@ def _reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def _make_folder(folder: str) -> None:
+    """Create ``folder`` and its parents; the OSError names a file standing where a folder must be."""
+    existing = folder
+    while existing and not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if existing and os.path.exists(existing) and not os.path.isdir(existing):
+        raise OSError(f"{existing} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create folder {folder}: {_reason(error)}") from None
+
+
 def check_output_file(path, what: str = "output file") -> str:
     """Check, before any work, that ``path`` can be written; return its absolute path.
 
@@ -38,9 +54,9 @@ def check_output_file(path, what: str = "output file") -> str:
         raise OutputError(f"cannot write {what} {path}: it is a folder")
     folder = os.path.dirname(path)
     try:
-        os.makedirs(folder, exist_ok=True)
+        _make_folder(folder)
     except OSError as error:
-        raise OutputError(f"cannot write {what} {path}: cannot create folder {folder}: {_reason(error)}") from None
+        raise OutputError(f"cannot write {what} {path}: {error}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {what} {path}: folder {folder} is not writable")
     if os.path.exists(path) and not os.access(path, os.W_OK):
@@ -54,9 +70,9 @@ def check_output_folder(folder, what: str = "output folder") -> str:
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OutputError(f"cannot write into {what} {folder}: it is a file, not a folder")
     try:
-        os.makedirs(folder, exist_ok=True)
+        _make_folder(folder)
     except OSError as error:
-        raise OutputError(f"cannot create {what} {folder}: {_reason(error)}") from None
+        raise OutputError(f"cannot write into {what} {folder}: {error}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {what} {folder}: it is not writable")
     return folder
@@ -77,7 +93,7 @@ def write_atomic(path, data, what: str = "output file", encoding: str = "utf-8")
     folder = os.path.dirname(path)
     temporary = None
     try:
-        os.makedirs(folder, exist_ok=True)
+        _make_folder(folder)
         handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)

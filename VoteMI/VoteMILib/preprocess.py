@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .features import PATCH_SIZE
 from .geometry import NORMAL_INDEX, PLANES, canonical_array, canonical_spacing, plane_geometry
+from .volumes import VolumeError
 
 #: Working voxel size in mm: fine enough for lesions of a centimetre, coarse enough to be fast.
 TARGET_SPACING_MM = 2.0
@@ -66,9 +68,47 @@ def working_shape(shape, spacing, target_mm=TARGET_SPACING_MM, max_size=MAX_WORK
     spacing = np.asarray(spacing, dtype=float)
     extent = shape * spacing
     work_spacing = max(target_mm, float(extent.max()) / max_size)
-    factors = np.maximum(1, np.floor(work_spacing / spacing + 1e-6)).astype(int)
+    # Never average more voxels than an axis holds: a thin axis would otherwise average to nothing.
+    factors = np.clip(np.floor(work_spacing / spacing + 1e-6), 1, shape).astype(int)
     out_shape = np.maximum(2, np.round(extent / work_spacing)).astype(int)
     return factors, out_shape, extent / out_shape
+
+
+def check_extent(shape, spacing, name: str = "", target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_SIZE,
+                 patch_size: int = PATCH_SIZE) -> None:
+    """Refuse a volume too thin along some axis to be cut into patches in every plane.
+
+    Each plane's slices are cut into ``patch_size`` working voxels square, so every axis must
+    span at least one patch: a slab of a few thin slices has no coronal or sagittal patches, and
+    nothing to tell its axial slices apart.
+
+    Parameters
+    ----------
+    shape, spacing : sequence of 3
+        Voxel counts and voxel sizes (mm) along the canonical (R, A, S) axes.
+
+    Raises
+    ------
+    VolumeError
+        Naming the thin axis, its extent and the extent needed.
+    """
+    shape = np.asarray(shape)
+    spacing = np.asarray(spacing, dtype=float)
+    extent = shape * spacing
+    work_spacing = max(target_mm, float(extent.max()) / max_size)
+    patch_mm = patch_size * work_spacing
+    thin = int(np.argmin(extent))
+    if extent[thin] >= patch_mm - 1e-6:
+        return
+    where = f"{name or 'volume'} spans only {extent[thin]:.3g} mm along {'RAS'[thin]} " \
+            f"({shape[thin]} voxels of {spacing[thin]:.3g} mm), too thin to score: "
+    if work_spacing > target_mm:  # large fields of view get coarser working voxels, hence larger patches
+        raise VolumeError(
+            where + f"at its {extent.max():.0f} mm field of view VoteMI cuts every plane into {patch_mm:.3g} mm "
+            f"patches ({patch_size} voxels of a {work_spacing:.3g} mm working grid), so it needs at least "
+            f"{patch_mm:.3g} mm in every direction; crop it to the body part")
+    raise VolumeError(where + f"VoteMI cuts every plane into {patch_mm:.3g} mm patches, so it needs at least "
+                      f"{patch_mm:.3g} mm in every direction")
 
 
 def foreground_mask(data: np.ndarray) -> np.ndarray:
@@ -97,6 +137,7 @@ def make_working_grid(volume, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_
     """Resample a :class:`~VoteMILib.volumes.Volume` onto the working grid."""
     canonical = canonical_array(volume.array, volume.ijk_to_ras)
     spacing = canonical_spacing(volume.ijk_to_ras)
+    check_extent(canonical.shape, spacing, volume.name, target_mm, max_size)
     factors, out_shape, work_spacing = working_shape(canonical.shape, spacing, target_mm, max_size)
     averaged = block_mean(canonical, factors)
     zoom = out_shape / np.array(averaged.shape)

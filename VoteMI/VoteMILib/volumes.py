@@ -44,6 +44,9 @@ class Volume:
         Human-readable name (file stem or node name).
     path : str or None
         Source file, when read from disk.
+    metadata : dict
+        What the reader found worth telling: ``"warnings"`` (one-line strings for the user) and, for
+        a DICOM folder, ``"dicom_series"`` (UID, description, slice count, series in the folder).
     """
 
     array: np.ndarray
@@ -103,13 +106,16 @@ def volume_from_array(array_kji, ijk_to_ras, name: str = "", path: str | None = 
     return Volume(array=array, ijk_to_ras=matrix, name=name, path=path)
 
 
-def load_volume(path) -> Volume:
+def load_volume(path, series: str | None = None) -> Volume:
     """Read a scalar 3D volume with SimpleITK.
 
     Parameters
     ----------
     path : str or path-like
-        Any file SimpleITK reads (NIfTI, NRRD, MHA/MHD, ...) or a folder holding one DICOM series.
+        Any file SimpleITK reads (NIfTI, NRRD, MHA/MHD, ...) or a folder holding DICOM series.
+    series : str, optional
+        SeriesInstanceUID to read from a DICOM folder holding several series (default: the series
+        with most slices; ``metadata["warnings"]`` then lists the others).
 
     Raises
     ------
@@ -121,17 +127,21 @@ def load_volume(path) -> Volume:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VolumeError(f"no such file or folder: {path}")
+    name = _stem(path)
+    dicom = os.path.isdir(path)
+    if series and not dicom:
+        raise VolumeError(f"{path} is a file: a series UID chooses among the DICOM series of a folder")
     chatter = []  # what ITK's readers print straight to stderr (MetaIO does, on short files)
     try:
         with _captured_stderr(chatter):
-            if os.path.isdir(path):
-                image = _read_dicom_folder(sitk, path)
+            if dicom:
+                image, found = _read_dicom_folder(sitk, path, series)
             else:
                 reader = sitk.ImageFileReader()
                 reader.SetFileName(path)
                 reader.ReadImageInformation()  # the header alone: refuse huge volumes before reading voxels
-                _check_header(reader, _stem(path))
-                _check_nifti_complete(path, _stem(path))
+                _check_header(reader, name)
+                _check_nifti_complete(path, name)
                 image = reader.Execute()
     except RuntimeError as error:
         reason = [line.strip() for line in chatter + str(error).strip().splitlines() if line.strip()]
@@ -139,9 +149,8 @@ def load_volume(path) -> Volume:
         # exception is often a stale errno ("No such file or directory") or the source position.
         detail = " ".join(reason[:2]) if chatter else (reason[-1] if reason else "unknown reason")
         raise VolumeError(f"cannot read {path}: {detail}") from None
-    if chatter:
+    if chatter and not dicom:  # GDCM's notes on a DICOM series are replaced by the one-line warnings below
         sys.stderr.write("\n".join(chatter) + "\n")
-    name = _stem(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(
             f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; VoteMI needs a scalar volume")
@@ -153,7 +162,17 @@ def load_volume(path) -> Volume:
             f"{name} has {voxels:,} voxels, more than the {MAX_VOXELS:,} VoteMI accepts; crop or resample it first")
     # One float32 copy out of ITK's buffer: a view would dangle once ``image`` is freed.
     array = np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32)  # (K, J, I)
-    return volume_from_array(array, ijk_to_ras_from_image(image), name=name, path=path)
+    matrix = ijk_to_ras_from_image(image)
+    metadata = {"warnings": []}
+    if dicom:
+        metadata["warnings"] += found.notes
+        metadata["dicom_series"] = found.summary()
+        # One position per 2D file; a multi-frame file holds the whole volume and is left to ITK.
+        if found.positions_lps is not None and len(found.positions_lps) == len(array) >= 2:
+            array, matrix = _even_slices(array, matrix, found.positions_lps, name, metadata["warnings"])
+    volume = volume_from_array(array, matrix, name=name, path=path)
+    volume.metadata = metadata
+    return volume
 
 
 def _check_header(reader, name: str) -> None:
@@ -251,21 +270,159 @@ def ijk_to_ras_from_image(image) -> np.ndarray:
     return matrix
 
 
-def _read_dicom_folder(sitk, folder):
+@dataclass
+class _DicomSeries:
+    """One DICOM series of a folder, and what reading it found."""
+
+    uid: str
+    files: list
+    description: str = ""
+    series_in_folder: int = 1
+    notes: list = field(default_factory=list)
+    #: ImagePositionPatient (LPS mm) of each file, in reading order; None if a file lacks it.
+    positions_lps: np.ndarray | None = None
+
+    def label(self) -> str:
+        what = f" ({self.description})" if self.description else ""
+        return f"{self.uid}{what}, {len(self.files)} slices"
+
+    def summary(self) -> dict:
+        return {"uid": self.uid, "description": self.description, "slices": len(self.files),
+                "series_in_folder": self.series_in_folder}
+
+
+def _read_dicom_folder(sitk, folder, wanted=None):
+    """Read one series of a DICOM folder: ``wanted`` (a SeriesInstanceUID) or the one with most files."""
     reader = sitk.ImageSeriesReader()
-    # GDCM warns on stderr, over several lines, when a folder holds no series; the error below says it in one.
+    # GDCM and ITK warn on stderr, over several lines (no series, uneven slices); VoteMI says it in one.
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        series = reader.GetGDCMSeriesIDs(folder)
+        uids = reader.GetGDCMSeriesIDs(folder)
+        if not uids:
+            raise VolumeError(f"{folder} is a folder without a DICOM series")
+        found = [_DicomSeries(uid, list(reader.GetGDCMSeriesFileNames(folder, uid)), series_in_folder=len(uids))
+                 for uid in uids]
+        for candidate in found:
+            candidate.description = _dicom_tag(sitk, candidate.files[0], "0008|103e")
+        found.sort(key=lambda candidate: -len(candidate.files))  # most slices first: the likely choice
+        listing = "; ".join(candidate.label() for candidate in found)
+        if wanted:
+            chosen = next((candidate for candidate in found if candidate.uid == wanted.strip()), None)
+            if chosen is None:
+                raise VolumeError(f"{folder} holds no DICOM series {wanted}; it holds: {listing}")
+        else:
+            chosen = found[0]
+            if len(found) > 1:
+                chosen.notes.append(f"{folder} holds {len(found)} DICOM series; read {chosen.label()}; choose "
+                                    f"another with --series UID: {listing}")
+        reader.SetFileNames(chosen.files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        image = reader.Execute()
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
-    if not series:
-        raise VolumeError(f"{folder} is a folder without a DICOM series")
-    # The series with most files is the one a user most likely means.
-    files = max((reader.GetGDCMSeriesFileNames(folder, uid) for uid in series), key=len)
-    reader.SetFileNames(files)
-    return reader.Execute()
+    chosen.positions_lps = _slice_positions(reader, len(chosen.files))
+    return image, chosen
+
+
+def _dicom_tag(sitk, filename, tag) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(filename)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return ""
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+
+
+def _slice_positions(reader, count):
+    """ImagePositionPatient of every slice read (LPS mm), or None when some slice lacks it."""
+    positions = []
+    for index in range(count):
+        if not reader.HasMetaDataKey(index, "0020|0032"):
+            return None
+        try:
+            positions.append([float(v) for v in reader.GetMetaData(index, "0020|0032").split("\\")])
+        except ValueError:
+            return None
+    positions = np.asarray(positions, dtype=float)
+    return positions if positions.shape == (count, 3) and np.isfinite(positions).all() else None
+
+
+#: Slice gaps that differ from the usual spacing by less than this fraction count as even.
+_SPACING_TOLERANCE = 0.02
+#: Widest gap, in usual slice spacings, filled by interpolation (two missing slices in a row).
+_MAX_GAP_STEPS = 3.0
+
+
+def _even_slices(array, ijk_to_ras, positions_lps, name, notes):
+    """Place the slices of a DICOM series by their own positions, on evenly spaced slices.
+
+    ITK spaces a series' slices evenly whatever their positions say, so with a missing slice or a
+    change of spacing every slice beyond it would sit at the wrong place. Uneven slices are
+    resampled (linear interpolation between the two nearest slices) and reported in ``notes``;
+    repeated positions, sideways shifts (gantry tilt) and gaps too wide to fill are refused.
+
+    Returns
+    -------
+    array, ijk_to_ras
+        The voxels (K, J, I) on evenly spaced slices and their IJK-to-RAS matrix.
+    """
+    count = len(positions_lps)
+    positions = positions_lps * np.array([-1.0, -1.0, 1.0])  # RAS, like the matrix
+    in_plane = ijk_to_ras[:3, :2]
+    normal = np.cross(in_plane[:, 0], in_plane[:, 1])
+    normal /= np.linalg.norm(normal)
+    along = (positions - positions[0]) @ normal
+    if along[-1] < 0:  # slices stored against the normal: let the slice axis follow the files
+        normal, along = -normal, -along
+    gaps = np.diff(along)
+    step = float(np.median(gaps))
+    where = _gap_position(positions, normal)
+    if step <= 0 or gaps.min() <= 1e-3 * max(step, 1e-3):
+        raise VolumeError(f"{name}: several slices lie at the same position (near {where(int(np.argmin(gaps)))}); "
+                          "the series holds more than one volume (echoes, time points or repeats), VoteMI reads "
+                          "one 3D volume; export one of them as its own series")
+    sideways = np.linalg.norm((positions - positions[0]) - np.outer(along, normal), axis=1).max()
+    if sideways > 0.5 * float(np.linalg.norm(in_plane, axis=0).min()):
+        raise VolumeError(f"{name}: the slices are shifted sideways by up to {sideways:.3g} mm along the stack "
+                          "(tilted gantry?); resample the series onto an orthogonal grid first")
+    uneven = np.abs(gaps - step) > _SPACING_TOLERANCE * step + 1e-3
+    if not uneven.any():
+        matrix = ijk_to_ras.copy()
+        matrix[:3, 2] = normal * (along[-1] / (count - 1))
+        matrix[:3, 3] = positions[0]
+        return array, matrix
+    widest = int(np.argmax(gaps))
+    if gaps[widest] > _MAX_GAP_STEPS * step:
+        raise VolumeError(f"{name}: a gap of {gaps[widest]:.3g} mm between slices near {where(widest)}, where the "
+                          f"other slices are {step:.3g} mm apart: about {round(gaps[widest] / step) - 1} slices are "
+                          "missing, too many to interpolate; export the complete series")
+    slices = int(round(along[-1] / step)) + 1
+    even_step = along[-1] / (slices - 1)
+    targets = np.arange(slices) * even_step
+    upper = np.clip(np.searchsorted(along, targets, side="right"), 1, count - 1)
+    weights = (targets - along[upper - 1]) / gaps[upper - 1]
+    even = np.empty((slices, *array.shape[1:]), dtype=np.float32)
+    for k, (above, weight) in enumerate(zip(upper, weights)):  # slice by slice: no volume-sized temporaries
+        np.multiply(array[above - 1], np.float32(1 - weight), out=even[k])
+        even[k] += np.float32(weight) * array[above]
+    notes.append(f"{name}: slices are not evenly spaced ({int(uneven.sum())} of {count - 1} gaps differ from the "
+                 f"usual {step:.3g} mm, the widest {gaps[widest]:.3g} mm near {where(widest)}: missing slices or "
+                 f"variable spacing); resampled to {slices} slices {even_step:.3g} mm apart by linear interpolation")
+    matrix = ijk_to_ras.copy()
+    matrix[:3, 2] = normal * even_step
+    matrix[:3, 3] = positions[0]
+    return even, matrix
+
+
+def _gap_position(positions, normal):
+    """A function naming where gap ``n`` (between slices n and n+1) lies, e.g. "S +12.5 mm"."""
+    axis = int(np.argmax(np.abs(normal)))
+
+    def where(n: int) -> str:
+        return f"{'RAS'[axis]} {(positions[n, axis] + positions[n + 1, axis]) / 2:+.1f} mm"
+    return where
 
 
 def _stem(path: str) -> str:
