@@ -252,6 +252,10 @@ def add_bench_command(commands) -> None:
 
 
 def run_bench(args) -> int:
+    if args.json:  # before hours of work, not after
+        from .outputs import check_output_file
+
+        check_output_file(args.json, "--json file")
     if args.speed:
         rows = speed_benchmark(args.repeats, args.source)
         print(format_speed_table(rows))

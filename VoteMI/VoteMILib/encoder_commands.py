@@ -53,6 +53,9 @@ def run_train_encoder(args) -> int:
         raise ValueError(f"--out {args.out} is a folder; give the model file to write, e.g. {args.out}/encoder.npz")
     if not args.out.lower().endswith(".npz"):
         raise ValueError(f"--out {args.out}: the model file name must end in .npz")
+    from .outputs import check_output_file
+
+    check_output_file(args.out, "--out model file")
     train_encoder(args.folder, args.out, epochs=args.epochs, latent=args.latent, seed=args.seed, hidden=args.hidden,
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   patches_per_scan=args.patches_per_scan or None, threads=args.threads,
