@@ -224,9 +224,10 @@ def send_json(handler, status, payload, headers=None):
     raw_answer(handler, status, json.dumps(payload).encode(), "application/json", headers)
 
 
-def raw_answer(handler, status, body: bytes, content_type: str, headers=None):
+def raw_answer(handler, status, body: bytes, content_type: str | None, headers=None):
     handler.send_response(status)
-    handler.send_header("Content-Type", content_type)
+    if content_type:
+        handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(body)))
     for key, value in (headers or {}).items():
         handler.send_header(key, value)
@@ -236,7 +237,8 @@ def raw_answer(handler, status, body: bytes, content_type: str, headers=None):
 
 def _start_stream(handler, content_type):
     handler.send_response(200)
-    handler.send_header("Content-Type", content_type)
+    if content_type:
+        handler.send_header("Content-Type", content_type)
     handler.send_header("Transfer-Encoding", "chunked")
     handler.end_headers()
 
@@ -257,16 +259,20 @@ def openai_chunk(text=None, finish=None):
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-def streamed(pieces, protocol="openai", tail="done", error=None, space=True, pause_s=0.0):
+def streamed(pieces, protocol="openai", tail="done", error=None, space=True, pause_s=0.0, content_type="auto",
+             ndjson=None):
     """An action streaming ``pieces``, then ending with ``tail``.
 
     tail: "done" (normal end), "error" (an error object mid-stream), "stall" (silence until the
     test ends), "drop" (close the connection without finishing the chunked body), "no_marker"
-    (finish the body without the end marker).
+    (finish the body without the end marker). ``content_type`` None sends no Content-Type header;
+    ``ndjson`` (default: Ollama's protocol) streams one JSON object per line instead of SSE.
     """
+    ndjson = protocol == "ollama" if ndjson is None else ndjson
+    declared = ("application/x-ndjson" if ndjson else "text/event-stream") if content_type == "auto" else content_type
+
     def action(handler, body):
-        ndjson = protocol == "ollama"
-        _start_stream(handler, "application/x-ndjson" if ndjson else "text/event-stream")
+        _start_stream(handler, declared)
 
         def send(obj):
             if ndjson:
@@ -277,19 +283,20 @@ def streamed(pieces, protocol="openai", tail="done", error=None, space=True, pau
 
         for piece in pieces:
             send({"model": "tiny-vlm", "message": {"role": "assistant", "content": piece}, "done": False}
-                 if ndjson else openai_chunk(piece))
+                 if protocol == "ollama" else openai_chunk(piece))
             if pause_s:
                 time.sleep(pause_s)
         if tail == "done":
-            if ndjson:
+            if protocol == "ollama":
                 send({"model": "tiny-vlm", "message": {"role": "assistant", "content": ""}, "done": True,
                       "done_reason": "stop", "prompt_eval_count": 10, "eval_count": len(pieces)})
             else:
                 send(openai_chunk(None, "stop"))
-                send(b"[DONE]")
+                if not ndjson:
+                    send(b"[DONE]")
             _end_stream(handler)
         elif tail == "error":
-            send(error or ({"error": "model runner crashed"} if ndjson else
+            send(error or ({"error": "model runner crashed"} if protocol == "ollama" else
                            {"error": {"message": "model runner crashed", "type": "server_error"}}))
             _end_stream(handler)
         elif tail == "no_marker":
@@ -313,17 +320,18 @@ def _stall(handler):
     handler.close_connection = True
 
 
-def complete_json(text, protocol="openai"):
-    """An action answering a non-streamed request."""
+def complete_json(text, protocol="openai", content_type="application/json", indent=None):
+    """An action answering a non-streamed request (``content_type`` None: no Content-Type header)."""
     def action(handler, body):
         if protocol == "ollama":
-            send_json(handler, 200, {"model": "tiny-vlm", "message": {"role": "assistant", "content": text},
-                                     "done": True, "done_reason": "stop", "eval_count": 3, "prompt_eval_count": 9})
+            answer = {"model": "tiny-vlm", "message": {"role": "assistant", "content": text},
+                      "done": True, "done_reason": "stop", "eval_count": 3, "prompt_eval_count": 9}
         else:
-            send_json(handler, 200, {"object": "chat.completion", "model": "tiny-vlm",
-                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                  "finish_reason": "stop"}],
-                                     "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}})
+            answer = {"object": "chat.completion", "model": "tiny-vlm",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                   "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}}
+        raw_answer(handler, 200, json.dumps(answer, indent=indent).encode(), content_type)
     return action
 
 
@@ -332,6 +340,13 @@ def error_answer(status, body, content_type="application/json", headers=None):
     def action(handler, request_body):
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         raw_answer(handler, status, data, content_type, headers)
+    return action
+
+
+def redirect(status, location):
+    """An action answering with a redirect to ``location``."""
+    def action(handler, request_body):
+        raw_answer(handler, status, b"", "text/plain", {"Location": location})
     return action
 
 

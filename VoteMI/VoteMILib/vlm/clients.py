@@ -13,6 +13,10 @@ the caller cancels, when no data arrived for ``idle_s`` seconds, or when ``total
 Connection failures, timeouts and HTTP 429/502/503/504 are retried with exponential backoff as
 long as no text has reached the caller. An answer that breaks off after some text keeps that text
 and is flagged incomplete.
+
+A user name and password in the server URL (``http://user:pass@host``) are sent as HTTP Basic
+authentication and appear nowhere else: every URL shown or stored is :func:`redact_url`'s. Redirects
+are reported, never followed, so the images go only to the configured server.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
 from .. import __version__
 from .errors import VLMCancelled, VLMError
@@ -36,7 +40,8 @@ DEFAULT_SERVER = "http://127.0.0.1:11434"
 #: HTTP statuses worth retrying: rate limited, bad gateway, unavailable (e.g. model loading), gateway timeout.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_ERROR_BODY = 64 * 1024
-_MAX_BODY = 32 * 1024 * 1024
+#: Largest answer read, streamed or not (a report is a few kB; this bounds a runaway server).
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 _MAX_LINE = 4 * 1024 * 1024
 _POLL_S = 0.05
 _MAX_BACKOFF_S = 30.0
@@ -92,17 +97,62 @@ class ChatResult:
 
 @dataclass(frozen=True)
 class ServerAddress:
-    """A parsed server URL."""
+    """A parsed server URL.
+
+    ``query`` (already encoded) goes with every request, its values masked in :attr:`url`;
+    ``username`` and ``password`` go only into the Authorization header. None of them is in ``repr``.
+    """
 
     scheme: str
     host: str
     port: int
     base_path: str
+    query: str = field(default="", repr=False)
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
+        """The URL to show or store: no credentials, query values masked."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.base_path}"
+        return f"{self.scheme}://{host}:{self.port}{self.base_path}" + (f"?{_mask_query(self.query)}"
+                                                                        if self.query else "")
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.username or self.password)
+
+    def basic_authorization(self) -> str:
+        token = base64.b64encode(f"{self.username}:{self.password}".encode("utf-8")).decode("ascii")
+        return f"Basic {token}"
+
+
+def check_authorization(address: ServerAddress, api_key: str) -> None:
+    """Refuse credentials in the URL together with an API key: both would be the Authorization header."""
+    if address.has_credentials and (api_key or "").strip():
+        raise VLMError(f"the server URL {address.url} carries a user name and password and an API key is set too; "
+                       "both go in the Authorization header, so give only one")
+
+
+def _mask_query(query: str) -> str:
+    return re.sub(r"=[^&#]*", "=***", query)
+
+
+def redact_url(url) -> str:
+    """``url`` as it may be shown or stored: user name and password removed, query values masked.
+
+    Works on any text, also on URLs too malformed to parse (everything up to the last ``@`` after
+    the scheme is dropped).
+    """
+    text = " ".join(str(url or "").split())
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        scheme, rest = "", text
+    if "@" in rest:
+        rest = rest.rpartition("@")[2]
+    rest, question, query = rest.partition("?")
+    rest = rest + (question + _mask_query(query.partition("#")[0]) if question else "")
+    return f"{scheme}://{rest}" if separator else rest
 
 
 def parse_server_url(url: str, protocol: str = "openai") -> ServerAddress:
@@ -118,20 +168,27 @@ def parse_server_url(url: str, protocol: str = "openai") -> ServerAddress:
         raise VLMError("no server URL given")
     if "://" not in text:
         text = "http://" + text
+    shown = redact_url(text)
+    # Never quote urlsplit's own messages: they can hold pieces of a password.
+    encode = " (percent-encode / ? # @ : in a user name or password)" if "@" in text else ""
     try:
         parts = urlsplit(text)
         port = parts.port
-    except ValueError as error:
-        raise VLMError(f"invalid server URL '{url}': {error}") from None
+    except ValueError:
+        raise VLMError(f"invalid server URL '{shown}': the port must be a number from 0 to 65535{encode}") from None
     if parts.scheme not in ("http", "https"):
-        raise VLMError(f"invalid server URL '{url}': use http:// or https://")
+        raise VLMError(f"invalid server URL '{shown}': use http:// or https://")
     if not parts.hostname:
-        raise VLMError(f"invalid server URL '{url}': no host name")
-    path = parts.path.rstrip("/")
+        raise VLMError(f"invalid server URL '{shown}': no host name{encode}")
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise VLMError(f"invalid server URL '{shown}': '@' after the host name{encode}")
+    path = quote(parts.path.rstrip("/"), safe="/%!$&'()*+,;=:-._~")
     suffix = {"openai": "/v1", "ollama": "/api"}.get(protocol, "")
     if suffix and path.endswith(suffix):
         path = path[: -len(suffix)]
-    return ServerAddress(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path)
+    query = urlencode(parse_qsl(parts.query, keep_blank_values=True))
+    return ServerAddress(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path,
+                         query, unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def error_message_from_body(body: bytes, content_type: str = "") -> str:
@@ -264,12 +321,15 @@ class _Exchange:
         self.address = client.address
         self.method = method
         self.path = self.address.base_path + path
+        self.target = self.path + (f"?{self.address.query}" if self.address.query else "")
         self.payload = payload
         self.deadline = deadline
         self.watchdog = _Watchdog(cancel, deadline, idle_s)
         self.idle_s = idle_s
         self.connection = None
         self.response = None
+        self.received_bytes = 0
+        self._pending = []  # raw lines read ahead by first_line(), handed out again first
 
     def __enter__(self):
         return self
@@ -338,9 +398,11 @@ class _Exchange:
             headers["Content-Type"] = "application/json"
         if self.client.api_key:
             headers["Authorization"] = f"Bearer {self.client.api_key}"
+        elif self.address.has_credentials:
+            headers["Authorization"] = self.address.basic_authorization()
         try:
             try:
-                connection.request(self.method, self.path or "/", body=body, headers=headers)
+                connection.request(self.method, self.target or "/", body=body, headers=headers)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the server may have answered early (e.g. 413) and closed; read that answer
             response = connection.getresponse()
@@ -356,7 +418,34 @@ class _Exchange:
         self.watchdog.touch()
         if response.status >= 400:
             raise self._http_error(response)
+        if response.status >= 300:
+            raise self._redirect_error(response)
         return response
+
+    def _redirect_error(self, response) -> VLMError:
+        """A 3xx answer, reported rather than followed: the images must not go to another server."""
+        status = f"HTTP {response.status} {response.reason or ''}".rstrip()
+        location = (response.getheader("Location") or "").strip()
+        if not location:
+            return VLMError(f"{self._where()}: {status} without a Location; check the server URL",
+                            status=response.status)
+        address = self.address
+        here = f"{address.scheme}://{address.host}:{address.port}{self.path}"
+        target = urlsplit(urljoin(here, location))
+        try:
+            same = (target.scheme, target.hostname, target.port or (443 if target.scheme == "https" else 80)) == \
+                (address.scheme, address.host, address.port)
+        except ValueError:
+            same = False
+        suggestion = redact_url(target._replace(query="", fragment="").geturl())
+        api_path = self.path[len(address.base_path):]  # the server URL to suggest is the base, without it
+        if api_path and suggestion.endswith(api_path):
+            suggestion = suggestion[: -len(api_path)]
+        hint = (f"set the server URL to {suggestion}" if same else
+                f"VoteMI does not follow redirects to another server, so the images go only to {self._where()}; "
+                f"if you trust that server, set the server URL to {suggestion}")
+        return VLMError(f"{self._where()}: {status}, redirected to {redact_url(target.geturl())} ({hint})",
+                        status=response.status)
 
     def _http_error(self, response) -> VLMError:
         try:
@@ -377,31 +466,56 @@ class _Exchange:
             retry_after = float(header.strip())
         return VLMError(message, status=status, retryable=status in RETRY_STATUSES, retry_after_s=retry_after)
 
+    def _too_large(self) -> str:
+        return f"{self._where()}: the answer is larger than {_size(self.client.max_answer_bytes)}"
+
+    def _read_line(self) -> bytes:
+        if self._pending:
+            return self._pending.pop(0)
+        if self.watchdog.check():
+            raise self._broken()
+        try:
+            raw = self.response.readline(_MAX_LINE)
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            raise self._broken(error) from None
+        if not raw and self.watchdog.reason:
+            raise self._broken()
+        self.received_bytes += len(raw)
+        if self.received_bytes > self.client.max_answer_bytes:
+            # Not retryable: the same server would send as much again. Text before this line is kept.
+            raise _StreamBroken(self._too_large() + "; the text up to there is kept")
+        if raw:
+            self.watchdog.touch()
+        return raw
+
+    def first_line(self) -> str:
+        """The first non-blank line of the body (without consuming it), to recognise its format."""
+        while True:
+            raw = self._read_line()
+            self._pending.append(raw)
+            if not raw or raw.strip():
+                return raw.decode("utf-8", "replace").strip()
+
     def lines(self):
         """Yield decoded lines of the response body as they arrive."""
         while True:
-            if self.watchdog.check():
-                raise self._broken()
-            try:
-                raw = self.response.readline(_MAX_LINE)
-            except (OSError, http.client.HTTPException, ValueError) as error:
-                raise self._broken(error) from None
+            raw = self._read_line()
             if not raw:
-                if self.watchdog.reason:
-                    raise self._broken()
                 return
-            self.watchdog.touch()
             yield raw.decode("utf-8", "replace").rstrip("\r\n")
 
     def read_body(self) -> bytes:
+        limit = self.client.max_answer_bytes
+        ahead = b"".join(self._pending)
+        self._pending = []
         try:
-            body = self.response.read(_MAX_BODY + 1)
+            body = ahead + self.response.read(max(0, limit - len(ahead)) + 1)
         except (OSError, http.client.HTTPException, ValueError) as error:
             raise self._broken(error) from None
         if self.watchdog.reason:
             raise self._broken()
-        if len(body) > _MAX_BODY:
-            raise VLMError(f"{self._where()}: answer larger than {_MAX_BODY // 2**20} MB")
+        if len(body) > limit:
+            raise VLMError(self._too_large())
         return body
 
     def _broken(self, error=None):
@@ -414,6 +528,10 @@ class _Exchange:
             return _StreamBroken(f"{self._where()}: the server sent nothing for {self.idle_s:g} s", True)
         detail = _one_line(error) if error is not None and str(error) else type(error).__name__
         return _StreamBroken(f"{self._where()}: the connection broke off ({detail})", True)
+
+
+def _size(count: int) -> str:
+    return f"{count / 2 ** 20:g} MB" if count >= 2 ** 20 else f"{count / 2 ** 10:g} kB"
 
 
 def token_limit_message(max_tokens: int | None) -> str:
@@ -441,9 +559,11 @@ class _HTTPClient:
     chat_path = ""
 
     def __init__(self, server_url: str = DEFAULT_SERVER, api_key: str = "", timeouts: Timeouts | None = None,
-                 retries: int = 2, backoff_s: float = 1.0):
+                 retries: int = 2, backoff_s: float = 1.0, max_answer_bytes: int = MAX_ANSWER_BYTES):
         self.address = parse_server_url(server_url, self.protocol)
         self.api_key = (api_key or "").strip()
+        check_authorization(self.address, self.api_key)
+        self.max_answer_bytes = max(1, int(max_answer_bytes))
         self.timeouts = timeouts or Timeouts()
         self.retries = max(0, int(retries))
         self.backoff_s = max(0.0, float(backoff_s))
@@ -482,16 +602,20 @@ class _HTTPClient:
         return ""
 
     # -- public API ----------------------------------------------------------------------------
-    def list_models(self) -> list:
+    def list_models(self, cancel=None) -> list:
         """Names of the models the server offers (also a health check); no retries, so failures show at once.
+
+        ``cancel`` is polled as in :meth:`chat`.
 
         Raises
         ------
+        VLMCancelled
+            When ``cancel`` returned True.
         VLMError
             If the server is unreachable, refuses (e.g. 401) or does not answer like the expected API.
         """
         deadline = time.monotonic() + min(self.timeouts.total_s, self.timeouts.connect_s + 30.0)
-        with _Exchange(self, "GET", self.models_path, None, deadline, None, None) as exchange:
+        with _Exchange(self, "GET", self.models_path, None, deadline, cancel, None) as exchange:
             response = exchange.open()
             try:
                 body = exchange.read_body()
@@ -558,9 +682,10 @@ class _HTTPClient:
             response = exchange.open()
             content_type = (response.getheader("Content-Type") or "").lower()
             try:
-                if options.stream and "text/event-stream" in content_type:
+                kind = _declared_format(content_type, options.stream, self.protocol) or _sniffed_format(exchange)
+                if kind == "sse":
                     self._read_sse(exchange, state, on_text, received)
-                elif options.stream and self.protocol == "ollama" and "json" in content_type:
+                elif kind == "ndjson":
                     self._read_ndjson(exchange, state, on_text, received)
                 else:
                     self._read_full(exchange, content_type, state, on_text, received)
@@ -650,6 +775,39 @@ class _HTTPClient:
             kind = "an HTML page" if "html" in content_type.lower() or body.lstrip()[:1] == b"<" else "non-JSON data"
             raise VLMError(f"{self.server_url}: answered with {kind}, not the {self.protocol} API; "
                            "check the server URL and protocol") from None
+
+
+def _declared_format(content_type: str, stream: bool, protocol: str):
+    """"sse", "ndjson" or "full" as the Content-Type says, or None when it says nothing usable."""
+    if "text/event-stream" in content_type:  # also when streaming was not asked for: read what came
+        return "sse"
+    if "ndjson" in content_type or (stream and protocol == "ollama" and "json" in content_type):
+        return "ndjson"
+    if "json" in content_type or "html" in content_type:
+        return "full"
+    return None
+
+
+#: How the lines of a Server-Sent Events stream begin.
+_SSE_FIELDS = ("data:", "event:", "id:", "retry:", ":")
+
+
+def _sniffed_format(exchange) -> str:
+    """Recognise an answer without a (usable) Content-Type by its first line: SSE field lines,
+    one JSON object per line (a stream, unless it is a whole chat completion), or anything else
+    (read whole, so a JSON document over several lines or an HTML page is reported as such)."""
+    first = exchange.first_line()
+    if first.startswith(_SSE_FIELDS):
+        return "sse"
+    try:
+        data = json.loads(first)
+    except ValueError:
+        return "full"
+    if not isinstance(data, dict):
+        return "full"
+    choices = data.get("choices")
+    whole = isinstance(choices, list) and choices and isinstance(choices[0], dict) and "message" in choices[0]
+    return "full" if whole else "ndjson"
 
 
 def _png_base64(image) -> str:

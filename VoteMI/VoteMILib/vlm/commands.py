@@ -7,11 +7,11 @@ import signal
 import sys
 import threading
 
-from .clients import DEFAULT_SERVER
+from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
 from .imaging import CT_PRESET_NAMES
 from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
-from .report import NOTICE
+from .report import NOTICE, Report
 from .server import DEFAULT_HOST, DEFAULT_MAX_REQUEST_MB, DEFAULT_PORT
 
 API_KEY_ENV = "VOTEMI_API_KEY"
@@ -79,8 +79,12 @@ def settings_from_args(args) -> DescribeSettings:
     """The :class:`DescribeSettings` of a parsed ``votemi describe`` command line."""
     template = None
     if args.prompt_file:
-        with open(args.prompt_file, encoding="utf-8") as stream:
-            template = stream.read()
+        try:
+            with open(args.prompt_file, encoding="utf-8") as stream:
+                template = stream.read()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise VLMError(f"cannot read prompt file {args.prompt_file}: {reason}") from None
     return DescribeSettings(
         server_url=args.server, protocol=args.protocol, model=args.model, api_key=_api_key(args),
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
@@ -101,20 +105,51 @@ def _write_pngs(prompt, folder) -> list:
     return paths
 
 
+class _CtrlC:
+    """While active, the first Ctrl-C (SIGINT) asks the model request to stop instead of raising
+    KeyboardInterrupt, so that the text received so far is kept and written; a second one quits at once."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._first)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _first(self, signum, frame):
+        self.event.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nvotemi: interrupted; saving what arrived (Ctrl-C again to quit at once)", file=sys.stderr,
+              flush=True)
+
+
 def run_describe(args) -> int:
-    """``votemi describe``: selection, then the report streamed to stdout; 0 on success."""
-    from ..cli import format_summary, run_selection
+    """``votemi describe``: selection, then the report streamed to stdout.
+
+    Exit status: 0 done, 1 error, 2 bad option, 3 report incomplete, 130 interrupted. Once the
+    selection is done, ``--json`` is written whatever happens next (``report_meta.complete`` false and
+    ``incomplete_reason`` on failure), and ``--report`` whenever some text arrived.
+    """
+    from ..cli import check_outputs, format_summary, run_selection, selection_document
 
     try:
         settings = settings_from_args(args)
         settings.validate()
     except VLMError as error:
         return _fail(str(error), 2)
+    check_outputs(args, **{"--report": args.report})
     volume, extras, result = run_selection(args)
-    document = result.to_dict(image=os.path.abspath(args.image))
+    document = selection_document(args, volume, result)
     log = sys.stderr
     if not args.quiet:
         print(format_summary(volume, result), file=log)
+    interrupt = _CtrlC()
     try:
         prompt = build_request(volume, result, settings, extras)
         if args.png_dir:
@@ -128,7 +163,7 @@ def run_describe(args) -> int:
             _write_json(args.json, document)
             return 0
         if not args.quiet:
-            target = settings.model if settings.protocol == "inprocess" else settings.server_url
+            target = settings.model if settings.protocol == "inprocess" else redact_url(settings.server_url)
             print(f"sending {len(prompt.images)} images to {target} ({settings.protocol})", file=log)
         print(f"[{NOTICE}]\n", flush=True)
 
@@ -136,12 +171,14 @@ def run_describe(args) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
 
-        report = describe(volume, result, settings, extras, on_text=show if settings.stream else None)
-    except VLMCancelled:
-        return _fail("cancelled", 130)
+        with interrupt:
+            report = describe(volume, result, settings, extras, on_text=show if settings.stream else None,
+                              cancel=interrupt.event.is_set)
     except VLMError as error:
         print(file=sys.stdout)
-        return _fail(str(error))
+        cancelled = isinstance(error, VLMCancelled)
+        _save_unfinished(args, document, error, "interrupted by Ctrl-C" if cancelled else str(error))
+        return _fail("interrupted" if cancelled else str(error), 130 if cancelled else 1)
     if not settings.stream:
         show(report.text)
     print()
@@ -152,6 +189,20 @@ def run_describe(args) -> int:
     if args.report:
         report.save(args.report)
     return 0 if report.complete else 3
+
+
+def _save_unfinished(args, document, error, reason):
+    """Write the selection JSON and any text received, flagged incomplete, after a failure or Ctrl-C.
+
+    The ``--report`` file is left as it was when no text arrived: an empty draft is not worth
+    replacing an earlier report with.
+    """
+    report = error.report or Report("", {"notice": NOTICE}, complete=False)
+    report.meta["incomplete_reason"] = reason
+    document.update(report.to_dict())
+    _write_json(args.json, document)
+    if args.report and report.text.strip():
+        report.save(args.report)
 
 
 def _write_json(path, document):

@@ -16,6 +16,9 @@ class VLMError(RuntimeError):
         HTTP status of the server's answer, when there was one.
     retryable : bool
         True for failures worth retrying (connection failures, timeouts, 429/502/503/504).
+    report : Report or None
+        Set by :func:`VoteMILib.vlm.describe` once the request was prepared: the (partial, possibly
+        empty) report flagged incomplete, with this error as its ``incomplete_reason``.
     """
 
     def __init__(self, message: str, status: int | None = None, retryable: bool = False,
@@ -24,6 +27,7 @@ class VLMError(RuntimeError):
         self.status = status
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.report = None
 
 
 class VLMCancelled(VLMError):

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 from .. import __version__
 from ..geometry import PLANES, parse_planes
-from .clients import DEFAULT_SERVER, GenerationOptions, Timeouts, make_http_client
+from .clients import (DEFAULT_SERVER, GenerationOptions, Timeouts, check_authorization, make_http_client,
+                      parse_server_url, redact_url)
 from .errors import VLMCancelled, VLMError
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
 from .prompts import Prompt, PromptImage, build_prompt, format_position
@@ -34,7 +35,9 @@ class DescribeSettings:
     model : str
         Model name on the server (empty: the server's only model), or the model folder for "inprocess".
     api_key : str
-        Sent as ``Authorization: Bearer``; never recorded in the report metadata.
+        Sent as ``Authorization: Bearer``; never recorded in the report metadata. A user name and
+        password in ``server_url`` are sent as Basic authentication instead (not both), and the
+        URL is recorded without them (:func:`~VoteMILib.vlm.clients.redact_url`).
     prompt_template : str or None
         Instruction template (see :data:`VoteMILib.vlm.prompts.PLACEHOLDERS`); None for the default.
     language : str
@@ -97,6 +100,8 @@ class DescribeSettings:
             raise VLMError(f"unknown protocol '{self.protocol}'; choose {', '.join(PROTOCOL_CHOICES)}")
         if self.protocol == "inprocess" and not (self.model or "").strip():
             raise VLMError("the in-process protocol needs the model folder as the model setting")
+        if self.protocol != "inprocess":
+            check_authorization(parse_server_url(self.server_url, self.protocol), self.api_key)
         if not 32 <= int(self.long_side) <= 4096:
             raise VLMError(f"image long side {self.long_side} px is outside 32..4096")
         if self.planes:
@@ -119,6 +124,7 @@ class DescribeSettings:
         data = asdict(self)
         data.pop("api_key")
         data["api_key_set"] = bool(self.api_key)
+        data["server_url"] = redact_url(self.server_url)
         data["planes"] = list(parse_planes(self.planes)) if self.planes else None
         data["window"] = list(self.window) if self.window is not None else None
         return data
@@ -202,10 +208,10 @@ def list_models(settings: DescribeSettings) -> list:
     return make_client(settings).list_models()
 
 
-def _resolve_model(client, settings) -> str:
+def _resolve_model(client, settings, cancel=None) -> str:
     if settings.protocol == "inprocess" or settings.model.strip():
         return settings.model.strip()
-    models = client.list_models()
+    models = client.list_models(cancel=cancel)
     if len(models) == 1:
         return models[0]
     if not models:
@@ -262,14 +268,9 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     prompt = build_request(volume, selection_result, settings, extra_volumes)
     client = make_client(settings)
-    if cancel is not None and cancel():
-        raise VLMCancelled()
-    model = _resolve_model(client, settings)
-    options = GenerationOptions(max_tokens=int(settings.max_tokens), temperature=float(settings.temperature),
-                                seed=settings.seed, num_ctx=settings.num_ctx, stream=bool(settings.stream))
     meta = {
         "notice": NOTICE,
-        "model": model if settings.protocol != "inprocess" else client.model_path,
+        "model": settings.model.strip() if settings.protocol != "inprocess" else client.model_path,
         "server": client.server_url,
         "protocol": settings.protocol,
         "created": created,
@@ -283,11 +284,23 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         "votemi_version": __version__,
     }
     try:
+        if cancel is not None and cancel():
+            raise VLMCancelled()
+        model = _resolve_model(client, settings, cancel)
+        if settings.protocol != "inprocess":  # the in-process model is named by its folder
+            meta["model"] = model
+        options = GenerationOptions(max_tokens=int(settings.max_tokens), temperature=float(settings.temperature),
+                                    seed=settings.seed, num_ctx=settings.num_ctx, stream=bool(settings.stream))
         result = client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
-    except VLMCancelled as cancelled:
+        if not result.text.strip():
+            why = f" ({result.incomplete_reason})" if result.incomplete_reason else "; check that it accepts images"
+            raise VLMError(f"{client.server_url}: the model returned an empty answer{why}")
+    except VLMError as error:
+        # Whatever arrived, and why it stopped, for the caller to keep (the CLI writes it, Slicer shows it).
+        cancelled = isinstance(error, VLMCancelled)
         meta.update(duration_s=round(time.monotonic() - started, 3), complete=False,
-                    incomplete_reason="cancelled by the user")
-        cancelled.report = Report(cancelled.partial_text, meta, complete=False)
+                    incomplete_reason="cancelled by the user" if cancelled else str(error))
+        error.report = Report(error.partial_text if cancelled else "", meta, complete=False)
         raise
     if result.model:
         meta["model_reported"] = result.model
@@ -295,7 +308,4 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
                 usage=result.usage, attempts=result.attempts, complete=result.complete)
     if not result.complete:
         meta["incomplete_reason"] = result.incomplete_reason
-    if not result.text.strip():
-        why = f" ({result.incomplete_reason})" if result.incomplete_reason else "; check that it accepts images"
-        raise VLMError(f"{client.server_url}: the model returned an empty answer{why}")
     return Report(result.text, meta, complete=result.complete)
