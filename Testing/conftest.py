@@ -28,6 +28,27 @@ def tiny_gemma3_dir(tmp_path_factory):
     return _tiny_model(tmp_path_factory, "build_tiny_gemma3", "tiny-gemma3")
 
 
+@pytest.fixture(scope="session")
+def mri_volume():
+    """A small synthetic MRI (blob in a box, 20x24x28 voxels) named T1; do not modify."""
+    from vlm_fixtures import make_volume
+
+    return make_volume("mri", name="T1")
+
+
+@pytest.fixture(scope="session")
+def image_path(tmp_path_factory):
+    """A synthetic MRI of 40x48x48 voxels (1 x 1.2 x 2 mm) as a NIfTI file, for command-line tests."""
+    import SimpleITK as sitk
+    from vlm_fixtures import make_volume
+
+    image = sitk.GetImageFromArray(make_volume("mri", shape_kji=(40, 48, 48), name="T1").array)
+    image.SetSpacing((1.0, 1.2, 2.0))
+    path = tmp_path_factory.mktemp("cli") / "T1.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
 @pytest.fixture
 def scripted_server():
     """A loopback OpenAI/Ollama server answering from ``.script`` and recording ``.requests``."""

@@ -14,21 +14,9 @@ import time
 import pytest
 
 import engine_fixtures as ef
-from vlm_fixtures import error_answer, make_volume, streamed
+from vlm_fixtures import error_answer, streamed
 from VoteMILib.cli import main
 from VoteMILib.vlm import NOTICE
-
-
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory):
-    import SimpleITK as sitk
-
-    volume = make_volume("mri", shape_kji=(40, 48, 48), name="T1")
-    image = sitk.GetImageFromArray(volume.array)
-    image.SetSpacing((1.0, 1.2, 2.0))
-    path = tmp_path_factory.mktemp("outputs") / "T1.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return str(path)
 
 
 @pytest.fixture

@@ -8,23 +8,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from vlm_fixtures import complete_json, decode_png, make_volume, openai_images_and_texts, position_pattern
+from vlm_fixtures import complete_json, decode_png, openai_images_and_texts, position_pattern
 from VoteMILib.cli import main
 from VoteMILib.vlm import NOTICE
-
-
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory):
-    import SimpleITK as sitk
-
-    volume = make_volume("mri", shape_kji=(40, 48, 48), name="T1")
-    image = sitk.GetImageFromArray(volume.array)
-    image.SetSpacing((1.0, 1.2, 2.0))
-    path = tmp_path_factory.mktemp("cli") / "T1.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return str(path)
 
 
 def test_describe_streams_report_and_writes_json(scripted_server, image_path, tmp_path, capsys):

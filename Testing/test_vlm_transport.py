@@ -9,8 +9,7 @@ import socket
 
 import pytest
 
-from vlm_fixtures import (complete_json, error_answer, make_selection, make_volume, redirect, send_json,
-                          streamed)
+from vlm_fixtures import complete_json, error_answer, make_selection, redirect, send_json, streamed
 from VoteMILib.cli import main
 from VoteMILib.vlm import DescribeSettings, VLMError, build_request, describe, list_models
 from VoteMILib.vlm.clients import OpenAIClient, parse_server_url, redact_url
@@ -20,24 +19,8 @@ QUERY_SECRET = "q-t0ken"
 
 
 @pytest.fixture(scope="module")
-def volume():
-    return make_volume("mri", name="T1")
-
-
-@pytest.fixture(scope="module")
-def selection(volume):
-    return make_selection(volume, top_k=1)
-
-
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory, volume):
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(make_volume("mri", shape_kji=(40, 48, 48)).array)
-    image.SetSpacing((1.0, 1.2, 2.0))
-    path = tmp_path_factory.mktemp("transport") / "T1.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return str(path)
+def selection(mri_volume):
+    return make_selection(mri_volume, top_k=1)
 
 
 def settings_for(url, **changes):
@@ -75,11 +58,11 @@ def test_url_credentials_go_as_basic_auth_and_nowhere_else(scripted_server, imag
     _secret_free(captured.out, captured.err, out.read_text(encoding="utf-8"), report.read_text(encoding="utf-8"))
 
 
-def test_secrets_stay_out_of_every_error(scripted_server, volume, selection, capsys):
+def test_secrets_stay_out_of_every_error(scripted_server, mri_volume, selection, capsys):
     messages = []
     scripted_server.script.append(error_answer(401, {"error": "bad credentials"}))
     with pytest.raises(VLMError) as caught:
-        describe(volume, selection, settings_for(with_credentials(scripted_server.url)))
+        describe(mri_volume, selection, settings_for(with_credentials(scripted_server.url)))
     assert "HTTP 401" in str(caught.value)
     messages += [str(caught.value), repr(caught.value), json.dumps(caught.value.report.meta)]
     with socket.socket() as probe:  # a port nobody listens on
@@ -103,11 +86,11 @@ def test_secrets_stay_out_of_every_error(scripted_server, volume, selection, cap
     _secret_free(*messages)
 
 
-def test_report_meta_in_mrml_and_a_saved_scene_holds_no_secret(scripted_server, volume, selection, tmp_path):
+def test_report_meta_in_mrml_and_a_saved_scene_holds_no_secret(scripted_server, mri_volume, selection, tmp_path):
     slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
     from VoteMILib import mrml
 
-    report = describe(volume, selection, settings_for(with_credentials(scripted_server.url)))
+    report = describe(mri_volume, selection, settings_for(with_credentials(scripted_server.url)))
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLTextNode", "VoteMI report")
     mrml.finish_report(node, report)
@@ -124,8 +107,8 @@ def _client(server, **options):
     return OpenAIClient(server.url, retries=0, **options)
 
 
-def test_streamed_answer_is_capped_like_a_whole_one(scripted_server, volume, selection):
-    prompt = build_request(volume, selection, settings_for(scripted_server.url))
+def test_streamed_answer_is_capped_like_a_whole_one(scripted_server, mri_volume, selection):
+    prompt = build_request(mri_volume, selection, settings_for(scripted_server.url))
     scripted_server.script.append(streamed(["x" * 99 + " "] * 3000))  # about 430 kB of events
     result = _client(scripted_server, max_answer_bytes=64 * 1024).chat(prompt, "tiny-vlm")
     assert not result.complete and 0 < len(result.text) < 64 * 1024
@@ -142,11 +125,11 @@ def _no_stream():
     return GenerationOptions(stream=False)
 
 
-def test_redirects_are_reported_not_followed(scripted_server, volume, selection):
+def test_redirects_are_reported_not_followed(scripted_server, mri_volume, selection):
     base = scripted_server.url
     scripted_server.script.append(redirect(307, "http://10.9.9.9:8000/v1/chat/completions"))
     with pytest.raises(VLMError) as caught:
-        describe(volume, selection, settings_for(base))
+        describe(mri_volume, selection, settings_for(base))
     message = str(caught.value)
     assert message.startswith(f"{base}: HTTP 307 Temporary Redirect, redirected to "
                               "http://10.9.9.9:8000/v1/chat/completions (VoteMI does not follow redirects")
@@ -155,11 +138,11 @@ def test_redirects_are_reported_not_followed(scripted_server, volume, selection)
     scripted_server.script.append(redirect(301, "/ollama/v1/chat/completions"))
     with pytest.raises(VLMError, match=rf"redirected to {base}/ollama/v1/chat/completions "
                                        rf"\(set the server URL to {base}/ollama\)"):
-        describe(volume, selection, settings_for(base))
+        describe(mri_volume, selection, settings_for(base))
     scripted_server.script.append(redirect(308, "https://alice:s3cret@other.example/v1/chat/completions?key=1"))
     elsewhere = r"redirected to https://other.example/v1/chat/completions\?key=\*\*\*"
     with pytest.raises(VLMError, match=elsewhere) as caught:
-        describe(volume, selection, settings_for(base))
+        describe(mri_volume, selection, settings_for(base))
     _secret_free(str(caught.value))
 
 
@@ -174,17 +157,17 @@ def test_redirects_are_reported_not_followed(scripted_server, volume, selection)
     ("ollama", complete_json("Findings: none.", protocol="ollama", content_type=None)),
 ], ids=["sse", "sse-no-space", "ndjson-openai", "ndjson-ollama", "sse-octet-stream", "json-line", "json-pretty",
         "ollama-json"])
-def test_answers_without_content_type_are_recognised_by_their_first_bytes(scripted_server, volume, selection,
+def test_answers_without_content_type_are_recognised_by_their_first_bytes(scripted_server, mri_volume, selection,
                                                                           protocol, answer):
     scripted_server.script.append(answer)
-    report = describe(volume, selection, settings_for(scripted_server.url, protocol=protocol))
+    report = describe(mri_volume, selection, settings_for(scripted_server.url, protocol=protocol))
     assert report.text == "Findings: none." and report.complete, report.meta.get("incomplete_reason")
 
 
-def test_a_page_without_content_type_is_still_reported_as_html(scripted_server, volume, selection):
+def test_a_page_without_content_type_is_still_reported_as_html(scripted_server, mri_volume, selection):
     scripted_server.script.append(error_answer(200, b"<html><title>Router login</title></html>", None))
     with pytest.raises(VLMError, match="answered with an HTML page"):
-        describe(volume, selection, settings_for(scripted_server.url))
+        describe(mri_volume, selection, settings_for(scripted_server.url))
     scripted_server.script.append(lambda handler, body: send_json(handler, 200, {"error": "model not loaded"}))
     with pytest.raises(VLMError, match="model not loaded"):
-        describe(volume, selection, settings_for(scripted_server.url))
+        describe(mri_volume, selection, settings_for(scripted_server.url))

@@ -260,7 +260,9 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         When ``cancel`` returned True; its ``report`` attribute holds the partial report.
         It is a subclass of VLMError, so catch it first.
     VLMError
-        For any failure that left no text, with a one-line message for the user.
+        For any failure that left no text, with a one-line message for the user. Once the images
+        are prepared, its ``report`` attribute holds the empty report flagged incomplete, with the
+        message as ``incomplete_reason`` (for saving what was asked, as ``votemi describe`` does).
     """
     settings = settings or DescribeSettings()
     settings.validate()
