@@ -373,9 +373,11 @@ def _even_slices(array, ijk_to_ras, positions_lps, name, notes):
     in_plane = ijk_to_ras[:3, :2]
     normal = np.cross(in_plane[:, 0], in_plane[:, 1])
     normal /= np.linalg.norm(normal)
-    along = (positions - positions[0]) @ normal
-    if along[-1] < 0:  # slices stored against the normal: let the slice axis follow the files
-        normal, along = -normal, -along
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    if np.any(order != np.arange(count)):  # files not in slice order: put them in it
+        array, positions, along = array[order], positions[order], along[order]
+    along = along - along[0]
     gaps = np.diff(along)
     step = float(np.median(gaps))
     where = _gap_position(positions, normal)
