@@ -57,6 +57,10 @@ class SelectionSettings:
         Closest two picks of one plane may be; default max(10 mm, 2 slices).
     smoothing_mm : float
         Gaussian smoothing of votes along the plane normal.
+    max_patches : int
+        The representative vote runs on at most this many patches, a seeded sample of all (the same
+        bound order as DBSCAN's core-point sample): votes per slice keep their proportions, and the
+        neighbour graph of 10-d features, the costliest step, is a third of its cost on a whole head.
     """
 
     mode: str = "findings"
@@ -68,6 +72,7 @@ class SelectionSettings:
     theta: float = 0.2
     min_spacing_mm: float | None = None
     smoothing_mm: float = 3.0
+    max_patches: int = 10000
 
 
 def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra_volumes=(), encoder=None,
@@ -209,15 +214,20 @@ class _Votes:
 
     def _representative_voters(self) -> np.ndarray:
         if self._voters is None:
-            settings, features = self.settings, self.features
+            settings = self.settings
+            sample = np.arange(len(self.features))
+            if len(sample) > settings.max_patches:
+                rng = np.random.default_rng(settings.seed)
+                sample = np.sort(rng.choice(len(sample), settings.max_patches, replace=False))
+            features = self.features[sample]
             self.report(0.45, "Clustering patches (DBSCAN)")
             eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
             labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
             self.report(0.6, "Selecting covering patches")
             distances, neighbours = nearest_patches(features)
-            self._voters = _vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings,
-                                              self.report)
-            self.details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1),
+            self._voters = sample[_vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings,
+                                                     self.report)]
+            self.details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1), "voting_patches": int(len(sample)),
                             "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
         return self._voters
 
