@@ -186,11 +186,13 @@ def test_cli_bench_with_encoder(trained, tmp_path, capsys):
 
     cases = _link_cases(tmp_path / "one", CASES[1:])
     out = tmp_path / "bench.json"
-    assert main(["bench", str(cases), "--encoder", trained.path, "--planes", "axial", "--json", str(out)]) == 0
+    assert main(["bench", str(cases), "--encoder", trained.path, "--planes", "axial", "--mode", "findings",
+                 "--json", str(out)]) == 0
     assert "| axial |" in capsys.readouterr().out
     document = json.loads(out.read_text())
     assert document["settings"]["encoder"] == trained.path
-    assert set(document["means"]["axial"]["votemi"]) == {"hit_any", "hit_half", "distance_mm"}
+    means = next(iter(document["means"].values()))
+    assert set(means["axial"]["findings"]) == {"hit_any", "hit_half", "distance_mm"}
 
 
 def test_cli_train_encoder(cases_dir, tmp_path, capsys):

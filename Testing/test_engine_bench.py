@@ -11,7 +11,9 @@ import pytest
 
 import engine_fixtures as ef
 from VoteMILib import cli
-from VoteMILib.bench import METHODS, METRICS, evaluate_case, find_cases
+from VoteMILib.bench import BASELINES, METRICS, evaluate_case, find_cases
+
+METHODS = ("findings", "representative", *BASELINES)
 from VoteMILib.geometry import PLANES
 from VoteMILib.volumes import VolumeError
 
@@ -26,19 +28,20 @@ def check_scores(scores):
     assert scores["hit_half"] <= scores["hit_any"] + 1e-9
 
 
-def check_row(row, planes, masked):
+def check_row(row, planes, masked, methods=METHODS):
+    assert row["region"] in ("head", "chest", "body") and set(row["cues"]) == set(planes)
     assert row["load_s"] > 0 and row["select_s"] > 0 and row["peak_mb"] > 0 and row["volume_mb"] > 0
     if not masked:
         assert row["planes"] == {}
         return
     assert list(row["planes"]) == list(planes)
     for plane in planes:
-        methods = row["planes"][plane]
-        assert set(methods) == set(METHODS), "Vote-MI and every baseline must be reported"
-        for method in METHODS:
-            check_scores(methods[method])
-        for method in ("votemi", "middle", "largest_head"):  # one slice each: hits are 0 or 1
-            assert methods[method]["hit_any"] in (0.0, 1.0) and methods[method]["hit_half"] in (0.0, 1.0)
+        scored = row["planes"][plane]
+        assert set(scored) == set(methods), "every mode and every baseline must be reported"
+        for method in methods:
+            check_scores(scored[method])
+        for method in set(methods) - {"random"}:  # one slice each: hits are 0 or 1
+            assert scored[method]["hit_any"] in (0.0, 1.0) and scored[method]["hit_half"] in (0.0, 1.0)
 
 
 def test_find_cases_reads_the_shared_table():
@@ -107,20 +110,22 @@ def test_bench_on_shared_cases(subset_folder, tmp_path):
         check_row(row, PLANES, masked=ef.cases()[row["case"]]["mask"] is not None)
     # Means are over the cases with masks only.
     masked = [r for r in rows if r["planes"]]
-    assert len(masked) == 2
+    assert len(masked) == 2 and all(r["region"] == "head" for r in rows)
+    assert list(document["means"]) == ["head"]  # the subset holds brains only
+    means = document["means"]["head"]
     for plane in PLANES:
-        assert set(document["means"][plane]) == set(METHODS)
+        assert set(means[plane]) == set(METHODS)
         for method in METHODS:
-            check_scores(document["means"][plane][method])
+            check_scores(means[plane][method])
             for metric in METRICS:
                 expected = np.mean([r["planes"][plane][method][metric] for r in masked])
-                assert document["means"][plane][method][metric] == pytest.approx(expected)
+                assert means[plane][method][metric] == pytest.approx(expected)
     # The printed tables: per case, then means with every baseline beside Vote-MI.
     for name in names:
         assert name in printed
-    assert "no mask" in printed
-    assert "Means over 2 cases with masks" in printed
-    assert "| plane | findings | random | middle | largest head |" in printed
+    assert "brats_gli_00001" not in printed.split("Per case")[1]  # no mask: not in the quality tables
+    assert "Means over the cases with masks, by detected region (2 cases" in printed
+    assert "| plane | findings | representative | random | middle | largest section |" in printed
     for plane in PLANES:
         assert f"| {plane} |" in printed
     check_top_slice_against_the_mask(next(r for r in rows if r["case"] == ef.MAIN_CASE))
@@ -137,7 +142,7 @@ def check_top_slice_against_the_mask(row):
         area = mask.sum(axis=tuple(a for a in range(3) if a != array_axis))[plane_result.ijk_indices]
         top = plane_result.selected[0].index
         best = int(np.argmax(area))
-        scores = row["planes"][plane]["votemi"]
+        scores = row["planes"][plane]["findings"]
         assert scores["hit_any"] == float(area[top] > 0), plane
         assert scores["hit_half"] == float(area[top] >= 0.5 * area[best]), plane
         distance = abs(plane_result.positions_mm[top] - plane_result.positions_mm[best])
@@ -151,7 +156,7 @@ def test_evaluate_case_with_extra_sequence():
     case = next(c for c in find_cases(ef.DATA) if c.name == "aurora_met")
     assert case.mask and case.extras
     row = evaluate_case(case, planes=("axial",), use_extras=True)
-    check_row(row, ("axial",), masked=True)
+    check_row(row, ("axial",), masked=True, methods=("findings", *BASELINES))
 
 
 def test_speed_mode_prints_its_table(tmp_path, capsys):
@@ -159,13 +164,16 @@ def test_speed_mode_prints_its_table(tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert cli.main(["bench", "--speed", "--repeats", "1", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| volume | runs | read s (median) | select s (median) | select / read | volume MB |" in printed
+    assert ("| volume | runs | read s (median) | select s findings (median) | select s representative (median) "
+            "| select / read | volume MB |") in printed
     rows = json.loads(out.read_text(encoding="utf-8"))["speed"]
     assert [r["size"] for r in rows] == ["240x240x155", "512x512x400"]
     for row in rows:
         assert row["size"] in printed
         assert row["runs"] == 1
         assert row["load_s"] > 0 and row["select_s"] > 0 and row["peak_mb"] > 0
+        assert set(row["select_s_by_mode"]) == {"findings", "representative"}
+        assert row["select_s"] == row["select_s_by_mode"]["findings"]
         assert row["ratio_to_load"] == pytest.approx(row["select_s"] / row["load_s"])
         voxels = np.prod([int(n) for n in row["size"].split("x")])
         assert row["volume_mb"] == pytest.approx(voxels * 4 / 2 ** 20)

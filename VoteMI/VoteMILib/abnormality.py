@@ -25,6 +25,10 @@ RIM_MM = 14.0
 LESION_SCALE_MM = 4.0
 #: Half-width of the neighbourhood over which patch rarity is spread into a map.
 RARITY_SCALE_MM = 10.0
+#: A finding is compared with healthy tissue across the midline; where the mirror side is itself
+#: rarer than this share of the inner head (skull base, orbits, ears: unusual on both sides), the
+#: asymmetry shows anatomy, not disease, and the plane falls back to representative slices.
+TYPICAL_MIRROR_QUANTILE = 0.9
 
 
 @dataclass(frozen=True)
@@ -100,15 +104,71 @@ def inner_region(mask: np.ndarray, spacing_mm, rim_mm: float = RIM_MM) -> np.nda
 
 @dataclass
 class Abnormality:
-    """The abnormality map of a working grid and the midsagittal plane it was measured across."""
+    """What stands out in a working grid, as a map, and how to tell whether it stands out enough.
+
+    Attributes
+    ----------
+    map : ndarray
+        The cue's map (0 where nothing stands out).
+    spacing_mm : ndarray
+        Working-grid spacing.
+    cue : str
+        "asymmetry" (head), "lung_nodule" or "tissue_contrast" (body).
+    plane : MidsagittalPlane or None
+        The plane the head was mirrored across (asymmetry only).
+    rarity : ndarray or None
+        Patch rarity spread into a map (asymmetry only): tells a finding from unusual anatomy.
+    threshold : float
+        Body cues: the least peak of :attr:`smoothed` that stands out.
+    at_lesion_scale : bool
+        The map is already measured at lesion scales (``tissue_contrast``) and is not smoothed again.
+    """
 
     map: np.ndarray
-    plane: MidsagittalPlane
+    spacing_mm: np.ndarray
+    cue: str = "asymmetry"
+    plane: MidsagittalPlane | None = None
+    rarity: np.ndarray | None = None
+    threshold: float = 0.0
+    at_lesion_scale: bool = False
+
+    @cached_property
+    def smoothed(self) -> np.ndarray:
+        """The map averaged at lesion scale: high where a lesion-sized region stands out, not a speck."""
+        if self.at_lesion_scale:
+            return self.map
+        return ndimage.gaussian_filter(self.map, _sigma_voxels(LESION_SCALE_MM, self.spacing_mm), truncate=3.0)
+
+    @cached_property
+    def evidence(self) -> np.ndarray:
+        """Vote weights per voxel: the smoothed map squared (an energy, as the squared difference
+        of the head's score), so that one clear finding outweighs many faint specks."""
+        return self.smoothed ** 2
+
+    def stands_out(self, axis: int, index: int) -> bool:
+        """Whether the working slice ``index`` along ``axis`` shows a finding rather than anatomy.
+
+        Asymmetry: the mirror image of the slice's strongest point must look like typical tissue
+        (rarity below :data:`TYPICAL_MIRROR_QUANTILE` of the inner head). Body cues: the slice's
+        strongest point must reach :attr:`threshold`.
+        """
+        section = np.take(self.smoothed, index, axis=axis)
+        if not section.max() > 0:
+            return False
+        if self.rarity is None:
+            return bool(section.max() >= self.threshold)
+        in_plane = list(np.unravel_index(int(np.argmax(section)), section.shape))
+        point = np.array([in_plane.pop(0) if a != axis else index for a in range(3)], dtype=float)
+        mirror = mirrored_values(self.rarity, self.plane, point[None])[0]
+        inner = self.rarity[self.map > 0]
+        return bool(np.mean(inner < mirror) < TYPICAL_MIRROR_QUANTILE) if inner.size else False
 
     @cached_property
     def hemisphere(self) -> np.ndarray:
         """+1 on the side the plane's normal points to (patient right), -1 on the other, per voxel."""
         grid = np.indices(self.map.shape, dtype=np.float32)
+        if self.plane is None:
+            return np.ones(self.map.shape, np.int8)
         normal = self.plane.normal
         offset = sum((grid[axis] - self.plane.centre[axis]) * normal[axis] for axis in range(3))
         return np.where(offset >= 0, 1, -1).astype(np.int8)
@@ -131,7 +191,7 @@ def abnormality_map(grid, channels, patches, features, seed: int = 0) -> Abnorma
     Abnormality
         ``map``: squared left-right intensity difference at lesion scale (summed over sequences),
         times the share of it that belongs to this side: rarity / (rarity + mirrored rarity);
-        ``plane``: the fitted midsagittal plane.
+        ``plane``: the fitted midsagittal plane; ``rarity``: the rarity map.
     """
     spacing = grid.spacing_mm
     inner = inner_region(grid.mask, spacing)
@@ -156,7 +216,8 @@ def abnormality_map(grid, channels, patches, features, seed: int = 0) -> Abnorma
     side = np.divide(own, own + other, out=np.full(own.shape, 0.5, np.float32), where=(own + other) > 0)
     coarse = np.zeros(coarse_inner.shape, dtype=np.float32)
     coarse[coarse_inner] = difference * side
-    return Abnormality(np.where(inner, _upsample(coarse, step, inner.shape), 0.0).astype(np.float32), plane)
+    found = np.where(inner, _upsample(coarse, step, inner.shape), 0.0).astype(np.float32)
+    return Abnormality(found, np.asarray(spacing, dtype=float), "asymmetry", plane, rarity)
 
 
 def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: int = 1000, seed: int = 0) -> np.ndarray:

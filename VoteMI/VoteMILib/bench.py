@@ -19,7 +19,11 @@ from .preprocess import foreground_mask
 from .volumes import VolumeError, load_volume
 
 METRICS = ("hit_any", "hit_half", "distance_mm")
-METHODS = ("votemi", "random", "middle", "largest_head")
+#: Naive baselines: a random slice (expected value over the slices holding the head or body), the
+#: middle of its extent, and its largest cross-section.
+BASELINES = ("random", "middle", "largest_section")
+#: Case groups of the means: heads, and every other region the selection detected.
+GROUPS = ("head", "body")
 
 
 @dataclass
@@ -92,18 +96,21 @@ def score_slice(index: int, lesion: np.ndarray, positions: np.ndarray) -> dict:
 
 
 def baseline_scores(lesion: np.ndarray, head: np.ndarray, positions: np.ndarray) -> dict:
-    """random (expected over slices inside the head), middle of the head, largest head section."""
+    """random (expected over slices inside the head or body), middle of its extent, largest section."""
     inside = np.flatnonzero(head > 0)
     each = [score_slice(i, lesion, positions) for i in inside]
     random = {metric: float(np.mean([s[metric] for s in each])) for metric in METRICS}
     middle_position = 0.5 * (positions[inside[0]] + positions[inside[-1]])
     middle = int(inside[np.argmin(np.abs(positions[inside] - middle_position))])
     return {"random": random, "middle": score_slice(middle, lesion, positions),
-            "largest_head": score_slice(int(np.argmax(head)), lesion, positions)}
+            "largest_section": score_slice(int(np.argmax(head)), lesion, positions)}
 
 
-def evaluate_case(case: Case, planes=PLANES, mode="findings", seed=0, use_extras=False, encoder=None) -> dict:
-    """Run selection on one case and score it (if it has a mask) beside the baselines."""
+def evaluate_case(case: Case, planes=PLANES, modes=("findings",), seed=0, use_extras=False, encoder=None) -> dict:
+    """Run selection in each mode on one case and score it (if it has a mask) beside the baselines.
+
+    Timing and memory are those of the first mode; ``region`` and ``cues`` come from it too.
+    """
     from .selection import select_slices
 
     gc.collect()
@@ -111,64 +118,83 @@ def evaluate_case(case: Case, planes=PLANES, mode="findings", seed=0, use_extras
     volume = load_volume(case.image)
     load_s = time.perf_counter() - started
     extras = [load_volume(p) for p in case.extras] if use_extras else []
-    started = time.perf_counter()
-    result = select_slices(volume, planes=planes, top_k=3, seed=seed, mode=mode, extra_volumes=extras,
-                           encoder=encoder)
-    select_s = time.perf_counter() - started
+    results, times = {}, {}
+    for mode in modes:
+        started = time.perf_counter()
+        results[mode] = select_slices(volume, planes=planes, top_k=3, seed=seed, mode=mode, extra_volumes=extras,
+                                      encoder=encoder)
+        times[mode] = time.perf_counter() - started
     # Memory in a second run: tracing allocations slows the timed one.
     tracemalloc.start()
-    select_slices(volume, planes=planes, top_k=3, seed=seed, mode=mode, extra_volumes=extras, encoder=encoder)
+    select_slices(volume, planes=planes, top_k=3, seed=seed, mode=modes[0], extra_volumes=extras, encoder=encoder)
     peak_mb = tracemalloc.get_traced_memory()[1] / 2 ** 20
     tracemalloc.stop()
-    row = {"case": case.name, "load_s": load_s, "select_s": select_s, "peak_mb": peak_mb,
-           "volume_mb": volume.array.nbytes / 2 ** 20, "planes": {}}
+    first = results[modes[0]]
+    row = {"case": case.name, "load_s": load_s, "select_s": times[modes[0]], "select_s_by_mode": times,
+           "peak_mb": peak_mb, "volume_mb": volume.array.nbytes / 2 ** 20, "region": first.region.get("name", ""),
+           "cues": {plane: first.planes[plane].cue for plane in planes}, "planes": {}}
     if case.mask:
         lesion_kji = load_mask(case.mask, volume)
         head_kji = foreground_mask(volume.array)
         for plane in planes:
             positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
             lesion, head = plane_profiles(volume, lesion_kji, head_kji, plane)
-            top = result.planes[plane].selected[0].index
-            row["planes"][plane] = {"votemi": score_slice(top, lesion, positions),
-                                    **baseline_scores(lesion, head, positions)}
+            scores = {mode: score_slice(result.planes[plane].selected[0].index, lesion, positions)
+                      for mode, result in results.items()}
+            row["planes"][plane] = {**scores, **baseline_scores(lesion, head, positions)}
     return row
 
 
-def summarise(rows: list, planes=PLANES) -> dict:
-    """Mean of each metric per plane and method over the cases with masks."""
-    scored = [row for row in rows if row["planes"]]
+def group_of(row) -> str:
+    """"head" or "body": the region the selection detected (shown per case, so a wrong one is seen)."""
+    return "head" if row.get("region") == "head" else "body"
+
+
+def summarise(rows: list, planes=PLANES, methods=("findings", *BASELINES)) -> dict:
+    """Mean of each metric per group ("head", "body"), plane and method over the cases with masks."""
     means = {}
-    for plane in planes:
-        means[plane] = {method: {metric: float(np.mean([r["planes"][plane][method][metric] for r in scored]))
-                                 for metric in METRICS} for method in METHODS} if scored else {}
+    for group in GROUPS:
+        scored = [row for row in rows if row["planes"] and group_of(row) == group]
+        if scored:
+            means[group] = {plane: {method: {metric: float(np.mean([r["planes"][plane][method][metric]
+                                                                      for r in scored])) for metric in METRICS}
+                                    for method in methods} for plane in planes}
     return means
 
 
-def format_quality_table(means: dict, label: str = "votemi") -> str:
-    """Markdown table: per plane, hit_any / hit_half / distance for each method."""
-    header = f"| plane | {label} | random | middle | largest head |"
-    lines = [header, "|---|---|---|---|---|"]
-    for plane, methods in means.items():
-        cells = [f"{m['hit_any']:.2f} / {m['hit_half']:.2f} / {m['distance_mm']:.0f} mm" for m in methods.values()]
-        lines.append(f"| {plane} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def format_quality_table(means: dict) -> str:
+    """Markdown table per group: per plane, hit_any / hit_half / distance for each method."""
+    lines = []
+    for group, by_plane in means.items():
+        methods = list(next(iter(by_plane.values())))
+        lines += [f"{group}:", "| plane | " + " | ".join(m.replace("_", " ") for m in methods) + " |",
+                  "|---" * (len(methods) + 1) + "|"]
+        for plane, scores in by_plane.items():
+            cells = [f"{m['hit_any']:.2f} / {m['hit_half']:.2f} / {m['distance_mm']:.0f} mm" for m in scores.values()]
+            lines.append(f"| {plane} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
-def format_case_table(rows: list, planes=PLANES) -> str:
-    lines = ["| case | " + " | ".join(f"{p} hit_any/half, mm" for p in planes) + " | load s | select s | peak MB |",
-             "|---" * (len(planes) + 4) + "|"]
+def format_case_table(rows: list, planes=PLANES, methods=("findings", *BASELINES)) -> str:
+    """Markdown table: one row per case and method, hit_any/hit_half and distance per plane."""
+    lines = ["| case | region | method | " + " | ".join(f"{p} hit_any/half, mm" for p in planes) + " |",
+             "|---" * (len(planes) + 3) + "|"]
     for row in rows:
-        cells = []
-        for plane in planes:
-            scores = row["planes"].get(plane, {}).get("votemi")
-            cells.append(f"{scores['hit_any']:.0f}/{scores['hit_half']:.0f}, {scores['distance_mm']:.0f}"
-                         if scores else "no mask")
-        lines.append(f"| {row['case']} | " + " | ".join(cells)
-                     + f" | {row['load_s']:.2f} | {row['select_s']:.2f} | {row['peak_mb']:.0f} |")
+        for method in methods:
+            cells = []
+            for plane in planes:
+                scores = row["planes"].get(plane, {}).get(method)
+                cue = f" ({row['cues'][plane]})" if method == methods[0] and row.get("cues") else ""
+                cells.append(f"{scores['hit_any']:.0f}/{scores['hit_half']:.0f}, {scores['distance_mm']:.0f}{cue}"
+                             if scores and method != "random" else
+                             f"{scores['hit_any']:.2f}/{scores['hit_half']:.2f}, {scores['distance_mm']:.0f}"
+                             if scores else "no mask")
+            lines.append(f"| {row['case']} | {row.get('region', '')} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def speed_benchmark(repeats: int = 5, source: str | None = None) -> list:
+def speed_benchmark(repeats: int = 5, source: str | None = None, modes=("findings", "representative")) -> list:
     """Time reading and selecting on a 240x240x155 and a 512x512x400 volume made from a real scan.
 
     Both are written to NIfTI files in a temporary folder so that selection time can be put beside
@@ -189,23 +215,26 @@ def speed_benchmark(repeats: int = 5, source: str | None = None) -> list:
             path = os.path.join(folder, f"speed_{'x'.join(map(str, size))}.nii")
             sitk.WriteImage(resampled, path)
             del resampled
-            loads, selects = [], []
+            loads, selects = [], {mode: [] for mode in modes}
             for _ in range(count):
                 gc.collect()
                 started = time.perf_counter()
                 volume = load_volume(path)
                 loads.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                select_slices(volume)
-                selects.append(time.perf_counter() - started)
+                for mode in modes:
+                    started = time.perf_counter()
+                    select_slices(volume, mode=mode)
+                    selects[mode].append(time.perf_counter() - started)
             tracemalloc.start()
             select_slices(volume)
             peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
             tracemalloc.stop()
             volume_mb = volume.array.nbytes / 2 ** 20
+            medians = {mode: statistics.median(times) for mode, times in selects.items()}
             rows.append({"size": "x".join(map(str, size)), "runs": count, "load_s": statistics.median(loads),
-                         "select_s": statistics.median(selects), "ratio_to_load": statistics.median(selects)
-                         / statistics.median(loads), "peak_mb": peak, "volume_mb": volume_mb,
+                         "select_s": medians[modes[0]], "select_s_by_mode": medians,
+                         "ratio_to_load": medians[modes[0]] / statistics.median(loads), "peak_mb": peak,
+                         "volume_mb": volume_mb,
                          "total_mb": volume_mb + peak,
                          "memory_limit_mb": 4 * volume_mb + 300})
             del volume
@@ -219,11 +248,13 @@ def _resample_to_size(sitk, image, size):
 
 
 def format_speed_table(rows: list) -> str:
-    lines = ["| volume | runs | read s (median) | select s (median) | select / read | volume MB | "
-             "selection peak MB | total MB | limit MB (4x volume + 300) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    modes = list(rows[0]["select_s_by_mode"]) if rows else []
+    lines = ["| volume | runs | read s (median) | " + " | ".join(f"select s {m} (median)" for m in modes)
+             + " | select / read | volume MB | selection peak MB | total MB | limit MB (4x volume + 300) |",
+             "|---" * (len(modes) + 8) + "|"]
     for r in rows:
-        lines.append(f"| {r['size']} | {r['runs']} | {r['load_s']:.2f} | {r['select_s']:.2f} | "
+        per_mode = " | ".join(f"{r['select_s_by_mode'][m]:.2f}" for m in modes)
+        lines.append(f"| {r['size']} | {r['runs']} | {r['load_s']:.2f} | {per_mode} | "
                      f"{r['ratio_to_load']:.1f} | {r['volume_mb']:.0f} | {r['peak_mb']:.0f} | {r['total_mb']:.0f} | "
                      f"{r['memory_limit_mb']:.0f} |")
     return "\n".join(lines)
@@ -237,9 +268,10 @@ def add_bench_command(commands) -> None:
                                              "of each plane against the lesion mask, beside naive baselines.")
     parser.add_argument("data_dir", nargs="?", help="folder with cases.tsv or case sub-folders")
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes)
-    from .cli import add_mode_argument
+    from .cli import parse_mode
 
-    add_mode_argument(parser)
+    parser.add_argument("--mode", type=parse_mode, default=None, metavar="{findings,representative}",
+                        help="score one mode only (default: both)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", action="store_true", help="vote with each case's extra sequences too")
     parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder to use")
@@ -257,7 +289,7 @@ def run_bench(args) -> int:
 
         check_output_file(args.json, "--json file")
     if args.speed:
-        rows = speed_benchmark(args.repeats, args.source)
+        rows = speed_benchmark(args.repeats, args.source, (args.mode,) if args.mode else ("findings", "representative"))
         print(format_speed_table(rows))
         document = {"speed": rows}
     else:
@@ -268,19 +300,22 @@ def run_bench(args) -> int:
             from .encoders import load_patch_encoder
 
             encoder = load_patch_encoder(args.encoder)
+        modes = (args.mode,) if args.mode else ("findings", "representative")
         rows = []
         for case in find_cases(args.data_dir):
-            row = evaluate_case(case, args.planes, args.mode, args.seed, args.extra, encoder)
+            row = evaluate_case(case, args.planes, modes, args.seed, args.extra, encoder)
             rows.append(row)
             print(f"{case.name}: load {row['load_s']:.2f} s, select {row['select_s']:.2f} s, "
                   f"peak {row['peak_mb']:.0f} MB", flush=True)
-        means = summarise(rows, args.planes)
-        print("\nPer case (top slice of each plane: hit_any/hit_half, distance from largest lesion section):")
-        print(format_case_table(rows, args.planes))
-        print(f"\nMeans over {sum(1 for r in rows if r['planes'])} cases with masks "
-              "(hit_any / hit_half / distance):")
-        print(format_quality_table(means, args.mode))
-        document = {"cases": rows, "means": means, "settings": {"mode": args.mode, "seed": args.seed,
+        methods = (*modes, *BASELINES)
+        means = summarise(rows, args.planes, methods)
+        print("\nPer case (top slice of each plane: hit_any/hit_half, distance from largest lesion section; "
+              "the cue that decided the first mode's pick in brackets):")
+        print(format_case_table([r for r in rows if r["planes"]], args.planes, methods))
+        print(f"\nMeans over the cases with masks, by detected region ({sum(1 for r in rows if r['planes'])} cases; "
+              "hit_any / hit_half / distance):")
+        print(format_quality_table(means))
+        document = {"cases": rows, "means": means, "settings": {"modes": list(modes), "seed": args.seed,
                                                                 "extra": args.extra, "encoder": args.encoder}}
     if args.json:
         from .outputs import write_json_atomic

@@ -92,6 +92,28 @@ def add_selection_arguments(parser) -> None:
                         help="trained patch encoder (.npz from 'votemi train-encoder'); default: PCA")
     parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
     parser.add_argument("--png-dir", metavar="DIR", help="write each selected slice as a PNG")
+    add_window_arguments(parser)
+
+
+def add_window_arguments(parser) -> None:
+    """How slices become pixels (PNGs of select, images of describe)."""
+    from .render import CT_PRESET_NAMES
+
+    group = parser.add_argument_group("windows")
+    group.add_argument("--modality", choices=("auto", "CT", "MRI"), default="auto",
+                       help="auto detects CT from Hounsfield units (default: %(default)s)")
+    group.add_argument("--ct-preset", choices=(*CT_PRESET_NAMES, "none"), default=None,
+                       help="CT window: auto fits the detected region (head: brain, chest: lung, body: soft_tissue); "
+                            "three_window = RGB of three windows; none = percentiles (default: auto, or none "
+                            "with --window)")
+    group.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), help="intensity window of IMAGE")
+
+
+def window_settings(args) -> tuple:
+    """(modality, ct_preset or None, window or None) from :func:`add_window_arguments` options;
+    an explicit --window without --ct-preset windows CT too."""
+    preset = args.ct_preset or ("none" if args.window else "auto")
+    return args.modality, None if preset == "none" else preset, tuple(args.window) if args.window else None
 
 
 def parse_mode(text) -> str:
@@ -194,9 +216,12 @@ def write_outputs(args, volume, result, document: dict, quiet: bool = False) -> 
     if not quiet:
         print(format_summary(volume, result))
     if args.png_dir:
-        from .render import save_selection_pngs
+        from .render import choose_windowing, save_selection_pngs
 
-        paths = save_selection_pngs(volume, result, args.png_dir)
+        modality, preset, window = window_settings(args)
+        windowing = choose_windowing(volume, modality, preset, window, region=result.region.get("name"))
+        paths = save_selection_pngs(volume, result, args.png_dir, windowing)
+        document["windowing"] = windowing.to_dict()
         document["pngs"] = [os.path.abspath(p) for p in paths]
         if not quiet:
             print(f"wrote {len(paths)} PNGs to {args.png_dir}")
@@ -214,13 +239,16 @@ def format_summary(volume, result) -> str:
     spacing = "x".join(f"{s:.2f}" for s in result.spacing_mm)
     settings = result.settings
     clusters = f", {settings['clusters']} clusters" if "clusters" in settings else ""
-    lines = [f"{volume.name}: {size} voxels, {spacing} mm; mode {settings['mode']}, seed {settings['seed']}, "
+    region = result.region or {}
+    seen = f"; {region.get('modality', '?')} {region.get('name', '?')}" if region else ""
+    lines = [f"{volume.name}: {size} voxels, {spacing} mm{seen}; mode {settings['mode']}, seed {settings['seed']}, "
              f"{settings['patches']} patches{clusters}",
-             f"{'id':<4}{'plane':<10}{'slice':>6}{'position (RAS mm)':>20}{'score':>8}"]
+             f"{'id':<4}{'plane':<10}{'slice':>6}{'position (RAS mm)':>20}{'score':>8}  cue"]
     for plane, plane_result in result.planes.items():
         for chosen in plane_result.selected:
             where = f"{plane_result.normal_axis} {chosen.position_mm:+8.1f}"
-            lines.append(f"{chosen.label:<4}{plane:<10}{chosen.index:>6}{where:>20}{chosen.score:>8.3f}")
+            lines.append(f"{chosen.label:<4}{plane:<10}{chosen.index:>6}{where:>20}{chosen.score:>8.3f}  "
+                         f"{plane_result.cue}")
     timing = ", ".join(f"{key} {value:.2f} s" for key, value in result.timing_s.items())
     lines.append(f"time: {timing}")
     return "\n".join(lines)

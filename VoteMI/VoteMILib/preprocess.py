@@ -41,6 +41,13 @@ class WorkingGrid:
     mask: np.ndarray
     spacing_mm: np.ndarray
     positions_mm: dict
+    #: (low, high) original intensities that ``data`` maps to 0 and 1 (CT: Hounsfield units).
+    intensity_range: tuple = (0.0, 1.0)
+
+    def original_intensities(self) -> np.ndarray:
+        """``data`` in the volume's own units (Hounsfield units for CT)."""
+        low, high = self.intensity_range
+        return self.data * np.float32(high - low) + np.float32(low)
 
 
 def block_mean(view: np.ndarray, factors) -> np.ndarray:
@@ -144,7 +151,7 @@ def make_working_grid(volume, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_
     data = ndimage.zoom(averaged, zoom, order=1, grid_mode=True, mode="nearest") if np.any(zoom != 1) else averaged
     data = data.astype(np.float32, copy=False)
     mask = foreground_mask(data)
-    data = _normalise(data, mask)
+    data, intensity_range = _normalise(data, mask)
 
     positions = {}
     size_ijk = volume.size_ijk
@@ -159,12 +166,14 @@ def make_working_grid(volume, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_
         original = geometry.positions_mm
         step = (original[-1] - original[0]) / max(len(original) - 1, 1)
         positions[plane] = original[0] + original_index * step
-    return WorkingGrid(data=data, mask=mask, spacing_mm=np.asarray(work_spacing), positions_mm=positions)
+    return WorkingGrid(data=data, mask=mask, spacing_mm=np.asarray(work_spacing), positions_mm=positions,
+                       intensity_range=intensity_range)
 
 
-def _normalise(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _normalise(data: np.ndarray, mask: np.ndarray):
+    """Scale the foreground's 1st..99th percentile to 0..1; returns (scaled, (low, high))."""
     values = data[mask] if mask.any() else data.ravel()
     low, high = np.percentile(values, [1, 99])
     if high <= low:
         low, high = float(values.min()), float(values.max()) + 1e-6
-    return ((data - low) / (high - low)).astype(np.float32)
+    return ((data - low) / (high - low)).astype(np.float32), (float(low), float(high))

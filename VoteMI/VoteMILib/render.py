@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from .geometry import canonical_array, display_pixel_spacing, display_slice
+from .regions import detect_modality
 
 #: Intensity percentiles used for the default window of MRI volumes.
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -93,19 +95,150 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def save_selection_pngs(volume, result, folder, window=None, long_side: int | None = None) -> list:
-    """Write every selected slice as ``<volume>_<ID>_<plane>_<position>mm.png``; return the paths."""
+def save_selection_pngs(volume, result, folder, windowing: Windowing | None = None,
+                        long_side: int | None = None) -> list:
+    """Write every selected slice as ``<volume>_<ID>_<plane>_<position>mm.png``; return the paths.
+
+    ``windowing`` defaults to :func:`choose_windowing` for the region the selection detected (a CT
+    in its region's preset window, an MRI in its intensity percentiles).
+    """
     from .outputs import check_output_folder, write_atomic
 
     check_output_folder(folder, "PNG folder")
-    if window is None:
-        window = percentile_window(volume.array)
+    if windowing is None:
+        windowing = choose_windowing(volume, region=(result.region or {}).get("name"))
     stem = volume.name or "volume"
     paths = []
     for chosen in result.selected():
-        image = render_slice(volume, chosen.plane, chosen.index, window=window, long_side=long_side)
+        image = render_windowed(volume, chosen.plane, chosen.index, windowing, long_side=long_side)
         name = f"{stem}_{chosen.label}_{chosen.plane}_{chosen.position_mm:+.1f}mm.png"
         path = os.path.join(folder, name)
         write_atomic(path, png_bytes(image), what="PNG")
         paths.append(path)
     return paths
+
+
+#: CT window presets as (level, width) in Hounsfield units.
+CT_PRESETS = {
+    "brain": (40.0, 80.0),
+    "soft_tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "lung": (-600.0, 1500.0),
+}
+#: Three windows packed into the R, G and B channels (wide, soft tissue, brain), as (low, high) HU;
+#: the CT recipe used by MedGemma.
+THREE_WINDOWS = ((-1024.0, 1024.0), (-135.0, 215.0), (0.0, 80.0))
+THREE_WINDOW = "three_window"
+#: The CT window that fits each region (:mod:`VoteMILib.regions`): the brain window for the head,
+#: the lung window for the chest (nodules and masses against aerated lung), soft tissue elsewhere.
+REGION_PRESETS = {"head": "brain", "chest": "lung", "body": "soft_tissue"}
+AUTO = "auto"
+#: Every accepted ``ct_preset`` value; "auto" picks from :data:`REGION_PRESETS`.
+CT_PRESET_NAMES = (AUTO, *CT_PRESETS, THREE_WINDOW)
+MODALITIES = ("auto", "CT", "MRI")
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How one volume's intensities become pixels.
+
+    Attributes
+    ----------
+    modality : str
+        "CT" or "MRI".
+    windows : tuple of (float, float)
+        One (low, high) window for a grey image, three for an RGB image (R, G, B).
+    source : str
+        Where the window comes from: "preset:brain", "three_window", "display", "percentiles".
+    """
+
+    modality: str
+    windows: tuple
+    source: str
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, "source": self.source,
+                "windows": [[round(float(low), 3), round(float(high), 3)] for low, high in self.windows]}
+
+
+def preset_window(name: str) -> tuple:
+    """(low, high) HU of a CT preset name from :data:`CT_PRESETS`."""
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    if key not in CT_PRESETS:
+        raise ValueError(f"unknown CT preset '{name}'; choose from {', '.join(CT_PRESET_NAMES)}")
+    level, width = CT_PRESETS[key]
+    return (level - width / 2, level + width / 2)
+
+
+def choose_windowing(volume, modality: str = "auto", ct_preset: str | None = AUTO, window=None,
+                     region: str | None = None) -> Windowing:
+    """Pick the window(s) for a volume.
+
+    CT volumes use ``ct_preset`` when one is given (``"three_window"`` gives RGB images; ``"auto"``
+    the preset of the region, :data:`REGION_PRESETS`); otherwise, and for MRI, ``window`` (e.g.
+    Slicer's display window/level) is used when given, else intensity percentiles.
+
+    Parameters
+    ----------
+    modality : {"auto", "CT", "MRI"}
+    ct_preset : str or None
+        A name from :data:`CT_PRESET_NAMES`, or None to treat CT like MRI.
+    window : (float, float), optional
+        Explicit (low, high) window.
+    region : str, optional
+        "head", "chest" or "body" for ``ct_preset="auto"`` (e.g. ``SelectionResult.region["name"]``);
+        detected from the volume when not given.
+    """
+    modality = normalize_modality(modality)
+    if modality == "auto":
+        modality = detect_modality(volume)
+    if modality == "CT" and ct_preset:
+        key = ct_preset.strip().lower().replace(" ", "_").replace("-", "_")
+        if key == THREE_WINDOW:
+            return Windowing("CT", THREE_WINDOWS, THREE_WINDOW)
+        if key == AUTO:
+            key = REGION_PRESETS[region or detect_volume_region(volume, "CT")]
+        return Windowing("CT", (preset_window(key),), f"preset:{key}")
+    if window is not None:
+        low, high = (float(value) for value in window)
+        if not high > low:
+            raise ValueError(f"invalid window ({low:g}, {high:g}): high must exceed low")
+        return Windowing(modality, ((low, high),), "display")
+    return Windowing(modality, (percentile_window(volume.array),), "percentiles")
+
+
+def normalize_modality(modality: str) -> str:
+    """Map user spellings ("ct", "MR", "mri", "Auto") to one of :data:`MODALITIES`."""
+    key = (modality or "auto").strip().upper()
+    if key in ("MR", "MRI"):
+        return "MRI"
+    if key in ("CT", "AUTO"):
+        return key if key == "CT" else "auto"
+    raise ValueError(f"unknown modality '{modality}'; choose auto, CT or MRI")
+
+
+def render_windowed(volume, plane: str, index: int, windowing: Windowing, long_side: int | None = None):
+    """A slice as a PIL image in display orientation with square pixels: grey ("L") for one
+    window, RGB for three (R, G and B each in its window)."""
+    from PIL import Image
+
+    pixels = slice_pixels(volume, plane, index)
+    channels = [apply_window(pixels, window) for window in windowing.windows]
+    if len(channels) == 1:
+        image = Image.fromarray(channels[0], mode="L")
+    else:
+        image = Image.fromarray(np.ascontiguousarray(np.stack(channels, axis=-1)), mode="RGB")
+    return to_square_pixels(image, display_pixel_spacing(volume.ijk_to_ras, plane), long_side)
+
+
+def render_rgb(volume, plane: str, index: int, windowing: Windowing, long_side: int | None = 896):
+    """:func:`render_windowed` as an RGB image (a grey image has the same value in R, G and B)."""
+    return render_windowed(volume, plane, index, windowing, long_side).convert("RGB")
+
+
+def detect_volume_region(volume, modality: str) -> str:
+    """The region name of a volume on its own (for callers without a selection result)."""
+    from .preprocess import make_working_grid
+    from .regions import detect_region
+
+    return detect_region(make_working_grid(volume), modality).name

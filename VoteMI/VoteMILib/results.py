@@ -69,10 +69,13 @@ class PlaneResult:
     ijk_indices: np.ndarray
     scores: np.ndarray
     selected: list
+    #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast" or "representative".
+    cue: str = "representative"
 
     def to_dict(self) -> dict:
         return {
             "normal_axis": self.normal_axis,
+            "cue": self.cue,
             "ijk_axis": "IJK"[self.ijk_axis],
             "positions_mm": [round(float(p), 3) for p in self.positions_mm],
             "scores": [round(float(s), 6) for s in self.scores],
@@ -89,6 +92,8 @@ class SelectionResult:
     size_ijk: tuple
     spacing_mm: tuple
     timing_s: dict = field(default_factory=dict)
+    #: What the scan was taken for (:meth:`VoteMILib.regions.Region.to_dict`): modality, name, measures.
+    region: dict = field(default_factory=dict)
 
     def selected(self, planes=None) -> list:
         """Selected slices of the given planes (all by default), plane by plane, best first."""
@@ -100,6 +105,7 @@ class SelectionResult:
             "image": image,
             "size_ijk": [int(n) for n in self.size_ijk],
             "spacing_mm": [round(float(s), 6) for s in self.spacing_mm],
+            "region": dict(self.region),
             "planes": {name: result.to_dict() for name, result in self.planes.items()},
             "settings": dict(self.settings),
             "timing_s": {key: round(float(value), 4) for key, value in self.timing_s.items()},

@@ -9,10 +9,12 @@ import numpy as np
 from scipy import ndimage
 
 from . import abnormality
+from .body_cues import body_abnormality
 from .clustering import NOISE, dbscan, estimate_eps
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
 from .preprocess import make_working_grid
+from .regions import detect_modality, detect_region
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import count_votes, greedy_coverage, nearest_patches, pick_top_slices, similarity_graph, slice_scores
 
@@ -55,6 +57,10 @@ class SelectionSettings:
         Closest two picks of one plane may be; default max(10 mm, 2 slices).
     smoothing_mm : float
         Gaussian smoothing of votes along the plane normal.
+    max_patches : int
+        The representative vote runs on at most this many patches, a seeded sample of all (the same
+        bound order as DBSCAN's core-point sample): votes per slice keep their proportions, and the
+        neighbour graph of 10-d features, the costliest step, is a third of its cost on a whole head.
     """
 
     mode: str = "findings"
@@ -66,6 +72,7 @@ class SelectionSettings:
     theta: float = 0.2
     min_spacing_mm: float | None = None
     smoothing_mm: float = 3.0
+    max_patches: int = 10000
 
 
 def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra_volumes=(), encoder=None,
@@ -120,36 +127,29 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     encoder = encoder if encoder is not None else PCAEncoder()
     features = np.asarray(encoder.fit(pixels, seed=settings.seed).transform(pixels), dtype=np.float64)
     features /= max(float(features.std()), 1e-12)
+    region = detect_region(grid, detect_modality(volume))
+    vote = _Votes(patches, features, grid.positions_mm, settings, report)
 
-    if mode == "representative":
-        report(0.45, "Clustering patches (DBSCAN)")
-        eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
-        labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
-        report(0.6, "Selecting covering patches")
-        distances, neighbours = nearest_patches(features)
-        voters = _vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings, report)
-        weights = found = None
-        details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1),
-                   "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
-    else:
-        report(0.5, "Comparing both sides of the head")
-        found = abnormality.abnormality_map(grid, channels, patches, features, seed=settings.seed)
-        # Every patch votes: a coverage subset would drop the rare patches that show disease.
-        voters = np.arange(len(patches))
-        weights = abnormality.patch_votes(found.map, patches, PLANES)
-        details = {}
+    found = weights = None
+    if mode == "findings":
+        report(0.5, "Comparing both sides of the head" if region.name == "head" else "Looking for what stands out")
+        found = _find_abnormality(grid, channels, patches, features, region, settings.seed)
+        weights = abnormality.patch_votes(found.evidence, patches, PLANES)
 
     report(0.9, "Counting votes")
     plane_results = {}
     size_ijk = volume.size_ijk
     for plane in planes:
-        plane_id = PLANES.index(plane)
         geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
-        work_positions = grid.positions_mm[plane]
-        mine = voters[patches.plane[voters] == plane_id]
-        votes = count_votes(patches.slice_index[mine], len(work_positions),
-                            None if weights is None else weights[mine])
-        scores = slice_scores(votes, work_positions, geometry.positions_mm, settings.smoothing_mm)
+        cue = "representative" if found is None else found.cue
+        if found is not None:
+            scores = vote.scores(plane, geometry, weights)
+            work_index = _working_slice(grid, plane, geometry.positions_mm[int(np.argmax(scores))])
+            if not found.stands_out(NORMAL_INDEX[plane], work_index):
+                cue = "representative"
+        if cue == "representative":
+            scores = vote.scores(plane, geometry, None)
+        plane_finding = found if cue != "representative" else None
         spacing = settings.min_spacing_mm
         if spacing is None:
             step = abs(geometry.positions_mm[-1] - geometry.positions_mm[0]) / max(geometry.count - 1, 1)
@@ -159,19 +159,77 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
                                   position_mm=float(geometry.positions_mm[index]),
                                   center_ras=tuple(float(c) for c in geometry.centers_ras[index]),
                                   score=float(scores[index]),
-                                  focus_ras=_focus(found, grid, plane, geometry.centers_ras[index]))
+                                  focus_ras=_focus(plane_finding, grid, plane, geometry.centers_ras[index]))
                     for rank, index in enumerate(picks, start=1)]
         plane_results[plane] = PlaneResult(plane=plane, normal_axis=NORMAL_AXIS[plane], ijk_axis=geometry.ijk_axis,
                                            positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
-                                           scores=scores, selected=selected)
+                                           scores=scores, selected=selected, cue=cue)
     report(1.0, "Done")
 
     recorded = asdict(settings)
-    recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **details,
+    recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **vote.details,
                     working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
                     sequences=[volume.name] + [extra.name for extra in extra_volumes])
     return SelectionResult(planes=plane_results, settings=recorded, size_ijk=size_ijk,
-                           spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started})
+                           spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started},
+                           region=region.to_dict())
+
+
+def _find_abnormality(grid, channels, patches, features, region, seed):
+    """The findings cue of the detected region: left-right asymmetry in the head, a body cue elsewhere."""
+    if region.name != "head":
+        return body_abnormality(grid, region, seed=seed)
+    if region.modality == "CT":
+        # Brain tissue spans 0..80 HU (the brain window); bone would otherwise take the whole range.
+        channels = [np.clip(grid.original_intensities(), 0.0, 80.0) / np.float32(80.0)] + list(channels[1:])
+    return abnormality.abnormality_map(grid, channels, patches, features, seed=seed)
+
+
+def _working_slice(grid, plane, position_mm) -> int:
+    """Index of the working-grid slice of ``plane`` nearest a RAS position."""
+    return int(np.argmin(np.abs(grid.positions_mm[plane] - position_mm)))
+
+
+class _Votes:
+    """Slice scores of each plane from weighted votes of every patch, or from the paper's
+    representative vote (computed once, when a plane first needs it)."""
+
+    def __init__(self, patches, features, work_positions, settings, report):
+        self.patches, self.features, self.settings, self.report = patches, features, settings, report
+        self.work_positions = work_positions
+        self.details = {}
+        self._voters = None
+
+    def scores(self, plane, geometry, weights) -> np.ndarray:
+        """0..1 score of every original slice of ``plane``; ``weights`` None: the representative vote."""
+        patches = self.patches
+        if weights is None:
+            voters = self._representative_voters()
+        else:
+            voters = np.arange(len(patches))  # every patch votes: coverage would drop the rare ones
+        mine = voters[patches.plane[voters] == PLANES.index(plane)]
+        work_positions = self.work_positions[plane]
+        votes = count_votes(patches.slice_index[mine], len(work_positions), None if weights is None else weights[mine])
+        return slice_scores(votes, work_positions, geometry.positions_mm, self.settings.smoothing_mm)
+
+    def _representative_voters(self) -> np.ndarray:
+        if self._voters is None:
+            settings = self.settings
+            sample = np.arange(len(self.features))
+            if len(sample) > settings.max_patches:
+                rng = np.random.default_rng(settings.seed)
+                sample = np.sort(rng.choice(len(sample), settings.max_patches, replace=False))
+            features = self.features[sample]
+            self.report(0.45, "Clustering patches (DBSCAN)")
+            eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
+            labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
+            self.report(0.6, "Selecting covering patches")
+            distances, neighbours = nearest_patches(features)
+            self._voters = sample[_vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings,
+                                                     self.report)]
+            self.details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1), "voting_patches": int(len(sample)),
+                            "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
+        return self._voters
 
 
 def _vote_mi_selection(labels, neighbours, similarity, settings, report) -> np.ndarray:
@@ -208,11 +266,11 @@ def _focus(found, grid, plane, center_ras):
     if found is None:
         return None
     axis = NORMAL_INDEX[plane]
-    slice_index = int(np.argmin(np.abs(grid.positions_mm[plane] - center_ras[axis])))
+    slice_index = _working_slice(grid, plane, center_ras[axis])
     section = np.take(found.map, slice_index, axis=axis)
     if not section.max() > 0:
         return None
-    if plane != "sagittal":
+    if plane != "sagittal" and found.plane is not None:
         side = np.take(found.hemisphere, slice_index, axis=axis)
         right = section[side > 0].sum() >= section[side < 0].sum()
         section = np.where((side > 0) == right, section, 0.0)

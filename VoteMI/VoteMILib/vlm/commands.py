@@ -9,7 +9,6 @@ import threading
 
 from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
-from .imaging import CT_PRESET_NAMES
 from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
 from .report import NOTICE, Report
 from .server import DEFAULT_HOST, DEFAULT_MAX_REQUEST_MB, DEFAULT_PORT
@@ -62,11 +61,6 @@ def add_describe_command(commands) -> None:
     group = parser.add_argument_group("prompt and images")
     group.add_argument("--prompt-file", metavar="FILE", help="prompt template (placeholders: see the README)")
     group.add_argument("--language", default="English", help="report language (default: %(default)s)")
-    group.add_argument("--modality", choices=("auto", "CT", "MRI"), default="auto",
-                       help="auto detects CT from Hounsfield units (default: %(default)s)")
-    group.add_argument("--ct-preset", choices=(*CT_PRESET_NAMES, "none"), default="brain",
-                       help="CT window; three_window = RGB of three windows; none = percentiles (default: %(default)s)")
-    group.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), help="intensity window of IMAGE")
     group.add_argument("--long-side", type=int, default=896, metavar="PX", help="image size (default: 896)")
     group.add_argument("--report", metavar="OUT", help="also save the report (.txt, .md or .json)")
     group.add_argument("--dry-run", action="store_true",
@@ -77,6 +71,9 @@ def add_describe_command(commands) -> None:
 
 def settings_from_args(args) -> DescribeSettings:
     """The :class:`DescribeSettings` of a parsed ``votemi describe`` command line."""
+    from ..cli import window_settings
+
+    modality, preset, window = window_settings(args)
     template = None
     if args.prompt_file:
         try:
@@ -88,8 +85,7 @@ def settings_from_args(args) -> DescribeSettings:
     return DescribeSettings(
         server_url=args.server, protocol=args.protocol, model=args.model, api_key=_api_key(args),
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
-        long_side=args.long_side, window=tuple(args.window) if args.window else None, modality=args.modality,
-        ct_preset=None if args.ct_preset == "none" else args.ct_preset, timeout_s=args.timeout,
+        long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
         device=args.device, allow_hub=args.allow_hub)
 

@@ -54,8 +54,8 @@ class DescribeSettings:
     modality : {"auto", "CT", "MRI"}
         "auto" detects CT from Hounsfield units.
     ct_preset : str or None
-        "brain", "soft_tissue", "bone", "lung" or "three_window" (RGB of three windows); None
-        windows CT like MRI.
+        "auto" (the detected region's preset: head brain, chest lung, body soft_tissue), "brain",
+        "soft_tissue", "bone", "lung" or "three_window" (RGB of three windows); None windows CT like MRI.
     timeout_s, connect_timeout_s, idle_timeout_s : float
         Total time, time to connect, longest silence while streaming.
     retries, retry_backoff_s : int, float
@@ -80,7 +80,7 @@ class DescribeSettings:
     long_side: int = 896
     window: tuple | None = None
     modality: str = "auto"
-    ct_preset: str | None = "brain"
+    ct_preset: str | None = "auto"
     timeout_s: float = 300.0
     connect_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
@@ -157,8 +157,9 @@ def prepare_images(volume, selection, settings: DescribeSettings, extra_volumes=
         raise VLMError(f"no selected slices in the planes {', '.join(planes)}")
     volumes = [volume, *extra_volumes]
     try:
-        windowings = [choose_windowing(v, settings.modality, settings.ct_preset, settings.window if n == 0 else None)
-                      for n, v in enumerate(volumes)]
+        region = (getattr(selection, "region", None) or {}).get("name")
+        windowings = [choose_windowing(v, settings.modality, settings.ct_preset, settings.window if n == 0 else None,
+                                       region=region if n == 0 else None) for n, v in enumerate(volumes)]
     except ValueError as error:
         raise VLMError(str(error)) from None
     images = []

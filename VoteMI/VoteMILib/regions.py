@@ -1,0 +1,160 @@
+"""What a scan shows, from its voxels alone: CT or MRI, and head, chest or (other) body.
+
+Nothing here reads file names or metadata: the modality comes from the intensity statistics
+(Hounsfield units), the region from tissue volumes and shapes on the working grid. The region
+decides which cue scores the slices (:mod:`VoteMILib.selection`) and which CT window shows them
+(:mod:`VoteMILib.render`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+#: Regions a scan can be taken for.
+REGIONS = ("head", "chest", "body")
+#: Below this a CT voxel holds mostly air: halfway between aerated lung (about -850 HU) and soft
+#: tissue (about 0 HU), the usual lung-segmentation threshold.
+AERATED_HU = -400.0
+#: Above this a CT voxel is bone (cortical and dense cancellous bone; soft tissue and contrast-
+#: enhanced blood stay below).
+BONE_HU = 300.0
+#: Air pockets smaller than this are gas in bowel, stomach or airways, not a lung (one lung holds litres).
+LUNG_MIN_ML = 100.0
+#: The chest wall (skin, fat, muscle, ribs) is at least this thick, so lungs lie deeper.
+CHEST_WALL_MM = 10.0
+#: A chest scan: lungs fill a quarter to a half of the chest; lung bases and bowel gas in an
+#: abdominal scan are a few per cent of its volume.
+CHEST_LUNG_FRACTION = 0.10
+#: A skull: bone rings that enclose at least this much non-bone area (an adult brain's cross-
+#: section is 100-150 cm2 over most of the cranium; a long bone's marrow is a few cm2) ...
+SKULL_AREA_CM2 = 50.0
+#: ... over at least this height (the cranium is about 10 cm high).
+SKULL_HEIGHT_MM = 30.0
+#: A field of view whose side face the foreground covers over more than this share cuts through
+#: the body: a crop, whose left-right symmetry cannot be assumed.
+CROP_COVERAGE = 0.25
+#: Widest left-right extent of a head (about 15 cm in adults, with ears and margin); a torso is wider.
+HEAD_MAX_WIDTH_MM = 200.0
+
+
+@dataclass(frozen=True)
+class Region:
+    """What the scan shows.
+
+    Attributes
+    ----------
+    modality : str
+        "CT" or "MRI".
+    name : str
+        "head", "chest" (CT with aerated lungs) or "body" (any other body part, and MRI that is
+        not a whole head in the field of view).
+    measures : dict
+        The numbers the decision was taken on (for the JSON and for checking).
+    """
+
+    modality: str
+    name: str
+    measures: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, "name": self.name,
+                "measures": {key: round(float(value), 4) for key, value in self.measures.items()}}
+
+
+def looks_like_ct(array: np.ndarray) -> bool:
+    """Whether intensities are Hounsfield units.
+
+    A CT has air near -1000 HU around or inside the body, a floor no lower than the -3024 HU
+    padding scanners write, and no values beyond a few thousand HU. MRI intensities are arbitrary
+    but not negative by hundreds.
+    """
+    flat = np.asarray(array).ravel()
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    low, p1, p99 = np.percentile(sample, (0, 1, 99))
+    return bool(low >= -3100 and p1 <= -500 and p99 <= 4000 and np.mean(sample <= -900) >= 0.01)
+
+
+def detect_modality(volume) -> str:
+    """"CT" or "MRI" from the intensities; a volume's own ``metadata["modality"]`` (e.g. DICOM) wins."""
+    declared = str(getattr(volume, "metadata", {}).get("modality", "")).upper()
+    if declared in ("CT", "MR", "MRI"):
+        return "CT" if declared == "CT" else "MRI"
+    return "CT" if looks_like_ct(volume.array) else "MRI"
+
+
+def detect_region(grid, modality: str) -> Region:
+    """Head, chest or body, from a :class:`~VoteMILib.preprocess.WorkingGrid`.
+
+    CT: a chest has lungs (large air-filled spaces inside the body) filling at least
+    :data:`CHEST_LUNG_FRACTION` of it; a head has a skull (bone rings around a brain-sized area).
+    MRI: a head lies whole inside the field of view (the foreground covers less than
+    :data:`CROP_COVERAGE` of its left, right, front and back faces) and is no wider than :data:`HEAD_MAX_WIDTH_MM`.
+    """
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    body = grid.mask
+    body_ml = max(float(body.sum()) * voxel_ml, voxel_ml)
+    width_mm = float(np.ptp(np.flatnonzero(body.any(axis=(1, 2))))) * spacing[0] if body.any() else 0.0
+    if modality == "CT":
+        hu = grid.original_intensities()
+        lung_fraction = float(lung_mask(hu, body, spacing).sum()) * voxel_ml / body_ml
+        measures = {"lung_fraction": lung_fraction, "width_mm": width_mm}
+        if lung_fraction >= CHEST_LUNG_FRACTION:
+            return Region("CT", "chest", measures)
+        measures["skull_height_mm"] = skull_mm = skull_height_mm(hu, body, spacing)
+        return Region("CT", "head" if skull_mm >= SKULL_HEIGHT_MM else "body", measures)
+    cut = side_coverage(body)
+    measures = {"side_coverage": cut, "width_mm": width_mm}
+    whole_head = cut < CROP_COVERAGE and width_mm <= HEAD_MAX_WIDTH_MM
+    return Region("MRI", "head" if whole_head else "body", measures)
+
+
+def lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
+    """Aerated spaces of at least :data:`LUNG_MIN_ML` lying deeper than :data:`CHEST_WALL_MM` inside
+    the body (the lungs; air trapped between skin folds or under the body on the table is shallow)."""
+    aerated = (hu < AERATED_HU) & (depth_mm(body, spacing_mm) > CHEST_WALL_MM)
+    labels, count = ndimage.label(aerated)
+    if count == 0:
+        return aerated
+    sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing_mm)) / 1000.0)
+    sizes[0] = 0
+    return np.isin(labels, np.flatnonzero(sizes >= LUNG_MIN_ML))
+
+
+def depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
+    """Distance (mm) of every voxel from the background around the foreground (0 outside it).
+
+    The faces of the field of view are no edge here: a body cut by them goes on beyond. Computed
+    on every second voxel: eight times cheaper, and a voxel of error is nothing at these depths.
+    """
+    coarse = ndimage.distance_transform_edt(mask[::2, ::2, ::2], sampling=2 * np.asarray(spacing_mm, dtype=float))
+    full = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)[: mask.shape[0], : mask.shape[1],
+                                                                        : mask.shape[2]]
+    return np.where(mask, full, 0.0).astype(np.float32)
+
+
+def skull_height_mm(hu: np.ndarray, body: np.ndarray, spacing_mm) -> float:
+    """Height (mm along S) of the axial slices where bone rings enclose :data:`SKULL_AREA_CM2` or more."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    bone = (hu > BONE_HU) & body
+    pixel_cm2 = spacing[0] * spacing[1] / 100.0
+    count = 0
+    for z in np.flatnonzero(bone.any(axis=(0, 1))):
+        ring = bone[:, :, z]
+        enclosed = ndimage.binary_fill_holes(ring) & ~ring
+        count += int(enclosed.sum() * pixel_cm2 >= SKULL_AREA_CM2)
+    return count * float(spacing[2])
+
+
+def side_coverage(body: np.ndarray) -> float:
+    """Largest share of a side face of the field of view (left, right, front or back, over the
+    slices holding foreground) that the foreground covers: near 0 for a whole head, whose nose or
+    occiput at most touches the field's edge; near 1 for a crop of something larger."""
+    occupied = body.any(axis=(0, 1))
+    if not occupied.any():
+        return 0.0
+    faces = (body[0], body[-1], body[:, 0], body[:, -1])  # each (other in-plane axis, S)
+    return float(max(face[:, occupied].mean() for face in faces))
