@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from . import __version__
+from . import __version__, events
 from .geometry import PLANES, parse_planes
 from .volumes import VolumeError, load_volume
 
@@ -18,10 +18,16 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with events.session(getattr(args, "events", False)) as state:
+        state.exit_code = _run(args)
+    return state.exit_code
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except (VolumeError, ValueError, OSError) as error:
-        print(f"votemi: error: {error}", file=sys.stderr)
+        events.print_error(error)
         return 1
     except KeyboardInterrupt:
         print("votemi: interrupted", file=sys.stderr)
@@ -68,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .encoder_commands import add_train_encoder_command
 
     add_train_encoder_command(commands)
-    from .vlm.commands import add_describe_command, add_serve_command
+    from .vlm.commands import add_describe_command, add_models_command, add_serve_command
 
     add_describe_command(commands)
+    add_models_command(commands)
     add_serve_command(commands)
     return parser
 
@@ -89,6 +96,12 @@ def add_selection_arguments(parser) -> None:
                         help="trained patch encoder (.npz from 'votemi train-encoder'); default: PCA")
     parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
     parser.add_argument("--png-dir", metavar="DIR", help="write each selected slice as a PNG")
+    add_events_argument(parser)
+
+
+def add_events_argument(parser) -> None:
+    parser.add_argument("--events", action="store_true",
+                        help="write progress, results and errors to stdout as JSON lines (see the README)")
 
 
 def parse_mode(text) -> str:
@@ -125,7 +138,7 @@ def run_selection(args, progress=None):
     loaded = time.perf_counter() - started
     encoder = load_encoder(args.encoder) if args.encoder else None
     result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed, mode=args.mode,
-                           extra_volumes=extras, encoder=encoder, progress=progress)
+                           extra_volumes=extras, encoder=encoder, progress=progress or events.progress_callback())
     result.timing_s = {"load": loaded, **result.timing_s}
     return volume, extras, result
 
@@ -138,7 +151,9 @@ def load_encoder(path):
 
 def run_select(args) -> int:
     volume, _, result = run_selection(args)
-    write_outputs(args, volume, result, result.to_dict(image=os.path.abspath(args.image)), quiet=args.quiet)
+    document = result.to_dict(image=os.path.abspath(args.image))
+    write_outputs(args, volume, result, document, quiet=args.quiet)
+    events.emit("selection", selection=document)
     return 0
 
 
