@@ -219,8 +219,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.onCancel()
         self._endStatusCheck()
-        self.removeObservers()
         self._observeReport(None)
+        self.removeObservers()
         self._connectPlotView(False)
         self._timer.stop()
         self._statusTimer.stop()
@@ -688,12 +688,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Keep the user's edits in the report node (saved with the scene)."""
         if self._updatingReport:
             return
+        text = self.ui.reportTextEdit.toPlainText()
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         if self._reportNode is None:
-            if volumeNode is None or not self.ui.reportTextEdit.toPlainText():
+            if volumeNode is None or not text:
                 return
-            self._observeReport(self.logic.reportNode(volumeNode, create=True))
-        text = self.ui.reportTextEdit.toPlainText()
+            self.logic.reportNode(volumeNode, create=True).SetText(text)  # the user started a report
+            self._observeReport(self.logic.reportNode(volumeNode))
+            return
         if self._reportNode.GetText() != text:
             self._updatingReport = True
             try:

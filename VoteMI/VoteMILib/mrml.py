@@ -508,17 +508,23 @@ def validate_selection(volume_node, result) -> dict:
 
 
 def clear_results(scene, volume_node) -> int:
-    """Remove every node VoteMI made for ``volume_node`` (the report too) and its folder; return how many."""
+    """Remove every node VoteMI made for ``volume_node`` (the report too) and its folder; return how many.
+
+    The folder stays if something else was put into it.
+    """
+    import vtk
+
     folder = votemi_folder(scene, volume_node, create=False)
     removed = remove_votemi_nodes(scene, volume_node, keep_report=False)
     if folder:
         shnode = _subject_hierarchy(scene)
-        import vtk
-
         children = vtk.vtkIdList()
         shnode.GetItemChildren(folder, children)
-        if children.GetNumberOfIds() == 0:
-            shnode.RemoveItem(folder)
+        for child in [children.GetId(index) for index in range(children.GetNumberOfIds())]:
+            if shnode.GetItemDataNode(child) is None and not shnode.GetNumberOfItemChildren(child):
+                shnode.RemoveItem(child, False, False)  # left behind by a removed node
+        if shnode.GetNumberOfItemChildren(folder) == 0:
+            shnode.RemoveItem(folder, False, False)
     return removed
 
 
