@@ -183,6 +183,8 @@ class ctkCollapsibleButton(PythonQtStyle, QtWidgets.QGroupBox):
         self._collapsed = bool(collapsed)
         for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
             child.setVisible(not self._collapsed)
+        # Collapsed, only the title line is left, as ctkCollapsibleButton shows it.
+        self.setMaximumHeight(self.fontMetrics().height() + 8 if self._collapsed else 16777215)
 
     text = QtCore.pyqtProperty(str, getText, setText)
     collapsed = QtCore.pyqtProperty(bool, getCollapsed, setCollapsed)
@@ -324,6 +326,15 @@ class qMRMLCheckableNodeComboBox(qMRMLNodeComboBox):
 
     def checkedNodes(self):
         return [node for node in self._nodes if node is not None and node.GetID() in self._checked]
+
+    def paintEvent(self, event):
+        # The box shows the checked nodes, not the current row.
+        painter = QtWidgets.QStylePainter(self)
+        option = QtWidgets.QStyleOptionComboBox()
+        self.initStyleOption(option)
+        option.currentText = ", ".join(node.GetName() for node in self.checkedNodes()) or "None"
+        painter.drawComplexControl(QtWidgets.QStyle.CC_ComboBox, option)
+        painter.drawControl(QtWidgets.QStyle.CE_ComboBoxLabel, option)
 
 
 CUSTOM_WIDGETS = {cls.__name__: cls for cls in (ctkCollapsibleButton, qMRMLWidget, qMRMLNodeComboBox,
@@ -775,8 +786,8 @@ class SlicerPanel:
         QtTest.QTest.keyClicks(widget, text)
         self.qapp.processEvents()
 
-    def run_until(self, until, timeout_s=60.0):
-        return gil_holding_loop(until, timeout_s)
+    def run_until(self, until, timeout_s=60.0, idle_ms=10):
+        return gil_holding_loop(until, timeout_s, idle_ms)
 
     def idle(self):
         """No run (Cancel hidden) and no server check under way."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -369,10 +368,8 @@ def test_offscreen_views_show_image_and_marks(headless_slicer, main_case_selecti
         best = result.planes[plane].selected[0]
         axis = "RAS"[NORMAL_INDEX[plane]]
         captions[name] = f"{name[0]}: {plane.capitalize()} 1, {axis} {best.position_mm:+.1f} mm"
-    screenshot = views_with_bars(views, captions)
+    screenshot = views_with_bars(views, captions)  # Screenshot01.png: see test_slicer_widget.py
     screenshot.save(tmp_path / "views.png")
-    if os.environ.get("VOTEMI_UPDATE_SCREENSHOT"):  # refresh the Extension Manager screenshot
-        screenshot.save(REPO / "Screenshot01.png")
 
 
 def test_every_plane_has_a_colour():

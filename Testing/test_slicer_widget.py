@@ -440,3 +440,82 @@ def test_save_report_opens_in_the_scene_folder_and_writes_atomically(panel, head
     error, = panel.dialogs.of("errorDisplay")
     assert error.startswith(f"cannot write report {tmp_path / 'blocker' / 'report.md'}:") and "\n" not in error
     panel.run_until(panel.idle, 30)
+
+
+# --------------------------------------------------------------------------------------------
+# Screenshot01.png
+
+
+def _grab(widget):
+    """A Qt grab of a widget as a PIL image."""
+    from PIL import Image
+    from PyQt5 import QtCore, QtGui
+
+    image = widget.grab().toImage().convertToFormat(QtGui.QImage.Format_RGB888)
+    buffer = QtCore.QBuffer()
+    buffer.open(QtCore.QIODevice.WriteOnly)
+    image.save(buffer, "PNG")
+    import io
+
+    return Image.open(io.BytesIO(bytes(buffer.data()))).convert("RGB")
+
+
+def test_screenshot_panel_after_a_run_beside_the_slice_views(panel, headless_slicer, scripted_server, tmp_path):
+    """The panel (Qt grab) after Select & Describe on a real case, beside the Red, Yellow and Green views
+    rendered by slicer-core's slice view pipeline. ``VOTEMI_UPDATE_SCREENSHOT=1`` writes Screenshot01.png."""
+    import os
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mrml_helpers import views_with_bars
+    from VoteMILib import mrml
+    from VoteMILib.geometry import NORMAL_INDEX
+
+    volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
+    headless_slicer.show(volume)
+    scripted_server.models = ["medgemma-4b-it"]
+    scripted_server.script = [streamed([
+        "Findings: a heterogeneous mass in the right hemisphere with surrounding signal change [A1, C1, S1]. ",
+        "Mass effect on the adjacent ventricle [A1, C1].\n", "Impression: intra-axial mass; ",
+        "correlate with the full study."])]
+    panel.setup()
+    panel.ui.serverUrlLineEdit.clear()
+    panel.type_into(panel.ui.serverUrlLineEdit, scripted_server.url)
+    panel.ui.vlmCollapsibleButton.collapsed = False
+    panel.run_until(lambda: ": reachable" in panel.ui.serverStatusLabel.text, 30)
+    panel.click(panel.ui.selectDescribeButton)
+    _wait(panel)
+    assert panel.dialogs.shown == [] and panel.ui.resultsTable.rowCount == 9
+    assert mrml.report_node(headless_slicer.scene, volume).GetText().startswith("Findings:")
+    panel.ui.vlmCollapsibleButton.collapsed = True
+    panel.module_panel.resize(470, panel.module_panel.sizeHint.height() + 150)  # room for the table
+    panel.qapp.processEvents()
+    grabbed = _grab(panel.module_panel)
+    result = SelectionResult_from_scene(headless_slicer, volume)
+    captions = {name: f"{name[0]}: {plane.capitalize()} 1, {'RAS'[NORMAL_INDEX[plane]]} {result[plane]:+.1f} mm"
+                for name, plane in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal"))}
+    views = views_with_bars(headless_slicer.render_views(), captions)
+    views = views.resize((views.width * grabbed.height // (3 * views.height // 1), grabbed.height // 3))
+    column = Image.new("RGB", (views.width // 3, grabbed.height), (0, 0, 0))
+    third = views.width // 3
+    for index in range(3):  # Red, Yellow, Green stacked beside the panel
+        column.paste(views.crop((index * third, 0, (index + 1) * third, views.height)), (0, index * views.height))
+    shot = Image.new("RGB", (grabbed.width + column.width, grabbed.height), (0, 0, 0))
+    shot.paste(grabbed, (0, 0))
+    shot.paste(column, (grabbed.width, 0))
+    shot.save(tmp_path / "Screenshot01.png")
+    panel_pixels = np.asarray(grabbed)
+    assert len(np.unique(panel_pixels.reshape(-1, 3), axis=0)) > 50, "the panel grab looks blank"
+    if os.environ.get("VOTEMI_UPDATE_SCREENSHOT"):
+        shot.save(Path(__file__).resolve().parents[1] / "Screenshot01.png")
+
+
+def SelectionResult_from_scene(headless_slicer, volume):
+    """Best slice position of each plane, as the scene holds it."""
+    from VoteMILib import mrml
+
+    best = {}
+    for pick in mrml.voted_slices(headless_slicer.scene, volume):
+        best.setdefault(pick["plane"], pick["position_mm"])
+    return best
