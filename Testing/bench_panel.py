@@ -98,7 +98,8 @@ def main(argv=None):
             ("  of which writing the NRRD", [w for _, w in panel])]
     if not args.skip_old:
         with tempfile.TemporaryDirectory() as folder:
-            old = [panel_seconds(args.image, old_module(args.old_revision, folder)) for _ in range(args.repeats)]
+            module_dir = old_module(args.old_revision, folder)
+            old = [panel_seconds(args.image, module_dir) for _ in range(args.repeats)]
         rows.append((f"panel Select only, worker thread ({args.old_revision})", [p for p, _ in old]))
     print(f"{'what':<48} {'median s':>9}  runs")
     for what, values in rows:
