@@ -41,6 +41,19 @@ def votemi_events(*arguments, **extra_env):
     return done.returncode, events, done.stderr.decode("utf-8")
 
 
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory):
+    """A small synthetic T1 on disk (describing needs no real anatomy; selection on it takes 0.1 s)."""
+    import SimpleITK as sitk
+
+    from vlm_fixtures import make_volume
+
+    image = sitk.GetImageFromArray(make_volume("mri", shape_kji=(40, 48, 48), name="T1").array)
+    path = tmp_path_factory.mktemp("events") / "T1.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
 def _of(events, kind):
     return [event for event in events if event["event"] == kind]
 
@@ -70,10 +83,10 @@ def test_select_events_error_for_a_missing_file(tmp_path):
     assert f"votemi: error: {events[0]['message']}" in stderr
 
 
-def test_describe_events_stream_the_report_from_a_loopback_server(scripted_server):
+def test_describe_events_stream_the_report_from_a_loopback_server(scripted_server, small_image):
     pieces = ["Findings: ", "mass ", "[A1].", "\nImpression: ", "tumour."]
     scripted_server.script = [streamed(pieces)]
-    code, events, stderr = votemi_events("describe", str(main_case_image()), "--planes", "axial", "--top", "1",
+    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--top", "1",
                                          "--server", scripted_server.url, "--model", "tiny-vlm")
     assert code == 0, stderr
     kinds = [event["event"] for event in events]
@@ -85,13 +98,13 @@ def test_describe_events_stream_the_report_from_a_loopback_server(scripted_serve
     assert "AI-generated draft" in stderr  # the notice printed for people goes to stderr here
 
 
-def test_describe_events_error_for_an_unreachable_server():
+def test_describe_events_error_for_an_unreachable_server(small_image):
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    code, events, stderr = votemi_events("describe", str(main_case_image()), "--planes", "axial", "--top", "1",
+    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--top", "1",
                                          "--server", url, "--model", "m")
     assert code == 1
     assert [event["event"] for event in events][-3:] == ["selection", "error", "done"]
@@ -99,8 +112,8 @@ def test_describe_events_error_for_an_unreachable_server():
     assert message.startswith(f"{url}: connection refused") and "\n" not in message
 
 
-def test_describe_events_with_the_in_process_model_in_the_child(tiny_vlm_dir):
-    code, events, stderr = votemi_events("describe", str(main_case_image()), "--planes", "axial", "--top", "1",
+def test_describe_events_with_the_in_process_model_in_the_child(tiny_vlm_dir, small_image):
+    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--top", "1",
                                          "--protocol", "inprocess", "--model", tiny_vlm_dir, "--max-tokens", "8",
                                          "--long-side", "64")
     assert code in (0, 3), stderr  # a random model may stop at its token limit (incomplete, exit 3)
