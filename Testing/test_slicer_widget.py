@@ -259,6 +259,24 @@ def test_a_failed_describe_leaves_the_previous_report_and_says_why(panel, headle
     assert panel.ui.reportTextEdit.toPlainText() == "The earlier report."
 
 
+def test_a_report_that_breaks_off_is_kept_and_marked_incomplete(panel, headless_slicer, scripted_server):
+    from VoteMILib import mrml
+
+    volume = _phantom_volume(headless_slicer)
+    scripted_server.script = [streamed(["Findings: ", "a lesion"], tail="drop")]
+    panel.setup()
+    panel.widget._parameterNode.serverUrl = scripted_server.url
+    panel.widget._parameterNode.model = "tiny-vlm"
+    panel.click(panel.ui.selectDescribeButton)
+    _wait(panel)
+    warning, = panel.dialogs.of("warningDisplay")
+    assert warning.startswith("The report is incomplete: ") and panel.dialogs.of("errorDisplay") == []
+    report = mrml.report_node(headless_slicer.scene, volume)
+    assert report.GetText() == "Findings: a lesion"
+    assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") == "false"
+    assert "incomplete" in panel.ui.reportInfoLabel.text and panel.ui.statusLabel.text == "Done."
+
+
 def test_edits_made_to_the_report_node_while_it_streams_are_kept(panel, headless_slicer, monkeypatch,
                                                                  scripted_server):
     from VoteMILib import mrml

@@ -756,6 +756,7 @@ class VoteMIRun:
         self.folder = None
         self.target = ""
         self.selected = False
+        self.reported = False
         self.error = None
         self.cancelled = False
         self.timings = {}
@@ -832,10 +833,11 @@ class VoteMIRun:
 
         self.report.finish(Report(event.get("report", ""), event.get("report_meta", {}),
                                   complete=bool(event.get("complete", True))))
+        self.reported = True
 
     def failure(self):
-        """None if the run succeeded, else its one-line error."""
-        if self.cancelled or self.child.exit_code == 0:
+        """None if the run succeeded (an incomplete report was already shown as a warning), else its one-line error."""
+        if self.cancelled or self.child.exit_code == 0 or (self.reported and not self.error):
             return None
         if self.error:
             return self.error
