@@ -13,8 +13,10 @@ Nodes VoteMI adds for an input volume (all carry the attribute :data:`ROLE_ATTRI
 * one plot series per plane (score versus RAS position) and a plot chart holding them;
 * a text node with the report drafted by the vision-language model and its metadata as attributes.
 
-Running again for the same volume replaces the marks, tables, series and chart and reuses the
-report node. :func:`report_edited` tells whether the user changed the report since VoteMI wrote it.
+Running again for the same volume replaces the marks, tables, series and chart (after
+:func:`validate_selection` accepted the whole new result) and reuses the report node, which
+:class:`ReportStream` fills as a report streams in. :func:`report_edited` tells whether the user
+changed the report since VoteMI wrote it.
 """
 
 from __future__ import annotations
@@ -694,12 +696,6 @@ def begin_report(scene, volume_node):
     _write_text(node, "")
     node.EndModify(was)
     return node
-
-
-def append_report(node, chunk: str) -> None:
-    """Append streamed text to the report node (keeps the edit check in step)."""
-    if chunk:
-        _write_text(node, (node.GetText() or "") + chunk)
 
 
 class ReportStream:
