@@ -259,6 +259,26 @@ def test_a_failed_describe_leaves_the_previous_report_and_says_why(panel, headle
     assert panel.ui.reportTextEdit.toPlainText() == "The earlier report."
 
 
+def test_other_sequences_go_to_the_child_with_the_input(panel, headless_slicer, monkeypatch):
+    from PyQt5 import QtCore
+
+    from VoteMILib import mrml
+
+    volume = _phantom_volume(headless_slicer, "T1")
+    flair = _phantom_volume(headless_slicer, "FLAIR", seed=1)
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    panel.widget._parameterNode.inputVolume = volume
+    panel.ui.extraVolumesSelector.setCheckState(flair, QtCore.Qt.Checked)
+    assert panel.widget._extraVolumes() == [flair]
+    panel.click(panel.ui.selectButton)
+    _wait(panel)
+    arguments = runs[0].child.process.args
+    extra = arguments[arguments.index("--extra") + 1]
+    assert extra.endswith("FLAIR.nrrd") and arguments[arguments.index("select") + 1].endswith("T1.nrrd")
+    assert panel.dialogs.shown == [] and len(mrml.voted_slices(headless_slicer.scene, volume)) == 9
+
+
 def test_a_report_that_breaks_off_is_kept_and_marked_incomplete(panel, headless_slicer, scripted_server):
     from VoteMILib import mrml
 
@@ -333,7 +353,8 @@ def test_a_plain_http_server_elsewhere_is_confirmed_and_declining_sends_nothing(
     assert "gpu-box.example" in https and "plain HTTP" not in https
 
 
-def test_status_line_shows_reachable_server_and_model_or_why_not(panel, headless_slicer, scripted_server):
+def test_status_line_shows_reachable_server_and_model_or_why_not(panel, headless_slicer, scripted_server,
+                                                                 tmp_path):
     import socket
 
     panel.setup()
@@ -351,6 +372,11 @@ def test_status_line_shows_reachable_server_and_model_or_why_not(panel, headless
     panel.run_until(panel.idle, 30)
     assert panel.ui.serverStatusLabel.text.startswith(f"Server unreachable: {closed}: connection refused")
     assert panel.dialogs.of("errorDisplay")  # asked explicitly: also a message box
+    # An in-process model has no server: the line names the model folder (the run itself: test_events.py).
+    panel.widget._parameterNode.protocol = "inprocess"
+    panel.widget._parameterNode.model = str(tmp_path)
+    panel.click(panel.ui.testConnectionButton)
+    assert panel.ui.serverStatusLabel.text == f"In-process model: {tmp_path}"
 
 
 # --------------------------------------------------------------------------------------------
