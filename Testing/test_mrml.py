@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -162,8 +161,9 @@ def test_rerun_replaces_votemi_nodes_and_keeps_other_volumes(headless_slicer, ma
 
     other_result = select_slices(mrml.volume_from_node(other), planes=("axial",), top_k=1)
     mrml.apply_selection(scene, other, other_result, jump=False)
-    report = mrml.begin_report(scene, node)
-    mrml.append_report(report, "draft")
+    stream = mrml.ReportStream(scene, node)
+    stream.append("draft")
+    report = stream.node
     nodes_before = scene.GetNumberOfNodes()
     for _ in range(3):
         mrml.apply_selection(scene, node, result)
@@ -213,10 +213,11 @@ def test_report_streams_and_detects_user_edits(headless_slicer, main_case_select
     scene = headless_slicer.scene
     node, _ = _load_main_case(headless_slicer, main_case_selection)
     assert mrml.report_node(scene, node) is None
-    report = mrml.begin_report(scene, node)
+    stream = mrml.ReportStream(scene, node)
     for piece in ("Findings: ", "a lesion", "."):
-        mrml.append_report(report, piece)
-        assert not mrml.report_edited(report)
+        stream.append(piece)
+        assert not mrml.report_edited(stream.node)
+    report = stream.node
     assert report.GetText() == "Findings: a lesion."
     meta = {"model": "medgemma", "server": "http://127.0.0.1:11434", "created": "2026-01-01T00:00:00+00:00",
             "notice": "AI-generated draft", "images": [{"id": "A1"}, {"id": "C1"}]}
@@ -247,12 +248,12 @@ def test_describe_loopback_streams_into_report_node(headless_slicer):
     mrml.apply_selection(scene, node, result)
     mrml_selftest.check_scene(scene, node, result)
 
-    report_node = mrml.begin_report(scene, node)
+    stream = mrml.ReportStream(scene, node)
     streamed = []
 
     def on_text(piece):
         streamed.append(piece)
-        mrml.append_report(report_node, piece)
+        stream.append(piece)
 
     with mrml_selftest.LoopbackServer() as server:
         settings = DescribeSettings(server_url=server.url, protocol="openai", model=server.model,
@@ -260,8 +261,8 @@ def test_describe_loopback_streams_into_report_node(headless_slicer):
         report = describe(volume, result, settings, on_text=on_text)
         assert server.images_received() == 6
     assert len(streamed) > 3, "the answer did not stream in pieces"
-    mrml.finish_report(report_node, report)
-    mrml_selftest.check_report_node(report_node, report, streamed)
+    stream.finish(report)
+    mrml_selftest.check_report_node(stream.node, report, streamed)
 
 
 def test_selection_stops_within_a_second_of_cancel(main_case_selection):
@@ -369,10 +370,8 @@ def test_offscreen_views_show_image_and_marks(headless_slicer, main_case_selecti
         best = result.planes[plane].selected[0]
         axis = "RAS"[NORMAL_INDEX[plane]]
         captions[name] = f"{name[0]}: {plane.capitalize()} 1, {axis} {best.position_mm:+.1f} mm"
-    screenshot = views_with_bars(views, captions)
+    screenshot = views_with_bars(views, captions)  # Screenshot01.png: see test_slicer_widget.py
     screenshot.save(tmp_path / "views.png")
-    if os.environ.get("VOTEMI_UPDATE_SCREENSHOT"):  # refresh the Extension Manager screenshot
-        screenshot.save(REPO / "Screenshot01.png")
 
 
 def test_every_plane_has_a_colour():

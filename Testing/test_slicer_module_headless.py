@@ -62,7 +62,8 @@ def votemi_module(headless_slicer, monkeypatch):
     for name, module in _stand_ins().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(slicer, "mrmlScene", headless_slicer.scene, raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: None, testingEnabled=lambda: True),
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: None, testingEnabled=lambda: True,
+                                                      majorVersion=5, minorVersion=10),
                         raising=False)
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
 

@@ -82,11 +82,24 @@ def test_ui_parameter_names_match_the_parameter_node():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.find("string").text] = widget.get("class")
+    text_parameters = dict(_widget_class_constant(module, "TEXT_PARAMETERS"))
+    classes = {widget.get("name"): widget.get("class") for widget in tree.iter("widget")}
     assert set(bound) <= fields, f"UI binds unknown parameters: {set(bound) - fields}"
-    assert fields <= set(bound), f"parameters without a widget: {fields - set(bound)}"
-    # The parameter node wrapper connects exact widget classes only.
-    allowed = {"qMRMLNodeComboBox", "QCheckBox", "QSpinBox", "QComboBox", "QLineEdit", "QTextEdit"}
+    assert not set(bound) & set(text_parameters.values()), "a text parameter is bound twice"
+    connected = set(bound) | set(text_parameters.values())
+    assert fields <= connected, f"parameters without a widget: {fields - connected}"
+    # The parameter node wrapper connects exact widget classes only; text widgets are connected by the
+    # panel, because the wrapper rewrites them (cursor and all) on every change of the node.
+    allowed = {"qMRMLNodeComboBox", "QCheckBox", "QSpinBox", "QComboBox"}
     assert set(bound.values()) <= allowed
+    assert {classes[name] for name in text_parameters} <= {"QLineEdit", "QTextEdit", "QPlainTextEdit"}
+
+
+def _widget_class_constant(module, name):
+    widget = next(node for node in module.body if isinstance(node, ast.ClassDef) and node.name == "VoteMIWidget")
+    assignment = next(statement for statement in widget.body if isinstance(statement, ast.Assign)
+                      and any(getattr(target, "id", "") == name for target in statement.targets))
+    return ast.literal_eval(assignment.value)
 
 
 def test_ui_custom_widgets_are_declared():
@@ -177,7 +190,13 @@ def test_module_source_compiles_for_python_310_and_imports_only_slicer_at_file_s
             assert isinstance(statement.value, ast.Constant), f"line {statement.lineno}: call at file scope"
         if isinstance(statement, (ast.Assign, ast.AnnAssign)):
             value = statement.value
-            assert value is None or isinstance(value, ast.Constant), f"line {statement.lineno}: computed constant"
+            literal = value is None or isinstance(value, ast.Constant) or (
+                isinstance(value, ast.Tuple) and all(isinstance(item, ast.Constant) for item in value.elts))
+            assert literal, f"line {statement.lineno}: computed constant"
+
+
+def test_module_file_reads_on_python_39_so_old_slicers_can_say_why_it_does_not_run():
+    ast.parse(MODULE_SOURCE.read_text(), filename=str(MODULE_SOURCE), feature_version=(3, 9))
 
 
 def test_module_classes_and_metadata():

@@ -3,13 +3,17 @@
 The heavy lifting lives in the ``VoteMILib`` package next to this file: selection (numpy/scipy),
 the MRML layer (``VoteMILib.mrml``, no Qt) and the vision-language model clients
 (``VoteMILib.vlm``, standard library HTTP). This file holds the Slicer module, its panel and the
-self-test. Selection and HTTP run in a worker thread; the panel polls it with a QTimer.
+self-test. Selection, describing and the in-process model run in a child process
+(``VoteMILib.cli ... --events``): Slicer's GUI thread holds Python's GIL while it waits for events,
+so a Python thread would barely run. The panel reads the child's events from a QTimer.
+
+This file must stay readable by Python 3.9 (Slicer 5.8), so that older Slicers show why the
+module cannot run instead of failing to load it.
 """
 
 import logging
 import os
-import queue
-import threading
+import sys
 from typing import Annotated
 
 import qt
@@ -21,14 +25,30 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-#: Where the server URL, protocol and model are remembered across sessions.
+#: Where panel settings are remembered across sessions.
 SETTINGS_PREFIX = "VoteMI/"
 #: Node reference role, on the parameter node, of the optional extra sequences.
 EXTRA_VOLUME_REFERENCE = "VoteMIExtraVolume"
 DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
 README_URL = "https://github.com/VoteMI/SlicerVoteMI#readme"
-#: How often the panel looks at the worker thread (ms).
-POLL_INTERVAL_MS = 100
+#: How often the panel reads the child process (ms).
+POLL_INTERVAL_MS = 50
+#: Wait after the last edit of the server settings before checking the server (ms).
+STATUS_CHECK_DELAY_MS = 800
+#: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
+MINIMUM_SLICER = (5, 10)
+MINIMUM_PYTHON = (3, 10)
+
+
+def unsupportedReason():
+    """Why this Slicer cannot run VoteMI (a sentence for the user), or None."""
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    if version < MINIMUM_SLICER or tuple(sys.version_info[:2]) < MINIMUM_PYTHON:
+        return _("VoteMI needs 3D Slicer {needed} or later (Python {python}+); this is Slicer {version} with "
+                 "Python {running}. Install a newer Slicer from download.slicer.org.").format(
+            needed="%d.%d" % MINIMUM_SLICER, python="%d.%d" % MINIMUM_PYTHON, version="%d.%d" % version,
+            running="%d.%d" % tuple(sys.version_info[:2]))
+    return None
 
 
 #
@@ -57,6 +77,10 @@ class VoteMI(ScriptedLoadableModule):
             "models for medical imaging: bridging the 3D gap with innovative slice selection\", NeurIPS 2024 "
             "Datasets and Benchmarks Track. VoteMI is an independent open-source implementation for 3D Slicer, "
             "released under the Apache 2.0 license.")
+        reason = unsupportedReason()
+        if reason:
+            logging.error("VoteMI: %s", reason)
+            self.parent.helpText = reason + "<br><br>" + self.parent.helpText
 
 
 #
@@ -72,13 +96,16 @@ class VoteMIParameterNode:
     axial, coronal, sagittal - planes to select in.
     slicesPerPlane - voted slices per plane.
     selectionMode - "findings" (votes weighted by abnormality) or "representative" (the paper's Vote-MI).
-    serverUrl, protocol, model - the vision-language model server (also remembered in the settings).
+    serverUrl, protocol, model - the vision-language model server.
     promptTemplate - instruction for the model; empty for VoteMI's default prompt.
     language - report language.
     timeoutSeconds - longest time a report may take.
+    switchLayoutForChart - switch to a layout with a plot view to show the score plot.
 
-    The optional extra sequences are node references (role ``VoteMIExtraVolume``) of the same
-    parameter node; the API key is never stored.
+    The text fields (serverUrl, model, promptTemplate, language) are connected to their widgets by
+    the panel itself: the wrapper's binding rewrites a text widget on every change of the node,
+    which moves the cursor while the user types. The optional extra sequences are node references
+    (role ``VoteMIExtraVolume``) of the same parameter node; the API key is never stored.
     """
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
@@ -93,52 +120,7 @@ class VoteMIParameterNode:
     promptTemplate: str = ""
     language: str = "English"
     timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = 300
-
-
-#
-# Background work
-#
-
-
-class _BackgroundTask:
-    """Runs ``function(post, cancelled)`` in a daemon thread; the GUI drains ``events`` with a QTimer.
-
-    ``post(kind, *values)`` queues an event for the GUI thread; ``cancelled()`` tells the worker to
-    stop. The worker never touches Qt or MRML.
-    """
-
-    def __init__(self, function, name):
-        self.events = queue.Queue()
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(function,), name=name, daemon=True)
-
-    def start(self):
-        self._thread.start()
-
-    def cancel(self):
-        self._cancel.set()
-
-    @property
-    def cancelled(self):
-        return self._cancel.is_set()
-
-    def _run(self, function):
-        try:
-            function(self.post, self._cancel.is_set)
-        except BaseException as error:  # reported to the GUI thread, which shows it
-            self.post("error", error)
-        finally:
-            self.post("finished")
-
-    def post(self, kind, *values):
-        self.events.put((kind, values))
-
-    def drain(self):
-        while True:
-            try:
-                yield self.events.get_nowait()
-            except queue.Empty:
-                return
+    switchLayoutForChart: bool = True
 
 
 #
@@ -149,25 +131,38 @@ class _BackgroundTask:
 class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The VoteMI panel."""
 
+    #: Text widgets and the parameter each edits (connected by the panel, see VoteMIParameterNode).
+    TEXT_PARAMETERS = (("serverUrlLineEdit", "serverUrl"), ("modelLineEdit", "model"),
+                       ("languageLineEdit", "language"), ("promptTextEdit", "promptTemplate"))
+    #: Parameters remembered across sessions in the application settings.
+    REMEMBERED = ("axial", "coronal", "sagittal", "slicesPerPlane", "selectionMode", "serverUrl", "protocol",
+                  "model", "promptTemplate", "language", "timeoutSeconds", "switchLayoutForChart")
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None
-        self._taskVolumeID = None
-        self._taskReportNode = None
-        self._describing = False
+        self._run = None
+        self._statusCheck = None
         self._reportNode = None
         self._updatingReport = False
         self._plotView = None
         self._timer = None
+        self._statusTimer = None
         self._shownVolumeID = None
         self._rows = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        reason = unsupportedReason()
+        if reason:
+            label = qt.QLabel(reason)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VoteMI.ui"))
         self.layout.addWidget(uiWidget)
@@ -190,7 +185,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
-        self._timer.timeout.connect(self._pollTask)
+        self._timer.timeout.connect(self._pollChildren)
+        self._statusTimer = qt.QTimer()
+        self._statusTimer.setSingleShot(True)
+        self._statusTimer.setInterval(STATUS_CHECK_DELAY_MS)
+        self._statusTimer.timeout.connect(lambda: self.checkServer(explicit=False))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -199,25 +198,36 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.selectDescribeButton.connect("clicked(bool)", lambda: self.onRun(describe=True))
         self.ui.selectButton.connect("clicked(bool)", lambda: self.onRun(describe=False))
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.testConnectionButton.connect("clicked(bool)", lambda: self.checkServer(explicit=True))
+        self.ui.clearResultsButton.connect("clicked(bool)", self.onClearResults)
         self.ui.modelsComboBox.connect("activated(int)", self.onModelChosen)
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.reportTextEdit.connect("textChanged()", self.onReportEdited)
         self.ui.extraVolumesSelector.connect("checkedNodesChanged()", self.onExtraVolumesChanged)
+        for widgetName, parameter in self.TEXT_PARAMETERS:
+            widget = getattr(self.ui, widgetName)
+            widget.connect("textChanged()" if widgetName.endswith("TextEdit") else "textChanged(QString)",
+                           lambda *args, widget=widget, parameter=parameter: self._onTextEdited(widget, parameter))
 
         self.initializeParameterNode()
+        self.checkServer(explicit=False)
 
     def cleanup(self) -> None:
+        if self.logic is None:
+            return
         self.onCancel()
-        self.removeObservers()
+        self._endStatusCheck()
         self._observeReport(None)
+        self.removeObservers()
         self._connectPlotView(False)
-        if self._timer is not None:
-            self._timer.stop()
+        self._timer.stop()
+        self._statusTimer.stop()
 
     def enter(self) -> None:
+        if self.logic is None:
+            return
         self.initializeParameterNode()
         self._connectPlotView(True)
 
@@ -226,6 +236,13 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onReload(self) -> None:
+        """Reload the engine too: Slicer's reload re-reads VoteMI.py only."""
+        self.onCancel()
+        for name in [name for name in sys.modules if name == "VoteMILib" or name.startswith("VoteMILib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancel()
@@ -243,25 +260,39 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._connectPlotView(True)
 
     # ----------------------------------------------------------------------------------------
-    # Parameter node
+    # Parameter node and settings
 
     def initializeParameterNode(self) -> None:
         parameterNode = self.logic.getParameterNode()
         raw = parameterNode.parameterNode
         if raw.GetAttribute("VoteMI.SettingsApplied") != "true":
-            # A new scene: start from what the user used last time.
-            settings = qt.QSettings()
-            parameterNode.serverUrl = str(settings.value(SETTINGS_PREFIX + "ServerURL", DEFAULT_SERVER_URL))
-            protocol = str(settings.value(SETTINGS_PREFIX + "Protocol", "openai"))
-            if protocol in ("openai", "ollama", "inprocess"):
-                parameterNode.protocol = protocol
-            parameterNode.model = str(settings.value(SETTINGS_PREFIX + "Model", ""))
+            self._applyRememberedSettings(parameterNode)  # a new scene: start from what the user used last
             raw.SetAttribute("VoteMI.SettingsApplied", "true")
         if not parameterNode.inputVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
-                parameterNode.inputVolume = firstVolume
+            parameterNode.inputVolume = self.logic.firstImageVolume()
         self.setParameterNode(parameterNode)
+
+    @staticmethod
+    def _applyRememberedSettings(parameterNode):
+        settings = qt.QSettings()
+        for name in VoteMIWidget.REMEMBERED:
+            key = SETTINGS_PREFIX + name[0].upper() + name[1:]
+            if not settings.contains(key):
+                continue
+            current = getattr(parameterNode, name)
+            text = str(settings.value(key))
+            try:
+                value = (text.lower() == "true") if isinstance(current, bool) else type(current)(text)
+                setattr(parameterNode, name, value)
+            except ValueError:  # a value this version does not accept (e.g. an older mode name)
+                logging.info("VoteMI: ignoring the remembered %s '%s'", name, text)
+
+    def _rememberSettings(self):
+        settings = qt.QSettings()
+        for name in self.REMEMBERED:
+            value = getattr(self._parameterNode, name)
+            settings.setValue(SETTINGS_PREFIX + name[0].upper() + name[1:],
+                              ("true" if value else "false") if isinstance(value, bool) else str(value))
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -277,11 +308,39 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._updateButtons()
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        if self._parameterNode is None:
+            return
+        self._showTextParameters()
+        self._rememberSettings()
+        volumeNode = self._parameterNode.inputVolume
         volumeID = volumeNode.GetID() if volumeNode else None
         if volumeID != self._shownVolumeID:
             self._shownVolumeID = volumeID
             self.onInputChanged()
+
+    def _showTextParameters(self):
+        """Show the node's text parameters; a widget is only written when its text differs (cursor kept)."""
+        for widgetName, parameter in self.TEXT_PARAMETERS:
+            widget = getattr(self.ui, widgetName)
+            value = getattr(self._parameterNode, parameter)
+            isTextEdit = widgetName.endswith("TextEdit")
+            if (widget.toPlainText() if isTextEdit else widget.text) == value:
+                continue
+            wasBlocked = widget.blockSignals(True)
+            if isTextEdit:
+                widget.setPlainText(value)
+            else:
+                widget.text = value
+            widget.blockSignals(wasBlocked)
+
+    def _onTextEdited(self, widget, parameter) -> None:
+        if self._parameterNode is None:
+            return
+        text = widget.toPlainText() if hasattr(widget, "toPlainText") else widget.text
+        if getattr(self._parameterNode, parameter) != text:
+            setattr(self._parameterNode, parameter, text)
+        if parameter == "serverUrl":
+            self._statusTimer.start()
 
     def _loadExtraVolumesIntoGui(self):
         raw = self._parameterNode.parameterNode
@@ -316,11 +375,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateButtons(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        busy = self._task is not None
+        busy = self._run is not None
         ready = bool(node and node.inputVolume and self._planes())
         self.ui.selectDescribeButton.enabled = ready and not busy
         self.ui.selectButton.enabled = ready and not busy
-        self.ui.testConnectionButton.enabled = not busy
+        self.ui.clearResultsButton.enabled = bool(node and node.inputVolume) and not busy
         if not node or not node.inputVolume:
             tip = _("Select an input volume.")
         elif not self._planes():
@@ -329,32 +388,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             tip = _("Select the representative slices, mark them, and draft a report with the model.")
         self.ui.selectDescribeButton.toolTip = tip
 
-    def _rememberServerSettings(self):
-        settings = qt.QSettings()
-        settings.setValue(SETTINGS_PREFIX + "ServerURL", self._parameterNode.serverUrl)
-        settings.setValue(SETTINGS_PREFIX + "Protocol", self._parameterNode.protocol)
-        settings.setValue(SETTINGS_PREFIX + "Model", self._parameterNode.model)
-
-    def _describeSettings(self):
-        from VoteMILib.vlm import DescribeSettings
-
-        node = self._parameterNode
-        return DescribeSettings(
-            server_url=node.serverUrl.strip() or DEFAULT_SERVER_URL, protocol=node.protocol,
-            model=node.model.strip(), api_key=self.ui.apiKeyLineEdit.text.strip(),
-            prompt_template=node.promptTemplate.strip() or None, language=node.language.strip() or "English",
-            window=self.logic.displayWindow(node.inputVolume) if node.inputVolume else None,
-            timeout_s=float(node.timeoutSeconds))
-
     # ----------------------------------------------------------------------------------------
-    # Running
+    # Running in a child process
 
     def onRun(self, describe: bool) -> None:
-        with slicer.util.tryWithErrorDisplay(_("VoteMI could not start."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("VoteMI could not start.")):
             self._start(describe)
 
     def _start(self, describe):
-        if self._task is not None:
+        if self._run is not None:
             return
         node = self._parameterNode
         volumeNode = node.inputVolume
@@ -363,144 +405,118 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         planes = self._planes()
         if not planes:
             raise ValueError(_("Select at least one plane."))
-        reportNode = self.logic.reportNode(volumeNode)
-        if describe and self.logic.reportEdited(reportNode):
-            if not slicer.util.confirmYesNoDisplay(
-                    _("The report of {name} was edited. Replace it with a new draft?").format(
-                        name=volumeNode.GetName()),
-                    windowTitle="VoteMI"):
-                return
-        if describe:
-            self._rememberServerSettings()
-            if node.protocol == "inprocess" and not self.logic.ensureInProcessDependencies():
-                return
-            settings = self._describeSettings()
-        # Copies of the voxels: the worker never touches MRML.
-        volume = self.logic.volumeFromNode(volumeNode)
-        extras = [self.logic.volumeFromNode(extra) for extra in self._extraVolumes()]
-        topK, mode = int(node.slicesPerPlane), node.selectionMode
-        waiting = _("Waiting for the model at {url}").format(url=settings.server_url) if describe else ""
-
-        def work(post, cancelled):
-            from VoteMILib.selection import select_slices
-
-            result = select_slices(volume, planes=planes, top_k=topK, mode=mode, extra_volumes=extras,
-                                   progress=lambda fraction, message: post("progress", 0.5 * fraction if describe
-                                                                            else fraction, message),
-                                   cancel=cancelled)
-            post("selected", result)
-            if not describe:
-                return
-            from VoteMILib.vlm import describe as describeSlices
-
-            post("progress", 0.55, waiting)
-            report = describeSlices(volume, result, settings, extra_volumes=extras,
-                                    on_text=lambda text: post("text", text), cancel=cancelled)
-            post("report", report)
-
-        self._taskVolumeID = volumeNode.GetID()
-        self._describing = describe
-        self._task = _BackgroundTask(work, "VoteMI selection")
+        if describe and not self._confirmDescribe(volumeNode):
+            return
+        run = VoteMIRun(self.logic, volumeNode, self._extraVolumes(), describe, node.switchLayoutForChart)
+        with slicer.util.WaitCursor():
+            run.start(planes, int(node.slicesPerPlane), node.selectionMode,
+                      self._describeOptions() if describe else None, apiKey=self.ui.apiKeyLineEdit.text.strip())
+        self._run = run
+        self.ui.reportTextEdit.readOnly = describe
         self._setBusy(True, _("Selecting slices..."))
-        self._task.start()
         self._timer.start()
 
-    def _pollTask(self) -> None:
-        task = self._task
+    def _confirmDescribe(self, volumeNode) -> bool:
+        """Ask before replacing an edited report, before images leave this machine, and for missing packages."""
+        node = self._parameterNode
+        if self.logic.reportEdited(self.logic.reportNode(volumeNode)) and not slicer.util.confirmYesNoDisplay(
+                _("The report of {name} was edited. Replace it with a new draft?").format(name=volumeNode.GetName()),
+                windowTitle="VoteMI"):
+            return False
+        if node.protocol != "inprocess":
+            warning = self.logic.remoteServerWarning(node.serverUrl.strip() or DEFAULT_SERVER_URL)
+            if warning and not slicer.util.confirmOkCancelDisplay(warning, windowTitle="VoteMI"):
+                return False
+        return node.protocol != "inprocess" or self.logic.ensureInProcessDependencies()
+
+    def _describeOptions(self):
+        node = self._parameterNode
+        window = self.logic.displayWindow(node.inputVolume)
+        return {"server": node.serverUrl.strip() or DEFAULT_SERVER_URL, "protocol": node.protocol,
+                "model": node.model.strip(), "language": node.language.strip() or "English",
+                "timeout": int(node.timeoutSeconds), "prompt": node.promptTemplate.strip(), "window": window}
+
+    def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
-        if task is None:
-            return
-        for kind, values in task.drain():
-            if task is not self._task:
-                return  # cancelled or finished meanwhile
+        if self._statusCheck is not None:
+            self._pollStatusCheck()
+        run = self._run
+        if run is not None:
             try:
-                self._handleEvent(kind, values)
+                for event in run.poll():
+                    self._handleEvent(event)
             except Exception as error:
-                logging.exception("VoteMI: handling %s failed", kind)
-                self._finishTask()
+                logging.exception("VoteMI: applying the child's output failed")
+                self._finishRun()
                 slicer.util.errorDisplay(_("VoteMI failed: {reason}").format(reason=error), windowTitle="VoteMI")
                 return
-        if task is self._task:
+            if run is self._run and run.finished:
+                self._runEnded(run)
+        if self._run is not None or self._statusCheck is not None:
             self._timer.start()
 
-    def _handleEvent(self, kind, values):
-        volumeNode = slicer.mrmlScene.GetNodeByID(self._taskVolumeID) if self._taskVolumeID else None
+    def _handleEvent(self, event):
+        kind = event.get("event")
+        run = self._run
         if kind == "progress":
-            fraction, message = values
+            fraction = float(event.get("fraction", 0.0)) * (0.5 if run.describe else 1.0)
             self.ui.progressBar.value = int(round(100 * fraction))
-            if message:
-                self.ui.statusLabel.text = message
-        elif kind == "selected":
-            result, = values
-            if volumeNode is None:
-                raise RuntimeError(_("the input volume was removed from the scene"))
-            self.logic.applySelection(volumeNode, result)
+            if event.get("message"):
+                self.ui.statusLabel.text = event["message"]
+        elif kind == "selection":
+            run.applySelection(event["selection"])
             self._refreshResults()
             self._connectPlotView(True)
-            if self._describing:
-                self._taskReportNode = self.logic.beginReport(volumeNode)
-                if self._parameterNode and self._parameterNode.inputVolume is volumeNode:
-                    self._observeReport(self._taskReportNode)
-                self.ui.statusLabel.text = _("Slices selected; waiting for the model...")
+            if run.describe:
+                self.ui.progressBar.value = 55
+                self.ui.statusLabel.text = _("Slices selected; waiting for the model at {target}...").format(
+                    target=run.target)
         elif kind == "text":
-            if self._taskReportNode is not None:
-                self.logic.appendReport(self._taskReportNode, values[0])
-                self.ui.progressBar.value = max(self.ui.progressBar.value, 60)
+            started = run.report.started
+            run.report.append(event.get("text", ""))
+            if not started and self._parameterNode and self._parameterNode.inputVolume is run.volumeNode:
+                self._observeReport(run.report.node)
+            self.ui.progressBar.value = max(self.ui.progressBar.value, 60)
         elif kind == "report":
-            report, = values
-            if self._taskReportNode is not None:
-                self.logic.finishReport(self._taskReportNode, report)
-            self._showReportInfo()
-            if not report.complete:
+            run.finishReport(event)
+            self._observeReport(self._reportNode)
+            if not event.get("complete", True):
                 slicer.util.warningDisplay(
-                    _("The report is incomplete: {reason}").format(reason=report.incomplete_reason),
-                    windowTitle="VoteMI")
-        elif kind == "error":
-            error, = values
-            reportNode = self._taskReportNode
-            self._finishTask()
-            self._showError(error, reportNode)
-        elif kind == "finished":
-            self._finishTask(_("Done."))
+                    _("The report is incomplete: {reason}").format(
+                        reason=event.get("report_meta", {}).get("incomplete_reason", "")), windowTitle="VoteMI")
+        elif kind == "log":
+            logging.info("VoteMI child: %s", event.get("text", ""))
 
-    def _showError(self, error, reportNode=None):
-        from VoteMILib.selection import Cancelled
-        from VoteMILib.vlm import VLMCancelled, VLMError
-        from VoteMILib.volumes import VolumeError
-
-        if isinstance(error, (Cancelled, VLMCancelled)):
-            partial = getattr(error, "report", None)
-            if partial is not None and reportNode is not None:
-                self.logic.finishReport(reportNode, partial)
-            self.ui.statusLabel.text = _("Cancelled.")
+    def _runEnded(self, run):
+        self._finishRun()
+        message = run.failure()
+        if message is None:
+            self.ui.statusLabel.text = _("Done.")
             return
-        if isinstance(error, VLMError):
+        if run.describe and run.selected:
             title = _("The vision-language model did not answer")
-        elif isinstance(error, (VolumeError, ValueError)):
-            title = _("VoteMI cannot use this input")
         else:
-            title = _("VoteMI failed")
-        logging.error("VoteMI: %s: %s", title, error, exc_info=(type(error), error, error.__traceback__))
-        self.ui.statusLabel.text = f"{title}: {error}"
-        slicer.util.errorDisplay(f"{title}:\n{error}", windowTitle="VoteMI")
+            title = _("VoteMI cannot use this input")
+        logging.error("VoteMI: %s: %s", title, message)
+        self.ui.statusLabel.text = f"{title}: {message}"
+        slicer.util.errorDisplay(f"{title}:\n{message}", windowTitle="VoteMI")
 
-    def _finishTask(self, message=None):
-        self._task = None
-        self._taskReportNode = None
-        self._timer.stop()
+    def _finishRun(self, message=None):
+        run, self._run = self._run, None
+        if run is not None:
+            run.close()
+        self.ui.reportTextEdit.readOnly = False
         self._setBusy(False, message)
+        self._showReportInfo()
 
     def onCancel(self) -> None:
-        """Stop at once: the worker is told to stop and its later output is ignored."""
-        if self._task is None:
+        """Stop at once: the child process is killed; a report that had started is marked incomplete."""
+        run = self._run
+        if run is None:
             return
-        self._task.cancel()
-        reportNode = self._taskReportNode if self._describing else None
-        self._finishTask(_("Cancelled."))
-        if reportNode is not None:
-            self.logic.markReportCancelled(reportNode)
-            self._showReportInfo()
-        logging.info("VoteMI: cancelled; the worker thread stops at its next check and its output is discarded")
+        run.cancel()
+        self._finishRun(_("Cancelled."))
+        logging.info("VoteMI: cancelled; the child process was ended")
 
     def _setBusy(self, busy, message=None):
         self.ui.progressBar.visible = busy
@@ -513,62 +529,70 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     # ----------------------------------------------------------------------------------------
-    # Test connection
+    # Server status
 
-    def onTestConnection(self) -> None:
-        if self._task is not None:
+    def checkServer(self, explicit: bool) -> None:
+        """Update the status line: is the server reachable, which models does it offer."""
+        if self._parameterNode is None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Cannot test the connection."), waitCursor=True):
-            self._rememberServerSettings()
-            settings = self._describeSettings()
-
-            def work(post, cancelled):
-                from VoteMILib.vlm import list_models
-
-                post("models", list_models(settings))
-
-            self._task = _BackgroundTask(work, "VoteMI test connection")
-            self._taskVolumeID = None
-            self._describing = False
-            self._setBusy(True, _("Connecting to {url}...").format(url=settings.server_url))
-            self.ui.progressBar.maximum = 0  # busy indicator
-            self._task.start()
-            self._connectionTimer = qt.QTimer()
-            self._connectionTimer.setInterval(POLL_INTERVAL_MS)
-            self._connectionTimer.timeout.connect(self._pollConnection)
-            self._connectionTimer.start()
-
-    def _pollConnection(self):
-        task = self._task
-        self._connectionTimer.stop()  # no re-entry while a message box is open
-        if task is None:  # cancelled
-            self.ui.progressBar.maximum = 100
+        node = self._parameterNode
+        if node.protocol == "inprocess":
+            folder = node.model.strip()
+            found = bool(folder) and os.path.isdir(folder)
+            self.ui.serverStatusLabel.text = (
+                _("In-process model: {folder}").format(folder=folder) if found
+                else _("In-process model: choose the model folder as the model"))
             return
-        for kind, values in task.drain():
-            if kind == "models":
-                models, = values
-                self.ui.modelsComboBox.clear()
-                for model in models:
-                    self.ui.modelsComboBox.addItem(model)
-                self.ui.modelsComboBox.visible = bool(models)
-                if len(models) == 1 and not self._parameterNode.model:
-                    self._parameterNode.model = models[0]
-                message = (_("Connected; the server offers {count} model(s).").format(count=len(models)) if models
-                           else _("Connected, but the server offers no models."))
-                self.ui.statusLabel.text = message
-            elif kind == "error":
-                self._showError(values[0])
-            elif kind == "finished":
-                self.ui.progressBar.maximum = 100
-                self._task = None
-                self._setBusy(False)
-                return
-        if task is self._task:
-            self._connectionTimer.start()
+        self._endStatusCheck()
+        url = node.serverUrl.strip() or DEFAULT_SERVER_URL
+        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, self.ui.apiKeyLineEdit.text.strip()),
+                             explicit)
+        self.ui.serverStatusLabel.text = _("Server {url}: checking...").format(url=url)
+        self._timer.start()
+
+    def _pollStatusCheck(self):
+        child, explicit = self._statusCheck
+        for event in child.poll():
+            if event.get("event") == "models":
+                self._showModels(event.get("server", ""), event.get("models", []))
+            elif event.get("event") == "error":
+                self.ui.serverStatusLabel.text = _("Server unreachable: {reason}").format(reason=event["message"])
+                if explicit:
+                    slicer.util.errorDisplay(_("The vision-language model server did not answer:\n{reason}").format(
+                        reason=event["message"]), windowTitle="VoteMI")
+        if child.finished:
+            if child.exit_code not in (0, 1):
+                self.ui.serverStatusLabel.text = _("Server check failed: {reason}").format(
+                    reason=child.stderr_tail() or f"exit code {child.exit_code}")
+            self._endStatusCheck()
+
+    def _endStatusCheck(self):
+        if self._statusCheck is not None:
+            self._statusCheck[0].kill()
+            self._statusCheck = None
+
+    def _showModels(self, url, models):
+        self.ui.modelsComboBox.clear()
+        for model in models:
+            self.ui.modelsComboBox.addItem(model)
+        self.ui.modelsComboBox.visible = bool(models)
+        node = self._parameterNode
+        if len(models) == 1 and not node.model.strip():
+            node.model = models[0]
+        chosen = node.model.strip()
+        if not models:
+            self.ui.serverStatusLabel.text = _("Server {url}: reachable, but it offers no models").format(url=url)
+        elif chosen and chosen not in models:
+            self.ui.serverStatusLabel.text = _("Server {url}: reachable; model {model} not offered (offers: {models})"
+                                               ).format(url=url, model=chosen, models=", ".join(models[:5]))
+        else:
+            self.ui.serverStatusLabel.text = _("Server {url}: reachable; model {model}").format(
+                url=url, model=chosen or ", ".join(models[:5]))
 
     def onModelChosen(self, index) -> None:
         if index >= 0 and self._parameterNode:
             self._parameterNode.model = self.ui.modelsComboBox.itemText(index)
+            self.checkServer(explicit=False)
 
     # ----------------------------------------------------------------------------------------
     # Results table and plot
@@ -599,6 +623,21 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onResultClicked(self, row, column) -> None:
         if 0 <= row < len(self._rows):
             self.logic.jumpToSlice(self._rows[row]["plane"], self._rows[row]["center_ras"])
+
+    def onClearResults(self) -> None:
+        """Remove VoteMI's marks, tables, plot and report of the input volume (asks if the report was edited)."""
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        if volumeNode is None or self._run is not None:
+            return
+        if self.logic.reportEdited(self.logic.reportNode(volumeNode)) and not slicer.util.confirmYesNoDisplay(
+                _("The report of {name} was edited. Remove it with the other VoteMI results?").format(
+                    name=volumeNode.GetName()), windowTitle="VoteMI"):
+            return
+        self._observeReport(None)
+        removed = self.logic.clearResults(volumeNode)
+        self._refreshResults()
+        self.ui.statusLabel.text = _("Removed {count} VoteMI node(s) of {name}.").format(
+            count=removed, name=volumeNode.GetName())
 
     def _connectPlotView(self, connect):
         layoutManager = slicer.app.layoutManager() if connect else None
@@ -649,12 +688,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Keep the user's edits in the report node (saved with the scene)."""
         if self._updatingReport:
             return
+        text = self.ui.reportTextEdit.toPlainText()
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         if self._reportNode is None:
-            if volumeNode is None or not self.ui.reportTextEdit.toPlainText():
+            if volumeNode is None or not text:
                 return
-            self._observeReport(self.logic.reportNode(volumeNode, create=True))
-        text = self.ui.reportTextEdit.toPlainText()
+            self.logic.reportNode(volumeNode, create=True).SetText(text)  # the user started a report
+            self._observeReport(self.logic.reportNode(volumeNode))
+            return
         if self._reportNode.GetText() != text:
             self._updatingReport = True
             try:
@@ -674,18 +715,149 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Report copied to the clipboard (with the notice).")
 
     def onSaveReport(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Saving the report failed."), waitCursor=True):
-            volumeNode = self._parameterNode.inputVolume
-            name = (volumeNode.GetName() if volumeNode else "report").replace(os.sep, "_")
-            path = qt.QFileDialog.getSaveFileName(
-                slicer.util.mainWindow(), _("Save report"), f"{name}_VoteMI_report.md",
-                _("Markdown (*.md);;Text (*.txt);;JSON (*.json)"))
-            if not path:
-                return
-            fmt = {".md": "markdown", ".json": "json"}.get(os.path.splitext(path)[1].lower(), "text")
-            with open(path, "w", encoding="utf-8") as stream:
-                stream.write(self.logic.reportExport(self._reportNode, fmt))
-            self.ui.statusLabel.text = _("Report saved to {path}").format(path=path)
+        volumeNode = self._parameterNode.inputVolume
+        name = (volumeNode.GetName() if volumeNode else "report").replace(os.sep, "_")
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), _("Save report"),
+            os.path.join(slicer.app.defaultScenePath, f"{name}_VoteMI_report.md"),
+            _("Markdown (*.md);;Text (*.txt);;JSON (*.json)"))
+        if not path:
+            return
+        try:
+            self.logic.saveReport(self._reportNode, path)
+        except OSError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="VoteMI")
+            return
+        self.ui.statusLabel.text = _("Report saved to {path}").format(path=path)
+
+
+#
+# VoteMIRun
+#
+
+
+class VoteMIRun:
+    """One Select / Select & Describe run of the panel: its child process, its temporary files and its report.
+
+    The volumes go to the child as NRRD files in a temporary folder; the child is
+    ``python -m VoteMILib.cli select|describe ... --events`` and its events are read by :meth:`poll`.
+    """
+
+    def __init__(self, logic, volumeNode, extraVolumeNodes, describe, switchLayout=True):
+        from VoteMILib import mrml
+
+        self.logic = logic
+        self.volumeNode = volumeNode
+        self.extraVolumeNodes = list(extraVolumeNodes)
+        self.describe = describe
+        self.switchLayout = switchLayout
+        self.report = mrml.ReportStream(slicer.mrmlScene, volumeNode)
+        self.child = None
+        self.folder = None
+        self.target = ""
+        self.selected = False
+        self.reported = False
+        self.error = None
+        self.cancelled = False
+        self.timings = {}
+        self.startedAt = None
+
+    def start(self, planes, topK, mode, describeOptions=None, apiKey=""):
+        import tempfile
+        import time
+
+        from VoteMILib import mrml
+
+        self.startedAt = time.perf_counter()
+        self.folder = tempfile.mkdtemp(prefix="VoteMI-")
+        try:
+            paths = []
+            for number, node in enumerate([self.volumeNode, *self.extraVolumeNodes]):
+                # One folder per volume: the file is named after its node, and names may repeat.
+                folder = os.path.join(self.folder, str(number))
+                os.mkdir(folder)
+                paths.append(mrml.write_volume_file(node, os.path.join(folder, mrml.file_name_for(node))))
+            self.timings["write_s"] = time.perf_counter() - self.startedAt
+            argv = ["describe" if self.describe else "select", paths[0], "--planes", ",".join(planes),
+                    "--top", str(topK), "--mode", mode, "--events", "--quiet"]
+            for path in paths[1:]:
+                argv += ["--extra", path]
+            if describeOptions is not None:
+                argv += self._describeArguments(describeOptions)
+            self.child = self.logic.startChild(argv, apiKey=apiKey)
+        except BaseException:
+            self.close()
+            raise
+
+    def _describeArguments(self, options):
+        arguments = ["--server", options["server"], "--protocol", options["protocol"], "--language",
+                     options["language"], "--timeout", str(options["timeout"])]
+        if options["model"]:
+            arguments += ["--model", options["model"]]
+        if options["prompt"]:
+            promptFile = os.path.join(self.folder, "prompt.txt")
+            from VoteMILib.outputs import write_atomic
+
+            write_atomic(promptFile, options["prompt"], what="prompt file")
+            arguments += ["--prompt-file", promptFile]
+        if options["window"] is not None:
+            arguments += ["--window", repr(float(options["window"][0])), repr(float(options["window"][1]))]
+        self.target = options["model"] if options["protocol"] == "inprocess" else options["server"]
+        return arguments
+
+    def poll(self):
+        """The child's new events; errors are kept for :meth:`failure`."""
+        events = self.child.poll()
+        for event in events:
+            if event.get("event") == "error":
+                self.error = event.get("message", "")
+        return events
+
+    @property
+    def finished(self):
+        return self.child.finished
+
+    def applySelection(self, document):
+        import time
+
+        from VoteMILib.results import SelectionResult
+
+        if slicer.mrmlScene.GetNodeByID(self.volumeNode.GetID()) is not self.volumeNode:
+            raise RuntimeError(_("the input volume was removed from the scene"))
+        self.logic.applySelection(self.volumeNode, SelectionResult.from_dict(document), switchLayout=self.switchLayout)
+        self.selected = True
+        self.timings["marks_s"] = time.perf_counter() - self.startedAt
+
+    def finishReport(self, event):
+        from VoteMILib.vlm import Report
+
+        self.report.finish(Report(event.get("report", ""), event.get("report_meta", {}),
+                                  complete=bool(event.get("complete", True))))
+        self.reported = True
+
+    def failure(self):
+        """None if the run succeeded (an incomplete report was already shown as a warning), else its one-line error."""
+        if self.cancelled or self.child.exit_code == 0 or (self.reported and not self.error):
+            return None
+        if self.error:
+            return self.error
+        return self.child.stderr_tail() or _("the VoteMI process ended with exit code {code}").format(
+            code=self.child.exit_code)
+
+    def cancel(self):
+        self.cancelled = True
+        if self.child is not None:
+            self.child.kill()
+        self.report.cancel()
+
+    def close(self):
+        import shutil
+
+        if self.child is not None and not self.child.finished:
+            self.child.kill()
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 #
@@ -697,14 +869,36 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
     """Selection, scene updates and reports; usable without the panel (scripts, tests).
 
     The methods that take nodes must run on the GUI thread; :meth:`select` and :meth:`describe`
-    are synchronous versions of what the panel runs in a worker thread.
+    are synchronous versions of what the panel runs in a child process (:meth:`startChild`).
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
-        return VoteMIParameterNode(super().getParameterNode())
+        """The module's parameter node; scenes saved before the modes were renamed load with the new names."""
+        from VoteMILib.selection import canonical_mode
+
+        raw = super().getParameterNode()
+        mode = raw.GetParameter("selectionMode")
+        if mode:
+            try:
+                canonical = canonical_mode(mode)
+            except ValueError:
+                canonical = "findings"
+            if canonical != mode:
+                raw.SetParameter("selectionMode", canonical)
+        return VoteMIParameterNode(raw)
+
+    @staticmethod
+    def firstImageVolume():
+        """The first scalar volume of the scene that is not a label map, or None."""
+        volumes = slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for index in range(volumes.GetNumberOfItems()):
+            node = volumes.GetItemAsObject(index)
+            if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                return node
+        return None
 
     # Volumes
 
@@ -735,16 +929,30 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             self.applySelection(volumeNode, result)
         return result
 
-    def applySelection(self, volumeNode, result, jump=True, showChart=True):
-        """Marks, score tables, plot and view jumps for a selection (replacing VoteMI's earlier ones)."""
+    def applySelection(self, volumeNode, result, jump=True, switchLayout=True):
+        """Marks, score tables, plot and view jumps for a selection (replacing VoteMI's earlier ones).
+
+        The score plot goes into the layout's plot views; if ``switchLayout`` and the layout has
+        none, Slicer switches to a layout with one. Otherwise the user's layout is kept.
+        """
         from VoteMILib import mrml
 
         nodes = mrml.apply_selection(slicer.mrmlScene, volumeNode, result, jump=jump)
-        if showChart and hasattr(slicer.modules, "plots") and slicer.app.layoutManager() is not None:
+        if switchLayout and hasattr(slicer.modules, "plots") and slicer.app.layoutManager() is not None:
             slicer.modules.plots.logic().ShowChartInLayout(nodes.chart)
             # Showing the chart may switch the layout; the views of the new layout jump too.
             mrml.jump_to_best_slices(slicer.mrmlScene, result)
+        else:
+            plotViews = slicer.mrmlScene.GetNodesByClass("vtkMRMLPlotViewNode")
+            for index in range(plotViews.GetNumberOfItems()):
+                plotViews.GetItemAsObject(index).SetPlotChartNodeID(nodes.chart.GetID())
         return nodes
+
+    def clearResults(self, volumeNode):
+        """Remove every node VoteMI made for ``volumeNode``; return how many."""
+        from VoteMILib import mrml
+
+        return mrml.clear_results(slicer.mrmlScene, volumeNode)
 
     def votedSlices(self, volumeNode):
         from VoteMILib import mrml
@@ -775,23 +983,71 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
     # Reports
 
     def describe(self, volumeNode, result, settings, extraVolumeNodes=(), onText=None, cancel=None, write=True):
-        """Ask the model for a report of ``result``; stream it into the report node if ``write``."""
+        """Ask the model for a report of ``result``; stream it into the report node if ``write``.
+
+        The previous report stays until the first piece of text arrives.
+        """
+        from VoteMILib import mrml
         from VoteMILib.vlm import describe
 
         volume = self.volumeFromNode(volumeNode)
         extras = [self.volumeFromNode(node) for node in extraVolumeNodes]
-        reportNode = self.beginReport(volumeNode) if write else None
+        stream = mrml.ReportStream(slicer.mrmlScene, volumeNode) if write else None
 
         def received(text):
-            if reportNode is not None:
-                self.appendReport(reportNode, text)
+            if stream is not None:
+                stream.append(text)
             if onText is not None:
                 onText(text)
 
         report = describe(volume, result, settings, extra_volumes=extras, on_text=received, cancel=cancel)
-        if reportNode is not None:
-            self.finishReport(reportNode, report)
+        if stream is not None:
+            stream.finish(report)
         return report
+
+    # Child processes
+
+    @staticmethod
+    def pythonExecutable():
+        """The Python that runs the child processes: Slicer's own (PythonSlicer inside Slicer)."""
+        return sys.executable
+
+    def startChild(self, arguments, apiKey=""):
+        """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``); return its ChildProcess.
+
+        The module folder goes first on PYTHONPATH, so the child runs this very engine; the API key
+        reaches the child in its environment, never on its command line.
+        """
+        from VoteMILib.events import ChildProcess
+
+        moduleFolder = os.path.dirname(os.path.abspath(__file__))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([moduleFolder] + [p for p in [env.get("PYTHONPATH", "")] if p])
+        env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", VOTEMI_API_KEY=apiKey)
+        argv = [self.pythonExecutable(), "-m", "VoteMILib.cli", *arguments]
+        logging.info("VoteMI: starting %s", " ".join(argv))
+        return ChildProcess(argv, env=env)
+
+    def startServerCheck(self, url, protocol, apiKey=""):
+        """Ask the server for its models in a child process (``votemi models --events``)."""
+        return self.startChild(["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"],
+                               apiKey=apiKey)
+
+    @staticmethod
+    def remoteServerWarning(url):
+        """A warning to confirm before images go to ``url``, or None for a server on this machine."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(url if "://" in url else "http://" + url)
+        host = (parsed.hostname or "").lower()
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return None
+        warning = _("The slice images of this volume will be sent to {host}, a server on another machine.").format(
+            host=host or url)
+        if parsed.scheme != "https":
+            warning += " " + _("The connection is plain HTTP: the images and the report cross the network "
+                               "unencrypted. Use https:// for servers beyond this machine.")
+        return warning + " " + _("Send them?")
 
     def reportNode(self, volumeNode, create=False):
         from VoteMILib import mrml
@@ -803,30 +1059,6 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         from VoteMILib import mrml
 
         return mrml.report_edited(reportNode)
-
-    def beginReport(self, volumeNode):
-        from VoteMILib import mrml
-
-        return mrml.begin_report(slicer.mrmlScene, volumeNode)
-
-    @staticmethod
-    def appendReport(reportNode, text):
-        from VoteMILib import mrml
-
-        mrml.append_report(reportNode, text)
-
-    @staticmethod
-    def finishReport(reportNode, report):
-        from VoteMILib import mrml
-
-        mrml.finish_report(reportNode, report)
-
-    @staticmethod
-    def markReportCancelled(reportNode):
-        from VoteMILib import mrml
-
-        reportNode.SetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete", "false")
-        reportNode.SetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "incomplete_reason", "cancelled by the user")
 
     @staticmethod
     def reportSummary(reportNode):
@@ -862,7 +1094,41 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             meta["edited_by_user"] = True
         return Report(reportNode.GetText() or "", meta, complete=complete).export(fmt)
 
+    def saveReport(self, reportNode, path):
+        """Save the report as Markdown, JSON or text (by extension), atomically; OSError names the file."""
+        from VoteMILib.outputs import write_atomic
+
+        fmt = {".md": "markdown", ".json": "json"}.get(os.path.splitext(path)[1].lower(), "text")
+        return write_atomic(path, self.reportExport(reportNode, fmt), what="report")
+
     # Optional in-process model
+
+    @staticmethod
+    def _installTransformers(requirement):
+        """Install ``requirement`` with Slicer's own tools, after the user agreed; True if it is importable then."""
+        import importlib.util
+
+        slicerPackaging = getattr(slicer, "packaging", None)
+        if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):  # 5.12+: asks, shows progress
+            from packaging.requirements import Requirement
+
+            slicerPackaging.pip_ensure([Requirement(requirement)], requester="VoteMI")
+        else:
+            if slicer.app.testingEnabled():
+                return False
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("The in-process model needs the Python package '{package}'. Install it now?").format(
+                        package=requirement), windowTitle="VoteMI"):
+                return False
+            progress = slicer.util.createProgressDialog(
+                labelText=_("Installing {package}...").format(package=requirement), maximum=0, windowTitle="VoteMI")
+            try:
+                slicer.app.processEvents()
+                slicer.util.pip_install(requirement)
+            finally:
+                progress.close()
+        importlib.invalidate_caches()
+        return importlib.util.find_spec("transformers") is not None
 
     @staticmethod
     def ensureInProcessDependencies():
@@ -886,26 +1152,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
                 if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.2") is None:
                     return False
         if importlib.util.find_spec("transformers") is None:
-            requirement = "transformers>=5.0"
-            try:
-                import slicer.pydeps as pydeps
-            except ImportError:
-                pydeps = None
-            if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-                from packaging.requirements import Requirement
-
-                pydeps.pip_ensure([Requirement(requirement)], requester="VoteMI")
-            else:
-                if slicer.app.testingEnabled():
-                    return False
-                if not slicer.util.confirmOkCancelDisplay(
-                        _("The in-process model needs the Python package '{package}'. Install it now?").format(
-                            package=requirement), windowTitle="VoteMI"):
-                    return False
-                with slicer.util.WaitCursor():
-                    slicer.util.pip_install(requirement)
-            if importlib.util.find_spec("transformers") is None:
-                return False
+            return VoteMILogic._installTransformers("transformers>=5.0")
         return True
 
 

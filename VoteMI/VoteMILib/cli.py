@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from . import __version__
+from . import __version__, events
 from .geometry import PLANES, parse_planes
 from .volumes import VolumeError, load_volume
 
@@ -18,10 +18,16 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with events.session(getattr(args, "events", False)) as state:
+        state.exit_code = _run(args)
+    return state.exit_code
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except (VolumeError, ValueError, OSError) as error:
-        print(f"votemi: error: {error}", file=sys.stderr)
+        events.print_error(error)
         return 1
     except KeyboardInterrupt:
         print("votemi: interrupted", file=sys.stderr)
@@ -68,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .encoder_commands import add_train_encoder_command
 
     add_train_encoder_command(commands)
-    from .vlm.commands import add_describe_command, add_serve_command
+    from .vlm.commands import add_describe_command, add_models_command, add_serve_command
 
     add_describe_command(commands)
+    add_models_command(commands)
     add_serve_command(commands)
     return parser
 
@@ -93,6 +100,7 @@ def add_selection_arguments(parser) -> None:
     parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
     parser.add_argument("--png-dir", metavar="DIR", help="write each selected slice as a PNG")
     add_window_arguments(parser)
+    add_events_argument(parser)
 
 
 def add_window_arguments(parser) -> None:
@@ -114,6 +122,11 @@ def window_settings(args) -> tuple:
     an explicit --window without --ct-preset windows CT too."""
     preset = args.ct_preset or ("none" if args.window else "auto")
     return args.modality, None if preset == "none" else preset, tuple(args.window) if args.window else None
+
+
+def add_events_argument(parser) -> None:
+    parser.add_argument("--events", action="store_true",
+                        help="write progress, results and errors to stdout as JSON lines (see the README)")
 
 
 def parse_mode(text) -> str:
@@ -193,7 +206,7 @@ def run_selection(args, progress=None):
     print_warnings(volume, *extras)
     encoder = load_encoder(args.encoder) if args.encoder else None
     result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed, mode=args.mode,
-                           extra_volumes=extras, encoder=encoder, progress=progress)
+                           extra_volumes=extras, encoder=encoder, progress=progress or events.progress_callback())
     result.timing_s = {"load": loaded, **result.timing_s}
     return volume, extras, result
 
@@ -207,7 +220,9 @@ def load_encoder(path):
 def run_select(args) -> int:
     check_outputs(args)
     volume, _, result = run_selection(args)
-    write_outputs(args, volume, result, selection_document(args, volume, result), quiet=args.quiet)
+    document = selection_document(args, volume, result)
+    write_outputs(args, volume, result, document, quiet=args.quiet)
+    events.emit("selection", selection=document)
     return 0
 
 

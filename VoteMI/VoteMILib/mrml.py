@@ -13,8 +13,10 @@ Nodes VoteMI adds for an input volume (all carry the attribute :data:`ROLE_ATTRI
 * one plot series per plane (score versus RAS position) and a plot chart holding them;
 * a text node with the report drafted by the vision-language model and its metadata as attributes.
 
-Running again for the same volume replaces the marks, tables, series and chart and reuses the
-report node. :func:`report_edited` tells whether the user changed the report since VoteMI wrote it.
+Running again for the same volume replaces the marks, tables, series and chart (after
+:func:`validate_selection` accepted the whole new result) and reuses the report node, which
+:class:`ReportStream` fills as a report streams in. :func:`report_edited` tells whether the user
+changed the report since VoteMI wrote it.
 """
 
 from __future__ import annotations
@@ -110,18 +112,14 @@ def ijk_to_world_matrix(volume_node) -> np.ndarray:
     return ijk_to_ras
 
 
-def volume_from_node(volume_node) -> Volume:
-    """Copy a scalar volume node's voxels and geometry into a :class:`~VoteMILib.volumes.Volume`.
-
-    The voxels are copied (K, J, I order, as ``slicer.util.arrayFromVolume``), so the result can be
-    handed to a worker thread while the user keeps working with the node. The IJK-to-RAS matrix
-    includes a linear parent transform, so positions match what the slice views show.
+def _node_voxels(volume_node):
+    """The voxel array (K, J, I; a view, not a copy) and IJK-to-world matrix of a scalar volume node.
 
     Raises
     ------
     VolumeError
-        With a one-line reason: no volume, a label map, no voxels, several components, a
-        non-linear transform, or anything :func:`~VoteMILib.volumes.volume_from_array` refuses.
+        With a one-line reason: no volume, a label map, no voxels, several components, or a
+        non-linear transform.
     """
     from vtk.util import numpy_support
 
@@ -140,8 +138,65 @@ def volume_from_node(volume_node) -> Volume:
         raise VolumeError(f"{name} has {scalars.GetNumberOfComponents()} components per voxel; "
                           "VoteMI needs a scalar volume")
     dims = image.GetDimensions()
-    array = np.array(numpy_support.vtk_to_numpy(scalars), copy=True).reshape(dims[2], dims[1], dims[0])
-    return volume_from_array(array, ijk_to_world_matrix(volume_node), name=name)
+    array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0])
+    return array, ijk_to_world_matrix(volume_node)
+
+
+def volume_from_node(volume_node) -> Volume:
+    """Copy a scalar volume node's voxels and geometry into a :class:`~VoteMILib.volumes.Volume`.
+
+    The voxels are copied (K, J, I order, as ``slicer.util.arrayFromVolume``), so the result stays
+    valid while the user keeps working with the node. The IJK-to-RAS matrix includes a linear
+    parent transform, so positions match what the slice views show.
+
+    Raises
+    ------
+    VolumeError
+        With a one-line reason (see :func:`_node_voxels`), or anything
+        :func:`~VoteMILib.volumes.volume_from_array` refuses.
+    """
+    array, ijk_to_ras = _node_voxels(volume_node)
+    return volume_from_array(np.array(array, copy=True), ijk_to_ras, name=volume_node.GetName() or "volume")
+
+
+def file_name_for(volume_node, suffix: str = ".nrrd") -> str:
+    """A file name made of the node's name (the engine names a volume after its file)."""
+    name = "".join(c if c.isalnum() or c in "-_. " else "_" for c in volume_node.GetName() or "volume").strip()
+    return (name.strip(".") or "volume") + suffix
+
+
+def write_volume_file(volume_node, path) -> str:
+    """Write a scalar volume node's voxels and geometry (with its linear transform) to an image file.
+
+    This is how the panel hands a volume to a ``votemi`` child process: the file holds exactly the
+    node's voxels in their own type and its IJK-to-RAS matrix, and the node is left untouched (no
+    storage node is added or changed). Returns the path.
+
+    Raises
+    ------
+    VolumeError
+        As :func:`_node_voxels`.
+    OSError
+        Naming the file, when it cannot be written.
+    """
+    import SimpleITK as sitk
+
+    from .outputs import OutputError
+
+    array, ijk_to_ras = _node_voxels(volume_node)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    image.SetSpacing([float(x) for x in spacing])
+    image.SetDirection([float(x) for x in (lps @ ijk_to_ras[:3, :3] / spacing).ravel()])
+    image.SetOrigin([float(x) for x in lps @ ijk_to_ras[:3, 3]])
+    path = str(path)
+    try:
+        sitk.WriteImage(image, path)
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        raise OutputError(f"cannot write {path}: {lines[-1] if lines else 'unknown reason'}") from None
+    return path
 
 
 def display_window(volume_node):
@@ -317,18 +372,15 @@ def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: 
     """
     import vtk
 
+    geometries = validate_selection(volume_node, result)
     remove_votemi_nodes(scene, volume_node, keep_report=True)
     folder = votemi_folder(scene, volume_node)
-    ijk_to_ras = ijk_to_world_matrix(volume_node)
     volume_name = volume_node.GetName()
     made = SceneNodes(folder_item=folder)
 
     for plane, plane_result in result.planes.items():
         color = PLANE_COLORS[plane]
-        geometry = plane_geometry(ijk_to_ras, result.size_ijk, plane)
-        if geometry.count != len(plane_result.scores):
-            raise ValueError(f"the selection has {len(plane_result.scores)} {plane} slices but "
-                             f"{volume_name} has {geometry.count}; was it made on another volume?")
+        geometry = geometries[plane]
         ranks = np.zeros(geometry.count, dtype=int)
         for chosen in plane_result.selected:
             ranks[chosen.index] = chosen.rank
@@ -336,7 +388,7 @@ def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: 
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"VoteMI {plane} scores ({volume_name})")
         columns = [
             (vtk.vtkIntArray, COLUMN_SLICE, np.arange(geometry.count)),
-            (vtk.vtkIntArray, COLUMN_IJK, np.asarray(plane_result.ijk_indices)),
+            (vtk.vtkIntArray, COLUMN_IJK, geometry.ijk_indices),
             (vtk.vtkDoubleArray, COLUMN_POSITION, np.asarray(plane_result.positions_mm, dtype=float)),
             (vtk.vtkDoubleArray, COLUMN_SCORE, np.asarray(plane_result.scores, dtype=float)),
             (vtk.vtkIntArray, COLUMN_RANK, ranks),
@@ -406,6 +458,76 @@ def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: 
     if jump:
         made.jumped = jump_to_best_slices(scene, result)
     return made
+
+
+def _finite(values, count=None) -> bool:
+    array = np.asarray(values, dtype=float)
+    return bool(np.isfinite(array).all()) and (count is None or array.shape == (count,))
+
+
+def validate_selection(volume_node, result) -> dict:
+    """Check a whole selection against the volume it is to be shown on, before anything is changed.
+
+    Returns {plane: PlaneGeometry} of ``volume_node``.
+
+    Raises
+    ------
+    ValueError
+        With a one-line reason: unknown plane, sizes or slice counts that do not match the volume,
+        slice indices out of range or repeated, positions that are not the volume's, or scores,
+        positions or points that are not finite numbers.
+    """
+    name = volume_node.GetName()
+    dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() is not None else None
+    if dims is None or tuple(int(n) for n in result.size_ijk) != tuple(dims):
+        raise ValueError(f"the selection was made on a {'x'.join(map(str, result.size_ijk))} volume but {name} is "
+                         f"{'x'.join(map(str, dims)) if dims else 'empty'}; was it made on another volume?")
+    if not result.planes:
+        raise ValueError("the selection holds no planes")
+    ijk_to_ras = ijk_to_world_matrix(volume_node)
+    geometries = {}
+    for plane, plane_result in result.planes.items():
+        if plane not in PLANES:
+            raise ValueError(f"the selection has an unknown plane '{plane}'")
+        geometry = plane_geometry(ijk_to_ras, result.size_ijk, plane)
+        count = geometry.count
+        if not (_finite(plane_result.scores, count) and _finite(plane_result.positions_mm, count)):
+            raise ValueError(f"the selection's {plane} scores or positions are not {count} finite numbers "
+                             f"(one per slice of {name})")
+        if np.abs(np.asarray(plane_result.positions_mm, dtype=float) - geometry.positions_mm).max() > 0.01:
+            raise ValueError(f"the selection's {plane} slice positions are not those of {name}; "
+                             "was it made on another volume or before the volume moved?")
+        indices = [chosen.index for chosen in plane_result.selected]
+        if len(set(indices)) != len(indices) or any(not 0 <= int(i) < count for i in indices):
+            raise ValueError(f"the selection's {plane} picks {indices} are not distinct slices of 0..{count - 1}")
+        for chosen in plane_result.selected:
+            points = [chosen.center_ras] + ([chosen.focus_ras] if chosen.focus_ras is not None else [])
+            if not (all(_finite(point, 3) for point in points) and _finite([chosen.score, chosen.position_mm])
+                    and int(chosen.rank) >= 1):
+                raise ValueError(f"the selection's {plane} pick {chosen.label} has a missing or non-finite value")
+        geometries[plane] = geometry
+    return geometries
+
+
+def clear_results(scene, volume_node) -> int:
+    """Remove every node VoteMI made for ``volume_node`` (the report too) and its folder; return how many.
+
+    The folder stays if something else was put into it.
+    """
+    import vtk
+
+    folder = votemi_folder(scene, volume_node, create=False)
+    removed = remove_votemi_nodes(scene, volume_node, keep_report=False)
+    if folder:
+        shnode = _subject_hierarchy(scene)
+        children = vtk.vtkIdList()
+        shnode.GetItemChildren(folder, children)
+        for child in [children.GetId(index) for index in range(children.GetNumberOfIds())]:
+            if shnode.GetItemDataNode(child) is None and not shnode.GetNumberOfItemChildren(child):
+                shnode.RemoveItem(child, False, False)  # left behind by a removed node
+        if shnode.GetNumberOfItemChildren(folder) == 0:
+            shnode.RemoveItem(folder, False, False)
+    return removed
 
 
 def show_volume_in_slice_views(scene, volume_node) -> None:
@@ -576,10 +698,63 @@ def begin_report(scene, volume_node):
     return node
 
 
-def append_report(node, chunk: str) -> None:
-    """Append streamed text to the report node (keeps the edit check in step)."""
-    if chunk:
-        _write_text(node, (node.GetText() or "") + chunk)
+class ReportStream:
+    """Writes a report into a volume's report node as it streams in, losing nothing the user had.
+
+    The earlier report (text and metadata) stays until the first piece of text arrives; a run that
+    fails before that leaves it untouched. Text changed in the node while the report streams (by a
+    script, another widget) is kept: pieces are appended to whatever the node holds, and
+    :meth:`finish` then keeps the node's text and stores only the metadata, so the report counts as
+    edited by the user.
+    """
+
+    def __init__(self, scene, volume_node):
+        self.scene = scene
+        self.volume_node = volume_node
+        self.node = None
+        self.written = ""
+
+    @property
+    def started(self) -> bool:
+        return self.node is not None
+
+    def _begin(self):
+        if self.node is None:
+            self.node = begin_report(self.scene, self.volume_node)
+        return self.node
+
+    def append(self, chunk: str) -> None:
+        if not chunk:
+            return
+        node = self._begin()
+        self.written += chunk
+        was = node.StartModify()
+        node.SetText((node.GetText() or "") + chunk)
+        node.SetAttribute(WRITTEN_DIGEST_ATTRIBUTE, _digest(self.written))
+        node.EndModify(was)
+
+    def edited(self) -> bool:
+        """True if the node's text is no longer what this stream wrote."""
+        return self.node is not None and (self.node.GetText() or "") != self.written
+
+    def finish(self, report) -> None:
+        """Store the finished (or cancelled, broken-off) report; text edited meanwhile is kept."""
+        if self.edited():
+            kept = self.node.GetText() or ""
+            finish_report(self.node, report)
+            was = self.node.StartModify()
+            self.node.SetText(kept)
+            self.node.SetAttribute(WRITTEN_DIGEST_ATTRIBUTE, _digest(report.text))
+            self.node.EndModify(was)
+        else:
+            finish_report(self._begin(), report)
+
+    def cancel(self, reason: str = "cancelled by the user") -> None:
+        """Mark a started report incomplete; a report that had not started is left as it was."""
+        if self.node is None:
+            return
+        self.node.SetAttribute(REPORT_ATTRIBUTE_PREFIX + "complete", "false")
+        self.node.SetAttribute(REPORT_ATTRIBUTE_PREFIX + "incomplete_reason", reason)
 
 
 def finish_report(node, report) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -57,6 +57,16 @@ class SelectedSlice:
                 "center_ras": [round(float(c), 3) for c in self.center_ras],
                 "focus_ras": None if self.focus_ras is None else [round(float(c), 3) for c in self.focus_ras]}
 
+    @classmethod
+    def from_dict(cls, plane: str, data: dict) -> SelectedSlice:
+        """The slice :meth:`to_dict` wrote (fields it does not know are ignored)."""
+        known = {item.name for item in fields(cls)} - {"plane"}
+        values = {key: value for key, value in data.items() if key in known}
+        values["center_ras"] = tuple(float(c) for c in values["center_ras"])
+        if values.get("focus_ras") is not None:
+            values["focus_ras"] = tuple(float(c) for c in values["focus_ras"])
+        return cls(plane=plane, **values)
+
 
 @dataclass
 class PlaneResult:
@@ -77,10 +87,19 @@ class PlaneResult:
             "normal_axis": self.normal_axis,
             "cue": self.cue,
             "ijk_axis": "IJK"[self.ijk_axis],
+            "ijk_indices": [int(i) for i in self.ijk_indices],
             "positions_mm": [round(float(p), 3) for p in self.positions_mm],
             "scores": [round(float(s), 6) for s in self.scores],
             "selected": [s.to_dict() for s in self.selected],
         }
+
+    @classmethod
+    def from_dict(cls, plane: str, data: dict) -> PlaneResult:
+        return cls(plane=plane, normal_axis=data["normal_axis"], ijk_axis="IJK".index(data["ijk_axis"]),
+                   positions_mm=np.asarray(data["positions_mm"], dtype=float),
+                   ijk_indices=np.asarray(data.get("ijk_indices", []), dtype=int),
+                   scores=np.asarray(data["scores"], dtype=float),
+                   selected=[SelectedSlice.from_dict(plane, item) for item in data["selected"]])
 
 
 @dataclass
@@ -110,3 +129,23 @@ class SelectionResult:
             "settings": dict(self.settings),
             "timing_s": {key: round(float(value), 4) for key, value in self.timing_s.items()},
         }
+
+    @classmethod
+    def from_dict(cls, document: dict) -> SelectionResult:
+        """Rebuild a result from its JSON form (``votemi select --json`` or the ``selection`` event).
+
+        Fields added by later versions are ignored.
+
+        Raises
+        ------
+        ValueError
+            With a one-line reason when the document is not a selection.
+        """
+        try:
+            return cls(planes={plane: PlaneResult.from_dict(plane, data) for plane, data in document["planes"].items()},
+                       settings=dict(document.get("settings", {})),
+                       size_ijk=tuple(int(n) for n in document["size_ijk"]),
+                       spacing_mm=tuple(float(s) for s in document["spacing_mm"]),
+                       timing_s={key: float(value) for key, value in document.get("timing_s", {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"not a VoteMI selection ({type(error).__name__}: {error})") from None

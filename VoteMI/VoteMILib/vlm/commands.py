@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from .. import events
 from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
 from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
@@ -17,7 +18,7 @@ API_KEY_ENV = "VOTEMI_API_KEY"
 
 
 def _fail(message: str, code: int = 1) -> int:
-    print(f"votemi: error: {message}", file=sys.stderr)
+    events.print_error(message)
     return code
 
 
@@ -142,6 +143,7 @@ def run_describe(args) -> int:
     check_outputs(args, **{"--report": args.report})
     volume, extras, result = run_selection(args)
     document = selection_document(args, volume, result)
+    events.emit("selection", selection=document)
     log = sys.stderr
     if not args.quiet:
         print(format_summary(volume, result), file=log)
@@ -167,8 +169,9 @@ def run_describe(args) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
 
+        streamed = events.active().text if events.active() else show
         with interrupt:
-            report = describe(volume, result, settings, extras, on_text=show if settings.stream else None,
+            report = describe(volume, result, settings, extras, on_text=streamed if settings.stream else None,
                               cancel=interrupt.event.is_set)
     except VLMError as error:
         print(file=sys.stdout)
@@ -181,6 +184,7 @@ def run_describe(args) -> int:
     if not report.complete:
         print(f"votemi: warning: incomplete report: {report.incomplete_reason}", file=sys.stderr)
     document.update(report.to_dict())
+    events.emit("report", complete=report.complete, **report.to_dict())
     _write_json(args.json, document)
     if args.report:
         report.save(args.report)
@@ -207,6 +211,38 @@ def _write_json(path, document):
     from ..outputs import write_json_atomic
 
     write_json_atomic(path, document, what="describe JSON")
+
+
+def add_models_command(commands) -> None:
+    """Register ``votemi models`` (the server check of Slicer's status line)."""
+    from ..cli import add_events_argument
+
+    parser = commands.add_parser("models", help="list the models a server offers (a health check)",
+                                 description="Ask a model server which models it offers.")
+    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
+    parser.add_argument("--protocol", choices=PROTOCOL_CHOICES[:2], default="openai",
+                        help="openai or ollama (default: %(default)s)")
+    _add_key_arguments(parser)
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="time limit (default: 10)")
+    add_events_argument(parser)
+    parser.set_defaults(func=run_models)
+
+
+def run_models(args) -> int:
+    """``votemi models``: one model name a line; 1 if the server cannot be asked."""
+    from .pipeline import list_models
+
+    settings = DescribeSettings(server_url=args.server, protocol=args.protocol, api_key=_api_key(args),
+                                timeout_s=args.timeout, connect_timeout_s=min(args.timeout, 10.0),
+                                idle_timeout_s=args.timeout, retries=0)
+    try:
+        models = list_models(settings)
+    except VLMError as error:
+        return _fail(str(error))
+    events.emit("models", server=args.server, models=list(models))
+    for model in models:
+        print(model)
+    return 0
 
 
 def add_serve_command(commands) -> None:

@@ -1,0 +1,565 @@
+"""VoteMI's real panel (``VoteMIWidget``) on real Qt widgets, the real ``.ui`` and a real MRML scene.
+
+See ``slicer_qt_harness.py`` for what stands in for the Slicer application. Every run goes through
+the panel's buttons, a real ``votemi ... --events`` child process and, for describing, a real HTTP
+server on 127.0.0.1; the event loop holds the GIL while idle, as Slicer's GUI thread does.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
+pytest.importorskip("PyQt5", reason="needs PyQt5 (pip install -e .[test])")
+
+from mrml_helpers import main_case_image  # noqa: E402
+from vlm_fixtures import error_answer, streamed  # noqa: E402
+
+
+@pytest.fixture
+def panel(headless_slicer, monkeypatch, tmp_path):
+    from slicer_qt_harness import SlicerPanel
+
+    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
+    yield made
+    made.close()
+
+
+def _phantom_volume(headless_slicer, name="Blob", seed=0):
+    from VoteMILib import mrml
+    from VoteMILib.mrml_selftest import blob_phantom
+
+    phantom = blob_phantom(seed=seed)
+    return mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, name)
+
+
+def _wait(panel, timeout_s=90.0):
+    panel.run_until(panel.idle, timeout_s)
+    assert not panel.slot_errors, panel.slot_errors
+
+
+def _runs(panel, monkeypatch):
+    """Every VoteMIRun the panel starts, in order."""
+    started = []
+    if not hasattr(panel.module, "VoteMIRun"):  # an older VoteMI.py (VOTEMI_HARNESS_MODULE_DIR)
+        return started
+    original = panel.module.VoteMIRun.start
+
+    def start(run, *args, **kwargs):
+        started.append(run)
+        return original(run, *args, **kwargs)
+
+    monkeypatch.setattr(panel.module.VoteMIRun, "start", start)
+    return started
+
+
+def _no_selection_in_this_process(monkeypatch):
+    """Selecting in the GUI process (a worker thread, as before) would starve in Slicer: make it fail here."""
+    import VoteMILib.selection
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the selection ran in the GUI process")
+
+    monkeypatch.setattr(VoteMILib.selection, "select_slices", refuse)
+
+
+# --------------------------------------------------------------------------------------------
+# Setup, text fields, settings
+
+
+def test_setup_loads_the_real_ui_and_picks_the_first_image_volume(panel, headless_slicer):
+    label_map = headless_slicer.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "Mask")
+    image = _phantom_volume(headless_slicer)
+    panel.setup()
+    assert panel.widget._parameterNode.inputVolume is image
+    assert panel.ui.inputSelector.currentNode() is image
+    assert label_map.GetID() != image.GetID()
+    assert panel.ui.selectButton.enabled and panel.ui.selectDescribeButton.enabled
+    assert not panel.ui.progressBar.visible and not panel.ui.cancelButton.visible
+    assert "AI-generated draft" in panel.ui.noticeLabel.text
+    assert not panel.slot_errors
+
+
+@pytest.mark.parametrize("widget_name, parameter", [
+    ("serverUrlLineEdit", "serverUrl"), ("modelLineEdit", "model"), ("languageLineEdit", "language"),
+    ("promptTextEdit", "promptTemplate"), ("apiKeyLineEdit", None), ("reportTextEdit", None)])
+def test_typing_into_every_text_field_keeps_the_text(panel, headless_slicer, widget_name, parameter):
+    from PyQt5 import QtCore, QtTest
+
+    volume = _phantom_volume(headless_slicer)
+    panel.setup()
+    widget = getattr(panel.ui, widget_name)
+    widget.clear()
+    panel.type_into(widget, "Describe it, please.")
+    # Typing in the middle too: the binding Slicer's wrapper makes would move the cursor away.
+    multiline = hasattr(widget, "toPlainText")
+    QtTest.QTest.keyClick(widget, QtCore.Qt.Key_Home, QtCore.Qt.ControlModifier if multiline else QtCore.Qt.NoModifier)
+    panel.type_into(widget, "Now ")
+    text = widget.toPlainText() if multiline else widget.text
+    assert text == "Now Describe it, please."
+    if parameter:
+        assert getattr(panel.widget._parameterNode, parameter) == text
+    if widget_name == "reportTextEdit":
+        assert panel.widget.logic.reportNode(volume).GetText() == text
+    panel.run_until(panel.idle, 30)
+
+
+def test_settings_are_remembered_for_a_new_scene(panel, headless_slicer, monkeypatch, tmp_path):
+    from slicer_qt_harness import SlicerPanel
+
+    panel.setup()
+    panel.ui.coronalCheckBox.checked = False
+    panel.ui.slicesPerPlaneSpinBox.value = 5
+    panel.ui.timeoutSpinBox.value = 45
+    panel.type_into(panel.ui.languageLineEdit, "ish")
+    panel.type_into(panel.ui.promptTextEdit, "Short, please.")
+    panel.ui.switchLayoutCheckBox.checked = False
+    panel.run_until(panel.idle, 30)
+    panel.close()
+    # A new scene (the parameter node is gone) and a new panel, as after restarting Slicer.
+    headless_slicer.scene.RemoveNode(headless_slicer.scene.GetSingletonNode("VoteMI", "vtkMRMLScriptedModuleNode"))
+    again = SlicerPanel(headless_slicer, monkeypatch, tmp_path).setup()
+    try:
+        node = again.widget._parameterNode
+        assert (node.axial, node.coronal, node.sagittal) == (True, False, True)
+        assert (node.slicesPerPlane, node.timeoutSeconds) == (5, 45)
+        assert node.language == "Englishish" and node.promptTemplate == "Short, please."
+        assert not node.switchLayoutForChart and not again.ui.switchLayoutCheckBox.checked
+        assert again.ui.promptTextEdit.toPlainText() == "Short, please."
+        again.run_until(again.idle, 30)
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("stored, loaded", [("votemi", "findings"), ("plain", "representative")])
+def test_scenes_with_the_earlier_mode_names_load_with_the_new_ones(panel, headless_slicer, stored, loaded):
+    logic = panel.module.VoteMILogic()
+    logic.getParameterNode().parameterNode.SetParameter("selectionMode", stored)  # as a saved scene holds it
+    assert logic.getParameterNode().selectionMode == loaded
+    panel.setup()
+    assert panel.ui.selectionModeComboBox.currentText == loaded
+    panel.run_until(panel.idle, 30)
+
+
+# --------------------------------------------------------------------------------------------
+# Runs from the buttons
+
+
+def test_select_only_from_the_button_marks_the_real_case_in_a_child_process(panel, headless_slicer, monkeypatch):
+    from VoteMILib import mrml
+
+    volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
+    headless_slicer.show(volume)
+    _no_selection_in_this_process(monkeypatch)
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    panel.click(panel.ui.selectButton)
+    assert panel.ui.cancelButton.visible and not panel.ui.selectButton.enabled
+    _wait(panel)
+    assert panel.dialogs.shown == [], panel.dialogs.shown
+    assert panel.ui.statusLabel.text == "Done."
+    assert runs and runs[0].child.exit_code == 0 and runs[0].folder is None  # temporary files removed
+    assert panel.ui.resultsTable.rowCount == 9
+    planes = [panel.ui.resultsTable.item(row, 0).text() for row in range(9)]
+    assert planes == ["Axial"] * 3 + ["Coronal"] * 3 + ["Sagittal"] * 3
+    for plane in ("axial", "coronal", "sagittal"):
+        marks, = mrml.votemi_nodes(headless_slicer.scene, volume, role="marks", plane=plane)
+        assert marks.GetNumberOfControlPoints() == 3
+    best_axial = mrml.voted_slices(headless_slicer.scene, volume)[0]
+    assert abs(mrml.slice_offset_mm(headless_slicer.slice_node("Red"), best_axial["center_ras"])) < 0.5
+    # Clicking a row shows that slice.
+    row = 4
+    panel.ui.resultsTable.cellClicked.emit(row, 0)
+    picked = mrml.voted_slices(headless_slicer.scene, volume)[row]
+    assert abs(mrml.slice_offset_mm(headless_slicer.slice_node("Green"), picked["center_ras"])) < 0.5
+
+
+def test_select_and_describe_streams_the_report_from_a_loopback_server(panel, headless_slicer, monkeypatch,
+                                                                       scripted_server):
+    from VoteMILib import mrml
+
+    volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
+    pieces = ["Findings: ", "an enhancing mass ", "[A1, C1].", "\nImpression: ", "glioma."]
+    scripted_server.script = [streamed(pieces, pause_s=0.05)]
+    _no_selection_in_this_process(monkeypatch)
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    node = panel.widget._parameterNode
+    node.serverUrl, node.model, node.slicesPerPlane = scripted_server.url, "tiny-vlm", 1
+    panel.type_into(panel.ui.apiKeyLineEdit, "secret-key")
+    panel.click(panel.ui.selectDescribeButton)
+    assert panel.ui.reportTextEdit.readOnly
+    _wait(panel)
+    assert panel.dialogs.of("errorDisplay") == [] and panel.dialogs.of("warningDisplay") == []
+    report = mrml.report_node(headless_slicer.scene, volume)
+    assert report.GetText() == "".join(pieces)
+    assert panel.ui.reportTextEdit.toPlainText() == "".join(pieces) and not panel.ui.reportTextEdit.readOnly
+    assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "model") == "tiny-vlm"
+    assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") == "true"
+    assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "images") == "A1, C1, S1"
+    assert "tiny-vlm" in panel.ui.reportInfoLabel.text and panel.ui.saveReportButton.enabled
+    assert panel.ui.resultsTable.rowCount == 3
+    chat, = [request for request in scripted_server.requests if request[0] == "POST"]
+    assert chat[2].get("Authorization") == "Bearer secret-key"
+    assert "secret-key" not in " ".join(runs[0].child.process.args)  # the key went through the environment
+
+
+def test_cancel_ends_the_child_within_a_second_and_keeps_the_previous_report(panel, headless_slicer, monkeypatch,
+                                                                             scripted_server):
+    from VoteMILib import mrml
+    from VoteMILib.vlm import Report
+
+    volume = _phantom_volume(headless_slicer)
+    report = mrml.report_node(headless_slicer.scene, volume, create=True)
+    mrml.finish_report(report, Report("The earlier report.", {"model": "earlier-model"}))
+    scripted_server.script = [streamed([], tail="stall")]
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    panel.widget._parameterNode.serverUrl = scripted_server.url
+    panel.widget._parameterNode.model = "tiny-vlm"
+    panel.click(panel.ui.selectDescribeButton)
+    panel.run_until(lambda: runs and runs[0].selected and scripted_server.chat_requests(), 60)
+    child = runs[0].child.process
+    assert child.poll() is None
+    clicked = time.perf_counter()
+    panel.click(panel.ui.cancelButton)
+    while child.poll() is None and time.perf_counter() - clicked < 5:
+        time.sleep(0.005)
+    assert child.poll() is not None and time.perf_counter() - clicked <= 1.0
+    assert panel.ui.statusLabel.text == "Cancelled." and panel.widget._run is None
+    assert report.GetText() == "The earlier report."
+    assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "model") == "earlier-model"
+    assert panel.ui.selectDescribeButton.enabled and not panel.ui.reportTextEdit.readOnly
+    panel.run_until(panel.idle, 30)
+
+
+def test_a_failed_describe_leaves_the_previous_report_and_says_why(panel, headless_slicer, scripted_server):
+    from VoteMILib import mrml
+    from VoteMILib.vlm import Report
+
+    volume = _phantom_volume(headless_slicer)
+    report = mrml.report_node(headless_slicer.scene, volume, create=True)
+    mrml.finish_report(report, Report("The earlier report.", {"model": "earlier-model", "created": "yesterday"}))
+    scripted_server.script = [error_answer(404, {"error": {"message": "model 'x' not found"}})]
+    panel.setup()
+    panel.widget._parameterNode.serverUrl = scripted_server.url
+    panel.widget._parameterNode.model = "x"
+    panel.click(panel.ui.selectDescribeButton)
+    _wait(panel)
+    error, = panel.dialogs.of("errorDisplay")
+    assert error.startswith("The vision-language model did not answer:\n") and "not found" in error
+    assert "\n" not in error.split("\n", 1)[1]  # one line, as the command line prints it
+    assert report.GetText() == "The earlier report."
+    assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "created") == "yesterday"
+    assert panel.ui.reportTextEdit.toPlainText() == "The earlier report."
+
+
+def test_other_sequences_go_to_the_child_with_the_input(panel, headless_slicer, monkeypatch):
+    from PyQt5 import QtCore
+
+    from VoteMILib import mrml
+
+    volume = _phantom_volume(headless_slicer, "T1")
+    flair = _phantom_volume(headless_slicer, "FLAIR", seed=1)
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    panel.widget._parameterNode.inputVolume = volume
+    panel.ui.extraVolumesSelector.setCheckState(flair, QtCore.Qt.Checked)
+    assert panel.widget._extraVolumes() == [flair]
+    panel.click(panel.ui.selectButton)
+    _wait(panel)
+    arguments = runs[0].child.process.args
+    extra = arguments[arguments.index("--extra") + 1]
+    assert extra.endswith("FLAIR.nrrd") and arguments[arguments.index("select") + 1].endswith("T1.nrrd")
+    assert panel.dialogs.shown == [] and len(mrml.voted_slices(headless_slicer.scene, volume)) == 9
+
+
+def test_a_report_that_breaks_off_is_kept_and_marked_incomplete(panel, headless_slicer, scripted_server):
+    from VoteMILib import mrml
+
+    volume = _phantom_volume(headless_slicer)
+    scripted_server.script = [streamed(["Findings: ", "a lesion"], tail="drop")]
+    panel.setup()
+    panel.widget._parameterNode.serverUrl = scripted_server.url
+    panel.widget._parameterNode.model = "tiny-vlm"
+    panel.click(panel.ui.selectDescribeButton)
+    _wait(panel)
+    warning, = panel.dialogs.of("warningDisplay")
+    assert warning.startswith("The report is incomplete: ") and panel.dialogs.of("errorDisplay") == []
+    report = mrml.report_node(headless_slicer.scene, volume)
+    assert report.GetText() == "Findings: a lesion"
+    assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") == "false"
+    assert "incomplete" in panel.ui.reportInfoLabel.text and panel.ui.statusLabel.text == "Done."
+
+
+def test_edits_made_to_the_report_node_while_it_streams_are_kept(panel, headless_slicer, monkeypatch,
+                                                                 scripted_server):
+    from VoteMILib import mrml
+
+    volume = _phantom_volume(headless_slicer)
+    pieces = [f"part {n}. " for n in range(12)]
+    scripted_server.script = [streamed(pieces, pause_s=0.1)]
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    panel.widget._parameterNode.serverUrl = scripted_server.url
+    panel.widget._parameterNode.model = "tiny-vlm"
+    panel.click(panel.ui.selectDescribeButton)
+    panel.run_until(lambda: runs and runs[0].report.started, 60)
+    assert panel.ui.reportTextEdit.readOnly
+    node = runs[0].report.node
+    node.SetText("Reviewer: " + node.GetText())  # a script or another widget edits the node meanwhile
+    _wait(panel)
+    assert node.GetText() == "Reviewer: " + "".join(pieces)
+    assert mrml.report_edited(node) and "edited by the user" in panel.ui.reportInfoLabel.text
+    assert node.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") == "true"
+    assert mrml.voted_slices(headless_slicer.scene, volume)
+
+
+def test_an_unusable_volume_gets_a_one_line_error_and_no_marks(panel, headless_slicer):
+    from VoteMILib import mrml
+
+    volume = mrml.add_volume_from_array(headless_slicer.scene, np.full((20, 20, 20), 7.0, np.float32), np.eye(4),
+                                        "Flat")
+    panel.setup()
+    panel.click(panel.ui.selectButton)
+    _wait(panel)
+    error, = panel.dialogs.of("errorDisplay")
+    assert error == "VoteMI cannot use this input:\nFlat is constant (7): there is nothing to select from"
+    assert mrml.votemi_nodes(headless_slicer.scene, volume) == []
+
+
+def test_a_plain_http_server_elsewhere_is_confirmed_and_declining_sends_nothing(panel, headless_slicer,
+                                                                                monkeypatch):
+    _phantom_volume(headless_slicer)
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    panel.run_until(panel.idle, 30)
+    # 203.0.113.0/24 is reserved for documentation: nothing may be sent there, and nothing is.
+    panel.widget._parameterNode.serverUrl = "http://203.0.113.7:8000"
+    panel.dialogs.answers = [False]
+    panel.click(panel.ui.selectDescribeButton)
+    question, = panel.dialogs.of("confirmOkCancelDisplay")
+    assert "203.0.113.7" in question and "plain HTTP" in question and "unencrypted" in question
+    assert runs == [] and panel.widget._run is None and panel.ui.selectDescribeButton.enabled
+    logic = panel.module.VoteMILogic
+    assert logic.remoteServerWarning("http://127.0.0.1:11434") is None
+    assert logic.remoteServerWarning("http://localhost:8000/v1") is None
+    https = logic.remoteServerWarning("https://gpu-box.example:8000")
+    assert "gpu-box.example" in https and "plain HTTP" not in https
+
+
+def test_status_line_shows_reachable_server_and_model_or_why_not(panel, headless_slicer, scripted_server,
+                                                                 tmp_path):
+    import socket
+
+    panel.setup()
+    panel.run_until(panel.idle, 30)
+    panel.ui.serverUrlLineEdit.clear()
+    panel.type_into(panel.ui.serverUrlLineEdit, scripted_server.url)  # checked once typing pauses
+    panel.run_until(lambda: ": reachable" in panel.ui.serverStatusLabel.text, 30)
+    assert panel.ui.serverStatusLabel.text == f"Server {scripted_server.url}: reachable; model tiny-vlm"
+    assert panel.widget._parameterNode.model == "tiny-vlm"  # the server's only model
+    with socket.socket() as probe:  # a free port: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    panel.widget._parameterNode.serverUrl = closed
+    panel.click(panel.ui.testConnectionButton)
+    panel.run_until(panel.idle, 30)
+    assert panel.ui.serverStatusLabel.text.startswith(f"Server unreachable: {closed}: connection refused")
+    assert panel.dialogs.of("errorDisplay")  # asked explicitly: also a message box
+    # An in-process model has no server: the line names the model folder (the run itself: test_events.py).
+    panel.widget._parameterNode.protocol = "inprocess"
+    panel.widget._parameterNode.model = str(tmp_path)
+    panel.click(panel.ui.testConnectionButton)
+    assert panel.ui.serverStatusLabel.text == f"In-process model: {tmp_path}"
+
+
+# --------------------------------------------------------------------------------------------
+# Results, layout, reload, version, saving
+
+
+def _select_with_logic(panel, headless_slicer, volume, switch_layout=True):
+    from VoteMILib.selection import select_slices
+
+    result = select_slices(panel.widget.logic.volumeFromNode(volume), planes=("axial", "coronal"), top_k=1)
+    return panel.widget.logic.applySelection(volume, result, switchLayout=switch_layout)
+
+
+def test_clear_results_removes_that_volumes_nodes_and_nothing_else(panel, headless_slicer):
+    from VoteMILib import mrml
+
+    first, second = _phantom_volume(headless_slicer, "First"), _phantom_volume(headless_slicer, "Second", seed=1)
+    other = headless_slicer.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "User points")
+    panel.setup()
+    for volume in (first, second):
+        _select_with_logic(panel, headless_slicer, volume)
+    mrml.report_node(headless_slicer.scene, first, create=True)
+    before = headless_slicer.scene.GetNumberOfNodes()
+    second_nodes = mrml.votemi_nodes(headless_slicer.scene, second)
+    panel.widget._parameterNode.inputVolume = first
+    panel.click(panel.ui.clearResultsButton)
+    assert mrml.votemi_nodes(headless_slicer.scene, first) == []
+    assert mrml.votemi_nodes(headless_slicer.scene, second) == second_nodes
+    assert headless_slicer.scene.GetNodeByID(other.GetID()) is other
+    assert headless_slicer.scene.GetNodeByID(first.GetID()) is first
+    assert panel.ui.resultsTable.rowCount == 0 and before > headless_slicer.scene.GetNumberOfNodes()
+    assert mrml.votemi_folder(headless_slicer.scene, first, create=False) == 0
+
+
+def test_the_chart_is_shown_without_switching_layout_when_the_user_says_so(panel, headless_slicer):
+    import slicer
+
+    volume = _phantom_volume(headless_slicer)
+    panel.setup()
+    layout = panel.layout_manager
+    layout.layout = slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView
+    _select_with_logic(panel, headless_slicer, volume, switch_layout=False)
+    assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView
+    layout.layout = slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView
+    assert layout.plotViewCount == 1
+    nodes = _select_with_logic(panel, headless_slicer, volume, switch_layout=False)
+    plot_view = headless_slicer.scene.GetFirstNodeByClass("vtkMRMLPlotViewNode")
+    assert plot_view.GetPlotChartNodeID() == nodes.chart.GetID()
+    layout.layout = slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView
+    _select_with_logic(panel, headless_slicer, volume, switch_layout=True)  # Slicer's plots logic switches
+    assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView
+
+
+def test_reload_reloads_the_engine(panel):
+    import VoteMILib.mrml
+
+    panel.setup()
+    before = VoteMILib.mrml
+    engine = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "VoteMILib"}
+    try:
+        panel.widget.onReload()
+        assert panel.widget.reloaded == 1
+        assert not [name for name in sys.modules if name.split(".")[0] == "VoteMILib"]
+        import VoteMILib.mrml as reloaded
+
+        assert reloaded is not before
+    finally:  # the other tests hold the engine's classes: put them back
+        for name in [name for name in sys.modules if name.split(".")[0] == "VoteMILib"]:
+            del sys.modules[name]
+        sys.modules.update(engine)
+
+
+def test_older_slicer_gets_a_clear_message_instead_of_the_panel(headless_slicer, monkeypatch, tmp_path):
+    from slicer_qt_harness import SlicerPanel, compat
+    from PyQt5 import QtWidgets
+
+    old = SlicerPanel(headless_slicer, monkeypatch, tmp_path, slicer_version=(5, 8)).setup()
+    try:
+        labels = [label.text for label in old.module_panel.findChildren(compat(QtWidgets.QLabel))]
+        assert any(text.startswith("VoteMI needs 3D Slicer 5.10 or later (Python 3.10+); this is Slicer 5.8")
+                   for text in labels), labels
+        assert not hasattr(old.widget, "ui")
+        module = old.module.VoteMI(types.SimpleNamespace())
+        assert module.parent.helpText.startswith("VoteMI needs 3D Slicer 5.10")
+    finally:
+        old.close()
+
+
+def test_save_report_opens_in_the_scene_folder_and_writes_atomically(panel, headless_slicer, tmp_path):
+    from VoteMILib import mrml
+    from VoteMILib.vlm import Report
+
+    volume = _phantom_volume(headless_slicer, "Case 7")
+    mrml.finish_report(mrml.report_node(headless_slicer.scene, volume, create=True),
+                       Report("Findings: none.", {"model": "m"}))
+    panel.setup()
+    panel.saved_path = str(tmp_path / "out" / "report.md")
+    panel.click(panel.ui.saveReportButton)
+    assert panel.save_dialog_args[2] == str(tmp_path / "scenes" / "Case 7_VoteMI_report.md")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "AI-generated draft" in text and "Findings: none." in text
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    panel.saved_path = str(tmp_path / "blocker" / "report.md")
+    panel.click(panel.ui.saveReportButton)
+    error, = panel.dialogs.of("errorDisplay")
+    assert error.startswith(f"cannot write report {tmp_path / 'blocker' / 'report.md'}:") and "\n" not in error
+    panel.run_until(panel.idle, 30)
+
+
+# --------------------------------------------------------------------------------------------
+# Screenshot01.png
+
+
+def _grab(widget):
+    """A Qt grab of a widget as a PIL image."""
+    from PIL import Image
+    from PyQt5 import QtCore, QtGui
+
+    image = widget.grab().toImage().convertToFormat(QtGui.QImage.Format_RGB888)
+    buffer = QtCore.QBuffer()
+    buffer.open(QtCore.QIODevice.WriteOnly)
+    image.save(buffer, "PNG")
+    import io
+
+    return Image.open(io.BytesIO(bytes(buffer.data()))).convert("RGB")
+
+
+def test_screenshot_panel_after_a_run_beside_the_slice_views(panel, headless_slicer, scripted_server, tmp_path):
+    """The panel (Qt grab) after Select & Describe on a real case, beside the Red, Yellow and Green views
+    rendered by slicer-core's slice view pipeline. ``VOTEMI_UPDATE_SCREENSHOT=1`` writes Screenshot01.png."""
+    import os
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mrml_helpers import views_with_bars
+    from VoteMILib import mrml
+    from VoteMILib.geometry import NORMAL_INDEX
+
+    volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
+    headless_slicer.show(volume)
+    scripted_server.models = ["medgemma-4b-it"]
+    scripted_server.script = [streamed([
+        "Findings: a heterogeneous mass in the right hemisphere with surrounding signal change [A1, C1, S1]. ",
+        "Mass effect on the adjacent ventricle [A1, C1].\n", "Impression: intra-axial mass; ",
+        "correlate with the full study."])]
+    panel.setup()
+    panel.ui.serverUrlLineEdit.clear()
+    panel.type_into(panel.ui.serverUrlLineEdit, scripted_server.url)
+    panel.ui.vlmCollapsibleButton.collapsed = False
+    panel.run_until(lambda: ": reachable" in panel.ui.serverStatusLabel.text, 30)
+    panel.click(panel.ui.selectDescribeButton)
+    _wait(panel)
+    assert panel.dialogs.shown == [] and panel.ui.resultsTable.rowCount == 9
+    assert mrml.report_node(headless_slicer.scene, volume).GetText().startswith("Findings:")
+    panel.ui.vlmCollapsibleButton.collapsed = True
+    panel.module_panel.resize(470, panel.module_panel.sizeHint.height() + 150)  # room for the table
+    panel.qapp.processEvents()
+    grabbed = _grab(panel.module_panel)
+    result = SelectionResult_from_scene(headless_slicer, volume)
+    captions = {name: f"{name[0]}: {plane.capitalize()} 1, {'RAS'[NORMAL_INDEX[plane]]} {result[plane]:+.1f} mm"
+                for name, plane in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal"))}
+    views = views_with_bars(headless_slicer.render_views(), captions)
+    views = views.resize((views.width * grabbed.height // (3 * views.height // 1), grabbed.height // 3))
+    column = Image.new("RGB", (views.width // 3, grabbed.height), (0, 0, 0))
+    third = views.width // 3
+    for index in range(3):  # Red, Yellow, Green stacked beside the panel
+        column.paste(views.crop((index * third, 0, (index + 1) * third, views.height)), (0, index * views.height))
+    shot = Image.new("RGB", (grabbed.width + column.width, grabbed.height), (0, 0, 0))
+    shot.paste(grabbed, (0, 0))
+    shot.paste(column, (grabbed.width, 0))
+    shot.save(tmp_path / "Screenshot01.png")
+    panel_pixels = np.asarray(grabbed)
+    assert len(np.unique(panel_pixels.reshape(-1, 3), axis=0)) > 50, "the panel grab looks blank"
+    if os.environ.get("VOTEMI_UPDATE_SCREENSHOT"):
+        shot.save(Path(__file__).resolve().parents[1] / "Screenshot01.png")
+
+
+def SelectionResult_from_scene(headless_slicer, volume):
+    """Best slice position of each plane, as the scene holds it."""
+    from VoteMILib import mrml
+
+    best = {}
+    for pick in mrml.voted_slices(headless_slicer.scene, volume):
+        best.setdefault(pick["plane"], pick["position_mm"])
+    return best
