@@ -72,11 +72,13 @@ def test_apply_selection_validates_everything_before_removing_earlier_nodes(head
 def test_selection_survives_its_json_form(headless_slicer, blob):
     node, result = blob
     document = result.to_dict(image="blob")
-    document["planes"]["axial"]["cue"] = "asymmetry"  # fields a later version adds are ignored
-    document["planes"]["axial"]["selected"][0]["region"] = {"label": "left temporal"}
+    document["planes"]["axial"]["selected"][0]["anatomy"] = {"label": "left temporal"}  # unknown: ignored
     rebuilt = SelectionResult.from_dict(document)
     assert [(s.label, s.index, s.ijk_index) for s in rebuilt.selected()] == \
         [(s.label, s.index, s.ijk_index) for s in result.selected()]
+    assert rebuilt.region == result.region and rebuilt.region.get("name")
+    assert {p: r.cue for p, r in rebuilt.planes.items()} == {p: r.cue for p, r in result.planes.items()}
+    assert rebuilt.to_dict(image="blob") == document | {"planes": result.to_dict(image="blob")["planes"]}
     made = mrml.apply_selection(headless_slicer.scene, node, rebuilt)
     assert set(made.marks) == {"axial", "coronal", "sagittal"}
     with pytest.raises(ValueError, match="not a VoteMI selection"):

@@ -99,7 +99,8 @@ class PlaneResult:
                    positions_mm=np.asarray(data["positions_mm"], dtype=float),
                    ijk_indices=np.asarray(data.get("ijk_indices", []), dtype=int),
                    scores=np.asarray(data["scores"], dtype=float),
-                   selected=[SelectedSlice.from_dict(plane, item) for item in data["selected"]])
+                   selected=[SelectedSlice.from_dict(plane, item) for item in data["selected"]],
+                   cue=str(data.get("cue", "representative")))
 
 
 @dataclass
@@ -146,6 +147,7 @@ class SelectionResult:
                        settings=dict(document.get("settings", {})),
                        size_ijk=tuple(int(n) for n in document["size_ijk"]),
                        spacing_mm=tuple(float(s) for s in document["spacing_mm"]),
-                       timing_s={key: float(value) for key, value in document.get("timing_s", {}).items()})
+                       timing_s={key: float(value) for key, value in document.get("timing_s", {}).items()},
+                       region=dict(document.get("region") or {}))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"not a VoteMI selection ({type(error).__name__}: {error})") from None
