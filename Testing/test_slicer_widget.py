@@ -379,6 +379,38 @@ def test_status_line_shows_reachable_server_and_model_or_why_not(panel, headless
     assert panel.ui.serverStatusLabel.text == f"In-process model: {tmp_path}"
 
 
+def test_a_password_in_the_server_url_is_refused_and_never_saved(panel, headless_slicer, monkeypatch, tmp_path):
+    from PyQt5 import QtCore
+
+    _phantom_volume(headless_slicer)
+    runs = _runs(panel, monkeypatch)
+    panel.setup()
+    panel.run_until(panel.idle, 30)
+    panel.ui.serverUrlLineEdit.clear()
+    panel.type_into(panel.ui.serverUrlLineEdit, "http://radiology:s3cret-pw@127.0.0.1:9/v1")
+    panel.click(panel.ui.testConnectionButton)
+    assert "user name and password" in panel.ui.serverStatusLabel.text
+    assert panel.widget._statusCheck is None, "a server check was started with the password"
+    panel.click(panel.ui.selectDescribeButton)
+    panel.run_until(panel.idle, 30)
+    assert runs == [] and panel.widget._run is None
+    assert any("user name and password" in text for text in panel.dialogs.of("errorDisplay"))
+    # The box keeps what was typed, for the user to correct; the scene and the settings never see it.
+    assert panel.ui.serverUrlLineEdit.text == "http://radiology:s3cret-pw@127.0.0.1:9/v1"
+    assert panel.widget._parameterNode.serverUrl == "http://127.0.0.1:9/v1"
+    assert "s3cret-pw" not in str(QtCore.QSettings().value("VoteMI/ServerUrl"))
+    scene_file = tmp_path / "scene.mrml"
+    headless_slicer.scene.SetURL(str(scene_file))
+    assert headless_slicer.scene.Commit()
+    assert "s3cret-pw" not in scene_file.read_text(errors="replace")
+    assert all("s3cret-pw" not in text for _kind, text in panel.dialogs.shown)
+    # Corrected, the URL is taken again.
+    panel.ui.serverUrlLineEdit.clear()
+    panel.type_into(panel.ui.serverUrlLineEdit, "http://127.0.0.1:9/v1")
+    assert panel.widget._parameterNode.serverUrl == "http://127.0.0.1:9/v1"
+    panel.run_until(panel.idle, 30)
+
+
 # --------------------------------------------------------------------------------------------
 # Results, layout, reload, version, saving
 

@@ -324,8 +324,9 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget = getattr(self.ui, widgetName)
             value = getattr(self._parameterNode, parameter)
             isTextEdit = widgetName.endswith("TextEdit")
-            if (widget.toPlainText() if isTextEdit else widget.text) == value:
-                continue
+            shown = widget.toPlainText() if isTextEdit else widget.text
+            if shown == value or (parameter == "serverUrl" and self.logic.storableServerUrl(shown) == value):
+                continue  # a URL with a password stays in the box for the user to correct; the node has it without
             wasBlocked = widget.blockSignals(True)
             if isTextEdit:
                 widget.setPlainText(value)
@@ -337,10 +338,23 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None:
             return
         text = widget.toPlainText() if hasattr(widget, "toPlainText") else widget.text
-        if getattr(self._parameterNode, parameter) != text:
-            setattr(self._parameterNode, parameter, text)
+        # The node is saved with the scene and remembered in the settings: a password never goes there.
+        value = self.logic.storableServerUrl(text) if parameter == "serverUrl" else text
+        if getattr(self._parameterNode, parameter) != value:
+            setattr(self._parameterNode, parameter, value)
         if parameter == "serverUrl":
-            self._statusTimer.start()
+            problem = self.logic.serverUrlProblem(text)
+            if problem:
+                self._endStatusCheck()
+                self._statusTimer.stop()
+                self.ui.serverStatusLabel.text = problem
+            else:
+                self._statusTimer.start()
+
+    def _serverUrlProblem(self):
+        """Why the URL in the box (or, from an older scene, in the node) cannot be used, or None."""
+        return (self.logic.serverUrlProblem(self.ui.serverUrlLineEdit.text)
+                or self.logic.serverUrlProblem(self._parameterNode.serverUrl))
 
     def _loadExtraVolumesIntoGui(self):
         raw = self._parameterNode.parameterNode
@@ -405,6 +419,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         planes = self._planes()
         if not planes:
             raise ValueError(_("Select at least one plane."))
+        if describe and node.protocol != "inprocess":
+            problem = self._serverUrlProblem()
+            if problem:
+                raise ValueError(problem)
         if describe and not self._confirmDescribe(volumeNode):
             return
         run = VoteMIRun(self.logic, volumeNode, self._extraVolumes(), describe, node.switchLayoutForChart)
@@ -545,6 +563,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._endStatusCheck()
         url = node.serverUrl.strip() or DEFAULT_SERVER_URL
+        problem = self._serverUrlProblem()
+        if problem:
+            self.ui.serverStatusLabel.text = problem
+            if explicit:
+                slicer.util.errorDisplay(problem, windowTitle="VoteMI")
+            return
         self._statusCheck = (self.logic.startServerCheck(url, node.protocol, self.ui.apiKeyLineEdit.text.strip()),
                              explicit)
         self.ui.serverStatusLabel.text = _("Server {url}: checking...").format(url=url)
@@ -1032,6 +1056,27 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         """Ask the server for its models in a child process (``votemi models --events``)."""
         return self.startChild(["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"],
                                apiKey=apiKey)
+
+    @staticmethod
+    def serverUrlProblem(url):
+        """Why the panel cannot use ``url``, or None.
+
+        The panel keeps its settings in the scene and in Slicer's settings, so a password in the URL
+        would be saved there; it is refused (the command line sends such URLs as Basic auth).
+        """
+        from VoteMILib.vlm.clients import url_has_credentials
+
+        if url_has_credentials(url):
+            return _("The server URL holds a user name and password, which the panel would save in the scene. "
+                     "Remove them from the URL and enter the server's key as API key.")
+        return None
+
+    @staticmethod
+    def storableServerUrl(url):
+        """``url`` as the scene and the settings may keep it: without a user name and password."""
+        from VoteMILib.vlm.clients import redact_url, url_has_credentials
+
+        return redact_url(url) if url_has_credentials(url) else url
 
     @staticmethod
     def remoteServerWarning(url):

@@ -155,6 +155,13 @@ def redact_url(url) -> str:
     return f"{scheme}://{rest}" if separator else rest
 
 
+def url_has_credentials(url) -> bool:
+    """True if ``url`` names a user (``http://user:password@host``), which must never be stored or shown."""
+    text = str(url or "").strip()
+    authority = text.partition("://")[2] if "://" in text else text
+    return "@" in re.split(r"[/?#]", authority, maxsplit=1)[0]
+
+
 def parse_server_url(url: str, protocol: str = "openai") -> ServerAddress:
     """Parse ``host:port``, ``http://host:port``, ``https://host/prefix`` (a trailing ``/v1`` or ``/api`` is dropped).
 
