@@ -162,7 +162,8 @@ def test_select_only_from_the_button_marks_the_real_case_in_a_child_process(pane
     assert panel.ui.cancelButton.visible and not panel.ui.selectButton.enabled
     _wait(panel)
     assert panel.dialogs.shown == [], panel.dialogs.shown
-    assert panel.ui.statusLabel.text == "Done."
+    # The status says what the scan was taken for and what decided each plane (a glioma: asymmetry).
+    assert panel.ui.statusLabel.text == "Done (MRI head; axial: asymmetry, coronal: asymmetry, sagittal: asymmetry)."
     assert runs and runs[0].child.exit_code == 0 and runs[0].folder is None  # temporary files removed
     assert panel.ui.resultsTable.rowCount == 9
     planes = [panel.ui.resultsTable.item(row, 0).text() for row in range(9)]
@@ -294,7 +295,7 @@ def test_a_report_that_breaks_off_is_kept_and_marked_incomplete(panel, headless_
     report = mrml.report_node(headless_slicer.scene, volume)
     assert report.GetText() == "Findings: a lesion"
     assert report.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") == "false"
-    assert "incomplete" in panel.ui.reportInfoLabel.text and panel.ui.statusLabel.text == "Done."
+    assert "incomplete" in panel.ui.reportInfoLabel.text and panel.ui.statusLabel.text.startswith("Done (")
 
 
 def test_edits_made_to_the_report_node_while_it_streams_are_kept(panel, headless_slicer, monkeypatch,

@@ -177,7 +177,9 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setColumnCount(5)
         self.ui.resultsTable.setHorizontalHeaderLabels(
             [_("Plane"), _("Rank"), _("Slice"), _("Position (mm)"), _("Score")])
-        self.ui.resultsTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        header = self.ui.resultsTable.horizontalHeader()
+        header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)  # headers and values never cut
+        header.setStretchLastSection(True)
         self.ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
         self.ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.ui.modelsComboBox.visible = False
@@ -509,7 +511,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._finishRun()
         message = run.failure()
         if message is None:
-            self.ui.statusLabel.text = _("Done.")
+            self.ui.statusLabel.text = (_("Done ({summary}).").format(summary=run.summary) if run.summary
+                                        else _("Done."))
             return
         if run.describe and run.selected:
             title = _("The vision-language model did not answer")
@@ -780,6 +783,7 @@ class VoteMIRun:
         self.folder = None
         self.target = ""
         self.selected = False
+        self.summary = ""
         self.reported = False
         self.error = None
         self.cancelled = False
@@ -848,8 +852,10 @@ class VoteMIRun:
 
         if slicer.mrmlScene.GetNodeByID(self.volumeNode.GetID()) is not self.volumeNode:
             raise RuntimeError(_("the input volume was removed from the scene"))
-        self.logic.applySelection(self.volumeNode, SelectionResult.from_dict(document), switchLayout=self.switchLayout)
+        result = SelectionResult.from_dict(document)
+        self.logic.applySelection(self.volumeNode, result, switchLayout=self.switchLayout)
         self.selected = True
+        self.summary = result.cue_summary()
         self.timings["marks_s"] = time.perf_counter() - self.startedAt
 
     def finishReport(self, event):

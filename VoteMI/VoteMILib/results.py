@@ -115,6 +115,13 @@ class SelectionResult:
     #: What the scan was taken for (:meth:`VoteMILib.regions.Region.to_dict`): modality, name, measures.
     region: dict = field(default_factory=dict)
 
+    def cue_summary(self) -> str:
+        """One line on what the scan looked like and what decided each plane, e.g.
+        ``CT chest; axial: lung_nodule, coronal: lung_nodule, sagittal: representative``."""
+        cues = ", ".join(f"{plane}: {result.cue}" for plane, result in self.planes.items())
+        seen = " ".join(str(self.region[key]) for key in ("modality", "name") if self.region.get(key))
+        return "; ".join(part for part in (seen, cues) if part)
+
     def selected(self, planes=None) -> list:
         """Selected slices of the given planes (all by default), plane by plane, best first."""
         return [s for name, result in self.planes.items() if planes is None or name in planes
