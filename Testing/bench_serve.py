@@ -30,7 +30,8 @@ import tempfile
 import threading
 import time
 
-CASES = ("idle", "prompt_20mb", "prompt_0.38mb", "prompt_0.38mb_token_cap", "png_13000", "disconnect", "load")
+CASES = ("idle", "prompt_20mb", "prompt_0.38mb", "prompt_0.38mb_token_cap", "png_13000", "disconnect", "load",
+         "sigterm")
 #: Lifts the character cap, so that only the token cap (after tokenising and the chat template) stops a prompt.
 NO_CHARACTER_CAP = ("--max-prompt-chars", str(10**9))
 
@@ -111,7 +112,7 @@ class Server:
 
     def measure(self) -> dict:
         """Peak RSS (MB) and CPU seconds since start; once killed, the values just before."""
-        if self.process.poll() is not None:
+        if self.killed or self.process.poll() is not None:  # a dying process has no memory lines any more
             return self.last or {"peak_mb": float("nan"), "cpu_s": float("nan")}
         return {"peak_mb": self.status_kb("VmHWM") / 1024, "cpu_s": self.cpu_s() - self.cpu_start}
 
@@ -166,6 +167,7 @@ def disconnect_case(model, args) -> dict:
     """A non-streaming client asks for 4000 tokens and hangs up after 1 s: how long until the model is free?"""
     server = Server(model, rss_ceiling_mb=args.rss_ceiling_mb)
     before = server.measure()
+    post(server.port, chat("Hello", max_tokens=2))  # the first generation of a process is slow: not measured
     body = chat("Describe the image.", max_tokens=4000)
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
@@ -173,13 +175,38 @@ def disconnect_case(model, args) -> dict:
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             time.sleep(1.0)
         left = time.monotonic()
-        status, wall, answer = post(server.port, chat("Hello", max_tokens=2))
+        status, _, answer = post(server.port, chat("Hello", max_tokens=2))
+        freed = time.monotonic() - left
         after = server.measure()
     finally:
         server.close()
-    return {"status": status, "wall_s": time.monotonic() - left, "idle_peak_mb": before["peak_mb"],
+    return {"status": status, "wall_s": freed, "idle_peak_mb": before["peak_mb"],
             "peak_mb": after["peak_mb"], "cpu_s": after["cpu_s"],
             "note": "seconds from hang-up until a 2-token request was answered"}
+
+
+def sigterm_case(model, args) -> dict:
+    """SIGTERM while an answer streams: seconds until the process has exited, and how the stream ended."""
+    server = Server(model, rss_ceiling_mb=args.rss_ceiling_mb)
+    before = server.measure()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("POST", "/v1/chat/completions", body=chat("Describe the image.", max_tokens=4000, stream=True),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    response.readline()  # the first event: generating now
+    after = server.measure()
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        tail = response.read().decode("utf-8", "replace").strip().splitlines()[-1]
+    except (OSError, http.client.HTTPException) as error:
+        tail = type(error).__name__
+    code = server.process.wait(timeout=60)
+    wall = time.monotonic() - signalled
+    connection.close()
+    server.close()
+    return {"status": f"exit {code}", "wall_s": wall, "idle_peak_mb": before["peak_mb"], "peak_mb": after["peak_mb"],
+            "cpu_s": after["cpu_s"], "note": f"seconds from SIGTERM to exit; stream ended with: {tail[:80]}"}
 
 
 def load_case(model, args, clients: int = 20, requests: int = 5) -> dict:
@@ -254,6 +281,8 @@ def run_case(name, model, args) -> dict:
                                 args)
     if name == "disconnect":
         return disconnect_case(model, args)
+    if name == "sigterm":
+        return sigterm_case(model, args)
     return load_case(model, args)
 
 

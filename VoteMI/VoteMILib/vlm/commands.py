@@ -268,7 +268,11 @@ def run_serve(args) -> int:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        server.server_close()
-    print("votemi: stopped", file=sys.stderr)
+        finished = server.server_close()
+    print("votemi: stopped", file=sys.stderr, flush=True)
+    if not finished:
+        # Interpreter shutdown beside a thread still inside torch aborts the process; leave without it.
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 

@@ -494,8 +494,12 @@ class VLMServer(ThreadingHTTPServer):
         self.stopping.set()
         super().shutdown()
 
-    def server_close(self, grace_s: float = 2.0):
-        """Close the listening socket, wake idle connections and wait up to ``grace_s`` for their threads."""
+    def server_close(self, grace_s: float = 2.0) -> bool:
+        """Close the listening socket, wake idle connections and wait up to ``grace_s`` for their threads.
+
+        Returns False when some connection was still being served after ``grace_s``: a generation that
+        cannot be interrupted (the model still reading a long prompt).
+        """
         super().server_close()
         for _, request in self._turned_away:
             self._close_turned_away(request)
@@ -507,6 +511,7 @@ class VLMServer(ThreadingHTTPServer):
                     request.shutdown(socket.SHUT_RD)  # an idle keep-alive connection reads end-of-file and ends
             while self._open and time.monotonic() < deadline:
                 self._connections.wait(deadline - time.monotonic())
+            return not self._open
 
 
 def _readable_now(sock) -> bool:
@@ -535,6 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"VoteMI/{__version__}"
     timeout = 60  # seconds to wait for a request's bytes, so stalled clients do not hold threads forever
     _ALLOW = {"/v1/chat/completions": "POST", "/v1/models": "GET", "/health": "GET"}
+    _answered = False  # whether the status line of the current answer has gone out
 
     # -- plumbing ----------------------------------------------------------------------------------
     def log_message(self, format, *args):
@@ -581,9 +587,10 @@ class _Handler(BaseHTTPRequestHandler):
         token = given[7:].strip() if given[:7].lower() == "bearer " else ""
         return hmac.compare_digest(token.encode("utf-8"), self.server.api_key.encode("utf-8"))
 
-    def _reject_key(self):
-        self._send_error(RequestError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                                      code="invalid_api_key"), {"WWW-Authenticate": "Bearer"})
+    @staticmethod
+    def _key_error() -> RequestError:
+        return RequestError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     def _refuse_unread(self, error: RequestError, headers: dict | None = None):
         """Answer ``error`` without reading the body, then drop what the client still sends and close.
@@ -655,7 +662,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok", "model": self.server.model.name, **self.server.queue.state()})
         elif path == "/v1/models":
             if not self._authorized():
-                self._reject_key()
+                self._send_error(self._key_error())
                 return
             self._send_json(200, {"object": "list", "data": [
                 {"id": self.server.model.name, "object": "model", "created": self.server.created,
@@ -678,16 +685,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._answered = False
-        path = self._path()
-        if path != "/v1/chat/completions":
-            if path in self._ALLOW:
-                self._method_not_allowed()
-            else:
-                self._refuse_unread(RequestError(404, f"no endpoint {path or '/'}; use POST /v1/chat/completions"))
+        if self._path() != "/v1/chat/completions":
+            self._method_not_allowed()
             return
         if not self._authorized():
-            self._refuse_unread(RequestError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                                             code="invalid_api_key"), {"WWW-Authenticate": "Bearer"})
+            self._refuse_unread(self._key_error())  # the unread body would otherwise be taken for the next request
             return
         try:
             if "json" not in self.headers.get("Content-Type", "application/json").lower():
