@@ -429,7 +429,7 @@ class VLMServer(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         """Serve the connection in a thread when one of ``max_connections`` slots is free, else answer 503."""
         if self.stopping.is_set() or not self._slots.acquire(blocking=False):
-            self._turn_away(request)
+            self._turn_away(request, client_address)
             return
         with self._connections:
             self._open.add(request)
@@ -451,12 +451,15 @@ class VLMServer(ThreadingHTTPServer):
             self._connections.notify_all()
         self._slots.release()
 
-    def _turn_away(self, request):
+    def _turn_away(self, request, client_address):
         # Answered from the accepting thread without blocking it: the reply fits an empty send buffer.
         # The socket then lingers a little, its incoming bytes dropped, so that closing it does not
         # reset the connection before the client has read the reply.
         reason = "the server is shutting down" if self.stopping.is_set() else (
             f"too many connections (the limit is {self.limits.max_connections}); try again later")
+        if self.log is not None:
+            self.log.write(f"{client_address[0]} connection answered 503: {reason}\n")
+            self.log.flush()
         body = json.dumps(error_body(503, reason, code="server_busy")).encode("utf-8")
         head = (f"HTTP/1.1 503 Service Unavailable\r\nServer: {_Handler.server_version}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
