@@ -58,6 +58,19 @@ def test_url_credentials_go_as_basic_auth_and_nowhere_else(scripted_server, imag
     _secret_free(captured.out, captured.err, out.read_text(encoding="utf-8"), report.read_text(encoding="utf-8"))
 
 
+def test_event_mode_carries_no_secret(scripted_server, image_path, capsys):
+    url = with_credentials(scripted_server.url)
+    password_only = url.partition("/?")[0]  # the scripted server lists models at /v1/models without a query
+    assert main(["models", "--server", password_only, "--events"]) == 0
+    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--top", "1", "--long-side", "48",
+                 "--events"]) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert events[0] == {"event": "models", "server": scripted_server.url, "models": ["tiny-vlm"]}
+    assert [e["event"] for e in events].count("report") == 1
+    _secret_free(captured.out, captured.err)
+
+
 def test_secrets_stay_out_of_every_error(scripted_server, mri_volume, selection, capsys):
     messages = []
     scripted_server.script.append(error_answer(401, {"error": "bad credentials"}))

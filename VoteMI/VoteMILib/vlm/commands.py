@@ -12,7 +12,7 @@ from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
 from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
 from .report import NOTICE, Report
-from .server import DEFAULT_HOST, DEFAULT_MAX_REQUEST_MB, DEFAULT_PORT
+from .server import DEFAULT_HOST, DEFAULT_PORT
 
 API_KEY_ENV = "VOTEMI_API_KEY"
 
@@ -239,7 +239,7 @@ def run_models(args) -> int:
         models = list_models(settings)
     except VLMError as error:
         return _fail(str(error))
-    events.emit("models", server=args.server, models=list(models))
+    events.emit("models", server=redact_url(args.server), models=list(models))
     for model in models:
         print(model)
     return 0
@@ -247,40 +247,88 @@ def run_models(args) -> int:
 
 def add_serve_command(commands) -> None:
     """Register ``votemi serve``."""
+    import argparse
+
+    from ..cli import positive_int
+    from .server import CHARS_PER_TOKEN, ServeLimits
+
+    def positive(text) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
     parser = commands.add_parser(
         "serve", help="serve a local model folder over an OpenAI-compatible API",
         description="Load a transformers vision-language model folder and serve it with /v1/chat/completions, "
-                    "/v1/models and /health, so Slicer on other machines can use it.")
+                    "/v1/models and /health, so Slicer on other machines can use it. Every request is bounded "
+                    "by the limits below; what is refused gets an OpenAI-shaped JSON error.")
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. a MedGemma download)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
     _add_key_arguments(parser)
-    parser.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_MB,
-                        help="largest request body accepted (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights type (default: bfloat16/float16 on GPU, float32 on CPU)")
     parser.add_argument("--allow-hub", action="store_true", help="let transformers download missing files")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    defaults = ServeLimits()
+    limits = parser.add_argument_group("limits (answered 400 unless said otherwise)")
+    limits.add_argument("--max-request-mb", type=positive, default=defaults.max_request_mb, metavar="MB",
+                        help="largest request body, refused unread with 413 (default: %(default)g)")
+    limits.add_argument("--max-prompt-tokens", type=positive_int, metavar="N",
+                        help="longest prompt in tokens after the chat template, images included "
+                             "(default: the model's context length)")
+    limits.add_argument("--max-prompt-chars", type=positive_int, metavar="N",
+                        help="most characters of prompt text, counted before tokenising "
+                             f"(default: {CHARS_PER_TOKEN} x --max-prompt-tokens)")
+    limits.add_argument("--max-images", type=positive_int, default=defaults.max_images, metavar="N",
+                        help="most images per request (default: %(default)s)")
+    limits.add_argument("--max-image-megapixels", type=positive, default=defaults.max_image_megapixels, metavar="MP",
+                        help="largest image, read from its header before decoding (default: %(default)g)")
+    limits.add_argument("--max-total-megapixels", type=positive, default=defaults.max_total_megapixels, metavar="MP",
+                        help="most pixels of all images of a request (default: %(default)g)")
+    limits.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_tokens_cap, metavar="N",
+                        help="most tokens generated per answer; larger max_tokens are lowered (default: %(default)s)")
+    limits.add_argument("--queue-timeout", type=positive, default=defaults.queue_timeout_s, metavar="S",
+                        help="longest wait for the model behind other requests, then 503 with Retry-After "
+                             "(default: %(default)g)")
+    limits.add_argument("--generation-timeout", type=positive, default=defaults.generation_timeout_s, metavar="S",
+                        help="generation stops after this long and the answer is cut (default: %(default)g)")
+    limits.add_argument("--max-connections", type=positive_int, default=defaults.max_connections, metavar="N",
+                        help="connections served at once; more are answered 503 at once (default: %(default)s)")
     parser.set_defaults(func=run_serve)
+
+
+def _serve_limits(args):
+    """The limits given on the command line (argparse has checked each)."""
+    from .server import ServeLimits
+
+    return ServeLimits(max_request_mb=args.max_request_mb, max_prompt_tokens=args.max_prompt_tokens,
+                       max_prompt_chars=args.max_prompt_chars, max_images=args.max_images,
+                       max_image_megapixels=args.max_image_megapixels,
+                       max_total_megapixels=args.max_total_megapixels, max_tokens_cap=args.max_new_tokens,
+                       queue_timeout_s=args.queue_timeout, generation_timeout_s=args.generation_timeout,
+                       max_connections=args.max_connections)
 
 
 def run_serve(args) -> int:
     """``votemi serve``: blocks until Ctrl-C; 0 after a clean stop."""
     from .inprocess import load_model
-    from .server import create_server, is_loopback
+    from .server import VLMServer, is_loopback
 
     api_key = _api_key(args)
     if not 0 <= args.port <= 65535:
         return _fail(f"invalid port {args.port}", 2)
-    if args.max_request_mb <= 0:
-        return _fail("--max-request-mb must be positive", 2)
     try:
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
         model = load_model(args.model, device=args.device, dtype=args.dtype, allow_hub=args.allow_hub)
-        server = create_server(model, args.host, args.port, api_key=api_key, max_request_mb=args.max_request_mb,
-                               log=None if args.quiet else sys.stderr)
+        server = VLMServer(model, args.host, args.port, api_key=api_key, limits=_serve_limits(args),
+                           log=None if args.quiet else sys.stderr)
     except VLMError as error:
         return _fail(str(error))
     except OSError as error:
@@ -303,7 +351,11 @@ def run_serve(args) -> int:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        server.server_close()
-    print("votemi: stopped", file=sys.stderr)
+        finished = server.server_close()
+    print("votemi: stopped", file=sys.stderr, flush=True)
+    if not finished:
+        # Interpreter shutdown beside a thread still inside torch aborts the process; leave without it.
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
