@@ -347,7 +347,13 @@ def test_a_plain_http_server_elsewhere_is_confirmed_and_declining_sends_nothing(
     question, = panel.dialogs.of("confirmOkCancelDisplay")
     assert "203.0.113.7" in question and "plain HTTP" in question and "unencrypted" in question
     assert runs == [] and panel.widget._run is None and panel.ui.selectDescribeButton.enabled
+    # With an API key, the automatic status check does not send it over plain HTTP to another machine.
+    panel.ui.apiKeyLineEdit.text = "key-for-the-gpu-box"
+    panel.widget.checkServer(explicit=False)
+    assert panel.widget._statusCheck is None and "not checked automatically" in panel.ui.serverStatusLabel.text
     logic = panel.module.VoteMILogic
+    assert logic.isUnencryptedRemote("http://203.0.113.7:8000") and not logic.isUnencryptedRemote("https://h:1")
+    assert not logic.isUnencryptedRemote("http://localhost:11434")
     assert logic.remoteServerWarning("http://127.0.0.1:11434") is None
     assert logic.remoteServerWarning("http://localhost:8000/v1") is None
     https = logic.remoteServerWarning("https://gpu-box.example:8000")

@@ -572,8 +572,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if explicit:
                 slicer.util.errorDisplay(problem, windowTitle="VoteMI")
             return
-        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, self.ui.apiKeyLineEdit.text.strip()),
-                             explicit)
+        apiKey = self.ui.apiKeyLineEdit.text.strip()
+        if apiKey and not explicit and self.logic.isUnencryptedRemote(url):
+            # The key would cross the network in clear text: only when the user asks for it.
+            self.ui.serverStatusLabel.text = _("Server {url}: not checked automatically (plain HTTP to another "
+                                               "machine would send the API key unencrypted); Test connection checks "
+                                               "it").format(url=url)
+            return
+        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, apiKey), explicit)
         self.ui.serverStatusLabel.text = _("Server {url}: checking...").format(url=url)
         self._timer.start()
 
@@ -1085,17 +1091,32 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return redact_url(url) if url_has_credentials(url) else url
 
     @staticmethod
-    def remoteServerWarning(url):
-        """A warning to confirm before images go to ``url``, or None for a server on this machine."""
+    def _serverHost(url):
+        """(scheme, host) of a server URL; host "" if it has none."""
         from urllib.parse import urlparse
 
         parsed = urlparse(url if "://" in url else "http://" + url)
-        host = (parsed.hostname or "").lower()
-        if host in ("localhost", "::1") or host.startswith("127."):
+        return parsed.scheme, (parsed.hostname or "").lower()
+
+    @staticmethod
+    def _isLoopback(host):
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    @classmethod
+    def isUnencryptedRemote(cls, url):
+        """True for a plain-http server on another machine."""
+        scheme, host = cls._serverHost(url)
+        return scheme != "https" and not cls._isLoopback(host)
+
+    @classmethod
+    def remoteServerWarning(cls, url):
+        """A warning to confirm before images go to ``url``, or None for a server on this machine."""
+        scheme, host = cls._serverHost(url)
+        if cls._isLoopback(host):
             return None
         warning = _("The slice images of this volume will be sent to {host}, a server on another machine.").format(
             host=host or url)
-        if parsed.scheme != "https":
+        if scheme != "https":
             warning += " " + _("The connection is plain HTTP: the images and the report cross the network "
                                "unencrypted. Use https:// for servers beyond this machine.")
         return warning + " " + _("Send them?")
