@@ -282,3 +282,37 @@ def test_default_mode_finds_a_lesion_in_an_unseen_brain(center_kji, radius):
         best = result.planes[plane].selected[0]
         assert abs(best.position_mm - center_ras[axis]) < radius / 2, f"{plane} pick misses the lesion"
         assert np.linalg.norm(np.array(best.mark_ras) - center_ras) < radius, f"{plane} mark is off the lesion"
+
+
+def _exact_dbscan(points, eps, min_samples):
+    """Textbook DBSCAN on the full distance matrix (small inputs only), border points to the nearest core."""
+    from scipy.sparse.csgraph import connected_components
+
+    close = np.linalg.norm(points[:, None] - points[None], axis=-1) <= eps
+    core = close.sum(axis=1) >= min_samples
+    _, component = connected_components(close & core[:, None] & core[None], directed=False)
+    labels = np.where(core, component, -1)
+    distance = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    for i in np.flatnonzero(~core & (close & core[None]).any(axis=1)):
+        labels[i] = component[np.flatnonzero(core)[np.argmin(distance[i, core])]]
+    return labels
+
+
+def test_dbscan_on_a_neighbour_graph_matches_textbook_dbscan():
+    from VoteMILib.clustering import NOISE, dbscan, estimate_eps, nearest_neighbours
+
+    rng = np.random.default_rng(4)
+    big = rng.normal(0.0, 1.0, (600, 5))
+    small = rng.normal(12.0, 1.0, (300, 5))
+    lonely = rng.uniform(40.0, 200.0, (10, 5))  # far from everything and from each other
+    points = np.concatenate([big, small, lonely])
+    distances, indices = nearest_neighbours(points, 26)
+    eps = estimate_eps(distances, 25)
+    labels = dbscan(distances, indices, eps, 25)
+    exact = _exact_dbscan(points, eps, 25)
+    assert np.array_equal(labels == NOISE, exact == -1)
+    # The same partition, up to the clusters' numbering (here: by size).
+    pairs = {(a, b) for a, b in zip(labels, exact) if a != NOISE}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == 2
+    assert np.bincount(labels[labels >= 0]).tolist()[0] > np.bincount(labels[labels >= 0]).tolist()[1]
+    assert set(labels[900:]) == {NOISE}

@@ -1,4 +1,10 @@
-"""DBSCAN on patch features, with scipy's KD-tree for neighbourhoods (no scikit-learn in Slicer)."""
+"""DBSCAN on patch features, from one k-nearest-neighbour query (scipy's KD-tree; no scikit-learn in Slicer).
+
+Everything the representative vote needs from feature space comes from one query of each patch's
+``k`` nearest patches: the DBSCAN radius (the k-distance curve), core points, the links between
+them, border points, and the similarity graph that coverage selection runs on. One query costs a
+third of the separate radius, core, link and neighbour searches it replaces.
+"""
 
 from __future__ import annotations
 
@@ -10,66 +16,66 @@ from scipy.spatial import cKDTree
 NOISE = -1
 
 
-def estimate_eps(features: np.ndarray, min_samples: int, quantile: float = 0.5, max_points: int = 4000,
-                 seed: int = 0) -> float:
-    """DBSCAN radius from the k-distance curve: the given quantile of each point's distance to
-    its ``min_samples``-th neighbour.
+def nearest_neighbours(features: np.ndarray, k: int):
+    """``(distances, indices)`` of each point's ``k`` nearest points, itself first (both shape (n, k))."""
+    k = int(min(k, len(features)))
+    distances, indices = cKDTree(features).query(features, k=k, workers=-1)
+    if k == 1:
+        distances, indices = distances[:, None], indices[:, None]
+    return distances, indices
+
+
+def estimate_eps(distances: np.ndarray, min_samples: int, quantile: float = 0.5) -> float:
+    """DBSCAN radius from the k-distance curve: the given quantile of each point's distance to its
+    ``min_samples``-th neighbour (``distances`` from :func:`nearest_neighbours`, self first).
 
     The paper's radii (0.18 to 0.5) belong to its own VAE latent scale; a data-driven radius
     carries over to any encoder and any volume. With the median, about half of the points are
     core points.
     """
-    rng = np.random.default_rng(seed)
-    sample = features if len(features) <= max_points else features[rng.choice(len(features), max_points, False)]
-    k = min(min_samples + 1, len(sample))
-    distances, _ = cKDTree(sample).query(sample, k=k)
-    kth = distances[:, -1] * (len(features) / len(sample)) ** (-1.0 / features.shape[1])
-    eps = float(np.quantile(kth, quantile))
+    column = min(int(min_samples), distances.shape[1] - 1)
+    eps = float(np.quantile(distances[:, column], quantile))
     return eps if eps > 0 else float(np.finfo(np.float32).eps)
 
 
-def dbscan(features: np.ndarray, eps: float, min_samples: int, max_core_sample: int = 6000,
-           seed: int = 0) -> np.ndarray:
-    """Density-based clustering; returns a label per point, ``NOISE`` (-1) for noise.
+def dbscan(distances: np.ndarray, indices: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """Density-based clustering on a k-nearest-neighbour graph; a label per point, ``NOISE`` (-1) for noise.
 
-    Core points are found among at most ``max_core_sample`` points (a seeded sample) to bound the
-    cost; every other point joins the cluster of its nearest core point when that lies within
-    ``eps``, as DBSCAN's border points do. Clusters are numbered by decreasing size.
+    A point is a core point when at least ``min_samples`` points (itself included) lie within
+    ``eps``; this is exact when ``k`` > ``min_samples``. Core points within ``eps`` of each other
+    are linked when one is among the other's ``k`` nearest (DBSCAN links every such pair; in dense
+    clusters the nearest ones already connect them). Every other point joins the cluster of its
+    nearest core point within ``eps``, as DBSCAN's border points do. Clusters are numbered by
+    decreasing size.
 
     Parameters
     ----------
-    features : ndarray, shape (n, d)
+    distances, indices : ndarray, shape (n, k)
+        From :func:`nearest_neighbours`, each point itself first.
     eps : float
         Neighbourhood radius.
     min_samples : int
         Neighbours (the point included) that make a point a core point.
     """
-    n = len(features)
-    if n == 0:
-        return np.zeros(0, int)
-    rng = np.random.default_rng(seed)
-    if n > max_core_sample:
-        sample = np.sort(rng.choice(n, max_core_sample, replace=False))
-        # A sample holds fewer neighbours per radius; scale the count so density means the same.
-        needed = max(2, int(round(min_samples * max_core_sample / n)))
-    else:
-        sample, needed = np.arange(n), min_samples
-    points = features[sample]
-    tree = cKDTree(points)
-    counts = tree.query_ball_point(points, eps, return_length=True)
-    core = counts >= needed
+    n = len(distances)
     labels = np.full(n, NOISE)
+    if n == 0:
+        return labels
+    within = distances <= eps
+    core = within.sum(axis=1) >= min_samples
     if not core.any():
         return labels
-    core_points = points[core]
-    core_tree = cKDTree(core_points)
-    pairs = core_tree.query_pairs(eps, output_type="ndarray")
-    m = len(core_points)
-    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
+    rows = np.repeat(np.arange(n), distances.shape[1])
+    cols = indices.ravel()
+    linked = (within & core[:, None] & core[indices]).ravel()
+    graph = sparse.coo_matrix((np.ones(int(linked.sum())), (rows[linked], cols[linked])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
-    distance, nearest = core_tree.query(features, k=1)
-    assigned = distance <= eps
-    labels[assigned] = component[nearest[assigned]]
+    labels[core] = component[core]
+    # Border points: the nearest core point in their list, if it lies within eps.
+    reachable = within & core[indices]
+    border = ~core & reachable.any(axis=1)
+    first = np.argmax(reachable[border], axis=1)
+    labels[border] = component[indices[border, first]]
     return _relabel_by_size(labels)
 
 

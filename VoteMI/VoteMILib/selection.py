@@ -10,13 +10,14 @@ from scipy import ndimage
 
 from . import abnormality
 from .body_cues import body_abnormality
-from .clustering import NOISE, dbscan, estimate_eps
+from .clustering import NOISE, dbscan, estimate_eps, nearest_neighbours
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
 from .preprocess import make_working_grid
 from .regions import detect_modality, detect_region
 from .results import PlaneResult, SelectedSlice, SelectionResult
-from .voting import count_votes, greedy_coverage, nearest_patches, pick_top_slices, similarity_graph, slice_scores
+from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, similarity_graph,
+                     slice_scores)
 
 #: Selection modes: "findings" (default) votes for the slices showing what stands out;
 #: "representative" is the paper's Vote-MI, which votes for typical anatomy.
@@ -221,10 +222,13 @@ class _Votes:
                 sample = np.sort(rng.choice(len(sample), settings.max_patches, replace=False))
             features = self.features[sample]
             self.report(0.45, "Clustering patches (DBSCAN)")
-            eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
-            labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
+            # One neighbour query serves the radius, DBSCAN and the coverage graph.
+            distances, neighbours = nearest_neighbours(features, max(settings.min_samples + 1, GRAPH_NEIGHBOURS))
+            eps = estimate_eps(distances, settings.min_samples)
+            labels = dbscan(distances, neighbours, eps, settings.min_samples)
             self.report(0.6, "Selecting covering patches")
-            distances, neighbours = nearest_patches(features)
+            distances = np.ascontiguousarray(distances[:, :GRAPH_NEIGHBOURS])
+            neighbours = np.ascontiguousarray(neighbours[:, :GRAPH_NEIGHBOURS])
             self._voters = sample[_vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings,
                                                      self.report)]
             self.details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1), "voting_patches": int(len(sample)),

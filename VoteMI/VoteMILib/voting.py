@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.spatial import cKDTree
 
 #: Neighbours per patch in the similarity graph that coverage is computed on.
 GRAPH_NEIGHBOURS = 16
 #: Each greedy round adds this fraction of the remaining budget (1 patch at the least).
 BATCH_FRACTION = 0.2
-
-
-def nearest_patches(features: np.ndarray, k: int = GRAPH_NEIGHBOURS):
-    """``(distances, neighbours)`` of each patch's k nearest patches in feature space, itself first."""
-    k = int(min(k, len(features)))
-    distances, neighbours = cKDTree(features).query(features, k=k, workers=-1)
-    if k == 1:
-        distances, neighbours = distances[:, None], neighbours[:, None]
-    return distances, neighbours
 
 
 def similarity_graph(distances: np.ndarray, bandwidth: float) -> np.ndarray:
