@@ -163,6 +163,16 @@ class Abnormality:
         inner = self.rarity[self.map > 0]
         return bool(np.mean(inner < mirror) < TYPICAL_MIRROR_QUANTILE) if inner.size else False
 
+    def focus_section(self, axis: int, index: int) -> np.ndarray:
+        """The map of one working slice that a pick's mark is placed on: the map itself for the
+        asymmetry (already at lesion scale), the vote weights spread over a lesion's width for the
+        body cues (whose 0..1 maps are flat across a lesion and would tie anywhere on it)."""
+        if not self.at_lesion_scale:
+            return np.take(self.map, index, axis=axis)
+        in_plane = [s for a, s in enumerate(self.spacing_mm) if a != axis]
+        return ndimage.gaussian_filter(np.take(self.evidence, index, axis=axis),
+                                       _sigma_voxels(2 * LESION_SCALE_MM, in_plane))
+
     @cached_property
     def hemisphere(self) -> np.ndarray:
         """+1 on the side the plane's normal points to (patient right), -1 on the other, per voxel."""

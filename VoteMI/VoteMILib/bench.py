@@ -79,13 +79,16 @@ def load_mask(path, volume) -> np.ndarray:
     return sitk.GetArrayFromImage(image) > 0
 
 
-def plane_profiles(volume, lesion_kji: np.ndarray, head_kji: np.ndarray, plane: str):
-    """Lesion and head cross-section area (voxels) of every slice, in ascending RAS order."""
+def section_areas(volume, mask_kji: np.ndarray, plane: str) -> np.ndarray:
+    """Cross-section area (voxels) of a mask in every slice of a plane, in ascending RAS order."""
     axis = NORMAL_INDEX[plane]
     others = tuple(a for a in range(3) if a != axis)
-    lesion = canonical_array(lesion_kji, volume.ijk_to_ras).sum(axis=others)
-    head = canonical_array(head_kji, volume.ijk_to_ras).sum(axis=others)
-    return lesion.astype(float), head.astype(float)
+    return canonical_array(mask_kji, volume.ijk_to_ras).sum(axis=others).astype(float)
+
+
+def plane_profiles(volume, lesion_kji: np.ndarray, head_kji: np.ndarray, plane: str):
+    """Lesion and head cross-section area (voxels) of every slice, in ascending RAS order."""
+    return section_areas(volume, lesion_kji, plane), section_areas(volume, head_kji, plane)
 
 
 def score_slice(index: int, lesion: np.ndarray, positions: np.ndarray) -> dict:

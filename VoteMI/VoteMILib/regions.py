@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .preprocess import block_mean
+
 #: Regions a scan can be taken for.
 REGIONS = ("head", "chest", "body")
 #: Below this a CT voxel holds mostly air: halfway between aerated lung (about -850 HU) and soft
@@ -38,6 +40,19 @@ SKULL_HEIGHT_MM = 30.0
 CROP_COVERAGE = 0.25
 #: Widest left-right extent of a head (about 15 cm in adults, with ears and margin); a torso is wider.
 HEAD_MAX_WIDTH_MM = 200.0
+#: Tissue in CT: above this, skin, fat and everything deeper (air, foam pads and lung parenchyma below).
+TISSUE_HU = -500.0
+#: Anything thinner than twice this (mm) beside the body is not the patient: the couch and its
+#: shell, mattresses, blankets and cables; no limb, nose or ear is thinner than 1 cm.
+THIN_MM = 5.0
+#: The two lungs are told apart where they are this far (mm) from their edges: deeper than the
+#: airways that join them (the trachea is about 18 mm across) and the thin lung edges that meet
+#: in front of the heart. Tried in turn until two lungs come apart.
+LUNG_CORE_MM = (10.0, 15.0, 20.0, 25.0)
+#: The smaller lung holds at least this share of the larger (else one lung: the scan shows one, or
+#: the lungs could not be told apart).
+SECOND_LUNG_SHARE = 0.1
+ENVELOPE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,111 @@ def lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
     sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing_mm)) / 1000.0)
     sizes[0] = 0
     return np.isin(labels, np.flatnonzero(sizes >= LUNG_MIN_ML))
+
+
+def ct_body_mask(hu: np.ndarray, spacing_mm) -> np.ndarray:
+    """The patient in a CT, without the couch: tissue (above :data:`TISSUE_HU`) opened by a ball
+    of :data:`THIN_MM` (thin plates and lines go), its largest part, and every axial slice's holes
+    filled (the lungs, which a scan cut through the chest leaves open at its top and bottom)."""
+    tissue = ball_opening(hu > TISSUE_HU, spacing_mm, THIN_MM)
+    labels, count = ndimage.label(tissue)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        tissue = labels == int(np.argmax(sizes))
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_fill_holes(tissue, structure=in_plane)
+
+
+def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
+    """The lungs one by one (larger first), on every second voxel; one mask when they cannot be
+    told apart.
+
+    Aerated lung joined only through the airways or thin edges comes apart where it is
+    :data:`LUNG_CORE_MM` from its edges. Each lung is what lies that deep or within that depth
+    of its core (the lung opened by a ball), plus the thin parts (recesses, edges) that touch it
+    alone; thin parts that touch both lungs (the trachea and main bronchi, edges meeting in front
+    of the heart) belong to neither.
+    """
+    spacing = 2 * np.asarray(spacing_mm, dtype=float)
+    coarse = _coarse(lungs)
+    depth = ndimage.distance_transform_edt(coarse, sampling=spacing)
+    for core_mm in LUNG_CORE_MM:
+        labels, count = ndimage.label(depth > core_mm)
+        if count < 2:
+            continue
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        first, second = np.argsort(sizes)[::-1][:2]
+        if sizes[second] < SECOND_LUNG_SHARE * sizes[first]:
+            continue
+        cores = np.isin(labels, (first, second))
+        distance, nearest = ndimage.distance_transform_edt(~cores, sampling=spacing, return_indices=True)
+        owner = np.where(coarse & (distance <= core_mm + float(spacing.max())), labels[tuple(nearest)], 0)
+        thin, pieces = ndimage.label(coarse & (owner == 0))
+        touching = [np.bincount(thin[ndimage.binary_dilation(owner == lung)], minlength=pieces + 1) > 0
+                    for lung in (first, second)]
+        touching[0][0] = touching[1][0] = False  # label 0: not a thin part
+        return [lungs & _fine((owner == lung) | np.isin(thin, np.flatnonzero(mine & ~other)), lungs.shape)
+                for lung, mine, other in ((first, *touching), (second, *touching[::-1]))]
+    return [lungs]
+
+
+def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
+    """Each lung with every dent narrower than a ball of ``radius_mm`` filled (a morphological
+    closing, lung by lung so that the mediastinum between them stays out), on every second voxel.
+
+    A nodule or mass, in the lung or against its wall, fills such a dent; the heart, the
+    mediastinum and the chest wall are broader and stay outside."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    envelope = np.zeros(lungs.shape, bool)
+    for lung in split_lungs(lungs, spacing):
+        envelope |= _fine(ball_closing(_coarse(lung, ENVELOPE_SHARE), 2 * spacing, radius_mm, open_faces=True), lungs.shape)
+    return envelope | lungs
+
+
+def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: bool = False) -> np.ndarray:
+    """Morphological closing by a ball (two distance transforms, cropped to the mask's reach).
+
+    ``open_faces``: beyond the faces of the field of view lies what does not belong to the mask
+    (the ball may stand there), rather than nothing."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    if not mask.any():
+        return mask.copy()
+    pad = np.ceil(radius_mm / spacing).astype(int) + 1
+    occupied = np.argwhere(mask)
+    low = np.maximum(occupied.min(axis=0) - pad, 0)
+    high = np.minimum(occupied.max(axis=0) + pad + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    part = np.pad(mask[box], [(p, p) for p in pad]) if open_faces else mask[box]
+    grown = ndimage.distance_transform_edt(~part, sampling=spacing) <= radius_mm
+    closed = (ndimage.distance_transform_edt(grown, sampling=spacing) > radius_mm) | part
+    if open_faces:
+        closed = closed[tuple(slice(p, -p) for p in pad)]
+    out = np.zeros(mask.shape, bool)
+    out[box] = closed
+    return out
+
+
+def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
+    """Morphological opening by a ball, on every second voxel (parts thinner than the ball go)."""
+    spacing = 2 * np.asarray(spacing_mm, dtype=float)
+    coarse = _coarse(mask)
+    core = ndimage.distance_transform_edt(coarse, sampling=spacing) > radius_mm
+    return mask & _fine(ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm, mask.shape)
+
+
+def _coarse(mask: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """Every second voxel of a mask: the 2x2x2 blocks of which at least ``share`` is set."""
+    padded = np.pad(mask, [(0, n % 2) for n in mask.shape], mode="edge")
+    return block_mean(padded.astype(np.float32), (2, 2, 2)) >= share - 1e-6
+
+
+def _fine(coarse: np.ndarray, shape) -> np.ndarray:
+    """A mask of :func:`_coarse` blocks back on the full grid."""
+    full = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    return full[: shape[0], : shape[1], : shape[2]]
 
 
 def depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:

@@ -267,7 +267,7 @@ def _focus(found, grid, plane, center_ras):
         return None
     axis = NORMAL_INDEX[plane]
     slice_index = _working_slice(grid, plane, center_ras[axis])
-    section = np.take(found.map, slice_index, axis=axis)
+    section = found.focus_section(axis, slice_index)
     if not section.max() > 0:
         return None
     if plane != "sagittal" and found.plane is not None:
