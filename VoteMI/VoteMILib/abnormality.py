@@ -121,7 +121,11 @@ class Abnormality:
     threshold : float
         Body cues: the least peak of :attr:`smoothed` that stands out.
     at_lesion_scale : bool
-        The map is already measured at lesion scales (``tissue_contrast``) and is not smoothed again.
+        The map is already measured at lesion scales (body cues) and is not smoothed again.
+    labels : ndarray of int8 or None
+        When the map joins several cues (a chest: lung nodules and chest-wall masses), the index in
+        :attr:`cues` of the cue each voxel's value comes from.
+    cues : tuple of str
     """
 
     map: np.ndarray
@@ -131,6 +135,8 @@ class Abnormality:
     rarity: np.ndarray | None = None
     threshold: float = 0.0
     at_lesion_scale: bool = False
+    labels: np.ndarray | None = None
+    cues: tuple = ()
 
     @cached_property
     def smoothed(self) -> np.ndarray:
@@ -162,6 +168,13 @@ class Abnormality:
         mirror = mirrored_values(self.rarity, self.plane, point[None])[0]
         inner = self.rarity[self.map > 0]
         return bool(np.mean(inner < mirror) < TYPICAL_MIRROR_QUANTILE) if inner.size else False
+
+    def cue_at(self, axis: int, index: int) -> str:
+        """The cue that decided a working slice: the one of its strongest point."""
+        if self.labels is None:
+            return self.cue
+        section = np.take(self.smoothed, index, axis=axis)
+        return self.cues[int(np.take(self.labels, index, axis=axis).flat[int(np.argmax(section))])]
 
     def focus_section(self, axis: int, index: int) -> np.ndarray:
         """The map of one working slice that a pick's mark is placed on: the map itself for the

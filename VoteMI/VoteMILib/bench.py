@@ -279,6 +279,14 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--extra", action="store_true", help="vote with each case's extra sequences too")
     parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder to use")
     parser.add_argument("--json", metavar="OUT", help="write every number as JSON")
+    parser.add_argument("--synthetic", nargs="?", const="all", choices=("all", "lung", "tissue", "bright"),
+                        metavar="KIND", help="put synthetic lesions into every body case with a mask instead (its own "
+                                             "lesion erased), one at a time, and score the findings picks: lung "
+                                             "nodules, soft-tissue masses (CT), bright lesions (MRI), or all")
+    parser.add_argument("--keep-lesion", action="store_true",
+                        help="with --synthetic: leave each case's own lesion in place")
+    parser.add_argument("--diameters", type=_diameters, metavar="MM,...",
+                        help="with --synthetic: lesion diameters in mm (default: per kind, see README)")
     parser.add_argument("--speed", action="store_true",
                         help="time 240x240x155 and 512x512x400 volumes made from a real scan instead")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per size with --speed")
@@ -286,12 +294,48 @@ def add_bench_command(commands) -> None:
     parser.set_defaults(func=run_bench)
 
 
+def _diameters(text) -> tuple:
+    """argparse type for --diameters: positive millimetres, comma-separated."""
+    import argparse
+
+    try:
+        values = tuple(float(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of millimetres") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}': give one or more positive diameters in mm")
+    return values
+
+
+def run_synthetic(args) -> dict:
+    """``bench --synthetic``: every case with a mask whose region takes synthetic lesions of the kind."""
+    from . import synthetic
+
+    kinds = synthetic.KINDS if args.synthetic == "all" else (args.synthetic,)
+    diameters = {kind: args.diameters for kind in kinds} if args.diameters else None
+    rows = []
+    for case in find_cases(args.data_dir):
+        if case.mask:
+            rows += synthetic.evaluate_synthetic(case, kinds, args.seed, args.keep_lesion, diameters,
+                                                 progress=lambda line: print(line, flush=True))
+    table = synthetic.summarise_synthetic(rows, args.planes)
+    print(f"\nSynthetic lesions ({len(rows)}; hit_half of the top slice per plane, share of all three planes, "
+          "share held by any of the 3 picks, share of picks that fell back to representative, share of "
+          "picks that missed where the scan without the lesion is picked):")
+    print(synthetic.format_synthetic_table(table, args.planes))
+    return {"synthetic": rows, "summary": table, "settings": {"seed": args.seed, "keep_lesion": args.keep_lesion}}
+
+
 def run_bench(args) -> int:
     if args.json:  # before hours of work, not after
         from .outputs import check_output_file
 
         check_output_file(args.json, "--json file")
-    if args.speed:
+    if args.synthetic:
+        if not args.data_dir:
+            raise VolumeError("bench --synthetic needs DATA_DIR")
+        document = run_synthetic(args)
+    elif args.speed:
         rows = speed_benchmark(args.repeats, args.source, (args.mode,) if args.mode else ("findings", "representative"))
         print(format_speed_table(rows))
         document = {"speed": rows}

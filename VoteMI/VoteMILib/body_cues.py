@@ -26,14 +26,12 @@ from scipy import ndimage
 
 from .abnormality import LESION_SCALE_MM, Abnormality, fit_midsagittal_plane, mirrored_values
 from .preprocess import block_mean
-from .regions import AERATED_HU, BONE_HU, ball_opening, ct_body_mask, depth_mm, lung_envelopes, lung_mask
+from .regions import (AERATED_HU, BONE_HU, ball_opening, ct_body_mask, depth_mm, lung_envelopes, lung_mask,
+                      thoracic_cavity)
 
 #: The outer layer of the body left out: skin and subcutaneous tissue, the contact with the table,
 #: where intensity changes most and which no cue should point at.
 BODY_RIM_MM = 10.0
-#: Dents of a lung up to this radius are filled to make its envelope: a mass up to 6 cm across
-#: against the chest wall or the mediastinum lies inside it, the heart (10-12 cm) does not.
-ENVELOPE_MM = 35.0
 #: Outside the lungs (the chest wall, the mediastinum) the blob filter sees aerated lung of this density.
 LUNG_FILL_HU = -850.0
 #: Radii of the nodules looked for: a 1.4 cm nodule to a 5.6 cm mass.
@@ -49,7 +47,7 @@ NODULE_STRENGTH = (0.2, 0.5)
 MIRROR_MM = 15.0
 #: Solid tissue in a lung's envelope that holds a ball of this radius (mm) is a mass, whatever its
 #: shape (the hila, vessels and the dents of the aorta and heart are thinner).
-BULK_MM = 15.0
+BULK_MM = 20.0
 #: ``lung_nodule`` stands out where its 0..1 map reaches this (a blob halfway between the two
 #: :data:`NODULE_STRENGTH` bounds).
 LUNG_NODULE_MIN = 0.8
@@ -62,44 +60,72 @@ MIN_CONTRAST_HU = 100.0
 MIN_CONTRAST_MRI = 0.2
 #: What a Gaussian blob of contrast 1 answers at its own scale (see :func:`blob_strength`).
 BLOB_ANSWER = 0.18
+#: Fat in CT (about -100 HU) is the darkest tissue ``tissue_contrast`` compares (darker voxels that are
+#: not air, the partial volume of air and tissue, count as fat).
+FAT_HU = -150.0
+#: Muscle and solid organs in CT.
+SOFT_TISSUE_HU = 40.0
 #: Soft tissue stops here: bone and contrast-enhanced vessels above it are expected anatomy, so
-#: ``tissue_contrast`` sees them as soft tissue rather than as the brightest blobs of the scan.
+#: ``tissue_contrast`` sees them as soft tissue (:data:`SOFT_TISSUE_HU`) rather than as the brightest
+#: blobs of the scan.
 SOFT_TISSUE_MAX_HU = 100.0
 
 
 def body_abnormality(grid, region, seed: int = 0) -> Abnormality:
-    """The body cue of a region ("chest": ``lung_nodule``; else ``tissue_contrast``) on a working grid."""
+    """The body cue of a region on a working grid: in a chest CT ``lung_nodule`` in the lungs and
+    ``tissue_contrast`` in the chest wall and whatever lies above and below the thorax (each voxel
+    says which); elsewhere ``tissue_contrast``."""
     spacing = np.asarray(grid.spacing_mm, dtype=float)
     ct = region.modality == "CT"
     if region.name == "chest":
-        hu = grid.original_intensities()
-        found = lung_nodule_map(hu, ct_body_mask(hu, spacing), spacing, seed=seed)
-        return Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN, at_lesion_scale=True)
+        return chest_abnormality(grid.original_intensities(), spacing, seed)
     values = grid.original_intensities() if ct else grid.data
     threshold = BLOB_ANSWER * (MIN_CONTRAST_HU if ct else MIN_CONTRAST_MRI)
     return Abnormality(tissue_contrast_map(values, grid.mask, spacing, ct), spacing, "tissue_contrast",
                        threshold=threshold, at_lesion_scale=True)
 
 
-def lung_nodule_map(hu: np.ndarray, body: np.ndarray, spacing_mm, seed: int = 0) -> np.ndarray:
+def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0) -> Abnormality:
+    """Nodules in the lungs (``lung_nodule``, 0..1) and masses in the tissue outside the thoracic
+    cavity (``tissue_contrast``, 0..1: :data:`MIN_CONTRAST_HU` maps to :data:`LUNG_NODULE_MIN`), in
+    one map; the mediastinum, full of vessels and nodes that look like blobs, is left out."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    body = ct_body_mask(hu, spacing)
+    lungs = lung_mask(hu, body, spacing)
+    envelope = lung_envelopes(lungs, spacing)
+    nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
+    cavity = thoracic_cavity(envelope, spacing)
+    # The lungs shown as soft tissue: organs under the diaphragm make no edge against them.
+    solid_chest = np.where(envelope, SOFT_TISSUE_HU, hu)
+    contrast = tissue_contrast_map(solid_chest, body & ~cavity, spacing, ct=True) / BLOB_ANSWER
+    # Only masses that stand out vote (0 below 90 % of that contrast, LUNG_NODULE_MIN at it): faint
+    # blobs over a large area (organs, bowel, breast tissue) must not outvote one nodule.
+    low = 0.9 * MIN_CONTRAST_HU
+    masses = np.clip((contrast - low) / ((MIN_CONTRAST_HU - low) / LUNG_NODULE_MIN), 0.0, 1.0)
+    found = np.maximum(nodules, masses)
+    labels = (masses > nodules).astype(np.int8)
+    return Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN, at_lesion_scale=True,
+                       labels=labels, cues=("lung_nodule", "tissue_contrast"))
+
+
+def lung_nodule_map(hu: np.ndarray, body: np.ndarray, lungs: np.ndarray, envelope: np.ndarray, spacing_mm,
+                    seed: int = 0) -> np.ndarray:
     """How much each solid voxel inside the lungs' envelopes looks like part of a nodule (0..1).
 
     Parameters
     ----------
     hu : ndarray
         Working-grid intensities in Hounsfield units, axes (R, A, S).
-    body : ndarray of bool
-        The patient (without the couch).
+    body, lungs, envelope : ndarray of bool
+        The patient (without the couch), the aerated lungs, and the lungs' envelopes
+        (:func:`~VoteMILib.regions.lung_envelopes`).
     spacing_mm : sequence of float
     seed : int
         Seeds the points the midsagittal plane is fitted on.
     """
     spacing = np.asarray(spacing_mm, dtype=float)
-    lungs = lung_mask(hu, body, spacing)
     out = np.zeros(hu.shape, np.float32)
-    if not lungs.any():
-        return out
-    solid = lung_envelopes(lungs, spacing, ENVELOPE_MM) & ~lungs & (hu >= AERATED_HU) & (hu < BONE_HU)
+    solid = envelope & ~lungs & (hu >= AERATED_HU) & (hu < BONE_HU)
     if not solid.any():
         return out
     shown = np.where(solid | lungs, np.clip(hu, -1000.0, SOFT_TISSUE_MAX_HU), LUNG_FILL_HU).astype(np.float32)
@@ -136,17 +162,24 @@ def mirror_strength(strength: np.ndarray, points: np.ndarray, shape, plane, spac
 
 def tissue_contrast_map(values: np.ndarray, body: np.ndarray, spacing_mm, ct: bool) -> np.ndarray:
     """Bright-blob strength at lesion scales (:data:`BLOB_RADII_MM`), in the intensity units of
-    ``values``, deeper than :data:`BODY_RIM_MM` inside the body (0 elsewhere).
+    ``values``, deeper than :data:`BODY_RIM_MM` inside ``body`` (0 elsewhere).
 
     Parameters
     ----------
     values : ndarray
-        Working-grid intensities: Hounsfield units for CT (clipped to air..soft tissue here),
-        the grid's 0..1 scaled intensities for MRI.
+        Working-grid intensities: Hounsfield units for CT, the grid's 0..1 scaled intensities for
+        MRI. In CT, air (around the body, in bowel) counts as fat, so that the skin and gas make no
+        bright edges, and bone and contrast-filled vessels as soft tissue, so that a clavicle or a
+        vertebra in fat is no bright blob.
+    body : ndarray of bool
+        The part of the body looked at.
     ct : bool
     """
     spacing = np.asarray(spacing_mm, dtype=float)
-    data = np.clip(values, -1000.0, SOFT_TISSUE_MAX_HU).astype(np.float32) if ct else values.astype(np.float32)
+    if ct:
+        data = np.where(values > SOFT_TISSUE_MAX_HU, SOFT_TISSUE_HU, np.maximum(values, FAT_HU)).astype(np.float32)
+    else:
+        data = values.astype(np.float32)
     points = np.argwhere(depth_mm(body, spacing) > BODY_RIM_MM)
     out = np.zeros(data.shape, np.float32)
     out[tuple(points.T)] = blob_strength(data, spacing, BLOB_RADII_MM, points)

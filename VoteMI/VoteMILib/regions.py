@@ -52,7 +52,12 @@ LUNG_CORE_MM = (10.0, 15.0, 20.0, 25.0)
 #: The smaller lung holds at least this share of the larger (else one lung: the scan shows one, or
 #: the lungs could not be told apart).
 SECOND_LUNG_SHARE = 0.1
-ENVELOPE_SHARE = 0.5
+#: Dents of a lung up to this radius are filled to make its envelope: a mass up to 6 cm across
+#: against the chest wall or the mediastinum lies inside it, the heart (10-12 cm) does not.
+ENVELOPE_MM = 35.0
+#: The thoracic cavity holds the lungs and what lies between them in an axial slice (the mediastinum
+#: is up to 10 cm wide): each slice's lungs are closed by a disc of this radius (mm).
+CAVITY_MM = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,9 +154,7 @@ def ct_body_mask(hu: np.ndarray, spacing_mm) -> np.ndarray:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         tissue = labels == int(np.argmax(sizes))
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(tissue, structure=in_plane)
+    return fill_holes_in_plane(tissue)
 
 
 def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
@@ -165,7 +168,7 @@ def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
     of the heart) belong to neither.
     """
     spacing = 2 * np.asarray(spacing_mm, dtype=float)
-    coarse = _coarse(lungs)
+    coarse = half_resolution(lungs)
     depth = ndimage.distance_transform_edt(coarse, sampling=spacing)
     for core_mm in LUNG_CORE_MM:
         labels, count = ndimage.label(depth > core_mm)
@@ -183,12 +186,12 @@ def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
         touching = [np.bincount(thin[ndimage.binary_dilation(owner == lung)], minlength=pieces + 1) > 0
                     for lung in (first, second)]
         touching[0][0] = touching[1][0] = False  # label 0: not a thin part
-        return [lungs & _fine((owner == lung) | np.isin(thin, np.flatnonzero(mine & ~other)), lungs.shape)
+        return [lungs & full_resolution((owner == lung) | np.isin(thin, np.flatnonzero(mine & ~other)), lungs.shape)
                 for lung, mine, other in ((first, *touching), (second, *touching[::-1]))]
     return [lungs]
 
 
-def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
+def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float = ENVELOPE_MM) -> np.ndarray:
     """Each lung with every dent narrower than a ball of ``radius_mm`` filled (a morphological
     closing, lung by lung so that the mediastinum between them stays out), on every second voxel.
 
@@ -197,8 +200,25 @@ def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarra
     spacing = np.asarray(spacing_mm, dtype=float)
     envelope = np.zeros(lungs.shape, bool)
     for lung in split_lungs(lungs, spacing):
-        envelope |= _fine(ball_closing(_coarse(lung, ENVELOPE_SHARE), 2 * spacing, radius_mm, open_faces=True), lungs.shape)
+        closed = ball_closing(half_resolution(lung), 2 * spacing, radius_mm, open_faces=True)
+        envelope |= full_resolution(closed, lungs.shape)
     return envelope | lungs
+
+
+def thoracic_cavity(envelope: np.ndarray, spacing_mm) -> np.ndarray:
+    """The lungs and all between them (mediastinum, heart): each axial slice's lungs closed by a
+    disc of :data:`CAVITY_MM` and their holes filled."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    in_plane = np.array([2 * spacing[0], 2 * spacing[1], 1e6])  # no distance along S: slice by slice
+    closed = full_resolution(ball_closing(half_resolution(envelope), in_plane, CAVITY_MM), envelope.shape)
+    return fill_holes_in_plane(closed | envelope)
+
+
+def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
+    """Each axial slice with its holes filled."""
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_fill_holes(mask, structure=in_plane)
 
 
 def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: bool = False) -> np.ndarray:
@@ -227,19 +247,19 @@ def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: boo
 def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
     """Morphological opening by a ball, on every second voxel (parts thinner than the ball go)."""
     spacing = 2 * np.asarray(spacing_mm, dtype=float)
-    coarse = _coarse(mask)
+    coarse = half_resolution(mask)
     core = ndimage.distance_transform_edt(coarse, sampling=spacing) > radius_mm
-    return mask & _fine(ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm, mask.shape)
+    return mask & full_resolution(ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm, mask.shape)
 
 
-def _coarse(mask: np.ndarray, share: float = 0.5) -> np.ndarray:
-    """Every second voxel of a mask: the 2x2x2 blocks of which at least ``share`` is set."""
+def half_resolution(mask: np.ndarray) -> np.ndarray:
+    """Every second voxel of a mask: the 2x2x2 blocks of which half or more is set."""
     padded = np.pad(mask, [(0, n % 2) for n in mask.shape], mode="edge")
-    return block_mean(padded.astype(np.float32), (2, 2, 2)) >= share - 1e-6
+    return block_mean(padded.astype(np.float32), (2, 2, 2)) >= 0.5
 
 
-def _fine(coarse: np.ndarray, shape) -> np.ndarray:
-    """A mask of :func:`_coarse` blocks back on the full grid."""
+def full_resolution(coarse: np.ndarray, shape) -> np.ndarray:
+    """A mask of :func:`half_resolution` blocks back on the full grid."""
     full = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
     return full[: shape[0], : shape[1], : shape[2]]
 

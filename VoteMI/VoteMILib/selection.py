@@ -147,6 +147,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
             work_index = _working_slice(grid, plane, geometry.positions_mm[int(np.argmax(scores))])
             if not found.stands_out(NORMAL_INDEX[plane], work_index):
                 cue = "representative"
+            else:
+                cue = found.cue_at(NORMAL_INDEX[plane], work_index)
         if cue == "representative":
             scores = vote.scores(plane, geometry, None)
         plane_finding = found if cue != "representative" else None

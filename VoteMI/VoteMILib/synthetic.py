@@ -10,7 +10,8 @@ Sites are drawn by a seeded rule from the scan's own tissue on the working grid,
 - ``lung`` (chest CT): a soft-tissue nodule in each lung, upper and lower half, deep in aerated
   lung (``central``), against the chest wall (``wall``) and against the mediastinum
   (``mediastinum``), touching them over a broad base;
-- ``tissue`` (CT outside the lungs): an enhancing soft-tissue mass in fat and in muscle, deep
+- ``tissue`` (CT outside the lungs and the mediastinum: an extremity, the chest wall, the upper
+  abdomen): an enhancing soft-tissue mass in fat and in soft tissue (muscle or a solid organ), deep
   inside the body and away from the faces of the field of view;
 - ``bright`` (body MRI): a lesion as bright as the brightest tissue, anywhere in the foreground.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .regions import AERATED_HU, depth_mm, lung_mask
+from .regions import AERATED_HU, ball_closing, depth_mm, lung_envelopes, lung_mask, thoracic_cavity
 
 #: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
 KINDS = ("lung", "tissue", "bright")
@@ -36,8 +37,8 @@ MASS_HU, MASS_NOISE_HU = 100.0, 20.0
 #: Voxels above this are left as they are when a nodule is put into lung: the chest wall, the
 #: mediastinum and vessels stay, so a nodule against them is flattened onto them as real ones are.
 LUNG_WRITE_BELOW_HU = -300.0
-#: Fat and muscle in CT (Hounsfield units).
-FAT_HU, MUSCLE_HU = (-190.0, -30.0), (-30.0, 150.0)
+#: Fat and soft tissue (muscle and solid organs) in CT (Hounsfield units).
+FAT_HU, SOFT_TISSUE_HU = (-190.0, -30.0), (-30.0, 150.0)
 #: Around a real lesion, the ring its surroundings are read from when it is erased.
 SHELL_MM = (3.0, 15.0)
 #: A synthetic lesion keeps at least this distance (mm, beyond its radius) from the real one.
@@ -109,18 +110,30 @@ def insert_sphere(array: np.ndarray, ijk_to_ras, site: Site, value: float, noise
 
 def erase_lesion(array: np.ndarray, lesion_kji: np.ndarray, spacing_kji, ct: bool, rng) -> np.ndarray:
     """The scan with its lesion (and the voxels next to it, its partial-volume edge) filled with
-    the tissue around it: the median of a ring around the lesion plus noise of its robust spread.
-    In CT, when a fifth or more of the ring is aerated (a lung lesion), the aerated part only."""
+    the tissue around it: the median of a ring around the lesion plus noise of its robust spread,
+    within the ring's 1st..99th percentile; in CT, of the ring's main tissue only (``_main_tissue``)."""
     out = array.copy()
     around = ndimage.distance_transform_edt(~lesion_kji, sampling=spacing_kji)
     erase = ndimage.binary_dilation(lesion_kji, structure=np.ones((3, 3, 3), bool))
     ring = out[(around >= SHELL_MM[0]) & (around <= SHELL_MM[1])]
-    if ct and np.mean(ring < AERATED_HU) >= 0.2:
-        ring = ring[ring < AERATED_HU]
+    if ct:
+        ring = ring[_main_tissue(ring)]
     centre = float(np.median(ring))
     spread = 1.4826 * float(np.median(np.abs(ring - centre)))
-    out[erase] = centre + spread * rng.standard_normal(int(erase.sum())).astype(np.float32)
+    fill = centre + spread * rng.standard_normal(int(erase.sum())).astype(np.float32)
+    out[erase] = np.clip(fill, *np.percentile(ring, (1, 99)))  # no intensity the ring does not hold
     return out
+
+
+def _main_tissue(hu: np.ndarray) -> np.ndarray:
+    """Which CT values belong to the tissue a lesion is erased into: aerated lung when a fifth or
+    more of them is aerated (a lung lesion), else the larger of fat and soft tissue (a mass between
+    fat and muscle becomes fat, never a bright blob in fat)."""
+    if np.mean(hu < AERATED_HU) >= 0.2:
+        return hu < AERATED_HU
+    fat = (hu >= FAT_HU[0]) & (hu < FAT_HU[1])
+    soft = (hu >= SOFT_TISSUE_HU[0]) & (hu < SOFT_TISSUE_HU[1])
+    return fat if fat.sum() >= soft.sum() else soft
 
 
 def lung_sites(grid, radius_mm: float, rng, avoid=None) -> list:
@@ -139,7 +152,7 @@ def lung_sites(grid, radius_mm: float, rng, avoid=None) -> list:
     if not lungs.any():
         return []
     # Vessels are part of the lung a nodule may grow over: close them before measuring depth.
-    depth, nearest = ndimage.distance_transform_edt(_closed(lungs, spacing, 5.0), sampling=spacing,
+    depth, nearest = ndimage.distance_transform_edt(ball_closing(lungs, spacing, 5.0), sampling=spacing,
                                                     return_indices=True)
     index = np.indices(lungs.shape)
     towards = (nearest - index) * spacing[:, None, None, None]  # to the nearest non-lung voxel, mm
@@ -165,17 +178,22 @@ def lung_sites(grid, radius_mm: float, rng, avoid=None) -> list:
 
 
 def tissue_sites(grid, radius_mm: float, rng, avoid=None, per_tissue: int = 3) -> list:
-    """Mass sites in fat and in muscle of a CT: the sphere inside the body by 5 mm or more, one radius
-    and 5 mm from the faces of the field of view, at least 70 % of it in that tissue and none in air."""
+    """Mass sites in fat and in soft tissue of a CT: the sphere inside the body by 5 mm or more, one
+    radius and 5 mm from the faces of the field of view, at least 70 % of it in that tissue, none in
+    air, and outside the thoracic cavity (lungs, mediastinum, heart)."""
     spacing = np.asarray(grid.spacing_mm, dtype=float)
     hu = grid.original_intensities()
     sigma = radius_mm / spacing / 2.0
     inside = (depth_mm(grid.mask, spacing) >= radius_mm + 5.0) & _away_from_faces(grid.mask.shape, spacing,
                                                                                    radius_mm + 5.0)
+    lungs = lung_mask(hu, grid.mask, spacing)
+    if lungs.any():
+        cavity = thoracic_cavity(lung_envelopes(lungs, spacing), spacing)
+        inside &= ndimage.distance_transform_edt(~cavity, sampling=spacing) > radius_mm
     air = ndimage.gaussian_filter((hu < AERATED_HU).astype(np.float32), sigma)
     room = inside & (air < 0.01) & _free_of(avoid, spacing, radius_mm)
     sites = []
-    for tissue, (low, high) in (("fat", FAT_HU), ("muscle", MUSCLE_HU)):
+    for tissue, (low, high) in (("fat", FAT_HU), ("soft tissue", SOFT_TISSUE_HU)):
         share = ndimage.gaussian_filter(((hu >= low) & (hu < high)).astype(np.float32), sigma)
         where = room & (share >= 0.7)
         for number in range(per_tissue):
@@ -240,12 +258,6 @@ def working_mask(grid, volume, mask_kji: np.ndarray) -> np.ndarray:
     index = [np.clip(np.round((np.arange(n) + 0.5) * canonical.shape[a] / n - 0.5).astype(int), 0,
                      canonical.shape[a] - 1) for a, n in enumerate(grid.mask.shape)]
     return canonical[np.ix_(*index)]
-
-
-def _closed(mask: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
-    """Morphological closing by a ball, from two distance transforms."""
-    grown = ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
-    return ndimage.distance_transform_edt(grown, sampling=spacing) > radius_mm
 
 
 def _free_of(avoid, spacing, radius_mm: float):
@@ -400,7 +412,7 @@ def format_synthetic_row(row) -> str:
 
 def site_class(row) -> str:
     """The place of a site without its side, height or number: central, wall, mediastinum, fat, muscle, ..."""
-    return row["site"].split()[-1] if row["kind"] == "lung" else row["site"].split()[0]
+    return row["site"].split()[-1] if row["kind"] == "lung" else row["site"].rsplit(" ", 1)[0]
 
 
 def summarise_synthetic(rows: list, planes=("axial", "coronal", "sagittal")) -> list:
@@ -430,6 +442,6 @@ def format_synthetic_table(table: list, planes=("axial", "coronal", "sagittal"))
              "| missed: as without |", "|---" * (len(planes) + 7) + "|"]
     for entry in table:
         cells = " | ".join(f"{entry[p]:.2f}" for p in planes)
-        lines.append(f"| {entry['kind']} | {entry['group']} | {entry['lesions']} | {cells} | "
-                     f"{entry['all_planes']:.2f} | {entry['top3']:.2f} | {entry['fallback']:.2f} | {entry['as_without']:.2f} |")
+        rates = " | ".join(f"{entry[key]:.2f}" for key in ("all_planes", "top3", "fallback", "as_without"))
+        lines.append(f"| {entry['kind']} | {entry['group']} | {entry['lesions']} | {cells} | {rates} |")
     return "\n".join(lines)
