@@ -101,3 +101,55 @@ def test_a_chest_with_nothing_in_its_lungs_falls_back_to_representative_slices()
     reference = scan("pyrad_lung2").reference
     assert {reference.planes[p].cue for p in PLANES} == {"representative"}
     assert all(s.focus_ras is None for s in reference.selected())
+
+
+@pytest.mark.parametrize("case, kind, diameter, name", [
+    ("mirp_sts002_ct", "tissue", 30.0, "fat 2"), ("pyrad_lung2", "tissue", 50.0, "fat 1"),
+    ("mirp_nsclc_lung1-001", "tissue", 30.0, "fat 1"), ("pyrad_breast1_mr", "bright", 10.0, "foreground 3")])
+def test_tissue_cue_finds_a_synthetic_mass(case, kind, diameter, name):
+    """An enhancing soft-tissue mass (100 HU) in the fat of an extremity crop, of a chest wall or of
+    the upper abdomen, and a bright lesion in a breast MRI crop: found in every plane by
+    ``tissue_contrast``, the mark on it."""
+    prepared = scan(case)
+    site = named_site(prepared, kind, diameter, name)
+    row = synthetic.try_site(prepared, site)
+    for plane in PLANES:
+        scores = row["planes"][plane]
+        assert scores["cue"] == "tissue_contrast", (plane, scores)
+        assert scores["hit_half"] == 1.0, (plane, scores)
+        assert scores["focus_mm"] <= site.radius_mm + 5.0, (plane, scores)
+
+
+@pytest.mark.parametrize("case", ["mirp_sts002_ct", "pyrad_breast1_mr"])
+def test_a_body_scan_with_its_lesion_erased_falls_back_to_representative_slices(case):
+    reference = scan(case).reference
+    assert {reference.planes[p].cue for p in PLANES} == {"representative"}
+
+
+@pytest.mark.parametrize("case", ["mirp_nsclc_lung1-001", "pyrad_lung2", "mirp_sts002_ct", "pyrad_breast1_mr"])
+def test_no_body_cue_points_at_the_couch_the_skin_or_the_faces_of_the_scan(case):
+    """mirp_nsclc_lung1-001 lies on the couch (its shell joins the body in the foreground mask); the
+    others are cut by the field of view. Every body cue is 0 on the couch, outside the patient, within
+    its outer 10 mm and on the faces of the field of view, and each pick's mark lies inside the patient."""
+    from VoteMILib.body_cues import BODY_RIM_MM, body_abnormality
+    from VoteMILib.preprocess import make_working_grid
+    from VoteMILib.regions import ct_body_mask, depth_mm, detect_modality, detect_region
+
+    volume = ef.volume(case)
+    grid = make_working_grid(volume)
+    region = detect_region(grid, detect_modality(volume))
+    found = body_abnormality(grid, region)
+    assert found.map.max() > 0, "the real lesion stands out"
+    body = ct_body_mask(grid.original_intensities(), grid.spacing_mm) if region.modality == "CT" else grid.mask
+    if case == "mirp_nsclc_lung1-001":
+        couch = grid.mask & ~body
+        assert couch.sum() * np.prod(grid.spacing_mm) > 20_000, "the couch (20 mL or more) is not the patient"
+    assert not found.map[depth_mm(body, grid.spacing_mm) <= BODY_RIM_MM].any()
+    for face in (found.map[0], found.map[-1], found.map[:, 0], found.map[:, -1], found.map[:, :, 0],
+                 found.map[:, :, -1]):
+        assert not face.any()
+    result = ef.selection(case)
+    for pick in result.selected():
+        voxel = [int(np.argmin(np.abs(grid.positions_mm[p] - c)))
+                 for p, c in zip(("sagittal", "coronal", "axial"), pick.mark_ras)]
+        assert body[tuple(voxel)], (pick.label, pick.mark_ras)

@@ -80,8 +80,9 @@ def body_abnormality(grid, region, seed: int = 0) -> Abnormality:
     if region.name == "chest":
         return chest_abnormality(grid.original_intensities(), spacing, seed)
     values = grid.original_intensities() if ct else grid.data
+    body = ct_body_mask(values, spacing) if ct else grid.mask
     threshold = BLOB_ANSWER * (MIN_CONTRAST_HU if ct else MIN_CONTRAST_MRI)
-    return Abnormality(tissue_contrast_map(values, grid.mask, spacing, ct), spacing, "tissue_contrast",
+    return Abnormality(tissue_contrast_map(values, body, spacing, ct), spacing, "tissue_contrast",
                        threshold=threshold, at_lesion_scale=True)
 
 
