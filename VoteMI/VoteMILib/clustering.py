@@ -22,7 +22,7 @@ def estimate_eps(features: np.ndarray, min_samples: int, quantile: float = 0.5, 
     rng = np.random.default_rng(seed)
     sample = features if len(features) <= max_points else features[rng.choice(len(features), max_points, False)]
     k = min(min_samples + 1, len(sample))
-    distances, _ = cKDTree(sample).query(sample, k=k)
+    distances, _ = cKDTree(sample).query(sample, k=k, workers=-1)
     kth = distances[:, -1] * (len(features) / len(sample)) ** (-1.0 / features.shape[1])
     eps = float(np.quantile(kth, quantile))
     return eps if eps > 0 else float(np.finfo(np.float32).eps)
@@ -55,9 +55,10 @@ def dbscan(features: np.ndarray, eps: float, min_samples: int, max_core_sample: 
     else:
         sample, needed = np.arange(n), min_samples
     points = features[sample]
-    tree = cKDTree(points)
-    counts = tree.query_ball_point(points, eps, return_length=True)
-    core = counts >= needed
+    # A core point has ``needed`` points (itself included) within eps: its needed-th nearest
+    # neighbour lies within eps. A k-nearest query is cheaper than counting every ball.
+    distances, _ = cKDTree(points).query(points, k=min(needed, len(points)), workers=-1)
+    core = distances.reshape(len(points), -1)[:, -1] <= eps
     labels = np.full(n, NOISE)
     if not core.any():
         return labels
@@ -67,7 +68,7 @@ def dbscan(features: np.ndarray, eps: float, min_samples: int, max_core_sample: 
     m = len(core_points)
     graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
     _, component = connected_components(graph, directed=False)
-    distance, nearest = core_tree.query(features, k=1)
+    distance, nearest = core_tree.query(features, k=1, workers=-1)
     assigned = distance <= eps
     labels[assigned] = component[nearest[assigned]]
     return _relabel_by_size(labels)

@@ -74,8 +74,7 @@ def greedy_coverage(candidates: np.ndarray, budget: int, neighbours: np.ndarray,
 
 
 def _take(rows, cand_neighbours, cand_similarity, cover, available, chosen, candidates):
-    for row in rows:
-        np.maximum.at(cover, cand_neighbours[row], cand_similarity[row])
+    np.maximum.at(cover, cand_neighbours[rows].ravel(), cand_similarity[rows].ravel())
     available[rows] = False
     chosen.extend(candidates[rows].tolist())
 
