@@ -16,6 +16,7 @@ from scipy import ndimage, optimize
 from scipy.spatial import cKDTree
 
 from .geometry import NORMAL_INDEX
+from .voting import KD_LEAF_SIZE
 
 #: Outer rim left out of the comparison: scalp and skull (about 5 + 7 mm in adults), and the head's
 #: edge, where a slightly tilted mirror plane compares tissue with air.
@@ -254,7 +255,7 @@ def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: in
     if len(features) > reference_size:
         reference = features[rng.choice(len(features), reference_size, replace=False)]
     k = int(min(neighbours, len(reference)))
-    distances, _ = cKDTree(reference).query(features, k=k, workers=-1)
+    distances, _ = cKDTree(reference, leafsize=KD_LEAF_SIZE).query(features, k=k, workers=-1)
     return distances.reshape(len(features), -1).mean(axis=1)
 
 

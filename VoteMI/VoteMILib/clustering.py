@@ -1,17 +1,15 @@
-"""DBSCAN on patch features, with scipy's KD-tree for neighbourhoods (no scikit-learn in Slicer)."""
+"""DBSCAN on patch features from their nearest neighbours (scipy's KD-tree; no scikit-learn in Slicer)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 NOISE = -1
 
 
-def estimate_eps(features: np.ndarray, min_samples: int, quantile: float = 0.5, max_points: int = 4000,
-                 seed: int = 0) -> float:
+def estimate_eps(kth_distances: np.ndarray, quantile: float = 0.5) -> float:
     """DBSCAN radius from the k-distance curve: the given quantile of each point's distance to
     its ``min_samples``-th neighbour.
 
@@ -19,58 +17,47 @@ def estimate_eps(features: np.ndarray, min_samples: int, quantile: float = 0.5, 
     carries over to any encoder and any volume. With the median, about half of the points are
     core points.
     """
-    rng = np.random.default_rng(seed)
-    sample = features if len(features) <= max_points else features[rng.choice(len(features), max_points, False)]
-    k = min(min_samples + 1, len(sample))
-    distances, _ = cKDTree(sample).query(sample, k=k, workers=-1)
-    kth = distances[:, -1] * (len(features) / len(sample)) ** (-1.0 / features.shape[1])
-    eps = float(np.quantile(kth, quantile))
+    eps = float(np.quantile(kth_distances, quantile))
     return eps if eps > 0 else float(np.finfo(np.float32).eps)
 
 
-def dbscan(features: np.ndarray, eps: float, min_samples: int, max_core_sample: int = 6000,
-           seed: int = 0) -> np.ndarray:
-    """Density-based clustering; returns a label per point, ``NOISE`` (-1) for noise.
-
-    Core points are found among at most ``max_core_sample`` points (a seeded sample) to bound the
-    cost; every other point joins the cluster of its nearest core point when that lies within
-    ``eps``, as DBSCAN's border points do. Clusters are numbered by decreasing size.
+def dbscan(distances: np.ndarray, neighbours: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """Density-based clustering from each point's nearest neighbours; a label per point, ``NOISE``
+    (-1) for noise. Clusters are numbered by decreasing size.
 
     Parameters
     ----------
-    features : ndarray, shape (n, d)
+    distances, neighbours : ndarray, shape (n, k)
+        Each point's k nearest points, itself first, k > ``min_samples`` (``voting.nearest_patches``).
     eps : float
         Neighbourhood radius.
     min_samples : int
-        Neighbours (the point included) that make a point a core point.
+        Points within eps (the point included) that make a point a core point: exactly when its
+        ``min_samples``-th nearest point lies within eps.
+
+    Notes
+    -----
+    Core points within eps of each other join one cluster when one is among the other's k
+    nearest (a core point has at least ``min_samples - 1`` such links); every other point joins
+    the cluster of its nearest core point within eps, as DBSCAN's border points do. That nearest
+    core point is always among its k nearest: were it farther, k points within eps would make the
+    point a core point itself.
     """
-    n = len(features)
-    if n == 0:
-        return np.zeros(0, int)
-    rng = np.random.default_rng(seed)
-    if n > max_core_sample:
-        sample = np.sort(rng.choice(n, max_core_sample, replace=False))
-        # A sample holds fewer neighbours per radius; scale the count so density means the same.
-        needed = max(2, int(round(min_samples * max_core_sample / n)))
-    else:
-        sample, needed = np.arange(n), min_samples
-    points = features[sample]
-    # A core point has ``needed`` points (itself included) within eps: its needed-th nearest
-    # neighbour lies within eps. A k-nearest query is cheaper than counting every ball.
-    distances, _ = cKDTree(points).query(points, k=min(needed, len(points)), workers=-1)
-    core = distances.reshape(len(points), -1)[:, -1] <= eps
+    n = len(distances)
     labels = np.full(n, NOISE)
+    if n == 0:
+        return labels
+    core = distances[:, min(min_samples, distances.shape[1]) - 1] <= eps
     if not core.any():
         return labels
-    core_points = points[core]
-    core_tree = cKDTree(core_points)
-    pairs = core_tree.query_pairs(eps, output_type="ndarray")
-    m = len(core_points)
-    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
+    linked = (distances <= eps) & core[neighbours]
+    rows = np.repeat(np.arange(n), distances.shape[1])[(linked & core[:, None]).ravel()]
+    graph = sparse.coo_matrix((np.ones(len(rows)), (rows, neighbours[linked & core[:, None]])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
-    distance, nearest = core_tree.query(features, k=1, workers=-1)
-    assigned = distance <= eps
-    labels[assigned] = component[nearest[assigned]]
+    # Each point's nearest linked core point (itself, if core): the first linked column.
+    first = np.argmax(linked, axis=1)
+    member = linked[np.arange(n), first]
+    labels[member] = component[neighbours[np.arange(n), first][member]]
     return _relabel_by_size(labels)
 
 

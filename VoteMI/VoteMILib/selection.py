@@ -16,7 +16,8 @@ from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geo
 from .preprocess import make_working_grid
 from .regions import detect_modality, detect_region
 from .results import PlaneResult, SelectedSlice, SelectionResult
-from .voting import count_votes, greedy_coverage, nearest_patches, pick_top_slices, similarity_graph, slice_scores
+from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, nearest_patches, pick_top_slices,
+                     similarity_graph, slice_scores)
 
 #: Selection modes: "findings" (default) votes for the slices showing what stands out;
 #: "representative" is the paper's Vote-MI, which votes for typical anatomy.
@@ -221,14 +222,16 @@ class _Votes:
             if len(sample) > settings.max_patches:
                 rng = np.random.default_rng(settings.seed)
                 sample = np.sort(rng.choice(len(sample), settings.max_patches, replace=False))
-            features = self.features[sample]
             self.report(0.45, "Clustering patches (DBSCAN)")
-            eps = estimate_eps(features, settings.min_samples, seed=settings.seed)
-            labels = dbscan(features, eps, settings.min_samples, seed=settings.seed)
+            # One neighbour search serves the radius, DBSCAN and the coverage graph.
+            distances, neighbours = nearest_patches(self.features[sample],
+                                                    max(settings.min_samples + 1, GRAPH_NEIGHBOURS))
+            eps = estimate_eps(distances[:, min(settings.min_samples, distances.shape[1] - 1)])
+            labels = dbscan(distances, neighbours, eps, settings.min_samples)
             self.report(0.6, "Selecting covering patches")
-            distances, neighbours = nearest_patches(features)
-            self._voters = sample[_vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings,
-                                                     self.report)]
+            graph = slice(0, GRAPH_NEIGHBOURS)
+            self._voters = sample[_vote_mi_selection(labels, neighbours[:, graph],
+                                                     similarity_graph(distances[:, graph], eps), settings, self.report)]
             self.details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1), "voting_patches": int(len(sample)),
                             "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
         return self._voters

