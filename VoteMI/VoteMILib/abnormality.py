@@ -63,11 +63,16 @@ def fit_midsagittal_plane(smooth_data: np.ndarray, mask: np.ndarray, seed: int =
     Starts at the head's centre of mass with no tilt and minimises the mean absolute difference
     between sampled voxels and their mirror images (Powell's method, so no gradients are needed).
     """
-    points = np.argwhere(mask).astype(float)
+    # The centre of mass from voxel counts, the sample from flat indices: the same points as
+    # np.argwhere, without listing every voxel's coordinates.
+    inside = np.flatnonzero(mask)
+    shape = np.array(mask.shape)
+    counts = [mask.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+    centre = np.array([np.dot(np.arange(n), c) for n, c in zip(shape, counts)], dtype=float) / len(inside)
     rng = np.random.default_rng(seed)
-    if len(points) > max_points:
-        points = points[rng.choice(len(points), max_points, replace=False)]
-    centre = points.mean(axis=0)
+    if len(inside) > max_points:
+        inside = inside[rng.choice(len(inside), max_points, replace=False)]
+    points = np.stack(np.unravel_index(inside, mask.shape), axis=1).astype(float)
     values = ndimage.map_coordinates(smooth_data, points.T, order=1)
 
     def asymmetry(params):

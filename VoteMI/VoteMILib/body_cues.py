@@ -77,22 +77,25 @@ def body_abnormality(grid, region, seed: int = 0) -> Abnormality:
     says which); elsewhere ``tissue_contrast``."""
     spacing = np.asarray(grid.spacing_mm, dtype=float)
     ct = region.modality == "CT"
-    if region.name == "chest":
-        return chest_abnormality(grid.original_intensities(), spacing, seed)
     values = grid.original_intensities() if ct else grid.data
-    body = ct_body_mask(values, spacing) if ct else grid.mask
+    body = region.masks.get("body") if ct else grid.mask
+    if ct and body is None:
+        body = ct_body_mask(values, spacing)
+    if region.name == "chest":
+        return chest_abnormality(values, spacing, seed, body, region.masks.get("lungs"))
     threshold = BLOB_ANSWER * (MIN_CONTRAST_HU if ct else MIN_CONTRAST_MRI)
     return Abnormality(tissue_contrast_map(values, body, spacing, ct), spacing, "tissue_contrast",
                        threshold=threshold, at_lesion_scale=True)
 
 
-def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0) -> Abnormality:
+def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lungs=None) -> Abnormality:
     """Nodules in the lungs (``lung_nodule``, 0..1) and masses in the tissue outside the thoracic
     cavity (``tissue_contrast``, 0..1: :data:`MIN_CONTRAST_HU` maps to :data:`LUNG_NODULE_MIN`), in
-    one map; the mediastinum, full of vessels and nodes that look like blobs, is left out."""
+    one map; the mediastinum, full of vessels and nodes that look like blobs, is left out.
+    ``body`` (the patient without the couch) and ``lungs`` are computed unless given."""
     spacing = np.asarray(spacing_mm, dtype=float)
-    body = ct_body_mask(hu, spacing)
-    lungs = lung_mask(hu, body, spacing)
+    body = ct_body_mask(hu, spacing) if body is None else body
+    lungs = lung_mask(hu, body, spacing) if lungs is None else lungs
     envelope = lung_envelopes(lungs, spacing)
     nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
     cavity = thoracic_cavity(envelope, spacing)
@@ -140,8 +143,9 @@ def lung_nodule_map(hu: np.ndarray, body: np.ndarray, lungs: np.ndarray, envelop
     low, high = NODULE_STRENGTH
     nodule = np.clip((excess - low) / (high - low), 0.0, 1.0)
     bulk = ball_opening(solid, spacing, BULK_MM)[tuple(points.T)].astype(np.float32)
-    bulk -= mirror_strength(bulk, points, hu.shape, plane, spacing)
-    out[tuple(points.T)] = np.maximum(nodule, np.clip(bulk, 0.0, 1.0))
+    if bulk.any():
+        bulk = np.clip(bulk - mirror_strength(bulk, points, hu.shape, plane, spacing), 0.0, 1.0)
+    out[tuple(points.T)] = np.maximum(nodule, bulk)
     return out
 
 
@@ -212,37 +216,47 @@ def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, co
             level, factor = block_mean(level, (2, 2, 2)), factor * 2
         step = spacing * factor
         smooth = ndimage.gaussian_filter(level, sigma / step, mode="nearest")
-        index = np.minimum(points // factor, np.asarray(level.shape) - 1)
+        shape = np.asarray(level.shape)
+        # Flat indices of the points on this level; each level voxel is computed once.
+        at = np.minimum(points // factor, shape - 1) @ np.array([shape[1] * shape[2], shape[2], 1])
         margin = np.ceil(sigma / step).astype(int)
-        inside = np.all((index >= margin) & (index < np.asarray(level.shape) - margin), axis=1)
-        low, _, high = hessian_eigenvalues(smooth, step, index[inside])
+        wanted = np.zeros(level.shape, bool)
+        wanted.ravel()[at] = True
+        wanted[: margin[0]], wanted[shape[0] - margin[0]:] = False, False
+        wanted[:, : margin[1]], wanted[:, shape[1] - margin[1]:] = False, False
+        wanted[:, :, : margin[2]], wanted[:, :, shape[2] - margin[2]:] = False, False
+        voxels = np.flatnonzero(wanted)
+        low, _, high = hessian_eigenvalues(smooth, step, voxels)
         if compact:
             strength = np.where(high < 0, high ** 2 / np.minimum(low, -1e-12) * -1.0, 0.0)
         else:
             strength = np.maximum(-high, 0.0)
-        best[inside] = np.maximum(best[inside], strength * sigma ** 2)
+        answer = np.zeros(level.size, np.float32)
+        answer[voxels] = strength * sigma ** 2
+        np.maximum(best, answer[at], out=best)
     return best
 
 
-def hessian_eigenvalues(data: np.ndarray, spacing, index: np.ndarray):
-    """Eigenvalues (ascending: three arrays) of the Hessian of ``data`` at (n, 3) interior voxels,
-    from central differences, in closed form (the trigonometric method, Smith 1961)."""
-    i, j, k = (index[:, a] for a in range(3))
-    centre = data[i, j, k]
+def hessian_eigenvalues(data: np.ndarray, spacing, at: np.ndarray):
+    """Eigenvalues (ascending: three arrays) of the Hessian of ``data`` at interior voxels given by
+    their flat (C-order) indices, from central differences, in closed form (the trigonometric
+    method, Smith 1961)."""
+    flat = np.ascontiguousarray(data, dtype=np.float32).ravel()
+    spacing = np.asarray(spacing, dtype=np.float32)  # float32 arithmetic throughout: half the memory traffic
+    strides = np.array([data.shape[1] * data.shape[2], data.shape[2], 1])
+    centre = flat[at]  # neighbours lie at fixed offsets from each voxel's flat index
+
+    def value(offset):
+        return flat[at + int(np.dot(offset, strides))]
+
+    unit = np.eye(3, dtype=int)
 
     def second(axis):
-        step = np.zeros(3, int)
-        step[axis] = 1
-        return (data[i + step[0], j + step[1], k + step[2]] - 2.0 * centre
-                + data[i - step[0], j - step[1], k - step[2]]) / spacing[axis] ** 2
+        return (value(unit[axis]) - 2.0 * centre + value(-unit[axis])) / spacing[axis] ** 2
 
     def mixed(a, b):
-        one, two = np.zeros(3, int), np.zeros(3, int)
-        one[a], two[b] = 1, 1
-        plus, minus = one + two, one - two
-        return (data[i + plus[0], j + plus[1], k + plus[2]] - data[i + minus[0], j + minus[1], k + minus[2]]
-                - data[i - minus[0], j - minus[1], k - minus[2]] + data[i - plus[0], j - plus[1], k - plus[2]]
-                ) / (4.0 * spacing[a] * spacing[b])
+        plus, minus = unit[a] + unit[b], unit[a] - unit[b]
+        return (value(plus) - value(minus) - value(-minus) + value(-plus)) / (4.0 * spacing[a] * spacing[b])
 
     hxx, hyy, hzz = second(0), second(1), second(2)
     hxy, hxz, hyz = mixed(0, 1), mixed(0, 2), mixed(1, 2)

@@ -73,11 +73,15 @@ class Region:
         not a whole head in the field of view).
     measures : dict
         The numbers the decision was taken on (for the JSON and for checking).
+    masks : dict
+        Working-grid masks computed on the way, not part of the JSON.
     """
 
     modality: str
     name: str
     measures: dict = field(default_factory=dict)
+    #: Masks found on the way (CT: "body" without the couch, "lungs"), for the cue to reuse.
+    masks: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"modality": self.modality, "name": self.name,
@@ -108,24 +112,25 @@ def detect_modality(volume) -> str:
 def detect_region(grid, modality: str) -> Region:
     """Head, chest or body, from a :class:`~VoteMILib.preprocess.WorkingGrid`.
 
-    CT: a chest has lungs (large air-filled spaces inside the body) filling at least
-    :data:`CHEST_LUNG_FRACTION` of it; a head has a skull (bone rings around a brain-sized area).
+    CT: a chest has lungs (large air-filled spaces inside the body, the couch left out) filling at
+    least :data:`CHEST_LUNG_FRACTION` of it; a head has a skull (bone rings around a brain-sized area).
     MRI: a head lies whole inside the field of view (the foreground covers less than
     :data:`CROP_COVERAGE` of its left, right, front and back faces) and is no wider than :data:`HEAD_MAX_WIDTH_MM`.
     """
     spacing = np.asarray(grid.spacing_mm, dtype=float)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
     body = grid.mask
-    body_ml = max(float(body.sum()) * voxel_ml, voxel_ml)
     width_mm = float(np.ptp(np.flatnonzero(body.any(axis=(1, 2))))) * spacing[0] if body.any() else 0.0
     if modality == "CT":
         hu = grid.original_intensities()
-        lung_fraction = float(lung_mask(hu, body, spacing).sum()) * voxel_ml / body_ml
+        patient = ct_body_mask(hu, spacing)
+        lungs = lung_mask(hu, patient, spacing)
+        masks = {"body": patient, "lungs": lungs}
+        lung_fraction = float(lungs.sum()) / max(float(patient.sum()), 1.0)
         measures = {"lung_fraction": lung_fraction, "width_mm": width_mm}
         if lung_fraction >= CHEST_LUNG_FRACTION:
-            return Region("CT", "chest", measures)
-        measures["skull_height_mm"] = skull_mm = skull_height_mm(hu, body, spacing)
-        return Region("CT", "head" if skull_mm >= SKULL_HEIGHT_MM else "body", measures)
+            return Region("CT", "chest", measures, masks)
+        measures["skull_height_mm"] = skull_mm = skull_height_mm(hu, patient, spacing)
+        return Region("CT", "head" if skull_mm >= SKULL_HEIGHT_MM else "body", measures, masks)
     cut = side_coverage(body)
     measures = {"side_coverage": cut, "width_mm": width_mm}
     whole_head = cut < CROP_COVERAGE and width_mm <= HEAD_MAX_WIDTH_MM
@@ -215,10 +220,12 @@ def thoracic_cavity(envelope: np.ndarray, spacing_mm) -> np.ndarray:
 
 
 def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
-    """Each axial slice with its holes filled."""
+    """Each axial slice with its holes filled: the background that does not reach the slice's edge."""
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(mask, structure=in_plane)
+    background, _ = ndimage.label(~mask, structure=in_plane)
+    edges = np.concatenate([background[[0, -1]].ravel(), background[:, [0, -1]].ravel()])
+    return ~np.isin(background, np.unique(edges[edges > 0]))
 
 
 def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: bool = False) -> np.ndarray:
@@ -271,9 +278,10 @@ def depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
     on every second voxel: eight times cheaper, and a voxel of error is nothing at these depths.
     """
     coarse = ndimage.distance_transform_edt(mask[::2, ::2, ::2], sampling=2 * np.asarray(spacing_mm, dtype=float))
-    full = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)[: mask.shape[0], : mask.shape[1],
-                                                                        : mask.shape[2]]
-    return np.where(mask, full, 0.0).astype(np.float32)
+    full = coarse.astype(np.float32).repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    full = full[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
+    full[~mask] = 0.0
+    return full
 
 
 def skull_height_mm(hu: np.ndarray, body: np.ndarray, spacing_mm) -> float:
