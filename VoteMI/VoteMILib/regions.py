@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .modality import detect_modality, looks_like_ct  # noqa: F401 (what a scan shows, from its voxels)
 from .preprocess import block_mean
 
 #: Regions a scan can be taken for.
@@ -86,27 +87,6 @@ class Region:
     def to_dict(self) -> dict:
         return {"modality": self.modality, "name": self.name,
                 "measures": {key: round(float(value), 4) for key, value in self.measures.items()}}
-
-
-def looks_like_ct(array: np.ndarray) -> bool:
-    """Whether intensities are Hounsfield units.
-
-    A CT has air near -1000 HU around or inside the body, a floor no lower than the -3024 HU
-    padding scanners write, and no values beyond a few thousand HU. MRI intensities are arbitrary
-    but not negative by hundreds.
-    """
-    flat = np.asarray(array).ravel()
-    sample = flat[:: max(1, flat.size // 1_000_000)]
-    low, p1, p99 = np.percentile(sample, (0, 1, 99))
-    return bool(low >= -3100 and p1 <= -500 and p99 <= 4000 and np.mean(sample <= -900) >= 0.01)
-
-
-def detect_modality(volume) -> str:
-    """"CT" or "MRI" from the intensities; a volume's own ``metadata["modality"]`` (e.g. DICOM) wins."""
-    declared = str(getattr(volume, "metadata", {}).get("modality", "")).upper()
-    if declared in ("CT", "MR", "MRI"):
-        return "CT" if declared == "CT" else "MRI"
-    return "CT" if looks_like_ct(volume.array) else "MRI"
 
 
 def detect_region(grid, modality: str) -> Region:

@@ -13,27 +13,12 @@ from .body_cues import body_abnormality
 from .clustering import NOISE, dbscan, estimate_eps
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
+from .names import MODE_ALIASES, MODES, canonical_mode  # noqa: F401 (selection's names)
 from .preprocess import make_working_grid
 from .regions import detect_modality, detect_region
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, nearest_patches, pick_top_slices,
                      similarity_graph, slice_scores)
-
-#: Selection modes: "findings" (default) votes for the slices showing what stands out;
-#: "representative" is the paper's Vote-MI, which votes for typical anatomy.
-MODES = ("findings", "representative")
-#: Names of earlier versions, still accepted.
-MODE_ALIASES = {"votemi": "findings", "plain": "representative"}
-
-
-def canonical_mode(name: str) -> str:
-    """The mode a name (or an earlier name) stands for; ValueError for an unknown one."""
-    mode = MODE_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
-    if mode not in MODES:
-        known = ", ".join(MODES) + " (or the earlier names " + ", ".join(MODE_ALIASES) + ")"
-        raise ValueError(f"unknown selection mode '{name}'; choose from {known}")
-    return mode
-
 
 class Cancelled(Exception):
     """Raised when the caller's ``cancel()`` returned True."""

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .names import SYNTHETIC_KINDS
 from .regions import AERATED_HU, ball_closing, depth_mm, lung_envelopes, lung_mask, thoracic_cavity
 
 #: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
-KINDS = ("lung", "tissue", "bright")
+KINDS = SYNTHETIC_KINDS
 DIAMETERS_MM = {"lung": (15.0, 20.0, 30.0, 45.0, 60.0), "tissue": (20.0, 30.0, 50.0), "bright": (6.0, 10.0)}
 #: A solid nodule or mass in non-contrast CT (about 30 HU, voxel noise of a routine chest CT).
 NODULE_HU, NODULE_NOISE_HU = 30.0, 20.0
