@@ -156,3 +156,15 @@ def test_mode_names_and_their_earlier_aliases():
     with pytest.raises(SystemExit) as stopped:
         cli.main(["select", "/nonexistent.nii.gz", "--mode", "best"])
     assert stopped.value.code == 2
+
+
+def test_building_the_command_line_loads_no_scipy():
+    """``votemi --version`` and ``--help`` build the whole parser; none of it needs scipy (the
+    selection engine loads it when a command runs)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from VoteMILib.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('scipy', 'SimpleITK', 'PIL', 'torch') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]", shown.stdout

@@ -16,6 +16,7 @@ from scipy import ndimage, optimize
 from scipy.spatial import cKDTree
 
 from .geometry import NORMAL_INDEX
+from .clustering import LEAF_SIZE
 
 #: Outer rim left out of the comparison: scalp and skull (about 5 + 7 mm in adults), and the head's
 #: edge, where a slightly tilted mirror plane compares tissue with air.
@@ -62,11 +63,16 @@ def fit_midsagittal_plane(smooth_data: np.ndarray, mask: np.ndarray, seed: int =
     Starts at the head's centre of mass with no tilt and minimises the mean absolute difference
     between sampled voxels and their mirror images (Powell's method, so no gradients are needed).
     """
-    points = np.argwhere(mask).astype(float)
+    # The centre of mass from voxel counts, the sample from flat indices: the same points as
+    # np.argwhere, without listing every voxel's coordinates.
+    inside = np.flatnonzero(mask)
+    shape = np.array(mask.shape)
+    counts = [mask.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+    centre = np.array([np.dot(np.arange(n), c) for n, c in zip(shape, counts)], dtype=float) / len(inside)
     rng = np.random.default_rng(seed)
-    if len(points) > max_points:
-        points = points[rng.choice(len(points), max_points, replace=False)]
-    centre = points.mean(axis=0)
+    if len(inside) > max_points:
+        inside = inside[rng.choice(len(inside), max_points, replace=False)]
+    points = np.stack(np.unravel_index(inside, mask.shape), axis=1).astype(float)
     values = ndimage.map_coordinates(smooth_data, points.T, order=1)
 
     def asymmetry(params):
@@ -121,7 +127,11 @@ class Abnormality:
     threshold : float
         Body cues: the least peak of :attr:`smoothed` that stands out.
     at_lesion_scale : bool
-        The map is already measured at lesion scales (``tissue_contrast``) and is not smoothed again.
+        The map is already measured at lesion scales (body cues) and is not smoothed again.
+    labels : ndarray of int8 or None
+        When the map joins several cues (a chest: lung nodules and chest-wall masses), the index in
+        :attr:`cues` of the cue each voxel's value comes from.
+    cues : tuple of str
     """
 
     map: np.ndarray
@@ -131,6 +141,8 @@ class Abnormality:
     rarity: np.ndarray | None = None
     threshold: float = 0.0
     at_lesion_scale: bool = False
+    labels: np.ndarray | None = None
+    cues: tuple = ()
 
     @cached_property
     def smoothed(self) -> np.ndarray:
@@ -162,6 +174,23 @@ class Abnormality:
         mirror = mirrored_values(self.rarity, self.plane, point[None])[0]
         inner = self.rarity[self.map > 0]
         return bool(np.mean(inner < mirror) < TYPICAL_MIRROR_QUANTILE) if inner.size else False
+
+    def cue_at(self, axis: int, index: int) -> str:
+        """The cue that decided a working slice: the one of its strongest point."""
+        if self.labels is None:
+            return self.cue
+        section = np.take(self.smoothed, index, axis=axis)
+        return self.cues[int(np.take(self.labels, index, axis=axis).flat[int(np.argmax(section))])]
+
+    def focus_section(self, axis: int, index: int) -> np.ndarray:
+        """The map of one working slice that a pick's mark is placed on: the map itself for the
+        asymmetry (already at lesion scale), the vote weights spread over a lesion's width for the
+        body cues (whose 0..1 maps are flat across a lesion and would tie anywhere on it)."""
+        if not self.at_lesion_scale:
+            return np.take(self.map, index, axis=axis)
+        in_plane = [s for a, s in enumerate(self.spacing_mm) if a != axis]
+        return ndimage.gaussian_filter(np.take(self.evidence, index, axis=axis),
+                                       _sigma_voxels(2 * LESION_SCALE_MM, in_plane))
 
     @cached_property
     def hemisphere(self) -> np.ndarray:
@@ -231,7 +260,7 @@ def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: in
     if len(features) > reference_size:
         reference = features[rng.choice(len(features), reference_size, replace=False)]
     k = int(min(neighbours, len(reference)))
-    distances, _ = cKDTree(reference).query(features, k=k, workers=-1)
+    distances, _ = cKDTree(reference, leafsize=LEAF_SIZE).query(features, k=k, workers=-1)
     return distances.reshape(len(features), -1).mean(axis=1)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import NORMAL_INDEX, PLANES, canonical_array, parse_planes, plane_geometry
+from .geometry import NORMAL_INDEX, PLANES, canonical_array, plane_geometry
 from .preprocess import foreground_mask
 from .volumes import VolumeError, load_volume
 
@@ -79,13 +79,16 @@ def load_mask(path, volume) -> np.ndarray:
     return sitk.GetArrayFromImage(image) > 0
 
 
-def plane_profiles(volume, lesion_kji: np.ndarray, head_kji: np.ndarray, plane: str):
-    """Lesion and head cross-section area (voxels) of every slice, in ascending RAS order."""
+def section_areas(volume, mask_kji: np.ndarray, plane: str) -> np.ndarray:
+    """Cross-section area (voxels) of a mask in every slice of a plane, in ascending RAS order."""
     axis = NORMAL_INDEX[plane]
     others = tuple(a for a in range(3) if a != axis)
-    lesion = canonical_array(lesion_kji, volume.ijk_to_ras).sum(axis=others)
-    head = canonical_array(head_kji, volume.ijk_to_ras).sum(axis=others)
-    return lesion.astype(float), head.astype(float)
+    return canonical_array(mask_kji, volume.ijk_to_ras).sum(axis=others).astype(float)
+
+
+def plane_profiles(volume, lesion_kji: np.ndarray, head_kji: np.ndarray, plane: str):
+    """Lesion and head cross-section area (voxels) of every slice, in ascending RAS order."""
+    return section_areas(volume, lesion_kji, plane), section_areas(volume, head_kji, plane)
 
 
 def score_slice(index: int, lesion: np.ndarray, positions: np.ndarray) -> dict:
@@ -258,67 +261,3 @@ def format_speed_table(rows: list) -> str:
                      f"{r['ratio_to_load']:.1f} | {r['volume_mb']:.0f} | {r['peak_mb']:.0f} | {r['total_mb']:.0f} | "
                      f"{r['memory_limit_mb']:.0f} |")
     return "\n".join(lines)
-
-
-def add_bench_command(commands) -> None:
-    from .cli import positive_int
-
-    parser = commands.add_parser("bench", help="score selection on cases with lesion masks, and speed",
-                                 description="Run selection on every case of a folder and score the top slice "
-                                             "of each plane against the lesion mask, beside naive baselines.")
-    parser.add_argument("data_dir", nargs="?", help="folder with cases.tsv or case sub-folders")
-    parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes)
-    from .cli import parse_mode
-
-    parser.add_argument("--mode", type=parse_mode, default=None, metavar="{findings,representative}",
-                        help="score one mode only (default: both)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--extra", action="store_true", help="vote with each case's extra sequences too")
-    parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder to use")
-    parser.add_argument("--json", metavar="OUT", help="write every number as JSON")
-    parser.add_argument("--speed", action="store_true",
-                        help="time 240x240x155 and 512x512x400 volumes made from a real scan instead")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per size with --speed")
-    parser.add_argument("--source", help="scan to resample for --speed (default: Colin27 from mricron-data)")
-    parser.set_defaults(func=run_bench)
-
-
-def run_bench(args) -> int:
-    if args.json:  # before hours of work, not after
-        from .outputs import check_output_file
-
-        check_output_file(args.json, "--json file")
-    if args.speed:
-        rows = speed_benchmark(args.repeats, args.source, (args.mode,) if args.mode else ("findings", "representative"))
-        print(format_speed_table(rows))
-        document = {"speed": rows}
-    else:
-        if not args.data_dir:
-            raise VolumeError("bench needs DATA_DIR (or --speed)")
-        encoder = None
-        if args.encoder:
-            from .encoders import load_patch_encoder
-
-            encoder = load_patch_encoder(args.encoder)
-        modes = (args.mode,) if args.mode else ("findings", "representative")
-        rows = []
-        for case in find_cases(args.data_dir):
-            row = evaluate_case(case, args.planes, modes, args.seed, args.extra, encoder)
-            rows.append(row)
-            print(f"{case.name}: load {row['load_s']:.2f} s, select {row['select_s']:.2f} s, "
-                  f"peak {row['peak_mb']:.0f} MB", flush=True)
-        methods = (*modes, *BASELINES)
-        means = summarise(rows, args.planes, methods)
-        print("\nPer case (top slice of each plane: hit_any/hit_half, distance from largest lesion section; "
-              "the cue that decided the first mode's pick in brackets):")
-        print(format_case_table([r for r in rows if r["planes"]], args.planes, methods))
-        print(f"\nMeans over the cases with masks, by detected region ({sum(1 for r in rows if r['planes'])} cases; "
-              "hit_any / hit_half / distance):")
-        print(format_quality_table(means))
-        document = {"cases": rows, "means": means, "settings": {"modes": list(modes), "seed": args.seed,
-                                                                "extra": args.extra, "encoder": args.encoder}}
-    if args.json:
-        from .outputs import write_json_atomic
-
-        write_json_atomic(args.json, document, what="bench JSON")
-    return 0

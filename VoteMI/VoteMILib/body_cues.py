@@ -3,10 +3,13 @@
 Outside the head the body is not mirror-symmetric as a whole (heart, liver, bowel), so the
 default score cannot compare left with right everywhere. Two cues take its place:
 
-- ``lung_nodule`` (chest CT): solid tissue where aerated lung surrounds it on most sides and the
-  mirror image across the midline is aerated lung. The lungs are a pair, so a nodule or mass is
-  solid where the other lung is air; the heart and mediastinum are not surrounded by lung, and
-  both hila, which hold large vessels, mirror each other.
+- ``lung_nodule`` (chest CT): compact solid blobs inside the lungs' envelopes. Each lung's dents
+  up to the size of a large mass are filled (a nodule against the chest wall or the mediastinum
+  sits in such a dent; the heart and the mediastinum are broader and stay out); inside those
+  envelopes, everything but lung is shown as aerated lung, so that a nodule stands free, and a
+  blob filter at nodule scales answers to compact blobs, not to vessels and bronchial walls
+  (tubes), the hila (branching tubes) or the lung's rim (plates). What its mirror image across the
+  midline also shows (both hila, paired vessels) is subtracted.
 - ``tissue_contrast`` (any other body scan, CT or MRI): bright blobs at lesion scale: where the
   intensity peaks in all three directions against its surroundings (a mass in fat or muscle,
   a lesion in breast tissue), which edges (skin, organ borders: plate-like) and vessels and
@@ -23,112 +26,189 @@ from scipy import ndimage
 
 from .abnormality import LESION_SCALE_MM, Abnormality, fit_midsagittal_plane, mirrored_values
 from .preprocess import block_mean
-from .regions import AERATED_HU, BONE_HU, depth_mm, lung_mask
+from .regions import (AERATED_HU, BONE_HU, ball_opening, ct_body_mask, depth_mm, lung_envelopes, lung_mask,
+                      thoracic_cavity)
 
 #: The outer layer of the body left out: skin and subcutaneous tissue, the contact with the table,
 #: where intensity changes most and which no cue should point at.
 BODY_RIM_MM = 10.0
-#: A nodule is surrounded by lung when lung lies within this distance in most directions: a mass
-#: up to 6 cm across still reaches lung from its centre.
-ENCLOSURE_MM = 30.0
-#: Of the six directions along the anatomical axes, lung must be reached in at least this many
-#: (more than half: a mass against the chest wall has lung on five sides, the chest wall on one).
-ENCLOSURE_SIDES = 4
+#: Outside the lungs (the chest wall, the mediastinum) the blob filter sees aerated lung of this density.
+LUNG_FILL_HU = -850.0
+#: Radii of the nodules looked for: a 1.4 cm nodule to a 5.6 cm mass.
+NODULE_RADII_MM = (7.0, 10.0, 14.0, 20.0, 28.0, 40.0)
+#: Contrast of a solid nodule against aerated lung (about 30 HU against -850 HU), the unit of the
+#: ``lung_nodule`` map before it is mapped to 0..1.
+NODULE_CONTRAST_HU = 900.0
+#: Blob strength beyond the mirror image's, as a share of a nodule's answer, mapped to 0..1 between
+#: these: paired vessels and hila stay below the first, a solid nodule of 1.5 cm reaches the second.
+NODULE_STRENGTH = (0.2, 0.5)
+#: The mirror image's strength is the largest within this distance (mm) of the mirrored point: the
+#: two hila, paired vessels and bronchi lie within a centimetre or two of each other's mirror images.
+MIRROR_MM = 15.0
+#: Solid tissue in a lung's envelope that holds a ball of this radius (mm) is a mass, whatever its
+#: shape (the hila, vessels and the dents of the aorta and heart are thinner).
+BULK_MM = 20.0
+#: ``lung_nodule`` stands out where its 0..1 map reaches this (a blob halfway between the two
+#: :data:`NODULE_STRENGTH` bounds).
+LUNG_NODULE_MIN = 0.8
 #: Radii of the lesions looked for by ``tissue_contrast``: a 1.4 cm nodule to a 5.5 cm mass
 #: (Gaussian scales radius / sqrt(3), at which a sphere of that radius answers most).
 BLOB_RADII_MM = (7.0, 14.0, 28.0)
-#: ``lung_nodule`` stands out where at least half of a lesion-scale neighbourhood is such tissue
-#: (a nodule of about 1 cm).
-LUNG_NODULE_MIN = 0.5
 #: ``tissue_contrast`` stands out for a blob at least this much brighter than its surroundings:
 #: soft tissue against fat (about 100 HU) in CT, a fifth of the foreground's intensity range in MRI.
 MIN_CONTRAST_HU = 100.0
 MIN_CONTRAST_MRI = 0.2
-#: What a Gaussian blob of contrast 1 answers at its own scale (see :func:`tissue_contrast_map`).
+#: What a Gaussian blob of contrast 1 answers at its own scale (see :func:`blob_strength`).
 BLOB_ANSWER = 0.18
+#: Fat in CT (about -100 HU) is the darkest tissue ``tissue_contrast`` compares (darker voxels that are
+#: not air, the partial volume of air and tissue, count as fat).
+FAT_HU = -150.0
+#: Muscle and solid organs in CT.
+SOFT_TISSUE_HU = 40.0
 #: Soft tissue stops here: bone and contrast-enhanced vessels above it are expected anatomy, so
-#: ``tissue_contrast`` sees them as soft tissue rather than as the brightest blobs of the scan.
+#: ``tissue_contrast`` sees them as soft tissue (:data:`SOFT_TISSUE_HU`) rather than as the brightest
+#: blobs of the scan.
 SOFT_TISSUE_MAX_HU = 100.0
 
 
 def body_abnormality(grid, region, seed: int = 0) -> Abnormality:
-    """The body cue of a region ("chest": ``lung_nodule``; else ``tissue_contrast``) on a working grid."""
+    """The body cue of a region on a working grid: in a chest CT ``lung_nodule`` in the lungs and
+    ``tissue_contrast`` in the chest wall and whatever lies above and below the thorax (each voxel
+    says which); elsewhere ``tissue_contrast``."""
     spacing = np.asarray(grid.spacing_mm, dtype=float)
     ct = region.modality == "CT"
-    if region.name == "chest":
-        found = lung_nodule_map(grid.original_intensities(), grid.mask, spacing, seed=seed)
-        return Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN)
     values = grid.original_intensities() if ct else grid.data
+    body = region.masks.get("body") if ct else grid.mask
+    if ct and body is None:
+        body = ct_body_mask(values, spacing)
+    if region.name == "chest":
+        return chest_abnormality(values, spacing, seed, body, region.masks.get("lungs"))
     threshold = BLOB_ANSWER * (MIN_CONTRAST_HU if ct else MIN_CONTRAST_MRI)
-    return Abnormality(tissue_contrast_map(values, grid.mask, spacing, ct), spacing, "tissue_contrast",
+    return Abnormality(tissue_contrast_map(values, body, spacing, ct), spacing, "tissue_contrast",
                        threshold=threshold, at_lesion_scale=True)
 
 
-def lung_nodule_map(hu: np.ndarray, body: np.ndarray, spacing_mm, seed: int = 0) -> np.ndarray:
-    """Solid tissue enclosed by lung whose mirror image is aerated lung (0..1 per voxel).
+def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lungs=None) -> Abnormality:
+    """Nodules in the lungs (``lung_nodule``, 0..1) and masses in the tissue outside the thoracic
+    cavity (``tissue_contrast``, 0..1: :data:`MIN_CONTRAST_HU` maps to :data:`LUNG_NODULE_MIN`), in
+    one map; the mediastinum, full of vessels and nodes that look like blobs, is left out.
+    ``body`` (the patient without the couch) and ``lungs`` are computed unless given."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    body = ct_body_mask(hu, spacing) if body is None else body
+    lungs = lung_mask(hu, body, spacing) if lungs is None else lungs
+    envelope = lung_envelopes(lungs, spacing)
+    nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
+    cavity = thoracic_cavity(envelope, spacing)
+    # The lungs shown as soft tissue: organs under the diaphragm make no edge against them.
+    solid_chest = np.where(envelope, SOFT_TISSUE_HU, hu)
+    contrast = tissue_contrast_map(solid_chest, body & ~cavity, spacing, ct=True) / BLOB_ANSWER
+    # Only masses that stand out vote (0 below 90 % of that contrast, LUNG_NODULE_MIN at it): faint
+    # blobs over a large area (organs, bowel, breast tissue) must not outvote one nodule.
+    low = 0.9 * MIN_CONTRAST_HU
+    masses = np.clip((contrast - low) / ((MIN_CONTRAST_HU - low) / LUNG_NODULE_MIN), 0.0, 1.0)
+    found = np.maximum(nodules, masses)
+    labels = (masses > nodules).astype(np.int8)
+    return Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN, at_lesion_scale=True,
+                       labels=labels, cues=("lung_nodule", "tissue_contrast"))
+
+
+def lung_nodule_map(hu: np.ndarray, body: np.ndarray, lungs: np.ndarray, envelope: np.ndarray, spacing_mm,
+                    seed: int = 0) -> np.ndarray:
+    """How much each solid voxel inside the lungs' envelopes looks like part of a nodule (0..1).
 
     Parameters
     ----------
     hu : ndarray
         Working-grid intensities in Hounsfield units, axes (R, A, S).
-    body : ndarray of bool
-        The body (foreground).
+    body, lungs, envelope : ndarray of bool
+        The patient (without the couch), the aerated lungs, and the lungs' envelopes
+        (:func:`~VoteMILib.regions.lung_envelopes`).
     spacing_mm : sequence of float
     seed : int
         Seeds the points the midsagittal plane is fitted on.
     """
     spacing = np.asarray(spacing_mm, dtype=float)
-    lungs = lung_mask(hu, body, spacing)
-    solid = (hu >= AERATED_HU) & (hu < BONE_HU) & (depth_mm(body, spacing) > BODY_RIM_MM)
-    enclosed = solid & (directions_reaching(lungs, spacing, ENCLOSURE_MM) >= ENCLOSURE_SIDES)
     out = np.zeros(hu.shape, np.float32)
-    if not enclosed.any():
+    solid = envelope & ~lungs & (hu >= AERATED_HU) & (hu < BONE_HU)
+    if not solid.any():
         return out
-    sigma = LESION_SCALE_MM / spacing
+    shown = np.where(solid | lungs, np.clip(hu, -1000.0, SOFT_TISSUE_MAX_HU), LUNG_FILL_HU).astype(np.float32)
+    points = np.argwhere(solid)
+    strength = blob_strength(shown, spacing, NODULE_RADII_MM, points, compact=True)
+    strength /= BLOB_ANSWER * NODULE_CONTRAST_HU
     # The midline of the chest from its outline, spine and lungs at lesion scale (air to soft tissue).
-    outline = ndimage.gaussian_filter(np.clip(hu, -1000.0, SOFT_TISSUE_MAX_HU), sigma)
+    outline = ndimage.gaussian_filter(np.clip(hu, -1000.0, SOFT_TISSUE_MAX_HU), LESION_SCALE_MM / spacing)
     plane = fit_midsagittal_plane(outline, body, seed=seed)
-    aerated = ndimage.gaussian_filter(lungs.astype(np.float32), sigma)
-    out[enclosed] = mirrored_values(aerated, plane, np.argwhere(enclosed).astype(float))
+    excess = strength - mirror_strength(strength, points, hu.shape, plane, spacing)
+    low, high = NODULE_STRENGTH
+    nodule = np.clip((excess - low) / (high - low), 0.0, 1.0)
+    bulk = ball_opening(solid, spacing, BULK_MM)[tuple(points.T)].astype(np.float32)
+    if bulk.any():
+        bulk = np.clip(bulk - mirror_strength(bulk, points, hu.shape, plane, spacing), 0.0, 1.0)
+    out[tuple(points.T)] = np.maximum(nodule, bulk)
     return out
 
 
-def directions_reaching(target: np.ndarray, spacing_mm, distance_mm: float) -> np.ndarray:
-    """For every voxel, in how many of the six axis directions ``target`` lies within ``distance_mm``."""
-    count = np.zeros(target.shape, np.int8)
-    far = np.iinfo(np.int32).max // 2
-    for axis in range(3):
-        index = np.arange(target.shape[axis], dtype=np.int32).reshape([-1 if a == axis else 1 for a in range(3)])
-        reach = distance_mm / float(spacing_mm[axis])
-        below = np.maximum.accumulate(np.where(target, index, -far), axis=axis)
-        above = np.flip(np.minimum.accumulate(np.flip(np.where(target, index, far), axis), axis=axis), axis)
-        count += (index - below <= reach).astype(np.int8)
-        count += (above - index <= reach).astype(np.int8)
-    return count
+def mirror_strength(strength: np.ndarray, points: np.ndarray, shape, plane, spacing) -> np.ndarray:
+    """The strongest blob near each point's mirror image on the other side of the midline.
+
+    Near the midline the mirror image falls on the point's own neighbourhood, so its weight fades
+    from 1 (at :data:`MIRROR_MM` from the plane) to 0 (at half of that).
+    """
+    volume = np.zeros(shape, np.float32)
+    volume[tuple(points.T)] = strength
+    size = np.maximum(1, np.round(2.0 * MIRROR_MM / spacing)).astype(int) | 1
+    nearby = ndimage.maximum_filter(volume, size=size)
+    coordinates = points.astype(float)
+    offset_mm = ((coordinates - np.asarray(plane.centre)) @ plane.normal) * float(np.mean(spacing))
+    weight = np.clip((2.0 * np.abs(offset_mm) - MIRROR_MM) / MIRROR_MM, 0.0, 1.0)
+    return weight * mirrored_values(nearby, plane, coordinates)
 
 
 def tissue_contrast_map(values: np.ndarray, body: np.ndarray, spacing_mm, ct: bool) -> np.ndarray:
-    """Bright-blob strength at lesion scales, in the intensity units of ``values``.
-
-    At each scale the Hessian of the smoothed intensities is taken; a bright blob curves down in
-    all three directions, so the least curvature (the largest eigenvalue, negated) measures it,
-    scale-normalised (times sigma^2) so that scales compare. A Gaussian blob of contrast C answers
-    with about 0.18 C at its own scale. Coarser scales run on block-averaged copies (two voxels
-    per sigma), which keeps the cost at that of the finest scale.
+    """Bright-blob strength at lesion scales (:data:`BLOB_RADII_MM`), in the intensity units of
+    ``values``, deeper than :data:`BODY_RIM_MM` inside ``body`` (0 elsewhere).
 
     Parameters
     ----------
     values : ndarray
-        Working-grid intensities: Hounsfield units for CT (clipped to air..soft tissue here),
-        the grid's 0..1 scaled intensities for MRI.
+        Working-grid intensities: Hounsfield units for CT, the grid's 0..1 scaled intensities for
+        MRI. In CT, air (around the body, in bowel) counts as fat, so that the skin and gas make no
+        bright edges, and bone and contrast-filled vessels as soft tissue, so that a clavicle or a
+        vertebra in fat is no bright blob.
+    body : ndarray of bool
+        The part of the body looked at.
     ct : bool
     """
     spacing = np.asarray(spacing_mm, dtype=float)
-    data = np.clip(values, -1000.0, SOFT_TISSUE_MAX_HU).astype(np.float32) if ct else values.astype(np.float32)
-    extent = np.asarray(data.shape) * spacing
+    if ct:
+        data = np.where(values > SOFT_TISSUE_MAX_HU, SOFT_TISSUE_HU, np.maximum(values, FAT_HU)).astype(np.float32)
+    else:
+        data = values.astype(np.float32)
+    points = np.argwhere(depth_mm(body, spacing) > BODY_RIM_MM)
     out = np.zeros(data.shape, np.float32)
+    out[tuple(points.T)] = blob_strength(data, spacing, BLOB_RADII_MM, points)
+    return out
+
+
+def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, compact: bool = False) -> np.ndarray:
+    """Bright-blob strength at (n, 3) voxel ``points``, the largest over lesion radii.
+
+    At each radius the image is smoothed at sigma = radius / sqrt(3), at which a sphere of that
+    radius answers most, and the Hessian's eigenvalues l1 <= l2 <= l3 are taken. A bright blob
+    curves down in all three directions; its strength is the least curvature, -l3, or with
+    ``compact`` l3^2 / |l1|, which also weighs down blobs that are much longer than wide (the
+    junctions of vessels; the "dot" filter of Li, Sone and Doi, 2003). Strengths are scale-
+    normalised (times sigma^2) so that radii compare: a Gaussian blob of contrast C answers about
+    0.18 C at its own scale (:data:`BLOB_ANSWER`). Coarser scales run on block-averaged copies
+    (two voxels per sigma); within one sigma of a face of the field of view, which cuts what a
+    blob is compared with, a scale gives nothing.
+    """
+    spacing = np.asarray(spacing_mm, dtype=float)
+    extent = np.asarray(data.shape) * spacing
+    best = np.zeros(len(points), np.float32)
     level, factor = data, 1
-    for radius in BLOB_RADII_MM:
+    for radius in radii_mm:
         sigma = radius / np.sqrt(3.0)
         if 2 * radius > extent.min():  # the field of view must hold the lesion
             break
@@ -136,22 +216,50 @@ def tissue_contrast_map(values: np.ndarray, body: np.ndarray, spacing_mm, ct: bo
             level, factor = block_mean(level, (2, 2, 2)), factor * 2
         step = spacing * factor
         smooth = ndimage.gaussian_filter(level, sigma / step, mode="nearest")
-        strength = np.maximum(-largest_hessian_eigenvalue(smooth, step), 0.0) * sigma ** 2
-        # Within one sigma of a face the field of view cuts what the blob is compared with.
+        shape = np.asarray(level.shape)
+        # Flat indices of the points on this level; each level voxel is computed once.
+        at = np.minimum(points // factor, shape - 1) @ np.array([shape[1] * shape[2], shape[2], 1])
         margin = np.ceil(sigma / step).astype(int)
-        edge = np.zeros(strength.shape, bool)
-        edge[margin[0]:-margin[0] or None, margin[1]:-margin[1] or None, margin[2]:-margin[2] or None] = True
-        out = np.maximum(out, _upsample(np.where(edge, strength, 0.0), factor, data.shape))
-    return np.where(depth_mm(body, spacing) > BODY_RIM_MM, out, 0.0).astype(np.float32)
+        wanted = np.zeros(level.shape, bool)
+        wanted.ravel()[at] = True
+        wanted[: margin[0]], wanted[shape[0] - margin[0]:] = False, False
+        wanted[:, : margin[1]], wanted[:, shape[1] - margin[1]:] = False, False
+        wanted[:, :, : margin[2]], wanted[:, :, shape[2] - margin[2]:] = False, False
+        voxels = np.flatnonzero(wanted)
+        low, _, high = hessian_eigenvalues(smooth, step, voxels)
+        if compact:
+            strength = np.where(high < 0, high ** 2 / np.minimum(low, -1e-12) * -1.0, 0.0)
+        else:
+            strength = np.maximum(-high, 0.0)
+        answer = np.zeros(level.size, np.float32)
+        answer[voxels] = strength * sigma ** 2
+        np.maximum(best, answer[at], out=best)
+    return best
 
 
-def largest_hessian_eigenvalue(data: np.ndarray, spacing) -> np.ndarray:
-    """Largest eigenvalue of the Hessian (finite differences) at every voxel, in closed form."""
-    first = np.gradient(data, *spacing)
-    hxx, hxy, hxz = np.gradient(first[0], *spacing)
-    hyy, hyz = np.gradient(first[1], *spacing[1:], axis=(1, 2))
-    hzz = np.gradient(first[2], spacing[2], axis=2)
-    # Eigenvalues of a symmetric 3x3 matrix by the trigonometric method (Smith, 1961).
+def hessian_eigenvalues(data: np.ndarray, spacing, at: np.ndarray):
+    """Eigenvalues (ascending: three arrays) of the Hessian of ``data`` at interior voxels given by
+    their flat (C-order) indices, from central differences, in closed form (the trigonometric
+    method, Smith 1961)."""
+    flat = np.ascontiguousarray(data, dtype=np.float32).ravel()
+    spacing = np.asarray(spacing, dtype=np.float32)  # float32 arithmetic throughout: half the memory traffic
+    strides = np.array([data.shape[1] * data.shape[2], data.shape[2], 1])
+    centre = flat[at]  # neighbours lie at fixed offsets from each voxel's flat index
+
+    def value(offset):
+        return flat[at + int(np.dot(offset, strides))]
+
+    unit = np.eye(3, dtype=int)
+
+    def second(axis):
+        return (value(unit[axis]) - 2.0 * centre + value(-unit[axis])) / spacing[axis] ** 2
+
+    def mixed(a, b):
+        plus, minus = unit[a] + unit[b], unit[a] - unit[b]
+        return (value(plus) - value(minus) - value(-minus) + value(-plus)) / (4.0 * spacing[a] * spacing[b])
+
+    hxx, hyy, hzz = second(0), second(1), second(2)
+    hxy, hxz, hyz = mixed(0, 1), mixed(0, 2), mixed(1, 2)
     mean = (hxx + hyy + hzz) / 3.0
     off = hxy ** 2 + hxz ** 2 + hyz ** 2
     scale = np.sqrt(((hxx - mean) ** 2 + (hyy - mean) ** 2 + (hzz - mean) ** 2 + 2.0 * off) / 6.0) + 1e-12
@@ -159,13 +267,6 @@ def largest_hessian_eigenvalue(data: np.ndarray, spacing) -> np.ndarray:
     bxy, bxz, byz = hxy / scale, hxz / scale, hyz / scale
     det = bxx * (byy * bzz - byz ** 2) - bxy * (bxy * bzz - byz * bxz) + bxz * (bxy * byz - byy * bxz)
     angle = np.arccos(np.clip(det / 2.0, -1.0, 1.0)) / 3.0
-    return (mean + 2.0 * scale * np.cos(angle)).astype(np.float32)
-
-
-def _upsample(coarse: np.ndarray, factor: int, shape) -> np.ndarray:
-    """Repeat each voxel ``factor`` times per axis and fit to ``shape`` (edge voxels repeated)."""
-    if factor == 1:
-        return coarse
-    full = coarse.repeat(factor, axis=0).repeat(factor, axis=1).repeat(factor, axis=2)
-    pad = [(0, max(0, shape[a] - full.shape[a])) for a in range(3)]
-    return np.pad(full, pad, mode="edge")[: shape[0], : shape[1], : shape[2]]
+    high = mean + 2.0 * scale * np.cos(angle)
+    low = mean + 2.0 * scale * np.cos(angle + 2.0 * np.pi / 3.0)
+    return low, 3.0 * mean - high - low, high

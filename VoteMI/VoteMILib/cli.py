@@ -8,8 +8,7 @@ import sys
 import time
 
 from . import __version__, events
-from .geometry import PLANES, parse_planes
-from .volumes import VolumeError, load_volume
+from .names import CT_PRESET_NAMES, PLANES, canonical_mode, parse_planes
 
 
 def main(argv=None) -> int:
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
-    except (VolumeError, ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # VolumeError and OutputError are among them
         events.print_error(error)
         return 1
     except KeyboardInterrupt:
@@ -67,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"votemi {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_select_command(commands)
-    from .bench import add_bench_command
+    from .bench_command import add_bench_command
 
     add_bench_command(commands)
     # Commands defined beside the parts they drive are registered here (VLM: describe, serve).
@@ -105,8 +104,6 @@ def add_selection_arguments(parser) -> None:
 
 def add_window_arguments(parser) -> None:
     """How slices become pixels (PNGs of select, images of describe)."""
-    from .render import CT_PRESET_NAMES
-
     group = parser.add_argument_group("windows")
     group.add_argument("--modality", choices=("auto", "CT", "MRI"), default="auto",
                        help="auto detects CT from Hounsfield units (default: %(default)s)")
@@ -131,8 +128,6 @@ def add_events_argument(parser) -> None:
 
 def parse_mode(text) -> str:
     """argparse type for --mode: a mode or one of its earlier names."""
-    from .selection import canonical_mode
-
     try:
         return canonical_mode(text)
     except ValueError as error:
@@ -198,6 +193,7 @@ def selection_document(args, volume, result) -> dict:
 def run_selection(args, progress=None):
     """Load the image (and extras), run the selection; returns (volume, extras, result)."""
     from .selection import select_slices
+    from .volumes import load_volume
 
     started = time.perf_counter()
     volume = load_volume(args.image, series=args.series)

@@ -7,44 +7,17 @@ the axes are stored in (LPS, RAS, LAS, permuted, or oblique).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-PLANES = ("axial", "coronal", "sagittal")
-#: RAS axis each plane is normal to, and its index in (R, A, S).
-NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
+from .names import NORMAL_AXIS, PLANES, PlaneNameError, parse_planes  # noqa: F401 (the engine's names)
+
 _RAS_INDEX = {"R": 0, "A": 1, "S": 2}
 #: Index (0=R, 1=A, 2=S) of the RAS axis each plane is normal to: also the axis of a canonical
 #: (R, A, S) array that numbers the plane's slices.
 NORMAL_INDEX = {plane: _RAS_INDEX[axis] for plane, axis in NORMAL_AXIS.items()}
-
-
-class PlaneNameError(argparse.ArgumentTypeError, ValueError):
-    """An unknown plane name. A ValueError for callers; as an ArgumentTypeError, argparse shows its message
-    (``--planes foo``) instead of a generic "invalid parse_planes value"."""
-
-
-def parse_planes(text) -> tuple[str, ...]:
-    """Turn ``"axial,coronal"`` (or a sequence) into a tuple of plane names in canonical order.
-
-    Accepts the first letter of each plane as well; raises ValueError for unknown names.
-    """
-    items = text.split(",") if isinstance(text, str) else list(text)
-    wanted = set()
-    for item in items:
-        item = item.strip().lower()
-        if not item:
-            continue
-        match = [plane for plane in PLANES if plane == item or plane[0] == item]
-        if not match:
-            raise PlaneNameError(f"unknown plane '{item}'; choose from {', '.join(PLANES)}")
-        wanted.add(match[0])
-    if not wanted:
-        raise PlaneNameError("no plane given; choose from " + ", ".join(PLANES))
-    return tuple(plane for plane in PLANES if plane in wanted)
 
 
 def ras_axis_assignment(ijk_to_ras) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,24 @@ def block_mean(view: np.ndarray, factors) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def resample_linear(data: np.ndarray, shape) -> np.ndarray:
+    """Linear interpolation onto ``shape`` voxels covering the same extent (voxel centres at
+    (i + 0.5) * old / new - 0.5, edges repeated), axis by axis and only along axes whose size
+    changes: the same values as ``ndimage.zoom(order=1, grid_mode=True, mode="nearest")`` at a
+    fraction of its cost when, as usual, one axis gains or loses a voxel."""
+    out = data
+    for axis, (old, new) in enumerate(zip(data.shape, shape)):
+        if old == new:
+            continue
+        position = np.clip((np.arange(new) + 0.5) * old / new - 0.5, 0, old - 1)
+        below = np.floor(position).astype(int)
+        above = np.minimum(below + 1, old - 1)
+        weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        low = np.take(out, below, axis=axis)
+        out = low + weight * (np.take(out, above, axis=axis) - low)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def working_shape(shape, spacing, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_SIZE):
     """Integer pre-averaging factors, the final working shape and the working spacing."""
     shape = np.asarray(shape)
@@ -147,9 +165,7 @@ def make_working_grid(volume, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_
     check_extent(canonical.shape, spacing, volume.name, target_mm, max_size)
     factors, out_shape, work_spacing = working_shape(canonical.shape, spacing, target_mm, max_size)
     averaged = block_mean(canonical, factors)
-    zoom = out_shape / np.array(averaged.shape)
-    data = ndimage.zoom(averaged, zoom, order=1, grid_mode=True, mode="nearest") if np.any(zoom != 1) else averaged
-    data = data.astype(np.float32, copy=False)
+    data = resample_linear(averaged, out_shape)
     mask = foreground_mask(data)
     data, intensity_range = _normalise(data, mask)
 

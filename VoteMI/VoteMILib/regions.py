@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .modality import detect_modality, looks_like_ct  # noqa: F401 (what a scan shows, from its voxels)
+from .preprocess import block_mean
+
 #: Regions a scan can be taken for.
 REGIONS = ("head", "chest", "body")
 #: Below this a CT voxel holds mostly air: halfway between aerated lung (about -850 HU) and soft
@@ -38,6 +41,24 @@ SKULL_HEIGHT_MM = 30.0
 CROP_COVERAGE = 0.25
 #: Widest left-right extent of a head (about 15 cm in adults, with ears and margin); a torso is wider.
 HEAD_MAX_WIDTH_MM = 200.0
+#: Tissue in CT: above this, skin, fat and everything deeper (air, foam pads and lung parenchyma below).
+TISSUE_HU = -500.0
+#: Anything thinner than twice this (mm) beside the body is not the patient: the couch and its
+#: shell, mattresses, blankets and cables; no limb, nose or ear is thinner than 1 cm.
+THIN_MM = 5.0
+#: The two lungs are told apart where they are this far (mm) from their edges: deeper than the
+#: airways that join them (the trachea is about 18 mm across) and the thin lung edges that meet
+#: in front of the heart. Tried in turn until two lungs come apart.
+LUNG_CORE_MM = (10.0, 15.0, 20.0, 25.0)
+#: The smaller lung holds at least this share of the larger (else one lung: the scan shows one, or
+#: the lungs could not be told apart).
+SECOND_LUNG_SHARE = 0.1
+#: Dents of a lung up to this radius are filled to make its envelope: a mass up to 6 cm across
+#: against the chest wall or the mediastinum lies inside it, the heart (10-12 cm) does not.
+ENVELOPE_MM = 35.0
+#: The thoracic cavity holds the lungs and what lies between them in an axial slice (the mediastinum
+#: is up to 10 cm wide): each slice's lungs are closed by a disc of this radius (mm).
+CAVITY_MM = 60.0
 
 
 @dataclass(frozen=True)
@@ -53,59 +74,43 @@ class Region:
         not a whole head in the field of view).
     measures : dict
         The numbers the decision was taken on (for the JSON and for checking).
+    masks : dict
+        Working-grid masks computed on the way, not part of the JSON.
     """
 
     modality: str
     name: str
     measures: dict = field(default_factory=dict)
+    #: Masks found on the way (CT: "body" without the couch, "lungs"), for the cue to reuse.
+    masks: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"modality": self.modality, "name": self.name,
                 "measures": {key: round(float(value), 4) for key, value in self.measures.items()}}
 
 
-def looks_like_ct(array: np.ndarray) -> bool:
-    """Whether intensities are Hounsfield units.
-
-    A CT has air near -1000 HU around or inside the body, a floor no lower than the -3024 HU
-    padding scanners write, and no values beyond a few thousand HU. MRI intensities are arbitrary
-    but not negative by hundreds.
-    """
-    flat = np.asarray(array).ravel()
-    sample = flat[:: max(1, flat.size // 1_000_000)]
-    low, p1, p99 = np.percentile(sample, (0, 1, 99))
-    return bool(low >= -3100 and p1 <= -500 and p99 <= 4000 and np.mean(sample <= -900) >= 0.01)
-
-
-def detect_modality(volume) -> str:
-    """"CT" or "MRI" from the intensities; a volume's own ``metadata["modality"]`` (e.g. DICOM) wins."""
-    declared = str(getattr(volume, "metadata", {}).get("modality", "")).upper()
-    if declared in ("CT", "MR", "MRI"):
-        return "CT" if declared == "CT" else "MRI"
-    return "CT" if looks_like_ct(volume.array) else "MRI"
-
-
 def detect_region(grid, modality: str) -> Region:
     """Head, chest or body, from a :class:`~VoteMILib.preprocess.WorkingGrid`.
 
-    CT: a chest has lungs (large air-filled spaces inside the body) filling at least
-    :data:`CHEST_LUNG_FRACTION` of it; a head has a skull (bone rings around a brain-sized area).
+    CT: a chest has lungs (large air-filled spaces inside the body, the couch left out) filling at
+    least :data:`CHEST_LUNG_FRACTION` of it; a head has a skull (bone rings around a brain-sized area).
     MRI: a head lies whole inside the field of view (the foreground covers less than
     :data:`CROP_COVERAGE` of its left, right, front and back faces) and is no wider than :data:`HEAD_MAX_WIDTH_MM`.
     """
     spacing = np.asarray(grid.spacing_mm, dtype=float)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
     body = grid.mask
-    body_ml = max(float(body.sum()) * voxel_ml, voxel_ml)
     width_mm = float(np.ptp(np.flatnonzero(body.any(axis=(1, 2))))) * spacing[0] if body.any() else 0.0
     if modality == "CT":
         hu = grid.original_intensities()
-        lung_fraction = float(lung_mask(hu, body, spacing).sum()) * voxel_ml / body_ml
+        patient = ct_body_mask(hu, spacing)
+        lungs = lung_mask(hu, patient, spacing)
+        masks = {"body": patient, "lungs": lungs}
+        lung_fraction = float(lungs.sum()) / max(float(patient.sum()), 1.0)
         measures = {"lung_fraction": lung_fraction, "width_mm": width_mm}
         if lung_fraction >= CHEST_LUNG_FRACTION:
-            return Region("CT", "chest", measures)
-        measures["skull_height_mm"] = skull_mm = skull_height_mm(hu, body, spacing)
-        return Region("CT", "head" if skull_mm >= SKULL_HEIGHT_MM else "body", measures)
+            return Region("CT", "chest", measures, masks)
+        measures["skull_height_mm"] = skull_mm = skull_height_mm(hu, patient, spacing)
+        return Region("CT", "head" if skull_mm >= SKULL_HEIGHT_MM else "body", measures, masks)
     cut = side_coverage(body)
     measures = {"side_coverage": cut, "width_mm": width_mm}
     whole_head = cut < CROP_COVERAGE and width_mm <= HEAD_MAX_WIDTH_MM
@@ -124,6 +129,128 @@ def lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
     return np.isin(labels, np.flatnonzero(sizes >= LUNG_MIN_ML))
 
 
+def ct_body_mask(hu: np.ndarray, spacing_mm) -> np.ndarray:
+    """The patient in a CT, without the couch: tissue (above :data:`TISSUE_HU`) opened by a ball
+    of :data:`THIN_MM` (thin plates and lines go), its largest part, and every axial slice's holes
+    filled (the lungs, which a scan cut through the chest leaves open at its top and bottom)."""
+    tissue = ball_opening(hu > TISSUE_HU, spacing_mm, THIN_MM)
+    labels, count = ndimage.label(tissue)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        tissue = labels == int(np.argmax(sizes))
+    return fill_holes_in_plane(tissue)
+
+
+def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
+    """The lungs one by one (larger first), on every second voxel; one mask when they cannot be
+    told apart.
+
+    Aerated lung joined only through the airways or thin edges comes apart where it is
+    :data:`LUNG_CORE_MM` from its edges. Each lung is what lies that deep or within that depth
+    of its core (the lung opened by a ball), plus the thin parts (recesses, edges) that touch it
+    alone; thin parts that touch both lungs (the trachea and main bronchi, edges meeting in front
+    of the heart) belong to neither.
+    """
+    spacing = 2 * np.asarray(spacing_mm, dtype=float)
+    coarse = half_resolution(lungs)
+    depth = ndimage.distance_transform_edt(coarse, sampling=spacing)
+    for core_mm in LUNG_CORE_MM:
+        labels, count = ndimage.label(depth > core_mm)
+        if count < 2:
+            continue
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        first, second = np.argsort(sizes)[::-1][:2]
+        if sizes[second] < SECOND_LUNG_SHARE * sizes[first]:
+            continue
+        cores = np.isin(labels, (first, second))
+        distance, nearest = ndimage.distance_transform_edt(~cores, sampling=spacing, return_indices=True)
+        owner = np.where(coarse & (distance <= core_mm + float(spacing.max())), labels[tuple(nearest)], 0)
+        thin, pieces = ndimage.label(coarse & (owner == 0))
+        touching = [np.bincount(thin[ndimage.binary_dilation(owner == lung)], minlength=pieces + 1) > 0
+                    for lung in (first, second)]
+        touching[0][0] = touching[1][0] = False  # label 0: not a thin part
+        return [lungs & full_resolution((owner == lung) | np.isin(thin, np.flatnonzero(mine & ~other)), lungs.shape)
+                for lung, mine, other in ((first, *touching), (second, *touching[::-1]))]
+    return [lungs]
+
+
+def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float = ENVELOPE_MM) -> np.ndarray:
+    """Each lung with every dent narrower than a ball of ``radius_mm`` filled (a morphological
+    closing, lung by lung so that the mediastinum between them stays out), on every second voxel.
+
+    A nodule or mass, in the lung or against its wall, fills such a dent; the heart, the
+    mediastinum and the chest wall are broader and stay outside."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    envelope = np.zeros(lungs.shape, bool)
+    for lung in split_lungs(lungs, spacing):
+        closed = ball_closing(half_resolution(lung), 2 * spacing, radius_mm, open_faces=True)
+        envelope |= full_resolution(closed, lungs.shape)
+    return envelope | lungs
+
+
+def thoracic_cavity(envelope: np.ndarray, spacing_mm) -> np.ndarray:
+    """The lungs and all between them (mediastinum, heart): each axial slice's lungs closed by a
+    disc of :data:`CAVITY_MM` and their holes filled."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    in_plane = np.array([2 * spacing[0], 2 * spacing[1], 1e6])  # no distance along S: slice by slice
+    closed = full_resolution(ball_closing(half_resolution(envelope), in_plane, CAVITY_MM), envelope.shape)
+    return fill_holes_in_plane(closed | envelope)
+
+
+def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
+    """Each axial slice with its holes filled: the background that does not reach the slice's edge."""
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    background, _ = ndimage.label(~mask, structure=in_plane)
+    edges = np.concatenate([background[[0, -1]].ravel(), background[:, [0, -1]].ravel()])
+    return ~np.isin(background, np.unique(edges[edges > 0]))
+
+
+def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: bool = False) -> np.ndarray:
+    """Morphological closing by a ball (two distance transforms, cropped to the mask's reach).
+
+    ``open_faces``: beyond the faces of the field of view lies what does not belong to the mask
+    (the ball may stand there), rather than nothing."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    if not mask.any():
+        return mask.copy()
+    pad = np.ceil(radius_mm / spacing).astype(int) + 1
+    occupied = np.argwhere(mask)
+    low = np.maximum(occupied.min(axis=0) - pad, 0)
+    high = np.minimum(occupied.max(axis=0) + pad + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    part = np.pad(mask[box], [(p, p) for p in pad]) if open_faces else mask[box]
+    grown = ndimage.distance_transform_edt(~part, sampling=spacing) <= radius_mm
+    closed = (ndimage.distance_transform_edt(grown, sampling=spacing) > radius_mm) | part
+    if open_faces:
+        closed = closed[tuple(slice(p, -p) for p in pad)]
+    out = np.zeros(mask.shape, bool)
+    out[box] = closed
+    return out
+
+
+def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
+    """Morphological opening by a ball, on every second voxel (parts thinner than the ball go)."""
+    spacing = 2 * np.asarray(spacing_mm, dtype=float)
+    coarse = half_resolution(mask)
+    core = ndimage.distance_transform_edt(coarse, sampling=spacing) > radius_mm
+    return mask & full_resolution(ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm, mask.shape)
+
+
+def half_resolution(mask: np.ndarray) -> np.ndarray:
+    """Every second voxel of a mask: the 2x2x2 blocks of which half or more is set."""
+    padded = np.pad(mask, [(0, n % 2) for n in mask.shape], mode="edge")
+    return block_mean(padded.astype(np.float32), (2, 2, 2)) >= 0.5
+
+
+def full_resolution(coarse: np.ndarray, shape) -> np.ndarray:
+    """A mask of :func:`half_resolution` blocks back on the full grid."""
+    full = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    return full[: shape[0], : shape[1], : shape[2]]
+
+
 def depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
     """Distance (mm) of every voxel from the background around the foreground (0 outside it).
 
@@ -131,9 +258,10 @@ def depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
     on every second voxel: eight times cheaper, and a voxel of error is nothing at these depths.
     """
     coarse = ndimage.distance_transform_edt(mask[::2, ::2, ::2], sampling=2 * np.asarray(spacing_mm, dtype=float))
-    full = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)[: mask.shape[0], : mask.shape[1],
-                                                                        : mask.shape[2]]
-    return np.where(mask, full, 0.0).astype(np.float32)
+    full = coarse.astype(np.float32).repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    full = full[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
+    full[~mask] = 0.0
+    return full
 
 
 def skull_height_mm(hu: np.ndarray, body: np.ndarray, spacing_mm) -> float:

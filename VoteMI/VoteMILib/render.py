@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import canonical_array, display_pixel_spacing, display_slice
-from .regions import detect_modality
+from .modality import detect_modality
+from .names import AUTO, CT_PRESET_NAMES, CT_PRESETS, THREE_WINDOW  # noqa: F401 (render's names)
 
 #: Intensity percentiles used for the default window of MRI volumes.
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -118,23 +119,12 @@ def save_selection_pngs(volume, result, folder, windowing: Windowing | None = No
     return paths
 
 
-#: CT window presets as (level, width) in Hounsfield units.
-CT_PRESETS = {
-    "brain": (40.0, 80.0),
-    "soft_tissue": (40.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "lung": (-600.0, 1500.0),
-}
 #: Three windows packed into the R, G and B channels (wide, soft tissue, brain), as (low, high) HU;
 #: the CT recipe used by MedGemma.
 THREE_WINDOWS = ((-1024.0, 1024.0), (-135.0, 215.0), (0.0, 80.0))
-THREE_WINDOW = "three_window"
 #: The CT window that fits each region (:mod:`VoteMILib.regions`): the brain window for the head,
 #: the lung window for the chest (nodules and masses against aerated lung), soft tissue elsewhere.
 REGION_PRESETS = {"head": "brain", "chest": "lung", "body": "soft_tissue"}
-AUTO = "auto"
-#: Every accepted ``ct_preset`` value; "auto" picks from :data:`REGION_PRESETS`.
-CT_PRESET_NAMES = (AUTO, *CT_PRESETS, THREE_WINDOW)
 MODALITIES = ("auto", "CT", "MRI")
 
 

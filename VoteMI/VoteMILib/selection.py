@@ -13,26 +13,12 @@ from .body_cues import body_abnormality
 from .clustering import NOISE, dbscan, estimate_eps, nearest_neighbours
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
+from .names import MODE_ALIASES, MODES, canonical_mode  # noqa: F401 (selection's names)
 from .preprocess import make_working_grid
 from .regions import detect_modality, detect_region
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, similarity_graph,
                      slice_scores)
-
-#: Selection modes: "findings" (default) votes for the slices showing what stands out;
-#: "representative" is the paper's Vote-MI, which votes for typical anatomy.
-MODES = ("findings", "representative")
-#: Names of earlier versions, still accepted.
-MODE_ALIASES = {"votemi": "findings", "plain": "representative"}
-
-
-def canonical_mode(name: str) -> str:
-    """The mode a name (or an earlier name) stands for; ValueError for an unknown one."""
-    mode = MODE_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
-    if mode not in MODES:
-        known = ", ".join(MODES) + " (or the earlier names " + ", ".join(MODE_ALIASES) + ")"
-        raise ValueError(f"unknown selection mode '{name}'; choose from {known}")
-    return mode
 
 
 class Cancelled(Exception):
@@ -148,6 +134,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
             work_index = _working_slice(grid, plane, geometry.positions_mm[int(np.argmax(scores))])
             if not found.stands_out(NORMAL_INDEX[plane], work_index):
                 cue = "representative"
+            else:
+                cue = found.cue_at(NORMAL_INDEX[plane], work_index)
         if cue == "representative":
             scores = vote.scores(plane, geometry, None)
         plane_finding = found if cue != "representative" else None
@@ -220,10 +208,9 @@ class _Votes:
             if len(sample) > settings.max_patches:
                 rng = np.random.default_rng(settings.seed)
                 sample = np.sort(rng.choice(len(sample), settings.max_patches, replace=False))
-            features = self.features[sample]
             self.report(0.45, "Clustering patches (DBSCAN)")
             # One neighbour query serves the radius, DBSCAN and the coverage graph.
-            distances, neighbours = nearest_neighbours(features, max(settings.min_samples + 1, GRAPH_NEIGHBOURS))
+            distances, neighbours = nearest_neighbours(self.features[sample], max(settings.min_samples + 1, GRAPH_NEIGHBOURS))
             eps = estimate_eps(distances, settings.min_samples)
             labels = dbscan(distances, neighbours, eps, settings.min_samples)
             self.report(0.6, "Selecting covering patches")
@@ -271,7 +258,7 @@ def _focus(found, grid, plane, center_ras):
         return None
     axis = NORMAL_INDEX[plane]
     slice_index = _working_slice(grid, plane, center_ras[axis])
-    section = np.take(found.map, slice_index, axis=axis)
+    section = found.focus_section(axis, slice_index)
     if not section.max() > 0:
         return None
     if plane != "sagittal" and found.plane is not None:

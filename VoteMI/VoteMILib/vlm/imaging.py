@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..geometry import plane_geometry
-from ..regions import detect_modality
+from ..modality import detect_modality
 from ..render import (CT_PRESET_NAMES, CT_PRESETS, MODALITIES, REGION_PRESETS, THREE_WINDOW, THREE_WINDOWS,
                       Windowing, choose_windowing, normalize_modality, png_bytes, preset_window, render_rgb)
 

@@ -1,0 +1,155 @@
+"""Synthetic lesions in real scans (``VoteMILib.synthetic``, ``votemi bench --synthetic``): the sphere's
+partial volume, the erased real lesion, the seeded sites, and the body cues finding lesions at places
+nobody looked at while designing them.
+
+Each selection on a chest CT takes about a second, so only a few sites run here; the bench runs the
+whole grid (README, "Synthetic lesions")."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import engine_fixtures as ef
+from VoteMILib import synthetic
+from VoteMILib.bench import find_cases
+from VoteMILib.geometry import PLANES
+from VoteMILib.regions import lung_mask
+
+
+@functools.lru_cache(maxsize=None)
+def scan(case: str, keep_lesion: bool = False) -> synthetic.Scan:
+    """A shared case prepared once per session (its lesion erased unless ``keep_lesion``)."""
+    return synthetic.prepare_scan({c.name: c for c in find_cases(ef.DATA)}[case], keep_lesion=keep_lesion)
+
+
+def named_site(prepared, kind: str, diameter_mm: float, name: str) -> synthetic.Site:
+    sites = {site.name: site for site in synthetic.scan_sites(prepared, kind, diameter_mm)}
+    assert name in sites, f"the seeded rule gives no '{name}' site of {diameter_mm} mm: {sorted(sites)}"
+    return sites[name]
+
+
+def test_sphere_fraction_holds_the_sphere_volume_on_an_oblique_anisotropic_grid():
+    angle = np.radians(20.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]])
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = rotation @ np.diag([0.7, 0.9, 3.0])
+    ijk_to_ras[:3, 3] = (-20.0, 5.0, -40.0)
+    centre = tuple((ijk_to_ras @ np.array([30.0, 25.0, 12.0, 1.0]))[:3])
+    for radius in (4.0, 12.5):
+        box, fraction = synthetic.sphere_fraction((25, 60, 70), ijk_to_ras, centre, radius)
+        volume_mm3 = fraction.sum() * np.prod([0.7, 0.9, 3.0])
+        assert volume_mm3 == pytest.approx(4.0 / 3.0 * np.pi * radius ** 3, rel=0.03)
+        assert fraction.max() == 1.0 and fraction.min() == 0.0
+        assert 0.0 < np.mean((fraction > 0) & (fraction < 1)) < 0.6, "partial volume only at the edge"
+
+
+def test_erasing_the_real_mass_fills_it_with_lung_and_touches_nothing_else():
+    prepared = scan("pyrad_lung2")
+    lesion, before, after = prepared.lesion, prepared.volume.array, prepared.base.array
+    grown = ndimage.binary_dilation(lesion, structure=np.ones((3, 3, 3), bool))
+    assert np.array_equal(before[~grown], after[~grown])
+    assert np.median(before[lesion]) > -100 and np.median(after[lesion]) < -700  # soft tissue became lung
+    assert 20.0 < np.std(after[lesion]) < 200.0  # noise, not a flat patch
+
+
+def test_lung_sites_follow_their_rule_and_the_seed():
+    prepared = scan("pyrad_lung2")
+    radius = 10.0
+    sites = synthetic.scan_sites(prepared, "lung", 2 * radius)
+    assert [s.name for s in sites] == [f"{side} {height} {place}" for side in ("right", "left")
+                                      for height in ("upper", "lower") for place in ("central", "wall", "mediastinum")]
+    assert sites == synthetic.scan_sites(prepared, "lung", 2 * radius)
+    assert sites != synthetic.scan_sites(prepared, "lung", 2 * radius, seed=1)
+    grid = prepared.grid
+    lungs = lung_mask(grid.original_intensities(), grid.mask, grid.spacing_mm)
+    coordinates = np.meshgrid(*(grid.positions_mm[p] for p in ("sagittal", "coronal", "axial")), indexing="ij")
+    middle = np.mean(grid.positions_mm["sagittal"][np.flatnonzero(lungs.any(axis=(1, 2)))])
+    for site in sites:
+        inside = sum((c - x) ** 2 for c, x in zip(coordinates, site.centre_ras)) <= radius ** 2
+        in_lung = lungs[inside].mean()
+        assert (site.centre_ras[0] > middle) == site.name.startswith("right"), site
+        if site.name.endswith("central"):
+            assert in_lung > 0.85, site  # vessels inside are part of the lung a nodule grows over
+        else:
+            assert 0.4 < in_lung < 0.97, site  # touching the wall or mediastinum, mostly in lung
+
+
+@pytest.mark.parametrize("case, diameter, name", [
+    ("pyrad_lung2", 20.0, "right upper wall"), ("pyrad_lung2", 30.0, "left lower mediastinum"),
+    ("pyrad_lung2", 45.0, "right lower central"), ("pyrad_lung2", 60.0, "left upper mediastinum"),
+    ("mirp_nsclc_lung1-001", 45.0, "left upper mediastinum"), ("mirp_nsclc_lung1-001", 60.0, "right lower wall")])
+def test_lung_cue_finds_a_synthetic_nodule(case, diameter, name):
+    """A soft-tissue nodule (30 HU) where the seeded rule puts it, in a chest CT whose real mass was
+    erased: the top slice of every plane holds at least half of its largest section, the lung cue
+    decided, and the mark sits on the nodule."""
+    prepared = scan(case)
+    site = named_site(prepared, "lung", diameter, name)
+    row = synthetic.try_site(prepared, site)
+    for plane in PLANES:
+        scores = row["planes"][plane]
+        assert scores["cue"] == "lung_nodule", (plane, scores)
+        assert scores["hit_half"] == 1.0, (plane, scores)
+        assert scores["focus_mm"] <= site.radius_mm + 5.0, (plane, scores)
+
+
+def test_a_chest_with_nothing_in_its_lungs_falls_back_to_representative_slices():
+    """pyrad_lung2 with its mass erased and nothing put in: no plane claims a nodule."""
+    reference = scan("pyrad_lung2").reference
+    assert {reference.planes[p].cue for p in PLANES} == {"representative"}
+    assert all(s.focus_ras is None for s in reference.selected())
+
+
+@pytest.mark.parametrize("case, kind, diameter, name", [
+    ("mirp_sts002_ct", "tissue", 30.0, "fat 2"), ("pyrad_lung2", "tissue", 50.0, "fat 1"),
+    ("mirp_nsclc_lung1-001", "tissue", 30.0, "fat 1"), ("pyrad_breast1_mr", "bright", 10.0, "foreground 3")])
+def test_tissue_cue_finds_a_synthetic_mass(case, kind, diameter, name):
+    """An enhancing soft-tissue mass (100 HU) in the fat of an extremity crop, of a chest wall or of
+    the upper abdomen, and a bright lesion in a breast MRI crop: found in every plane by
+    ``tissue_contrast``, the mark on it."""
+    prepared = scan(case)
+    site = named_site(prepared, kind, diameter, name)
+    row = synthetic.try_site(prepared, site)
+    for plane in PLANES:
+        scores = row["planes"][plane]
+        assert scores["cue"] == "tissue_contrast", (plane, scores)
+        assert scores["hit_half"] == 1.0, (plane, scores)
+        assert scores["focus_mm"] <= site.radius_mm + 5.0, (plane, scores)
+
+
+@pytest.mark.parametrize("case", ["mirp_sts002_ct", "pyrad_breast1_mr"])
+def test_a_body_scan_with_its_lesion_erased_falls_back_to_representative_slices(case):
+    reference = scan(case).reference
+    assert {reference.planes[p].cue for p in PLANES} == {"representative"}
+
+
+@pytest.mark.parametrize("case", ["mirp_nsclc_lung1-001", "pyrad_lung2", "mirp_sts002_ct", "pyrad_breast1_mr"])
+def test_no_body_cue_points_at_the_couch_the_skin_or_the_faces_of_the_scan(case):
+    """mirp_nsclc_lung1-001 lies on the couch (its shell joins the body in the foreground mask); the
+    others are cut by the field of view. Every body cue is 0 on the couch, outside the patient, within
+    its outer 10 mm and on the faces of the field of view, and each pick's mark lies inside the patient."""
+    from VoteMILib.body_cues import BODY_RIM_MM, body_abnormality
+    from VoteMILib.preprocess import make_working_grid
+    from VoteMILib.regions import ct_body_mask, depth_mm, detect_modality, detect_region
+
+    volume = ef.volume(case)
+    grid = make_working_grid(volume)
+    region = detect_region(grid, detect_modality(volume))
+    found = body_abnormality(grid, region)
+    assert found.map.max() > 0, "the real lesion stands out"
+    body = ct_body_mask(grid.original_intensities(), grid.spacing_mm) if region.modality == "CT" else grid.mask
+    if case == "mirp_nsclc_lung1-001":
+        couch = grid.mask & ~body
+        assert couch.sum() * np.prod(grid.spacing_mm) > 20_000, "the couch (20 mL or more) is not the patient"
+    assert not found.map[depth_mm(body, grid.spacing_mm) <= BODY_RIM_MM].any()
+    for face in (found.map[0], found.map[-1], found.map[:, 0], found.map[:, -1], found.map[:, :, 0],
+                 found.map[:, :, -1]):
+        assert not face.any()
+    result = ef.selection(case)
+    for pick in result.selected():
+        voxel = [int(np.argmin(np.abs(grid.positions_mm[p] - c)))
+                 for p, c in zip(("sagittal", "coronal", "axial"), pick.mark_ras)]
+        assert body[tuple(voxel)], (pick.label, pick.mark_ras)

@@ -1,0 +1,66 @@
+"""Names the command line shares with the engine, with nothing heavier than argparse imported:
+planes, selection modes, synthetic lesion kinds and CT window presets. ``votemi --help`` and ``votemi --version`` build
+their parser from these without loading numpy or scipy."""
+
+from __future__ import annotations
+
+import argparse
+
+PLANES = ("axial", "coronal", "sagittal")
+#: RAS axis each plane is normal to.
+NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
+
+#: Selection modes: "findings" (default) votes for the slices showing what stands out;
+#: "representative" is the paper's Vote-MI, which votes for typical anatomy.
+MODES = ("findings", "representative")
+#: Names of earlier versions, still accepted.
+MODE_ALIASES = {"votemi": "findings", "plain": "representative"}
+
+#: Kinds of synthetic lesion ``votemi bench --synthetic`` puts into scans (:mod:`VoteMILib.synthetic`).
+SYNTHETIC_KINDS = ("lung", "tissue", "bright")
+
+#: CT window presets as (level, width) in Hounsfield units.
+CT_PRESETS = {
+    "brain": (40.0, 80.0),
+    "soft_tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "lung": (-600.0, 1500.0),
+}
+THREE_WINDOW = "three_window"
+AUTO = "auto"
+#: Every accepted ``ct_preset`` value; "auto" picks the preset that fits the detected region.
+CT_PRESET_NAMES = (AUTO, *CT_PRESETS, THREE_WINDOW)
+
+
+class PlaneNameError(argparse.ArgumentTypeError, ValueError):
+    """An unknown plane name. A ValueError for callers; as an ArgumentTypeError, argparse shows its message
+    (``--planes foo``) instead of a generic "invalid parse_planes value"."""
+
+
+def parse_planes(text) -> tuple[str, ...]:
+    """Turn ``"axial,coronal"`` (or a sequence) into a tuple of plane names in canonical order.
+
+    Accepts the first letter of each plane as well; raises ValueError for unknown names.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    wanted = set()
+    for item in items:
+        item = item.strip().lower()
+        if not item:
+            continue
+        match = [plane for plane in PLANES if plane == item or plane[0] == item]
+        if not match:
+            raise PlaneNameError(f"unknown plane '{item}'; choose from {', '.join(PLANES)}")
+        wanted.add(match[0])
+    if not wanted:
+        raise PlaneNameError("no plane given; choose from " + ", ".join(PLANES))
+    return tuple(plane for plane in PLANES if plane in wanted)
+
+
+def canonical_mode(name: str) -> str:
+    """The mode a name (or an earlier name) stands for; ValueError for an unknown one."""
+    mode = MODE_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if mode not in MODES:
+        known = ", ".join(MODES) + " (or the earlier names " + ", ".join(MODE_ALIASES) + ")"
+        raise ValueError(f"unknown selection mode '{name}'; choose from {known}")
+    return mode

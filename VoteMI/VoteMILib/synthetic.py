@@ -1,0 +1,448 @@
+"""Synthetic lesions put into real scans: is a lesion found where nobody looked while designing the cues?
+
+A sphere of known size and place, with partial-volume edges and voxel noise, is put into a real
+scan, the scan's own lesion first erased (filled with the tissue around it plus noise) or left in
+place; selection then runs as on any scan and the top slice of each plane is scored as the bench
+scores a real lesion (hit_half: at least half of the sphere's largest cross-section).
+
+Sites are drawn by a seeded rule from the scan's own tissue on the working grid, never by hand:
+
+- ``lung`` (chest CT): a soft-tissue nodule in each lung, upper and lower half, deep in aerated
+  lung (``central``), against the chest wall (``wall``) and against the mediastinum
+  (``mediastinum``), touching them over a broad base;
+- ``tissue`` (CT outside the lungs and the mediastinum: an extremity, the chest wall, the upper
+  abdomen): an enhancing soft-tissue mass in fat and in soft tissue (muscle or a solid organ), deep
+  inside the body and away from the faces of the field of view;
+- ``bright`` (body MRI): a lesion as bright as the brightest tissue, anywhere in the foreground.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .names import SYNTHETIC_KINDS
+from .regions import AERATED_HU, ball_closing, depth_mm, lung_envelopes, lung_mask, thoracic_cavity
+
+#: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
+KINDS = SYNTHETIC_KINDS
+DIAMETERS_MM = {"lung": (15.0, 20.0, 30.0, 45.0, 60.0), "tissue": (20.0, 30.0, 50.0), "bright": (6.0, 10.0)}
+#: A solid nodule or mass in non-contrast CT (about 30 HU, voxel noise of a routine chest CT).
+NODULE_HU, NODULE_NOISE_HU = 30.0, 20.0
+#: An enhancing soft-tissue mass (the real sarcoma of the shared data averages 59 HU, its upper decile
+#: 117 HU; muscle is 40-60 HU, fat -100 HU).
+MASS_HU, MASS_NOISE_HU = 100.0, 20.0
+#: Voxels above this are left as they are when a nodule is put into lung: the chest wall, the
+#: mediastinum and vessels stay, so a nodule against them is flattened onto them as real ones are.
+LUNG_WRITE_BELOW_HU = -300.0
+#: Fat and soft tissue (muscle and solid organs) in CT (Hounsfield units).
+FAT_HU, SOFT_TISSUE_HU = (-190.0, -30.0), (-30.0, 150.0)
+#: Around a real lesion, the ring its surroundings are read from when it is erased.
+SHELL_MM = (3.0, 15.0)
+#: A synthetic lesion keeps at least this distance (mm, beyond its radius) from the real one.
+AWAY_FROM_LESION_MM = 20.0
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a synthetic lesion goes: its kind, a name for the place, centre (RAS mm) and radius."""
+
+    kind: str
+    name: str
+    centre_ras: tuple
+    radius_mm: float
+
+
+def sphere_fraction(shape_kji, ijk_to_ras, centre_ras, radius_mm: float, subsamples: int = 4):
+    """Share of each voxel inside a sphere, in the sphere's bounding box: its partial volume, as
+    the scanner averages it (voxels cut by the surface sampled at ``subsamples`` points per axis).
+
+    Returns
+    -------
+    box : tuple of slice
+        (K, J, I) bounding box in the volume.
+    fraction : ndarray
+        0..1 per voxel of the box.
+    """
+    matrix = np.asarray(ijk_to_ras, dtype=float)
+    centre = np.asarray(centre_ras, dtype=float)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    centre_ijk = np.linalg.solve(matrix, np.append(centre, 1.0))[:3]
+    reach = radius_mm / spacing + 1.5
+    low = np.maximum(np.floor(centre_ijk - reach), 0).astype(int)
+    high = np.minimum(np.ceil(centre_ijk + reach) + 1, np.asarray(shape_kji[::-1])).astype(int)
+    if np.any(high <= low):
+        return (slice(0, 0),) * 3, np.zeros((0, 0, 0), np.float32)
+    ijk = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(low, high)), indexing="ij"), -1).reshape(-1, 3)
+    distance = np.linalg.norm(ijk @ matrix[:3, :3].T + matrix[:3, 3] - centre, axis=1)
+    fraction = (distance <= radius_mm).astype(np.float32)
+    # Only voxels the surface may cross (within half a voxel diagonal of it) are sampled.
+    cut = np.flatnonzero(np.abs(distance - radius_mm) <= 0.5 * float(np.linalg.norm(spacing)))
+    offsets = (np.stack(np.meshgrid(*[np.arange(subsamples)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) \
+        / subsamples - 0.5
+    points = (ijk[cut][:, None, :] + offsets[None]) @ matrix[:3, :3].T + matrix[:3, 3]
+    fraction[cut] = np.mean(np.linalg.norm(points - centre, axis=-1) <= radius_mm, axis=1)
+    fraction = fraction.reshape(tuple(high - low)).transpose(2, 1, 0)
+    box = tuple(slice(a, b) for a, b in zip(low[::-1], high[::-1]))
+    return box, fraction
+
+
+def insert_sphere(array: np.ndarray, ijk_to_ras, site: Site, value: float, noise: float, rng,
+                  write_below: float | None = None) -> np.ndarray:
+    """Put a sphere of ``value`` (plus Gaussian voxel noise) into ``array`` (K, J, I), in place.
+
+    Voxels at or above ``write_below`` are left as they are. Returns the sphere's mask (at least
+    half of the voxel inside) on the volume grid.
+    """
+    box, fraction = sphere_fraction(array.shape, ijk_to_ras, site.centre_ras, site.radius_mm)
+    region = array[box]
+    lesion = value + noise * rng.standard_normal(region.shape).astype(np.float32)
+    blended = region + fraction * (lesion - region)
+    if write_below is not None:
+        blended = np.where(region < write_below, blended, region)
+    array[box] = blended
+    mask = np.zeros(array.shape, bool)
+    mask[box] = fraction >= 0.5
+    return mask
+
+
+def erase_lesion(array: np.ndarray, lesion_kji: np.ndarray, spacing_kji, ct: bool, rng) -> np.ndarray:
+    """The scan with its lesion (and the voxels next to it, its partial-volume edge) filled with
+    the tissue around it: the median of a ring around the lesion plus noise of its robust spread,
+    within the ring's 1st..99th percentile; in CT, of the ring's main tissue only (``_main_tissue``)."""
+    out = array.copy()
+    around = ndimage.distance_transform_edt(~lesion_kji, sampling=spacing_kji)
+    erase = ndimage.binary_dilation(lesion_kji, structure=np.ones((3, 3, 3), bool))
+    ring = out[(around >= SHELL_MM[0]) & (around <= SHELL_MM[1])]
+    if ct:
+        ring = ring[_main_tissue(ring)]
+    centre = float(np.median(ring))
+    spread = 1.4826 * float(np.median(np.abs(ring - centre)))
+    fill = centre + spread * rng.standard_normal(int(erase.sum())).astype(np.float32)
+    out[erase] = np.clip(fill, *np.percentile(ring, (1, 99)))  # no intensity the ring does not hold
+    return out
+
+
+def _main_tissue(hu: np.ndarray) -> np.ndarray:
+    """Which CT values belong to the tissue a lesion is erased into: aerated lung when a fifth or
+    more of them is aerated (a lung lesion), else the larger of fat and soft tissue (a mass between
+    fat and muscle becomes fat, never a bright blob in fat)."""
+    if np.mean(hu < AERATED_HU) >= 0.2:
+        return hu < AERATED_HU
+    fat = (hu >= FAT_HU[0]) & (hu < FAT_HU[1])
+    soft = (hu >= SOFT_TISSUE_HU[0]) & (hu < SOFT_TISSUE_HU[1])
+    return fat if fat.sum() >= soft.sum() else soft
+
+
+def lung_sites(grid, radius_mm: float, rng, avoid=None) -> list:
+    """Nodule sites in each lung (right, left), upper and lower half: central, against the chest wall,
+    against the mediastinum. A site is skipped where the lung holds no such place for this radius.
+
+    Parameters
+    ----------
+    grid : WorkingGrid
+        Of a chest CT.
+    avoid : ndarray of bool, optional
+        Working-grid voxels a site must keep away from (a real lesion left in place).
+    """
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    lungs = lung_mask(grid.original_intensities(), grid.mask, spacing)
+    if not lungs.any():
+        return []
+    # Vessels are part of the lung a nodule may grow over: close them before measuring depth.
+    depth, nearest = ndimage.distance_transform_edt(ball_closing(lungs, spacing, 5.0), sampling=spacing,
+                                                    return_indices=True)
+    index = np.indices(lungs.shape)
+    towards = (nearest - index) * spacing[:, None, None, None]  # to the nearest non-lung voxel, mm
+    middle = float(np.mean(np.flatnonzero(lungs.any(axis=(1, 2)))))
+    medial = towards[0] * np.sign(middle - index[0]) > 0.5 * np.linalg.norm(towards, axis=0)
+    level = np.abs(towards[2]) <= 0.6 * np.linalg.norm(towards, axis=0)  # not apex or base
+    room = _free_of(avoid, spacing, radius_mm) & lungs
+    sites = []
+    for side, in_side in (("right", index[0] > middle), ("left", index[0] < middle)):
+        lung = lungs & in_side
+        if not lung.any():
+            continue
+        split = np.median(np.nonzero(lung)[2])
+        for height, in_height in (("upper", index[2] >= split), ("lower", index[2] < split)):
+            here = room & in_side & in_height
+            touching = here & level & (depth >= 0.55 * radius_mm) & (depth <= 0.85 * radius_mm)
+            for place, where in (("central", here & (depth >= radius_mm + 10.0)),
+                                 ("wall", touching & ~medial), ("mediastinum", touching & medial)):
+                centre = _draw(where, grid, rng)
+                if centre is not None:
+                    sites.append(Site("lung", f"{side} {height} {place}", centre, radius_mm))
+    return sites
+
+
+def tissue_sites(grid, radius_mm: float, rng, avoid=None, per_tissue: int = 3) -> list:
+    """Mass sites in fat and in soft tissue of a CT: the sphere inside the body by 5 mm or more, one
+    radius and 5 mm from the faces of the field of view, at least 70 % of it in that tissue, none in
+    air, and outside the thoracic cavity (lungs, mediastinum, heart)."""
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    hu = grid.original_intensities()
+    sigma = radius_mm / spacing / 2.0
+    inside = (depth_mm(grid.mask, spacing) >= radius_mm + 5.0) & _away_from_faces(grid.mask.shape, spacing,
+                                                                                   radius_mm + 5.0)
+    lungs = lung_mask(hu, grid.mask, spacing)
+    if lungs.any():
+        cavity = thoracic_cavity(lung_envelopes(lungs, spacing), spacing)
+        inside &= ndimage.distance_transform_edt(~cavity, sampling=spacing) > radius_mm
+    air = ndimage.gaussian_filter((hu < AERATED_HU).astype(np.float32), sigma)
+    room = inside & (air < 0.01) & _free_of(avoid, spacing, radius_mm)
+    sites = []
+    for tissue, (low, high) in (("fat", FAT_HU), ("soft tissue", SOFT_TISSUE_HU)):
+        share = ndimage.gaussian_filter(((hu >= low) & (hu < high)).astype(np.float32), sigma)
+        where = room & (share >= 0.7)
+        for number in range(per_tissue):
+            centre = _draw(where, grid, rng)
+            if centre is not None:
+                sites.append(Site("tissue", f"{tissue} {number + 1}", centre, radius_mm))
+    return sites
+
+
+def bright_sites(grid, radius_mm: float, rng, avoid=None, count: int = 6) -> list:
+    """Sites for a bright lesion anywhere in an MRI's foreground, one radius and 3 mm inside it and
+    from the faces of the field of view."""
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    where = ((depth_mm(grid.mask, spacing) >= radius_mm + 3.0)
+             & _away_from_faces(grid.mask.shape, spacing, radius_mm + 3.0) & _free_of(avoid, spacing, radius_mm))
+    sites = []
+    for number in range(count):
+        centre = _draw(where, grid, rng)
+        if centre is not None:
+            sites.append(Site("bright", f"foreground {number + 1}", centre, radius_mm))
+    return sites
+
+
+def lesion_value(kind: str, volume) -> tuple:
+    """(value, noise, write_below) of a synthetic lesion of ``kind`` in a scan (a Volume)."""
+    if kind == "lung":
+        return NODULE_HU, NODULE_NOISE_HU, LUNG_WRITE_BELOW_HU
+    if kind == "tissue":
+        return MASS_HU, MASS_NOISE_HU, None
+    from .preprocess import foreground_mask
+
+    # As bright as the brightest tissue (the real breast lesion lies at the 99th percentile).
+    low, high = np.percentile(volume.array[foreground_mask(volume.array)], (25, 99))
+    return float(high), 0.05 * float(high - low), None
+
+
+def sites_for(kind: str, grid, radius_mm: float, rng, avoid=None) -> list:
+    rule = {"lung": lung_sites, "tissue": tissue_sites, "bright": bright_sites}[kind]
+    return rule(grid, radius_mm, rng, avoid)
+
+
+def kinds_for(region) -> tuple:
+    """Which synthetic lesions a scan's region takes: lung nodules and chest-wall masses in a chest
+    CT, masses in any other CT, bright lesions in a body MRI; none in a head."""
+    if region.name == "head":
+        return ()
+    if region.modality == "CT":
+        return ("lung", "tissue") if region.name == "chest" else ("tissue",)
+    return ("bright",)
+
+
+def site_rng(seed: int, case: str, kind: str, radius_mm: float):
+    """The seeded generator of one case, kind and size: the same sites whatever else is run."""
+    return np.random.default_rng([int(seed), zlib.crc32(f"{case}/{kind}".encode()), int(round(radius_mm * 10))])
+
+
+def working_mask(grid, volume, mask_kji: np.ndarray) -> np.ndarray:
+    """A (K, J, I) mask of ``volume`` on the working grid (nearest working voxel of each)."""
+    from .geometry import canonical_array
+
+    canonical = canonical_array(mask_kji, volume.ijk_to_ras)
+    index = [np.clip(np.round((np.arange(n) + 0.5) * canonical.shape[a] / n - 0.5).astype(int), 0,
+                     canonical.shape[a] - 1) for a, n in enumerate(grid.mask.shape)]
+    return canonical[np.ix_(*index)]
+
+
+def _free_of(avoid, spacing, radius_mm: float):
+    if avoid is None or not avoid.any():
+        return True
+    return ndimage.distance_transform_edt(~avoid, sampling=spacing) > radius_mm + AWAY_FROM_LESION_MM
+
+
+def _away_from_faces(shape, spacing, margin_mm: float) -> np.ndarray:
+    inside = np.ones(shape, bool)
+    for axis, n in enumerate(shape):
+        cut = int(np.ceil(margin_mm / spacing[axis]))
+        index = [slice(None)] * 3
+        index[axis] = slice(0, min(cut, n))
+        inside[tuple(index)] = False
+        index[axis] = slice(max(n - cut, 0), n)
+        inside[tuple(index)] = False
+    return inside
+
+
+def _draw(where: np.ndarray, grid, rng):
+    """RAS centre of one working voxel drawn from ``where`` (None if empty)."""
+    candidates = np.flatnonzero(where)
+    if candidates.size == 0:
+        return None
+    voxel = np.unravel_index(int(candidates[rng.integers(candidates.size)]), where.shape)
+    return tuple(float(grid.positions_mm[plane][v]) for plane, v in zip(("sagittal", "coronal", "axial"), voxel))
+
+
+@dataclass
+class Scan:
+    """A case made ready for synthetic lesions (see :func:`prepare_scan`)."""
+
+    name: str
+    volume: object  # the case as read (bench.Case's image)
+    base: object  # the scan lesions are put into: its lesion erased, or as read
+    grid: object  # working grid of ``base``, where sites are drawn
+    region: object
+    lesion: np.ndarray  # the real lesion (K, J, I)
+    avoid: np.ndarray  # the real lesion on the working grid
+    reference: object  # the selection of ``base`` itself
+    keep_lesion: bool
+
+
+def prepare_scan(case, seed: int = 0, keep_lesion: bool = False) -> Scan:
+    """Read a case with a lesion mask, erase its lesion (unless ``keep_lesion``) and select on the
+    result once (the picks a miss may have been lost to)."""
+    from .bench import load_mask
+    from .preprocess import make_working_grid
+    from .regions import detect_modality, detect_region
+    from .selection import select_slices
+    from .volumes import load_volume, volume_from_array
+
+    volume = load_volume(case.image)
+    lesion = load_mask(case.mask, volume)
+    ct = detect_modality(volume) == "CT"
+    voxels = volume.array
+    if not keep_lesion:
+        rng = np.random.default_rng([int(seed), zlib.crc32(case.name.encode())])
+        voxels = erase_lesion(voxels, lesion, np.asarray(volume.spacing_mm)[::-1], ct, rng)
+    base = volume_from_array(voxels, volume.ijk_to_ras, name=case.name)
+    grid = make_working_grid(base)
+    return Scan(case.name, volume, base, grid, detect_region(grid, "CT" if ct else "MRI"), lesion,
+                working_mask(grid, volume, lesion), select_slices(base, seed=seed), keep_lesion)
+
+
+def scan_sites(scan: Scan, kind: str, diameter_mm: float, seed: int = 0) -> list:
+    """The sites of one kind and size in a prepared scan (the same whatever else is run)."""
+    return sites_for(kind, scan.grid, diameter_mm / 2.0, site_rng(seed, scan.name, kind, diameter_mm / 2.0),
+                     scan.avoid)
+
+
+def try_site(scan: Scan, site: Site, seed: int = 0) -> dict:
+    """Put one synthetic lesion into a prepared scan, select, and score the top slice of each plane.
+
+    Returns
+    -------
+    dict
+        case, kind, site, diameter_mm, centre_ras and per plane: hit_any, hit_half, distance_mm
+        (of the top slice), hit_top3 (any of the three picks holds half the sphere's largest section),
+        cue, focus_mm (from the top pick's mark to the sphere's centre), as_without (the top pick is
+        within a radius of the scan's own pick without the lesion) and, when the real lesion was
+        kept, real_hit_half.
+    """
+    from .bench import score_slice, section_areas
+    from .geometry import PLANES
+    from .selection import select_slices
+    from .volumes import volume_from_array
+
+    base, volume = scan.base, scan.volume
+    value, noise, write_below = lesion_value(site.kind, base)
+    rng = np.random.default_rng([int(seed), zlib.crc32(f"{scan.name}/{site.name}".encode()),
+                                 int(round(site.radius_mm * 10))])
+    work = base.array.copy()
+    sphere = insert_sphere(work, volume.ijk_to_ras, site, value, noise, rng, write_below)
+    result = select_slices(volume_from_array(work, volume.ijk_to_ras, name=scan.name), seed=seed)
+    row = {"case": scan.name, "kind": site.kind, "site": site.name, "diameter_mm": 2.0 * site.radius_mm,
+           "centre_ras": [round(c, 1) for c in site.centre_ras], "planes": {}}
+    for plane in PLANES:
+        chosen = result.planes[plane]
+        positions = chosen.positions_mm
+        areas = section_areas(volume, sphere, plane)
+        top = chosen.selected[0]
+        scores = score_slice(top.index, areas, positions)
+        scores["hit_top3"] = max(score_slice(pick.index, areas, positions)["hit_half"] for pick in chosen.selected)
+        scores["cue"] = chosen.cue
+        scores["focus_mm"] = float(np.linalg.norm(np.subtract(top.mark_ras, site.centre_ras)))
+        before = scan.reference.planes[plane].selected[0].position_mm
+        scores["as_without"] = bool(abs(top.position_mm - before) <= site.radius_mm)
+        if scan.keep_lesion:
+            scores["real_hit_half"] = score_slice(top.index, section_areas(volume, scan.lesion, plane),
+                                                  positions)["hit_half"]
+        row["planes"][plane] = scores
+    return row
+
+
+def evaluate_synthetic(case, kinds=KINDS, seed: int = 0, keep_lesion: bool = False, diameters=None,
+                       progress=None) -> list:
+    """Put every site's synthetic lesion, one at a time, into a case and score the findings picks.
+
+    Parameters
+    ----------
+    case : bench.Case
+        Needs a lesion mask (erased unless ``keep_lesion``).
+    kinds : sequence of str
+        Kinds to try, of those the case's region takes (:func:`kinds_for`).
+    diameters : dict, optional
+        Diameters (mm) per kind; default :data:`DIAMETERS_MM`.
+    progress : callable(str), optional
+        Called with a line per lesion.
+
+    Returns
+    -------
+    list of dict
+        One per lesion, as :func:`try_site` gives it.
+    """
+    scan = prepare_scan(case, seed, keep_lesion)
+    rows = []
+    for kind in (k for k in kinds_for(scan.region) if k in kinds):
+        for diameter in (diameters or DIAMETERS_MM)[kind]:
+            for site in scan_sites(scan, kind, diameter, seed):
+                rows.append(try_site(scan, site, seed))
+                if progress is not None:
+                    progress(format_synthetic_row(rows[-1]))
+    return rows
+
+
+def format_synthetic_row(row) -> str:
+    hits = "  ".join(f"{plane[0].upper()} {int(s['hit_half'])} ({s['cue']})" for plane, s in row["planes"].items())
+    return f"{row['case']}: {row['kind']} {row['diameter_mm']:.0f} mm {row['site']}: {hits}"
+
+
+def site_class(row) -> str:
+    """The place of a site without its side, height or number: central, wall, mediastinum, fat, muscle, ..."""
+    return row["site"].split()[-1] if row["kind"] == "lung" else row["site"].rsplit(" ", 1)[0]
+
+
+def summarise_synthetic(rows: list, planes=("axial", "coronal", "sagittal")) -> list:
+    """hit_half rate per kind, by diameter and by site class, per plane (and all planes at once)."""
+    table = []
+    for kind in dict.fromkeys(row["kind"] for row in rows):
+        mine = [row for row in rows if row["kind"] == kind]
+        groups = [(f"{d:.0f} mm", [r for r in mine if r["diameter_mm"] == d])
+                  for d in dict.fromkeys(r["diameter_mm"] for r in mine)]
+        groups += [(c, [r for r in mine if site_class(r) == c]) for c in dict.fromkeys(map(site_class, mine))]
+        groups.append(("all", mine))
+        for name, group in groups:
+            rates = {plane: float(np.mean([r["planes"][plane]["hit_half"] for r in group])) for plane in planes}
+            top3 = float(np.mean([r["planes"][p]["hit_top3"] for r in group for p in planes]))
+            every = float(np.mean([all(r["planes"][p]["hit_half"] for p in planes) for r in group]))
+            picks = [r["planes"][p] for r in group for p in planes]
+            fallback = float(np.mean([pick["cue"] == "representative" for pick in picks]))
+            # Misses whose pick is the one the scan gets without the synthetic lesion.
+            lost = float(np.mean([not pick["hit_half"] and pick["as_without"] for pick in picks]))
+            table.append({"kind": kind, "group": name, "lesions": len(group), **rates, "all_planes": every,
+                          "top3": top3, "fallback": fallback, "as_without": lost})
+    return table
+
+
+def format_synthetic_table(table: list, planes=("axial", "coronal", "sagittal")) -> str:
+    lines = ["| kind | lesions | n | " + " | ".join(planes) + " | all three planes | in top 3 | fell back "
+             "| missed: as without |", "|---" * (len(planes) + 7) + "|"]
+    for entry in table:
+        cells = " | ".join(f"{entry[p]:.2f}" for p in planes)
+        rates = " | ".join(f"{entry[key]:.2f}" for key in ("all_planes", "top3", "fallback", "as_without"))
+        lines.append(f"| {entry['kind']} | {entry['group']} | {entry['lesions']} | {cells} | {rates} |")
+    return "\n".join(lines)
