@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                 value = scaled(original, factor, upper)
                 setattr(module, name, value)
                 shown = (", ".join(f"{v:g}" for v in np.round(value, 2)) if isinstance(value, tuple)
-                         else f"{value:.3g}")
+                         else f"{value:.4g}")
                 row(f"{name} x{factor:g}", shown, hit_half(cases))
         finally:
             setattr(module, name, original)
