@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from .abnormality import LESION_SCALE_MM, Abnormality, fit_midsagittal_plane, mirrored_values
 from .preprocess import block_mean
-from .regions import (AERATED_HU, BONE_HU, ball_opening, ct_body_mask, depth_mm, lung_envelopes, lung_mask,
+from .regions import (AERATED_HU, BONE_HU, ball_opening, ct_body_mask, deeper_than, lung_envelopes, lung_mask,
                       thoracic_cavity)
 
 #: The outer layer of the body left out: skin and subcutaneous tissue, the contact with the table,
@@ -185,7 +185,7 @@ def tissue_contrast_map(values: np.ndarray, body: np.ndarray, spacing_mm, ct: bo
         data = np.where(values > SOFT_TISSUE_MAX_HU, SOFT_TISSUE_HU, np.maximum(values, FAT_HU)).astype(np.float32)
     else:
         data = values.astype(np.float32)
-    points = np.argwhere(depth_mm(body, spacing) > BODY_RIM_MM)
+    points = np.argwhere(deeper_than(body, spacing, BODY_RIM_MM))
     out = np.zeros(data.shape, np.float32)
     out[tuple(points.T)] = blob_strength(data, spacing, BLOB_RADII_MM, points)
     return out

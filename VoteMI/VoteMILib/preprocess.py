@@ -69,6 +69,14 @@ def block_mean(view: np.ndarray, factors) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def labels_in(labels: np.ndarray, count: int, wanted) -> np.ndarray:
+    """Where ``labels`` (from ``ndimage.label``, ``count`` labels) is one of ``wanted``: the same
+    mask as ``np.isin`` by a lookup table, which reads each voxel once instead of sorting them."""
+    table = np.zeros(int(count) + 1, bool)
+    table[np.asarray(wanted, dtype=np.intp)] = True
+    return table[labels]
+
+
 def resample_linear(data: np.ndarray, shape) -> np.ndarray:
     """Linear interpolation onto ``shape`` voxels covering the same extent (voxel centres at
     (i + 0.5) * old / new - 0.5, edges repeated), axis by axis and only along axes whose size
@@ -151,10 +159,10 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
     # Holes are background parts that do not reach the volume's faces (cheaper than binary_fill_holes).
-    background, _ = ndimage.label(~mask)
+    background, pieces = ndimage.label(~mask)
     faces = np.concatenate([background[[0, -1]].ravel(), background[:, [0, -1]].ravel(),
                             background[:, :, [0, -1]].ravel()])
-    outside = np.isin(background, np.unique(faces[faces > 0]))
+    outside = labels_in(background, pieces, np.unique(faces[faces > 0]))
     return ~outside
 
 
