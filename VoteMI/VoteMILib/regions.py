@@ -244,8 +244,7 @@ def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
     spacing = 2 * np.asarray(spacing_mm, dtype=float)
     coarse = half_resolution(mask)
     box = bounding_box(coarse, np.floor(radius_mm / spacing).astype(int) + 1)
-    if box is None or coarse.all():
-        # No core or no background: distance_transform_edt then answers for the whole grid.
+    if box is None or coarse.all():  # no core or no background: the whole grid's transforms decide
         return _ball_opening_full(mask, coarse, spacing, radius_mm)
     part = coarse[box]
     ball = ball_voxels(spacing, radius_mm)
@@ -255,7 +254,9 @@ def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
     else:
         core = ndimage.distance_transform_edt(part, sampling=spacing) > radius_mm
     if not core.any():
-        return _ball_opening_full(mask, coarse, spacing, radius_mm)
+        # distance_transform_edt of a grid without background answers as if a voxel beyond a corner were one.
+        nowhere = ndimage.distance_transform_edt(np.ones(coarse.shape, bool), sampling=spacing) <= radius_mm
+        return mask & full_resolution(nowhere, mask.shape)
     opened = np.zeros(coarse.shape, bool)
     if small:
         opened[box] = ndimage.binary_dilation(core, ball)
