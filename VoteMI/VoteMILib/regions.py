@@ -146,8 +146,8 @@ def ct_body_mask(hu: np.ndarray, spacing_mm) -> np.ndarray:
 
 
 def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
-    """The lungs one by one (larger first), on every second voxel; one mask when they cannot be
-    told apart.
+    """The lungs one by one (larger first), on every second voxel (:func:`half_resolution`
+    masks); one mask when they cannot be told apart.
 
     Aerated lung joined only through the airways or thin edges comes apart where it is
     :data:`LUNG_CORE_MM` from its edges. Each lung is what lies that deep or within that depth
@@ -174,9 +174,10 @@ def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
         touching = [np.bincount(thin[ndimage.binary_dilation(owner == lung)], minlength=pieces + 1) > 0
                     for lung in (first, second)]
         touching[0][0] = touching[1][0] = False  # label 0: not a thin part
-        return [lungs & full_resolution((owner == lung) | labels_in(thin, pieces, np.flatnonzero(mine & ~other)), lungs.shape)
+        # coarse & X is half_resolution(lungs & full_resolution(X)): X is whole on each block.
+        return [coarse & ((owner == lung) | labels_in(thin, pieces, np.flatnonzero(mine & ~other)))
                 for lung, mine, other in ((first, *touching), (second, *touching[::-1]))]
-    return [lungs]
+    return [coarse]
 
 
 def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float = ENVELOPE_MM) -> np.ndarray:
@@ -186,11 +187,11 @@ def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float = ENVELOPE_MM
     A nodule or mass, in the lung or against its wall, fills such a dent; the heart, the
     mediastinum and the chest wall are broader and stay outside."""
     spacing = np.asarray(spacing_mm, dtype=float)
-    envelope = np.zeros(lungs.shape, bool)
+    closed = None
     for lung in split_lungs(lungs, spacing):
-        closed = ball_closing(half_resolution(lung), 2 * spacing, radius_mm, open_faces=True)
-        envelope |= full_resolution(closed, lungs.shape)
-    return envelope | lungs
+        one = ball_closing(lung, 2 * spacing, radius_mm, open_faces=True)
+        closed = one if closed is None else closed | one
+    return full_resolution(closed, lungs.shape) | lungs  # one mask back to the full grid, not one per lung
 
 
 def thoracic_cavity(envelope: np.ndarray, spacing_mm) -> np.ndarray:
