@@ -26,8 +26,8 @@ from scipy import ndimage
 
 from .abnormality import LESION_SCALE_MM, Abnormality, fit_midsagittal_plane, mirrored_values
 from .preprocess import block_mean
-from .regions import (AERATED_HU, BONE_HU, ball_opening, bounding_box, ct_body_mask, deeper_than, lung_envelopes, lung_mask,
-                      thoracic_cavity)
+from .regions import (AERATED_HU, BONE_HU, ball_opening, bounding_box, ct_body_mask, deeper_than, lung_envelopes,
+                      lung_mask, thoracic_cavity)
 
 #: The outer layer of the body left out: skin and subcutaneous tissue, the contact with the table,
 #: where intensity changes most and which no cue should point at.
@@ -249,10 +249,10 @@ def smoothed_near(level: np.ndarray, sigma, wanted: np.ndarray) -> np.ndarray:
     reach = (4.0 * sigma + 0.5).astype(int)  # gaussian_filter's kernel radius (truncate=4)
     near = bounding_box(wanted, 1)
     if near is None:
-        return np.zeros(level.shape, np.float32)
+        return np.zeros(level.shape, level.dtype)
     box = tuple(slice(max(part.start - r, 0), min(part.stop + r, n))
                 for part, r, n in zip(near, reach, level.shape))
-    smooth = np.zeros(level.shape, np.float32)
+    smooth = np.zeros(level.shape, level.dtype)
     smooth[box] = ndimage.gaussian_filter(level[box], sigma, mode="nearest")
     return smooth
 
