@@ -26,8 +26,8 @@ from scipy import ndimage
 
 from .abnormality import LESION_SCALE_MM, Abnormality, fit_midsagittal_plane, mirrored_values
 from .preprocess import block_mean
-from .regions import (AERATED_HU, BONE_HU, ball_opening, ct_body_mask, depth_mm, lung_envelopes, lung_mask,
-                      thoracic_cavity)
+from .regions import (AERATED_HU, BONE_HU, ball_opening, bounding_box, ct_body_mask, deeper_than, lung_envelopes,
+                      lung_mask, thoracic_cavity)
 
 #: The outer layer of the body left out: skin and subcutaneous tissue, the contact with the table,
 #: where intensity changes most and which no cue should point at.
@@ -155,10 +155,14 @@ def mirror_strength(strength: np.ndarray, points: np.ndarray, shape, plane, spac
     Near the midline the mirror image falls on the point's own neighbourhood, so its weight fades
     from 1 (at :data:`MIRROR_MM` from the plane) to 0 (at half of that).
     """
-    volume = np.zeros(shape, np.float32)
-    volume[tuple(points.T)] = strength
     size = np.maximum(1, np.round(2.0 * MIRROR_MM / spacing)).astype(int) | 1
-    nearby = ndimage.maximum_filter(volume, size=size)
+    nearby = np.zeros(shape, np.float32)
+    # 0 away from the points: the filter runs on their bounding box and its reach only.
+    low = np.maximum(points.min(axis=0) - size // 2, 0)
+    high = np.minimum(points.max(axis=0) + size // 2 + 1, shape)
+    volume = np.zeros(tuple(high - low), np.float32)
+    volume[tuple((points - low).T)] = strength
+    nearby[tuple(slice(a, b) for a, b in zip(low, high))] = ndimage.maximum_filter(volume, size=size)
     coordinates = points.astype(float)
     offset_mm = ((coordinates - np.asarray(plane.centre)) @ plane.normal) * float(np.mean(spacing))
     weight = np.clip((2.0 * np.abs(offset_mm) - MIRROR_MM) / MIRROR_MM, 0.0, 1.0)
@@ -185,7 +189,7 @@ def tissue_contrast_map(values: np.ndarray, body: np.ndarray, spacing_mm, ct: bo
         data = np.where(values > SOFT_TISSUE_MAX_HU, SOFT_TISSUE_HU, np.maximum(values, FAT_HU)).astype(np.float32)
     else:
         data = values.astype(np.float32)
-    points = np.argwhere(depth_mm(body, spacing) > BODY_RIM_MM)
+    points = np.argwhere(deeper_than(body, spacing, BODY_RIM_MM))
     out = np.zeros(data.shape, np.float32)
     out[tuple(points.T)] = blob_strength(data, spacing, BLOB_RADII_MM, points)
     return out
@@ -207,6 +211,7 @@ def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, co
     spacing = np.asarray(spacing_mm, dtype=float)
     extent = np.asarray(data.shape) * spacing
     best = np.zeros(len(points), np.float32)
+    columns = [np.ascontiguousarray(points[:, axis]) for axis in range(3)]  # read once per level, not strided
     level, factor = data, 1
     for radius in radii_mm:
         sigma = radius / np.sqrt(3.0)
@@ -215,10 +220,8 @@ def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, co
         while sigma / (spacing.min() * factor * 2) >= 1.0 and min(level.shape) >= 16:
             level, factor = block_mean(level, (2, 2, 2)), factor * 2
         step = spacing * factor
-        smooth = ndimage.gaussian_filter(level, sigma / step, mode="nearest")
         shape = np.asarray(level.shape)
-        # Flat indices of the points on this level; each level voxel is computed once.
-        at = np.minimum(points // factor, shape - 1) @ np.array([shape[1] * shape[2], shape[2], 1])
+        at = level_indices(columns, factor, shape)
         margin = np.ceil(sigma / step).astype(int)
         wanted = np.zeros(level.shape, bool)
         wanted.ravel()[at] = True
@@ -226,6 +229,7 @@ def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, co
         wanted[:, : margin[1]], wanted[:, shape[1] - margin[1]:] = False, False
         wanted[:, :, : margin[2]], wanted[:, :, shape[2] - margin[2]:] = False, False
         voxels = np.flatnonzero(wanted)
+        smooth = smoothed_near(level, sigma / step, wanted)
         low, _, high = hessian_eigenvalues(smooth, step, voxels)
         if compact:
             strength = np.where(high < 0, high ** 2 / np.minimum(low, -1e-12) * -1.0, 0.0)
@@ -235,6 +239,34 @@ def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, co
         answer[voxels] = strength * sigma ** 2
         np.maximum(best, answer[at], out=best)
     return best
+
+
+def smoothed_near(level: np.ndarray, sigma, wanted: np.ndarray) -> np.ndarray:
+    """``ndimage.gaussian_filter(level, sigma, mode="nearest")`` where the Hessian at the ``wanted``
+    voxels reads it (within a voxel of them; 0 elsewhere): filtered within their bounding box
+    plus the kernel's reach, which gives the same values there at a fraction of the grid."""
+    sigma = np.asarray(sigma, dtype=float)
+    reach = (4.0 * sigma + 0.5).astype(int)  # gaussian_filter's kernel radius (truncate=4)
+    near = bounding_box(wanted, 1)
+    if near is None:
+        return np.zeros(level.shape, level.dtype)
+    box = tuple(slice(max(part.start - r, 0), min(part.stop + r, n))
+                for part, r, n in zip(near, reach, level.shape))
+    smooth = np.zeros(level.shape, level.dtype)
+    smooth[box] = ndimage.gaussian_filter(level[box], sigma, mode="nearest")
+    return smooth
+
+
+def level_indices(columns, factor: int, shape) -> np.ndarray:
+    """Flat (C-order) indices on a level averaged by ``factor`` of the voxels whose coordinates
+    are ``columns`` (one integer array per axis), the last partial block taken as the last
+    level voxel; each level voxel is then computed once. Axis by axis: an integer matrix
+    product has no fast path in numpy."""
+    flat = None
+    for column, size in zip(columns, shape):
+        index = np.minimum(column // factor, size - 1) if factor > 1 else column
+        flat = index.copy() if flat is None else flat * int(size) + index
+    return flat
 
 
 def hessian_eigenvalues(data: np.ndarray, spacing, at: np.ndarray):

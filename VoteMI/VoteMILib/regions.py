@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .modality import detect_modality, looks_like_ct  # noqa: F401 (what a scan shows, from its voxels)
-from .preprocess import block_mean
+from .preprocess import block_mean, labels_in
 
 #: Regions a scan can be taken for.
 REGIONS = ("head", "chest", "body")
@@ -59,6 +59,9 @@ ENVELOPE_MM = 35.0
 #: The thoracic cavity holds the lungs and what lies between them in an axial slice (the mediastinum
 #: is up to 10 cm wide): each slice's lungs are closed by a disc of this radius (mm).
 CAVITY_MM = 60.0
+#: Erosion or dilation by a ball of up to this many voxels is cheaper than a distance transform
+#: (a ball of 2.2 voxels' radius has 57; one of 4.5 voxels, 389, takes twice a transform's time).
+SMALL_BALL_VOXELS = 100
 
 
 @dataclass(frozen=True)
@@ -120,13 +123,13 @@ def detect_region(grid, modality: str) -> Region:
 def lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
     """Aerated spaces of at least :data:`LUNG_MIN_ML` lying deeper than :data:`CHEST_WALL_MM` inside
     the body (the lungs; air trapped between skin folds or under the body on the table is shallow)."""
-    aerated = (hu < AERATED_HU) & (depth_mm(body, spacing_mm) > CHEST_WALL_MM)
+    aerated = (hu < AERATED_HU) & deeper_than(body, spacing_mm, CHEST_WALL_MM)
     labels, count = ndimage.label(aerated)
     if count == 0:
         return aerated
     sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing_mm)) / 1000.0)
     sizes[0] = 0
-    return np.isin(labels, np.flatnonzero(sizes >= LUNG_MIN_ML))
+    return labels_in(labels, count, np.flatnonzero(sizes >= LUNG_MIN_ML))
 
 
 def ct_body_mask(hu: np.ndarray, spacing_mm) -> np.ndarray:
@@ -143,8 +146,8 @@ def ct_body_mask(hu: np.ndarray, spacing_mm) -> np.ndarray:
 
 
 def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
-    """The lungs one by one (larger first), on every second voxel; one mask when they cannot be
-    told apart.
+    """The lungs one by one (larger first), on every second voxel (:func:`half_resolution`
+    masks); one mask when they cannot be told apart.
 
     Aerated lung joined only through the airways or thin edges comes apart where it is
     :data:`LUNG_CORE_MM` from its edges. Each lung is what lies that deep or within that depth
@@ -154,7 +157,7 @@ def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
     """
     spacing = 2 * np.asarray(spacing_mm, dtype=float)
     coarse = half_resolution(lungs)
-    depth = ndimage.distance_transform_edt(coarse, sampling=spacing)
+    depth = inside_distance(coarse, spacing)
     for core_mm in LUNG_CORE_MM:
         labels, count = ndimage.label(depth > core_mm)
         if count < 2:
@@ -164,16 +167,17 @@ def split_lungs(lungs: np.ndarray, spacing_mm) -> list:
         first, second = np.argsort(sizes)[::-1][:2]
         if sizes[second] < SECOND_LUNG_SHARE * sizes[first]:
             continue
-        cores = np.isin(labels, (first, second))
+        cores = labels_in(labels, count, (first, second))
         distance, nearest = ndimage.distance_transform_edt(~cores, sampling=spacing, return_indices=True)
         owner = np.where(coarse & (distance <= core_mm + float(spacing.max())), labels[tuple(nearest)], 0)
         thin, pieces = ndimage.label(coarse & (owner == 0))
         touching = [np.bincount(thin[ndimage.binary_dilation(owner == lung)], minlength=pieces + 1) > 0
                     for lung in (first, second)]
         touching[0][0] = touching[1][0] = False  # label 0: not a thin part
-        return [lungs & full_resolution((owner == lung) | np.isin(thin, np.flatnonzero(mine & ~other)), lungs.shape)
+        # coarse & X is half_resolution(lungs & full_resolution(X)): X is whole on each block.
+        return [coarse & ((owner == lung) | labels_in(thin, pieces, np.flatnonzero(mine & ~other)))
                 for lung, mine, other in ((first, *touching), (second, *touching[::-1]))]
-    return [lungs]
+    return [coarse]
 
 
 def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float = ENVELOPE_MM) -> np.ndarray:
@@ -183,11 +187,11 @@ def lung_envelopes(lungs: np.ndarray, spacing_mm, radius_mm: float = ENVELOPE_MM
     A nodule or mass, in the lung or against its wall, fills such a dent; the heart, the
     mediastinum and the chest wall are broader and stay outside."""
     spacing = np.asarray(spacing_mm, dtype=float)
-    envelope = np.zeros(lungs.shape, bool)
+    closed = None
     for lung in split_lungs(lungs, spacing):
-        closed = ball_closing(half_resolution(lung), 2 * spacing, radius_mm, open_faces=True)
-        envelope |= full_resolution(closed, lungs.shape)
-    return envelope | lungs
+        one = ball_closing(lung, 2 * spacing, radius_mm, open_faces=True)
+        closed = one if closed is None else closed | one
+    return full_resolution(closed, lungs.shape) | lungs  # one mask back to the full grid, not one per lung
 
 
 def thoracic_cavity(envelope: np.ndarray, spacing_mm) -> np.ndarray:
@@ -203,9 +207,9 @@ def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
     """Each axial slice with its holes filled: the background that does not reach the slice's edge."""
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    background, _ = ndimage.label(~mask, structure=in_plane)
+    background, pieces = ndimage.label(~mask, structure=in_plane)
     edges = np.concatenate([background[[0, -1]].ravel(), background[:, [0, -1]].ravel()])
-    return ~np.isin(background, np.unique(edges[edges > 0]))
+    return ~labels_in(background, pieces, np.unique(edges[edges > 0]))
 
 
 def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: bool = False) -> np.ndarray:
@@ -232,11 +236,65 @@ def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: boo
 
 
 def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
-    """Morphological opening by a ball, on every second voxel (parts thinner than the ball go)."""
+    """Morphological opening by a ball, on every second voxel (parts thinner than the ball go).
+
+    The same mask as two distance transforms of the whole coarse grid, computed within the
+    coarse mask's bounding box plus the ball and a voxel of background (no distance that decides
+    reaches past it), and by erosion and dilation with the ball's voxels when the ball is small
+    (:data:`SMALL_BALL_VOXELS`)."""
     spacing = 2 * np.asarray(spacing_mm, dtype=float)
     coarse = half_resolution(mask)
+    box = bounding_box(coarse, np.floor(radius_mm / spacing).astype(int) + 1)
+    if box is None or coarse.all():  # no core or no background: the whole grid's transforms decide
+        return _ball_opening_full(mask, coarse, spacing, radius_mm)
+    part = coarse[box]
+    ball = ball_voxels(spacing, radius_mm)
+    small = ball.sum() <= SMALL_BALL_VOXELS
+    if small:
+        core = ndimage.binary_erosion(part, ball, border_value=1)
+    else:
+        core = ndimage.distance_transform_edt(part, sampling=spacing) > radius_mm
+    if not core.any():
+        # distance_transform_edt of a grid without background answers as if a voxel beyond a corner were one.
+        nowhere = ndimage.distance_transform_edt(np.ones(coarse.shape, bool), sampling=spacing) <= radius_mm
+        return mask & full_resolution(nowhere, mask.shape)
+    opened = np.zeros(coarse.shape, bool)
+    if small:
+        opened[box] = ndimage.binary_dilation(core, ball)
+    else:
+        opened[box] = ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm
+    return mask & full_resolution(opened, mask.shape)
+
+
+def _ball_opening_full(mask, coarse, spacing, radius_mm) -> np.ndarray:
+    """:func:`ball_opening` by two distance transforms of the whole coarse grid."""
     core = ndimage.distance_transform_edt(coarse, sampling=spacing) > radius_mm
     return mask & full_resolution(ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm, mask.shape)
+
+
+def ball_voxels(spacing_mm, radius_mm: float, dtype=np.float64) -> np.ndarray:
+    """The voxels within ``radius_mm`` of the centre of a (2n+1)^3 block, a structuring element.
+
+    Distances are computed as ``distance_transform_edt`` computes them and compared in ``dtype``
+    (that of the distances thresholded), so that erosion by the ball keeps exactly the voxels
+    whose distance from the background exceeds ``radius_mm``."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    half = np.floor(radius_mm / spacing).astype(int) + 1  # a ring to spare: rounding in ``dtype``
+    offsets = np.indices(tuple(2 * half + 1), dtype=float) - half.reshape(3, 1, 1, 1)
+    offsets *= spacing.reshape(3, 1, 1, 1)
+    distance = np.sqrt(np.add.reduce(offsets * offsets, axis=0)).astype(dtype)
+    return distance <= radius_mm  # the radius uncast: numpy compares as it does with the distances
+
+
+def bounding_box(mask: np.ndarray, pad):
+    """Slices of the box holding ``mask`` with ``pad`` voxels more on each side (within the grid);
+    None when the mask is empty."""
+    axes = [np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))) for a in range(mask.ndim)]
+    if any(len(found) == 0 for found in axes):
+        return None
+    pad = np.broadcast_to(pad, (mask.ndim,))
+    return tuple(slice(max(int(found[0]) - int(p), 0), min(int(found[-1]) + int(p) + 1, n))
+                 for found, p, n in zip(axes, pad, mask.shape))
 
 
 def half_resolution(mask: np.ndarray) -> np.ndarray:
@@ -257,11 +315,37 @@ def depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
     The faces of the field of view are no edge here: a body cut by them goes on beyond. Computed
     on every second voxel: eight times cheaper, and a voxel of error is nothing at these depths.
     """
-    coarse = ndimage.distance_transform_edt(mask[::2, ::2, ::2], sampling=2 * np.asarray(spacing_mm, dtype=float))
+    coarse = inside_distance(mask[::2, ::2, ::2], 2 * np.asarray(spacing_mm, dtype=float))
     full = coarse.astype(np.float32).repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
     full = full[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
     full[~mask] = 0.0
     return full
+
+
+def deeper_than(mask: np.ndarray, spacing_mm, depth: float) -> np.ndarray:
+    """``depth_mm(mask, spacing_mm) > depth``, decided on the coarse grid so that only a mask, not
+    a map of distances, is brought back to the full grid; by erosion with a ball when it is small
+    (:data:`SMALL_BALL_VOXELS`)."""
+    spacing = 2 * np.asarray(spacing_mm, dtype=float)
+    coarse = mask[::2, ::2, ::2]
+    ball = ball_voxels(spacing, depth, np.float32)  # depth_mm's distances are float32
+    if ball.sum() <= SMALL_BALL_VOXELS and not coarse.all():
+        deep = ndimage.binary_erosion(coarse, ball, border_value=1)
+    else:
+        deep = inside_distance(coarse, spacing).astype(np.float32) > depth
+    return mask & full_resolution(deep, mask.shape)
+
+
+def inside_distance(mask: np.ndarray, spacing_mm) -> np.ndarray:
+    """``ndimage.distance_transform_edt(mask, sampling=spacing_mm)``, computed within the mask's
+    bounding box and a voxel of background around it: the nearest background voxel of every
+    voxel inside lies there (a mask without background keeps the whole grid's transform)."""
+    box = bounding_box(mask, 1)
+    if box is None or mask.all():
+        return ndimage.distance_transform_edt(mask, sampling=spacing_mm)
+    out = np.zeros(mask.shape)
+    out[box] = ndimage.distance_transform_edt(mask[box], sampling=spacing_mm)
+    return out
 
 
 def skull_height_mm(hu: np.ndarray, body: np.ndarray, spacing_mm) -> float:
