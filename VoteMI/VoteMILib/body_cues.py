@@ -21,6 +21,8 @@ weights. The scales are anatomical (HU bands of air, soft tissue and bone; lesio
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -97,7 +99,22 @@ def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lung
     body = ct_body_mask(hu, spacing) if body is None else body
     lungs = lung_mask(hu, body, spacing) if lungs is None else lungs
     envelope = lung_envelopes(lungs, spacing)
-    nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
+    # The two maps are independent and scipy.ndimage runs without the GIL: the masses are measured
+    # in a second thread while this one looks for nodules (a chest CT's cue in about 60 % of the time).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(chest_mass_map, hu, body, envelope, spacing)
+        nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
+        masses = pending.result()
+    found = np.maximum(nodules, masses)
+    labels = (masses > nodules).astype(np.int8)
+    return Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN, at_lesion_scale=True,
+                       labels=labels, cues=("lung_nodule", "tissue_contrast"))
+
+
+def chest_mass_map(hu: np.ndarray, body: np.ndarray, envelope: np.ndarray, spacing_mm) -> np.ndarray:
+    """Masses outside a chest CT's thoracic cavity (``tissue_contrast``, 0..1: :data:`MIN_CONTRAST_HU`
+    maps to :data:`LUNG_NODULE_MIN`)."""
+    spacing = np.asarray(spacing_mm, dtype=float)
     cavity = thoracic_cavity(envelope, spacing)
     # The lungs shown as soft tissue: organs under the diaphragm make no edge against them.
     solid_chest = np.where(envelope, SOFT_TISSUE_HU, hu)
@@ -105,11 +122,7 @@ def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lung
     # Only masses that stand out vote (0 below 90 % of that contrast, LUNG_NODULE_MIN at it): faint
     # blobs over a large area (organs, bowel, breast tissue) must not outvote one nodule.
     low = 0.9 * MIN_CONTRAST_HU
-    masses = np.clip((contrast - low) / ((MIN_CONTRAST_HU - low) / LUNG_NODULE_MIN), 0.0, 1.0)
-    found = np.maximum(nodules, masses)
-    labels = (masses > nodules).astype(np.int8)
-    return Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN, at_lesion_scale=True,
-                       labels=labels, cues=("lung_nodule", "tissue_contrast"))
+    return np.clip((contrast - low) / ((MIN_CONTRAST_HU - low) / LUNG_NODULE_MIN), 0.0, 1.0)
 
 
 def lung_nodule_map(hu: np.ndarray, body: np.ndarray, lungs: np.ndarray, envelope: np.ndarray, spacing_mm,
