@@ -20,8 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "VoteMI"))
 
 from VoteMILib import body_cues, regions  # noqa: E402
-from VoteMILib.bench import find_cases, load_mask, plane_profiles, score_slice  # noqa: E402
+from VoteMILib.bench import find_cases, load_mask, score_slice, section_areas  # noqa: E402
 from VoteMILib.geometry import PLANES, plane_geometry  # noqa: E402
+from VoteMILib.preprocess import make_working_grid  # noqa: E402
+from VoteMILib.regions import detect_modality, detect_region  # noqa: E402
 from VoteMILib.selection import select_slices  # noqa: E402
 from VoteMILib.volumes import load_volume  # noqa: E402
 
@@ -56,15 +58,13 @@ def body_cases(data_dir):
         if not case.mask:
             continue
         volume = load_volume(case.image)
-        result = select_slices(volume, top_k=1, mode="findings")
-        if result.region.get("name") == "head":
+        if detect_region(make_working_grid(volume), detect_modality(volume)).name == "head":
             continue
         lesion_kji = load_mask(case.mask, volume)
         profiles = {}
         for plane in PLANES:
             positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
-            lesion, _ = plane_profiles(volume, lesion_kji, lesion_kji, plane)
-            profiles[plane] = (lesion, positions)
+            profiles[plane] = (section_areas(volume, lesion_kji, plane), positions)
         loaded.append((case.name, volume, profiles))
     return loaded
 

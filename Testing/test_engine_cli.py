@@ -147,7 +147,7 @@ def test_main_on_colin27_as_in_the_readme(tmp_path, capsys):
 
 
 def test_mode_names_and_their_earlier_aliases():
-    from VoteMILib.selection import canonical_mode
+    from VoteMILib.names import canonical_mode
 
     assert canonical_mode("findings") == "findings" and canonical_mode("votemi") == "findings"
     assert canonical_mode("Representative") == "representative" and canonical_mode("plain") == "representative"

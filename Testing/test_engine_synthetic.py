@@ -32,6 +32,16 @@ def named_site(prepared, kind: str, diameter_mm: float, name: str) -> synthetic.
     return sites[name]
 
 
+def assert_found_in_every_plane(row, cue: str, site: synthetic.Site) -> None:
+    """The top slice of every plane holds half of the lesion's largest section, ``cue`` decided it,
+    and the mark lies on the lesion."""
+    for plane in PLANES:
+        scores = row["planes"][plane]
+        assert scores["cue"] == cue, (plane, scores)
+        assert scores["hit_half"] == 1.0, (plane, scores)
+        assert scores["focus_mm"] <= site.radius_mm + 5.0, (plane, scores)
+
+
 def test_sphere_fraction_holds_the_sphere_volume_on_an_oblique_anisotropic_grid():
     angle = np.radians(20.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]])
@@ -89,11 +99,7 @@ def test_lung_cue_finds_a_synthetic_nodule(case, diameter, name):
     prepared = scan(case)
     site = named_site(prepared, "lung", diameter, name)
     row = synthetic.try_site(prepared, site)
-    for plane in PLANES:
-        scores = row["planes"][plane]
-        assert scores["cue"] == "lung_nodule", (plane, scores)
-        assert scores["hit_half"] == 1.0, (plane, scores)
-        assert scores["focus_mm"] <= site.radius_mm + 5.0, (plane, scores)
+    assert_found_in_every_plane(row, "lung_nodule", site)
 
 
 def test_a_chest_with_nothing_in_its_lungs_falls_back_to_representative_slices():
@@ -113,11 +119,7 @@ def test_tissue_cue_finds_a_synthetic_mass(case, kind, diameter, name):
     prepared = scan(case)
     site = named_site(prepared, kind, diameter, name)
     row = synthetic.try_site(prepared, site)
-    for plane in PLANES:
-        scores = row["planes"][plane]
-        assert scores["cue"] == "tissue_contrast", (plane, scores)
-        assert scores["hit_half"] == 1.0, (plane, scores)
-        assert scores["focus_mm"] <= site.radius_mm + 5.0, (plane, scores)
+    assert_found_in_every_plane(row, "tissue_contrast", site)
 
 
 @pytest.mark.parametrize("case", ["mirp_sts002_ct", "pyrad_breast1_mr"])

@@ -43,6 +43,13 @@ def _wait(panel, timeout_s=90.0):
     assert not panel.slot_errors, panel.slot_errors
 
 
+def _click_select_describe(panel, server, model="tiny-vlm"):
+    """Point the panel at the scripted loopback server and click Select & Describe."""
+    panel.widget._parameterNode.serverUrl = server.url
+    panel.widget._parameterNode.model = model
+    panel.click(panel.ui.selectDescribeButton)
+
+
 def _runs(panel, monkeypatch):
     """Every VoteMIRun the panel starts, in order."""
     started = []
@@ -221,9 +228,7 @@ def test_cancel_ends_the_child_within_a_second_and_keeps_the_previous_report(pan
     scripted_server.script = [streamed([], tail="stall")]
     runs = _runs(panel, monkeypatch)
     panel.setup()
-    panel.widget._parameterNode.serverUrl = scripted_server.url
-    panel.widget._parameterNode.model = "tiny-vlm"
-    panel.click(panel.ui.selectDescribeButton)
+    _click_select_describe(panel, scripted_server)
     panel.run_until(lambda: runs and runs[0].selected and scripted_server.chat_requests(), 60)
     child = runs[0].child.process
     assert child.poll() is None
@@ -248,9 +253,7 @@ def test_a_failed_describe_leaves_the_previous_report_and_says_why(panel, headle
     mrml.finish_report(report, Report("The earlier report.", {"model": "earlier-model", "created": "yesterday"}))
     scripted_server.script = [error_answer(404, {"error": {"message": "model 'x' not found"}})]
     panel.setup()
-    panel.widget._parameterNode.serverUrl = scripted_server.url
-    panel.widget._parameterNode.model = "x"
-    panel.click(panel.ui.selectDescribeButton)
+    _click_select_describe(panel, scripted_server, "x")
     _wait(panel)
     error, = panel.dialogs.of("errorDisplay")
     assert error.startswith("The vision-language model did not answer:\n") and "not found" in error
@@ -286,9 +289,7 @@ def test_a_report_that_breaks_off_is_kept_and_marked_incomplete(panel, headless_
     volume = _phantom_volume(headless_slicer)
     scripted_server.script = [streamed(["Findings: ", "a lesion"], tail="drop")]
     panel.setup()
-    panel.widget._parameterNode.serverUrl = scripted_server.url
-    panel.widget._parameterNode.model = "tiny-vlm"
-    panel.click(panel.ui.selectDescribeButton)
+    _click_select_describe(panel, scripted_server)
     _wait(panel)
     warning, = panel.dialogs.of("warningDisplay")
     assert warning.startswith("The report is incomplete: ") and panel.dialogs.of("errorDisplay") == []
@@ -307,9 +308,7 @@ def test_edits_made_to_the_report_node_while_it_streams_are_kept(panel, headless
     scripted_server.script = [streamed(pieces, pause_s=0.1)]
     runs = _runs(panel, monkeypatch)
     panel.setup()
-    panel.widget._parameterNode.serverUrl = scripted_server.url
-    panel.widget._parameterNode.model = "tiny-vlm"
-    panel.click(panel.ui.selectDescribeButton)
+    _click_select_describe(panel, scripted_server)
     panel.run_until(lambda: runs and runs[0].report.started, 60)
     assert panel.ui.reportTextEdit.readOnly
     node = runs[0].report.node

@@ -913,7 +913,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         """The module's parameter node; scenes saved before the modes were renamed load with the new names."""
-        from VoteMILib.selection import canonical_mode
+        from VoteMILib.names import canonical_mode
 
         raw = super().getParameterNode()
         mode = raw.GetParameter("selectionMode")

@@ -77,12 +77,13 @@ def run_bench(args) -> int:
         from .outputs import check_output_file
 
         check_output_file(args.json, "--json file")
+    modes = (args.mode,) if args.mode else MODES
     if args.synthetic:
         if not args.data_dir:
             raise VolumeError("bench --synthetic needs DATA_DIR")
         document = run_synthetic(args)
     elif args.speed:
-        rows = speed_benchmark(args.repeats, args.source, (args.mode,) if args.mode else MODES)
+        rows = speed_benchmark(args.repeats, args.source, modes)
         print(format_speed_table(rows))
         document = {"speed": rows}
     else:
@@ -93,7 +94,6 @@ def run_bench(args) -> int:
             from .encoders import load_patch_encoder
 
             encoder = load_patch_encoder(args.encoder)
-        modes = (args.mode,) if args.mode else MODES
         rows = []
         for case in find_cases(args.data_dir):
             row = evaluate_case(case, args.planes, modes, args.seed, args.extra, encoder)

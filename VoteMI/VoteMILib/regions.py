@@ -238,15 +238,17 @@ def ball_closing(mask: np.ndarray, spacing_mm, radius_mm: float, open_faces: boo
 def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
     """Morphological opening by a ball, on every second voxel (parts thinner than the ball go).
 
-    The same mask as two distance transforms of the whole coarse grid, computed within the
-    coarse mask's bounding box plus the ball and a voxel of background (no distance that decides
-    reaches past it), and by erosion and dilation with the ball's voxels when the ball is small
-    (:data:`SMALL_BALL_VOXELS`)."""
+    Computed within the coarse mask's bounding box plus the ball and a voxel of background (no
+    distance that decides reaches past it), by erosion and dilation with the ball's voxels when
+    the ball is small (:data:`SMALL_BALL_VOXELS`), by distance transforms otherwise. As in
+    :func:`depth_mm`, the faces of the field of view are no edge."""
     spacing = 2 * np.asarray(spacing_mm, dtype=float)
     coarse = half_resolution(mask)
     box = bounding_box(coarse, np.floor(radius_mm / spacing).astype(int) + 1)
-    if box is None or coarse.all():  # no core or no background: the whole grid's transforms decide
-        return _ball_opening_full(mask, coarse, spacing, radius_mm)
+    if box is None:
+        return np.zeros(mask.shape, bool)
+    if coarse.all():  # no background: every voxel holds the ball
+        return mask.copy()
     part = coarse[box]
     ball = ball_voxels(spacing, radius_mm)
     small = ball.sum() <= SMALL_BALL_VOXELS
@@ -254,22 +256,13 @@ def ball_opening(mask: np.ndarray, spacing_mm, radius_mm: float) -> np.ndarray:
         core = ndimage.binary_erosion(part, ball, border_value=1)
     else:
         core = ndimage.distance_transform_edt(part, sampling=spacing) > radius_mm
-    if not core.any():
-        # distance_transform_edt of a grid without background answers as if a voxel beyond a corner were one.
-        nowhere = ndimage.distance_transform_edt(np.ones(coarse.shape, bool), sampling=spacing) <= radius_mm
-        return mask & full_resolution(nowhere, mask.shape)
     opened = np.zeros(coarse.shape, bool)
-    if small:
-        opened[box] = ndimage.binary_dilation(core, ball)
-    else:
-        opened[box] = ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm
+    if core.any():
+        if small:
+            opened[box] = ndimage.binary_dilation(core, ball)
+        else:
+            opened[box] = ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm
     return mask & full_resolution(opened, mask.shape)
-
-
-def _ball_opening_full(mask, coarse, spacing, radius_mm) -> np.ndarray:
-    """:func:`ball_opening` by two distance transforms of the whole coarse grid."""
-    core = ndimage.distance_transform_edt(coarse, sampling=spacing) > radius_mm
-    return mask & full_resolution(ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm, mask.shape)
 
 
 def ball_voxels(spacing_mm, radius_mm: float, dtype=np.float64) -> np.ndarray:
@@ -329,7 +322,7 @@ def deeper_than(mask: np.ndarray, spacing_mm, depth: float) -> np.ndarray:
     spacing = 2 * np.asarray(spacing_mm, dtype=float)
     coarse = mask[::2, ::2, ::2]
     ball = ball_voxels(spacing, depth, np.float32)  # depth_mm's distances are float32
-    if ball.sum() <= SMALL_BALL_VOXELS and not coarse.all():
+    if ball.sum() <= SMALL_BALL_VOXELS:
         deep = ndimage.binary_erosion(coarse, ball, border_value=1)
     else:
         deep = inside_distance(coarse, spacing).astype(np.float32) > depth
@@ -339,11 +332,14 @@ def deeper_than(mask: np.ndarray, spacing_mm, depth: float) -> np.ndarray:
 def inside_distance(mask: np.ndarray, spacing_mm) -> np.ndarray:
     """``ndimage.distance_transform_edt(mask, sampling=spacing_mm)``, computed within the mask's
     bounding box and a voxel of background around it: the nearest background voxel of every
-    voxel inside lies there (a mask without background keeps the whole grid's transform)."""
+    voxel inside lies there. The faces of the field of view are no edge: a mask without background
+    is infinitely deep."""
+    if mask.all():
+        return np.full(mask.shape, np.inf)
     box = bounding_box(mask, 1)
-    if box is None or mask.all():
-        return ndimage.distance_transform_edt(mask, sampling=spacing_mm)
     out = np.zeros(mask.shape)
+    if box is None:
+        return out
     out[box] = ndimage.distance_transform_edt(mask[box], sampling=spacing_mm)
     return out
 

@@ -13,7 +13,7 @@ from .body_cues import body_abnormality
 from .clustering import NOISE, dbscan, estimate_eps, nearest_neighbours
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
-from .names import MODE_ALIASES, MODES, canonical_mode  # noqa: F401 (selection's names)
+from .names import canonical_mode
 from .preprocess import make_working_grid
 from .regions import detect_modality, detect_region
 from .results import PlaneResult, SelectedSlice, SelectionResult

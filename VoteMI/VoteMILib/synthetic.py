@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .names import SYNTHETIC_KINDS
+from .names import PLANES, SYNTHETIC_KINDS
 from .regions import AERATED_HU, ball_closing, depth_mm, lung_envelopes, lung_mask, thoracic_cavity
 
 #: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
@@ -344,7 +344,6 @@ def try_site(scan: Scan, site: Site, seed: int = 0) -> dict:
         kept, real_hit_half.
     """
     from .bench import score_slice, section_areas
-    from .geometry import PLANES
     from .selection import select_slices
     from .volumes import volume_from_array
 
@@ -416,7 +415,7 @@ def site_class(row) -> str:
     return row["site"].split()[-1] if row["kind"] == "lung" else row["site"].rsplit(" ", 1)[0]
 
 
-def summarise_synthetic(rows: list, planes=("axial", "coronal", "sagittal")) -> list:
+def summarise_synthetic(rows: list, planes=PLANES) -> list:
     """hit_half rate per kind, by diameter and by site class, per plane (and all planes at once)."""
     table = []
     for kind in dict.fromkeys(row["kind"] for row in rows):
@@ -438,7 +437,7 @@ def summarise_synthetic(rows: list, planes=("axial", "coronal", "sagittal")) -> 
     return table
 
 
-def format_synthetic_table(table: list, planes=("axial", "coronal", "sagittal")) -> str:
+def format_synthetic_table(table: list, planes=PLANES) -> str:
     lines = ["| kind | lesions | n | " + " | ".join(planes) + " | all three planes | in top 3 | fell back "
              "| missed: as without |", "|---" * (len(planes) + 7) + "|"]
     for entry in table:
