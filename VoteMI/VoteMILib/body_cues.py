@@ -15,7 +15,15 @@ default score cannot compare left with right everywhere. Two cues take its place
   a lesion in breast tissue), which edges (skin, organ borders: plate-like) and vessels and
   bowel (tube-like) do not.
 
-Both give a map on the working grid; :func:`VoteMILib.abnormality.evidence` turns it into vote
+- ``mass`` (any body scan but a chest CT, CT or MRI): soft tissue that no fat plane crosses for
+  centimetres. Muscles, vessels and nerves are wrapped in fat (fascia, septa, the neurovascular
+  bundles' fat), so that no point of normal soft tissue in a limb or a trunk wall lies far from
+  fat; a mass grows through those planes and pushes them aside, whatever its intensity against the
+  muscle around it (sarcomas are often within 10 HU of muscle in CT, iso- to hypointense in T1).
+  The depth of each voxel inside fat-free soft tissue, beyond what normal muscle bundles reach,
+  is the cue.
+
+Each gives a map on the working grid; :func:`VoteMILib.abnormality.evidence` turns it into vote
 weights. The scales are anatomical (HU bands of air, soft tissue and bone; lesion sizes in mm).
 """
 
@@ -28,8 +36,8 @@ from scipy import ndimage
 
 from .abnormality import LESION_SCALE_MM, Abnormality, fit_midsagittal_plane, mirrored_values
 from .preprocess import block_mean
-from .regions import (AERATED_HU, BONE_HU, ball_opening, bounding_box, ct_body_mask, deeper_than, lung_envelopes,
-                      lung_mask, thoracic_cavity)
+from .regions import (AERATED_HU, BONE_HU, ball_opening, bounding_box, ct_body_mask, deeper_than, inside_distance,
+                      lung_envelopes, lung_mask, thoracic_cavity)
 
 #: The outer layer of the body left out: skin and subcutaneous tissue, the contact with the table,
 #: where intensity changes most and which no cue should point at.
@@ -67,6 +75,22 @@ BLOB_ANSWER = 0.18
 FAT_HU = -150.0
 #: Muscle and solid organs in CT.
 SOFT_TISSUE_HU = 40.0
+#: A fat plane in CT: fat is -150..-50 HU, muscle and organs +20..+80 HU; a voxel below the midpoint
+#: holds fat (a millimetre-thin septum in a working voxel is found through its darkest original voxel).
+FAT_PLANE_HU = -30.0
+#: MRI: subcutaneous fat is the body's outer layer this deep (skin is 1-3 mm; fat under it several mm
+#: in every region), which tells which intensity class is fat.
+SUBCUTANEOUS_MM = 5.0
+#: Under fat suppression the subcutaneous layer is dark: less than this share of it in the bright
+#: class. Skin, partial volume with the air and crops that leave little skin in view keep the share
+#: of a T1's bright fat layer low (0.07-0.7 on the design scans), so only a nearly all-dark rim counts.
+FAT_SUPPRESSED_RIM = 0.05
+#: Normal soft tissue lies at most about this far from a fat plane: muscle bundles between septa,
+#: vessels and nerves in their fat, a small muscle belly (2 cm across). Shallower depths do not count.
+MASS_MIN_DEPTH_MM = 10.0
+#: A fat-free region holding a ball of this radius (a mass 4 cm across, near the 5 cm at which a soft-
+#: tissue lump is referred as a suspected sarcoma) stands out.
+MASS_DEPTH_MM = 20.0
 #: Soft tissue stops here: bone and contrast-enhanced vessels above it are expected anatomy, so
 #: ``tissue_contrast`` sees them as soft tissue (:data:`SOFT_TISSUE_HU`) rather than as the brightest
 #: blobs of the scan.
@@ -76,7 +100,8 @@ SOFT_TISSUE_MAX_HU = 100.0
 def body_abnormality(grid, region, seed: int = 0) -> Abnormality:
     """The body cue of a region on a working grid: in a chest CT ``lung_nodule`` in the lungs and
     ``tissue_contrast`` in the chest wall and whatever lies above and below the thorax (each voxel
-    says which); elsewhere ``tissue_contrast``."""
+    says which); elsewhere the stronger of ``tissue_contrast`` and ``mass`` (each in units of what
+    stands out)."""
     spacing = np.asarray(grid.spacing_mm, dtype=float)
     ct = region.modality == "CT"
     values = grid.original_intensities() if ct else grid.data
@@ -85,9 +110,71 @@ def body_abnormality(grid, region, seed: int = 0) -> Abnormality:
         body = ct_body_mask(values, spacing)
     if region.name == "chest":
         return chest_abnormality(values, spacing, seed, body, region.masks.get("lungs"))
+    fat = None if ct else mri_fat_class(grid.data, body, spacing)
+    if fat is not None and fat[1]:
+        # Fat is the brightest tissue: a bright blob is looked for below it (as CT sees bone as soft
+        # tissue), so that fat lobules and the subcutaneous layer are no blobs.
+        values = np.minimum(values, np.float32(fat[0]))
     threshold = BLOB_ANSWER * (MIN_CONTRAST_HU if ct else MIN_CONTRAST_MRI)
-    return Abnormality(tissue_contrast_map(values, body, spacing, ct), spacing, "tissue_contrast",
-                       threshold=threshold, at_lesion_scale=True)
+    contrast = tissue_contrast_map(values, body, spacing, ct) / np.float32(threshold)
+    mass = mass_map(grid, body, ct, fat)
+    if mass.max() >= 1.0:
+        # A mass that parts the fat planes over centimetres is the finding to show first: the blobs of
+        # tissue_contrast count only as far as they stand out beyond it.
+        contrast = np.where(contrast > mass.max(), contrast, 0.0).astype(np.float32)
+    labels = (mass > contrast).astype(np.int8)
+    return Abnormality(np.maximum(contrast, mass), spacing, "tissue_contrast", threshold=1.0, at_lesion_scale=True,
+                       labels=labels, cues=("tissue_contrast", "mass"))
+
+
+def mri_fat_class(values: np.ndarray, body: np.ndarray, spacing_mm):
+    """(threshold, fat_is_bright) of an MRI's body voxels, in the units of ``values``.
+
+    MRI has no fixed scale: the body's voxels fall into two classes at Otsu's threshold; fat is the
+    bright one (T1 and T2 fast spin echo, the usual anatomical sequences) unless the body's outer
+    :data:`SUBCUTANEOUS_MM`, where subcutaneous fat lies in every region, is nearly all dark
+    (:data:`FAT_SUPPRESSED_RIM`): a fat-suppressed sequence."""
+    threshold = otsu_threshold(values[body])
+    rim = body & ~deeper_than(body, spacing_mm, SUBCUTANEOUS_MM)
+    fat_is_bright = not (rim.any() and np.mean(values[rim] > threshold) < FAT_SUPPRESSED_RIM)
+    return threshold, fat_is_bright
+
+
+def fat_free_tissue(grid, body: np.ndarray, ct: bool, fat=None) -> np.ndarray:
+    """Working voxels of soft tissue behind which no original voxel is fat (or bone, or air).
+
+    CT: fat lies below :data:`FAT_PLANE_HU`, bone above :data:`BONE_HU`. MRI: ``fat`` is
+    :func:`mri_fat_class` of the grid's 0..1 intensities (computed unless given)."""
+    darkest, brightest = grid.block_extremes()
+    if ct:
+        return body & (darkest > FAT_PLANE_HU) & (brightest < BONE_HU)
+    threshold, fat_is_bright = fat if fat is not None else mri_fat_class(grid.data, body, grid.spacing_mm)
+    low, high = grid.intensity_range
+    threshold = low + threshold * (high - low)  # the extremes are in the volume's own units
+    return body & ((brightest < threshold) if fat_is_bright else (darkest > threshold))
+
+
+def mass_map(grid, body: np.ndarray, ct: bool, fat=None) -> np.ndarray:
+    """How deep each voxel lies inside fat-free soft tissue (:func:`fat_free_tissue`), beyond
+    :data:`MASS_MIN_DEPTH_MM`, in units of :data:`MASS_DEPTH_MM` (1: a mass that stands out).
+
+    The faces of the field of view are no edge (the tissue goes on beyond them)."""
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    tissue = fat_free_tissue(grid, body, ct, fat)
+    depth = inside_distance(tissue, spacing).astype(np.float32)
+    depth[~np.isfinite(depth)] = 0.0  # no fat anywhere: nothing to measure a mass against
+    return np.clip((depth - MASS_MIN_DEPTH_MM) / (MASS_DEPTH_MM - MASS_MIN_DEPTH_MM), 0.0, None)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that best separates ``values`` into two classes (Otsu 1979)."""
+    counts, edges = np.histogram(values, bins)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    below = np.cumsum(counts).astype(float)
+    moment = np.cumsum(counts * centres)
+    total, total_moment = below[-1], moment[-1]
+    between = (total_moment * below - moment * total) ** 2 / np.maximum(below * (total - below), 1e-12)
+    return float(centres[int(np.argmax(between[:-1]))])
 
 
 def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lungs=None) -> Abnormality:
