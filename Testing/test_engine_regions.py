@@ -54,7 +54,7 @@ def test_every_case_gives_finite_scores_and_names_its_cue():
         assert result.region["name"] == EXPECTED_REGION[case][1]
         for plane in PLANES:
             assert np.isfinite(result.planes[plane].scores).all(), (case, plane)
-            assert result.planes[plane].cue in ("asymmetry", "lung_nodule", "tissue_contrast", "representative")
+            assert result.planes[plane].cue in ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "representative")
 
 
 @pytest.mark.parametrize("case, cue", [("pyrad_lung2", "lung_nodule"), ("mirp_nsclc_lung1-001", "lung_nodule"),

@@ -75,9 +75,11 @@ BLOB_ANSWER = 0.18
 FAT_HU = -150.0
 #: Muscle and solid organs in CT.
 SOFT_TISSUE_HU = 40.0
-#: A fat plane in CT: fat is -150..-50 HU, muscle and organs +20..+80 HU; a voxel below the midpoint
-#: holds fat (a millimetre-thin septum in a working voxel is found through its darkest original voxel).
-FAT_PLANE_HU = -30.0
+#: A fat plane in CT: fat is -150..-50 HU (typically -100), muscle and organs +20..+80 HU (typically
+#: +50). A plane one original voxel thick, after the binomial smoothing of
+#: :meth:`~VoteMILib.preprocess.WorkingGrid.block_extremes`, reads as the mean of fat and muscle
+#: (-25 HU): the threshold sits just above it, five noise deviations of smoothed muscle below muscle.
+FAT_PLANE_HU = -20.0
 #: MRI: subcutaneous fat is the body's outer layer this deep (skin is 1-3 mm; fat under it several mm
 #: in every region), which tells which intensity class is fat.
 SUBCUTANEOUS_MM = 5.0
@@ -158,11 +160,20 @@ def mass_map(grid, body: np.ndarray, ct: bool, fat=None) -> np.ndarray:
     """How deep each voxel lies inside fat-free soft tissue (:func:`fat_free_tissue`), beyond
     :data:`MASS_MIN_DEPTH_MM`, in units of :data:`MASS_DEPTH_MM` (1: a mass that stands out).
 
-    The faces of the field of view are no edge (the tissue goes on beyond them)."""
+    The faces of the field of view are no edge (the tissue goes on beyond them), but within
+    :data:`MASS_MIN_DEPTH_MM` of a face nothing counts."""
     spacing = np.asarray(grid.spacing_mm, dtype=float)
     tissue = fat_free_tissue(grid, body, ct, fat)
     depth = inside_distance(tissue, spacing).astype(np.float32)
     depth[~np.isfinite(depth)] = 0.0  # no fat anywhere: nothing to measure a mass against
+    # Beside a face the depth is measured into tissue the scan does not show: no evidence there.
+    margin = np.ceil(MASS_MIN_DEPTH_MM / spacing).astype(int)
+    for axis in range(3):
+        index = [slice(None)] * 3
+        index[axis] = slice(0, margin[axis])
+        depth[tuple(index)] = 0.0
+        index[axis] = slice(depth.shape[axis] - margin[axis], None)
+        depth[tuple(index)] = 0.0
     return np.clip((depth - MASS_MIN_DEPTH_MM) / (MASS_DEPTH_MM - MASS_MIN_DEPTH_MM), 0.0, None)
 
 

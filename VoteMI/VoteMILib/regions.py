@@ -24,6 +24,13 @@ AERATED_HU = -400.0
 #: Above this a CT voxel is bone (cortical and dense cancellous bone; soft tissue and contrast-
 #: enhanced blood stay below).
 BONE_HU = 300.0
+#: Aerated lung holds blood and tissue: averaged over a few millimetres it lies above this (about
+#: -850 HU; emphysema near -950), while the air outside the body is -1000 HU.
+LUNG_PARENCHYMA_HU = -950.0
+#: A lung lies against the chest wall, the mediastinum and the diaphragm all round but where the
+#: field of view cuts it: more than half of the voxels around it are body (a lung cut at the midline
+#: of a chest CT: 0.63; a foam pad under a limb: 0.42; the air around the body: 0.15).
+LUNG_ENCLOSED_SHARE = 0.5
 #: Air pockets smaller than this are gas in bowel, stomach or airways, not a lung (one lung holds litres).
 LUNG_MIN_ML = 100.0
 #: The chest wall (skin, fat, muscle, ribs) is at least this thick, so lungs lie deeper.
@@ -107,8 +114,15 @@ def detect_region(grid, modality: str) -> Region:
         hu = grid.original_intensities()
         patient = ct_body_mask(hu, spacing)
         lungs = lung_mask(hu, patient, spacing)
-        masks = {"body": patient, "lungs": lungs}
         lung_fraction = float(lungs.sum()) / max(float(patient.sum()), 1.0)
+        if lung_fraction < CHEST_LUNG_FRACTION:
+            # A field of view that cuts through a lung leaves it open to the outside air: not a hole
+            # of the body, so not found above. Its parenchyma is denser than air.
+            cut_open = cut_lung_mask(hu, patient, spacing)
+            if cut_open.any():
+                patient, lungs = patient | cut_open, lungs | cut_open
+                lung_fraction = float(lungs.sum()) / max(float(patient.sum()), 1.0)
+        masks = {"body": patient, "lungs": lungs}
         measures = {"lung_fraction": lung_fraction, "width_mm": width_mm}
         if lung_fraction >= CHEST_LUNG_FRACTION:
             return Region("CT", "chest", measures, masks)
@@ -130,6 +144,36 @@ def lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
     sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing_mm)) / 1000.0)
     sizes[0] = 0
     return labels_in(labels, count, np.flatnonzero(sizes >= LUNG_MIN_ML))
+
+
+def cut_lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
+    """Lung that the field of view cuts open: parenchyma-dense air (between
+    :data:`LUNG_PARENCHYMA_HU` and :data:`AERATED_HU`) outside the body mask and touching it, without
+    the partial-volume shell at the skin and the couch (opened by a ball of :data:`THIN_MM`), in parts
+    of at least :data:`LUNG_MIN_ML` that reach a face of the field of view and lie against the body
+    on most of their surface (:data:`LUNG_ENCLOSED_SHARE`; foam pads and mattresses, as dense as lung, lie against
+    the outside air)."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    parenchyma = ball_opening((hu > LUNG_PARENCHYMA_HU) & (hu < AERATED_HU) & ~body, spacing, THIN_MM)
+    labels, count = ndimage.label(parenchyma)
+    if count == 0:
+        return parenchyma
+    sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0)
+    faces = np.zeros(count + 1, bool)
+    for axis in range(3):
+        for end in (0, -1):
+            faces[np.unique(np.take(labels, end, axis=axis))] = True
+    touching = np.zeros(count + 1, bool)
+    touching[np.unique(labels[ndimage.binary_dilation(body) & parenchyma])] = True
+    keep = [int(label) for label in np.flatnonzero((sizes >= LUNG_MIN_ML) & faces & touching) if label > 0]
+    lungs = [label for label in keep if _enclosed_share(labels == label, body) >= LUNG_ENCLOSED_SHARE]
+    return labels_in(labels, count, lungs)
+
+
+def _enclosed_share(part: np.ndarray, body: np.ndarray) -> float:
+    """Share of the voxels just outside ``part`` (within the field of view) that are body."""
+    shell = ndimage.binary_dilation(part) & ~part
+    return float(body[shell].mean()) if shell.any() else 0.0
 
 
 def ct_body_mask(hu: np.ndarray, spacing_mm) -> np.ndarray:
