@@ -31,6 +31,8 @@ SHARED_PATIENTS = {
 }
 #: Scans of ../shared/data that belong to a sarcoma patient.
 SAME_PATIENT = {"mirp_sts002_ct": "sts002"}
+#: The same scan in two folders: scored once when both are benched together.
+SAME_SCAN = {"mirp_sts002_ct": "sts002_ct"}
 
 #: case -> (patient, region, half), as drawn by ``draw_split(all cases with masks)``.
 SPLIT = {
