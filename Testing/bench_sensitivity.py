@@ -1,15 +1,19 @@
-"""How much the body cues' picks depend on their anatomical scales.
+"""How much the findings picks depend on the cues' anatomical scales.
 
-Each scale of :mod:`VoteMILib.body_cues` (and the region thresholds the cues rely on) is set to 70 % and
-130 % of its value in turn, and findings mode is scored on the body cases of ``../shared/data``
-(hit_half of the top slice per plane, as ``votemi bench``). Thresholds on a 0..1 map stop at 1.
+Each named scale (a module attribute of VoteMILib: ``--scale MODULE.NAME[:UPPER]``, repeatable; by
+default the body-cue and region scales below) is set to 70 % and 130 % of its value in turn, and findings
+mode is scored on the chosen cases (hit_half of the top slice per plane, as ``votemi bench``), for the
+design and the check half of the patient split (docs/benchmark.md) side by side. Thresholds on a 0..1 map
+take an upper bound (``:1``) and stop there. A tuple scale is scaled element by element.
 
-    python Testing/bench_sensitivity.py [data_dir] [--factors 0.7,1.3]
+    python Testing/bench_sensitivity.py [DATA_DIR ...] [--scale body_cues.BULK_MM] [--factors 0.7,1.3]
+        [--regions body|all|head,chest,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -19,29 +23,52 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "VoteMI"))
 
-from VoteMILib import body_cues, regions  # noqa: E402
-from VoteMILib.bench import find_cases, load_mask, score_slice, section_areas  # noqa: E402
+from VoteMILib.bench import load_mask, score_slice, section_areas  # noqa: E402
+from VoteMILib.bench_command import bench_cases  # noqa: E402
+from VoteMILib.bench_split import HALVES, half_of, region_of  # noqa: E402
 from VoteMILib.geometry import PLANES, plane_geometry  # noqa: E402
-from VoteMILib.preprocess import make_working_grid  # noqa: E402
-from VoteMILib.regions import detect_modality, detect_region  # noqa: E402
 from VoteMILib.selection import select_slices  # noqa: E402
 from VoteMILib.volumes import load_volume  # noqa: E402
 
-#: (module, name, upper bound): the scales varied.
+SHARED = REPO.parent / "shared" / "data"
+#: The scales varied by default: "module.NAME" of VoteMILib, and an upper bound for 0..1 thresholds.
 SCALES = (
-    (body_cues, "BODY_RIM_MM", None),
-    (body_cues, "NODULE_RADII_MM", None),
-    (body_cues, "NODULE_CONTRAST_HU", None),
-    (body_cues, "NODULE_STRENGTH", 1.0),
-    (body_cues, "MIRROR_MM", None),
-    (body_cues, "BULK_MM", None),
-    (body_cues, "LUNG_NODULE_MIN", 1.0),
-    (body_cues, "BLOB_RADII_MM", None),
-    (body_cues, "MIN_CONTRAST_HU", None),
-    (body_cues, "MIN_CONTRAST_MRI", None),
-    (regions, "CHEST_WALL_MM", None),
-    (regions, "CHEST_LUNG_FRACTION", None),
+    ("body_cues.BODY_RIM_MM", None),
+    ("body_cues.NODULE_RADII_MM", None),
+    ("body_cues.NODULE_CONTRAST_HU", None),
+    ("body_cues.NODULE_STRENGTH", 1.0),
+    ("body_cues.MIRROR_MM", None),
+    ("body_cues.BULK_MM", None),
+    ("body_cues.LUNG_NODULE_MIN", 1.0),
+    ("body_cues.BLOB_RADII_MM", None),
+    ("body_cues.MIN_CONTRAST_HU", None),
+    ("body_cues.MIN_CONTRAST_MRI", None),
+    ("regions.CHEST_WALL_MM", None),
+    ("regions.CHEST_LUNG_FRACTION", None),
 )
+
+
+def parse_scale(text: str) -> tuple:
+    """``MODULE.NAME`` or ``MODULE.NAME:UPPER`` -> ("MODULE.NAME", upper or None)."""
+    name, _, upper = text.partition(":")
+    if "." not in name:
+        raise argparse.ArgumentTypeError(f"'{text}': give MODULE.NAME (a module of VoteMILib), e.g. body_cues.BULK_MM")
+    try:
+        return name, float(upper) if upper else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': the upper bound after ':' must be a number") from None
+
+
+def resolve(name: str):
+    """The module and attribute name of ``MODULE.NAME`` (MODULE relative to VoteMILib); a clear error if absent."""
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        module = importlib.import_module(f"VoteMILib.{module_name}")
+    except ImportError as error:
+        raise SystemExit(f"scale {name}: no module VoteMILib.{module_name} ({error})") from None
+    if not hasattr(module, attribute):
+        raise SystemExit(f"scale {name}: VoteMILib.{module_name} has no attribute {attribute}")
+    return module, attribute
 
 
 def scaled(value, factor: float, upper):
@@ -51,28 +78,30 @@ def scaled(value, factor: float, upper):
     return min(value, upper) if upper is not None else value
 
 
-def body_cases(data_dir):
-    """The cases with masks that selection does not take for a head, loaded once."""
+def load_cases(folders, regions):
+    """The cases with masks in the split whose scanned region is wanted, loaded once, with their lesion
+    profiles per plane: (name, half, volume, profiles)."""
     loaded = []
-    for case in find_cases(data_dir):
-        if not case.mask:
+    for case in bench_cases(folders):
+        region = region_of(case.name)
+        if not case.mask or half_of(case.name) not in HALVES:
+            continue
+        if not (regions == "all" or (regions == "body" and region != "head") or region in regions):
             continue
         volume = load_volume(case.image)
-        if detect_region(make_working_grid(volume), detect_modality(volume)).name == "head":
-            continue
         lesion_kji = load_mask(case.mask, volume)
         profiles = {}
         for plane in PLANES:
             positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
             profiles[plane] = (section_areas(volume, lesion_kji, plane), positions)
-        loaded.append((case.name, volume, profiles))
+        loaded.append((case.name, half_of(case.name), volume, profiles))
     return loaded
 
 
 def hit_half(cases) -> dict:
     """Per case and plane: 1 when the top findings slice holds half of the largest lesion section; the cue too."""
     out = {}
-    for name, volume, profiles in cases:
+    for name, _, volume, profiles in cases:
         result = select_slices(volume, top_k=1, mode="findings")
         out[name] = {plane: (score_slice(result.planes[plane].selected[0].index, *profiles[plane])["hit_half"],
                              result.planes[plane].cue) for plane in PLANES}
@@ -81,38 +110,48 @@ def hit_half(cases) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", nargs="?", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("data_dirs", nargs="*", default=[str(SHARED), str(SHARED / "sarcoma")],
+                        help="bench folders (default: ../shared/data and ../shared/data/sarcoma)")
+    parser.add_argument("--scale", action="append", type=parse_scale, dest="scales", metavar="MODULE.NAME[:UPPER]",
+                        help="a scale to vary (repeatable; default: the body-cue and region scales)")
     parser.add_argument("--factors", default="0.7,1.3")
+    parser.add_argument("--regions", default="body",
+                        help="body (every region but the head, default), all, or scanned regions comma-separated")
     args = parser.parse_args(argv)
     factors = [float(f) for f in args.factors.split(",")]
+    regions = args.regions if args.regions in ("all", "body") else tuple(args.regions.split(","))
+    scales = [(resolve(name), name, upper) for name, upper in (args.scales or SCALES)]
 
     started = time.perf_counter()
-    cases = body_cases(args.data_dir)
-    names = [name for name, _, _ in cases]
-    print(f"{len(cases)} body cases: {', '.join(names)}")
+    cases = load_cases(args.data_dirs, regions)
+    names = {half: [name for name, h, _, _ in cases if h == half] for half in HALVES}
+    for half in HALVES:
+        print(f"{half}: {len(names[half])} cases: {', '.join(names[half]) or 'none'}")
     reference = hit_half(cases)
-    header = "| scale | value | " + " | ".join(f"{p} hit_half" for p in PLANES) + " | hit_half or cue changed |"
-    print(header)
-    print("|" + "---|" * (len(PLANES) + 3))
+    columns = [f"{half} {plane}" for half in HALVES for plane in PLANES]
+    print("\nhit_half of the findings top pick per half and plane; the picks whose hit_half or cue changed:")
+    print("| scale | value | " + " | ".join(columns) + " | hit_half or cue changed |")
+    print("|" + "---|" * (len(columns) + 3))
 
     def row(label, value, scores):
-        means = [np.mean([scores[n][p][0] for n in names]) for p in PLANES]
-        changed = [f"{n} {p} ({scores[n][p][1]})" for n in names for p in PLANES if scores[n][p] != reference[n][p]]
+        means = [np.mean([scores[n][p][0] for n in names[half]]) if names[half] else float("nan")
+                 for half in HALVES for p in PLANES]
+        changed = [f"{n} {p} ({scores[n][p][1]})" for n in scores for p in PLANES if scores[n][p] != reference[n][p]]
         print(f"| {label} | {value} | " + " | ".join(f"{m:.2f}" for m in means)
               + f" | {', '.join(changed) or 'none'} |", flush=True)
 
     row("(as shipped)", "", reference)
-    for module, name, upper in SCALES:
-        original = getattr(module, name)
+    for (module, attribute), name, upper in scales:
+        original = getattr(module, attribute)
         try:
             for factor in factors:
                 value = scaled(original, factor, upper)
-                setattr(module, name, value)
+                setattr(module, attribute, value)
                 shown = (", ".join(f"{v:g}" for v in np.round(value, 2)) if isinstance(value, tuple)
                          else f"{value:.4g}")
                 row(f"{name} x{factor:g}", shown, hit_half(cases))
         finally:
-            setattr(module, name, original)
+            setattr(module, attribute, original)
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
 

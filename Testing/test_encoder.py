@@ -191,8 +191,8 @@ def test_cli_bench_with_encoder(trained, tmp_path, capsys):
     assert "| axial |" in capsys.readouterr().out
     document = json.loads(out.read_text())
     assert document["settings"]["encoder"] == trained.path
-    means = next(iter(document["means"].values()))
-    assert set(means["axial"]["findings"]) == {"hit_any", "hit_half", "distance_mm"}
+    means = next(iter(next(iter(document["means"].values())).values()))  # the first half's first region
+    assert set(means["axial"]["findings"]) == {"hit_any", "hit_half", "distance_mm", "hit_half_top3"}
 
 
 def test_cli_train_encoder(cases_dir, tmp_path, capsys):

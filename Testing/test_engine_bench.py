@@ -5,23 +5,31 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import engine_fixtures as ef
-from VoteMILib import cli
-from VoteMILib.bench import BASELINES, METRICS, evaluate_case, find_cases
+from VoteMILib import bench_split, cli
+from VoteMILib.bench import (BASELINES, FOV_CUT_SHARE, METRICS, TOP3, evaluate_case, find_cases, fov_cut,
+                             score_slice, section_areas)
+from VoteMILib.bench_command import bench_cases
+from VoteMILib.geometry import PLANES, plane_geometry
+from VoteMILib.volumes import VolumeError, volume_from_array
 
 METHODS = ("findings", "representative", *BASELINES)
-from VoteMILib.geometry import PLANES
-from VoteMILib.volumes import VolumeError
+MODES = ("findings", "representative")
+SARCOMA = ef.DATA / "sarcoma"
 
 sitk = pytest.importorskip("SimpleITK")
 
 
-def check_scores(scores):
-    assert set(scores) == set(METRICS)
+def check_scores(scores, mode=False):
+    assert set(scores) == set(METRICS) | ({TOP3} if mode else set())
+    if mode:  # the top pick is one of the top 3
+        assert 0.0 <= scores[TOP3] <= 1.0
+        assert scores[TOP3] >= scores["hit_half"] - 1e-9
     assert 0.0 <= scores["hit_any"] <= 1.0 and 0.0 <= scores["hit_half"] <= 1.0
     assert math.isfinite(scores["distance_mm"]) and scores["distance_mm"] >= 0.0
     # Holding half the largest lesion section implies holding some lesion.
@@ -39,7 +47,7 @@ def check_row(row, planes, masked, methods=METHODS):
         scored = row["planes"][plane]
         assert set(scored) == set(methods), "every mode and every baseline must be reported"
         for method in methods:
-            check_scores(scored[method])
+            check_scores(scored[method], mode=method in MODES)
         for method in set(methods) - {"random"}:  # one slice each: hits are 0 or 1
             assert scored[method]["hit_any"] in (0.0, 1.0) and scored[method]["hit_half"] in (0.0, 1.0)
 
@@ -111,21 +119,27 @@ def test_bench_on_shared_cases(subset_folder, tmp_path):
     # Means are over the cases with masks only.
     masked = [r for r in rows if r["planes"]]
     assert len(masked) == 2 and all(r["region"] == "head" for r in rows)
-    assert list(document["means"]) == ["head"]  # the subset holds brains only
-    means = document["means"]["head"]
+    assert [r["half"] for r in rows] == [bench_split.half_of(name) for name in names]
+    # Both brains with masks are in the check half; the subset holds brains only.
+    assert {r["half"] for r in masked} == {"check"} and rows[-1]["half"] == "unsplit"
+    assert list(document["means"]) == ["check"] and list(document["means"]["check"]) == ["head"]
+    means = document["means"]["check"]["head"]
+    assert means["cases"] == 2
     for plane in PLANES:
         assert set(means[plane]) == set(METHODS)
         for method in METHODS:
-            check_scores(means[plane][method])
-            for metric in METRICS:
+            check_scores(means[plane][method], mode=method in MODES)
+            for metric in means[plane][method]:
                 expected = np.mean([r["planes"][plane][method][metric] for r in masked])
                 assert means[plane][method][metric] == pytest.approx(expected)
     # The printed tables: per case, then means with every baseline beside Vote-MI.
     for name in names:
         assert name in printed
     assert "brats_gli_00001" not in printed.split("Per case")[1]  # no mask: not in the quality tables
-    assert "Means over the cases with masks, by detected region (2 cases" in printed
-    assert "| plane | findings | representative | random | middle | largest section |" in printed
+    assert "Means over the cases with masks, by half and region (2 cases" in printed
+    assert ("| plane | findings | representative | random | middle | largest section | findings top-3 hit_half "
+            "| representative top-3 hit_half |") in printed
+    assert "| check | head | 2 |" in printed  # the headline table
     for plane in PLANES:
         assert f"| {plane} |" in printed
     check_top_slice_against_the_mask(next(r for r in rows if r["case"] == ef.MAIN_CASE))
@@ -147,6 +161,8 @@ def check_top_slice_against_the_mask(row):
         assert scores["hit_half"] == float(area[top] >= 0.5 * area[best]), plane
         distance = abs(plane_result.positions_mm[top] - plane_result.positions_mm[best])
         assert scores["distance_mm"] == pytest.approx(distance, abs=1e-3), plane
+        top3 = max(float(area[pick.index] >= 0.5 * area[best]) for pick in plane_result.selected)
+        assert len(plane_result.selected) == 3 and scores[TOP3] == top3, plane
         # Random's expected hit rate is the share of head slices that hold lesion: between 0 and 1,
         # and above zero because the lesion lies inside the head.
         assert 0.0 < row["planes"][plane]["random"]["hit_any"] < 1.0
@@ -164,11 +180,16 @@ def test_speed_mode_prints_its_table(tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert cli.main(["bench", "--speed", "--repeats", "1", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert ("| volume | runs | read s (median) | select s findings (median) | select s representative (median) "
-            "| select / read | volume MB |") in printed
+    assert ("| scan | volume | runs | read s (median) | select s findings (median) | select s representative (median) "
+            "| target s (findings) | select / read | volume MB |") in printed
     rows = json.loads(out.read_text(encoding="utf-8"))["speed"]
-    assert [r["size"] for r in rows] == ["240x240x155", "512x512x400"]
+    # The targets of the brief: brain MRI at both sizes, a chest CT from a real thorax CT.
+    assert [(r["scan"], r["size"], r["target_s"]) for r in rows] == [
+        ("brain MRI", "240x240x155", 0.5), ("brain MRI", "512x512x400", 3.0), ("chest CT", "512x512x130", 1.5)]
+    assert rows[2]["source"].endswith("mirp_nsclc_lung1-001/image.nii.gz")
     for row in rows:
+        assert row["within_target"] == (row["select_s"] <= row["target_s"])
+        assert f"| {row['scan']} | {row['size']} | 1 |" in printed
         assert row["size"] in printed
         assert row["runs"] == 1
         assert row["load_s"] > 0 and row["select_s"] > 0 and row["peak_mb"] > 0
@@ -185,3 +206,158 @@ def test_bench_without_folder_or_speed_is_an_error(capfd):
     assert cli.main(["bench"]) == 1
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DATA_DIR" in err[0]
+
+
+def test_split_is_the_written_rule_by_patient_and_region():
+    # Every masked case of both bench folders is in the split, and the stored table is what the
+    # documented rule draws (so nobody can move a case between halves without it showing).
+    masked = [c.name for folder in (ef.DATA, SARCOMA) for c in find_cases(folder) if c.mask]
+    assert sorted(masked) == sorted(bench_split.SPLIT)
+    assert bench_split.draw_split(masked, bench_split.SEED) == bench_split.SPLIT
+    assert bench_split.draw_split(masked, bench_split.SEED + 1) != bench_split.SPLIT  # the seed matters
+    halves = {}
+    for case, (patient, region, half) in bench_split.SPLIT.items():
+        assert half in bench_split.HALVES and region in bench_split.REGIONS
+        assert halves.setdefault(patient, half) == half, f"{patient} is on both sides"
+    # CT and MR T1 of one patient, and the same scan in both folders, on one side.
+    sts002 = {bench_split.half_of(c) for c in ("sts002_ct", "sts002_mr_t1", "mirp_sts002_ct")}
+    assert len(sts002) == 1
+    assert bench_split.patient_of("sts041_mr_t1") == bench_split.patient_of("sts041_ct") == "sts041"
+    # Stratified: per region the design half holds n // 2 of the n patients.
+    for region in bench_split.REGIONS:
+        patients = {p: h for c, (p, r, h) in bench_split.SPLIT.items() if r == region}
+        assert sum(h == "design" for h in patients.values()) == len(patients) // 2, region
+    assert bench_split.half_of("brats_gli_00001") == "unsplit" and bench_split.region_of("brats_gli_00001") is None
+
+
+def test_sarcoma_folder_and_both_folders_together():
+    sarcoma = find_cases(SARCOMA)
+    assert len(sarcoma) == 36 and all(c.mask and os.path.exists(c.mask) for c in sarcoma)
+    both = bench_cases([ef.DATA, SARCOMA])
+    names = [c.name for c in both]
+    assert "mirp_sts002_ct" not in names and "sts002_ct" in names  # one scan, scored once
+    assert len(names) == len(find_cases(ef.DATA)) - 1 + 36
+    check = bench_cases([ef.DATA, SARCOMA], "check")
+    assert check and all(bench_split.half_of(c.name) == "check" for c in check)
+    assert {c.name for c in check} | {c.name for c in bench_cases([ef.DATA, SARCOMA], "design")} \
+        == {n for n in names if n in bench_split.SPLIT}
+
+
+def oblique_volume(shape_kji=(30, 40, 50)):
+    """A volume with a tilted, LPS-like direction matrix, anisotropic spacing and a box 'lesion'."""
+    rng = np.random.default_rng(3)
+    array = rng.normal(100.0, 10.0, shape_kji).astype(np.float32)
+    angle = np.deg2rad(10.0)
+    rotation = np.array([[-np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), -np.cos(angle), 0.0],
+                         [0.0, 0.0, 1.0]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag([0.8, 0.9, 2.5])
+    matrix[:3, 3] = (-20.0, 35.0, -60.0)
+    lesion = np.zeros(shape_kji, bool)
+    lesion[12:18, 10:22, 20:31] = True
+    array[lesion] += 200.0
+    return volume_from_array(array, matrix, name="oblique"), lesion
+
+
+def test_fov_cut_keeps_ras_positions_and_the_lesion():
+    volume, lesion = oblique_volume()
+    low = np.array([12, 10, 20])
+    high = np.array([17, 21, 30])
+    seen = set()
+    for seed in range(12):
+        cut, offset_ijk, what = fov_cut(volume, lesion, np.random.default_rng(seed))
+        axis, side = "KJI".index(what[0]), what.split()[1]
+        seen.add((axis, side))
+        removed = int(what.split()[2])
+        margin = low[axis] if side == "low" else lesion.shape[axis] - 1 - high[axis]
+        assert int(what.split()[4]) == margin
+        assert FOV_CUT_SHARE[0] * margin - 0.5 <= removed <= FOV_CUT_SHARE[1] * margin + 0.5
+        assert cut.array.shape[axis] == lesion.shape[axis] - removed
+        assert [n for a, n in enumerate(cut.array.shape) if a != axis] == \
+            [n for a, n in enumerate(lesion.shape) if a != axis]
+        # Every kept voxel keeps its RAS position: voxel (i, j, k) of the cut is voxel
+        # (i, j, k) + offset of the original, in value and in RAS.
+        box = tuple(slice(o, o + n) for o, n in zip(offset_ijk[::-1], cut.array.shape))
+        np.testing.assert_array_equal(cut.array, volume.array[box])
+        for ijk in ((0, 0, 0), (4, 7, 2), tuple(np.array(cut.size_ijk) - 1)):
+            ras_cut = cut.ijk_to_ras @ np.append(ijk, 1.0)
+            ras_whole = volume.ijk_to_ras @ np.append(np.add(ijk, offset_ijk), 1.0)
+            np.testing.assert_allclose(ras_cut, ras_whole, atol=1e-9)
+        assert lesion[box].sum() == lesion.sum()  # the lesion kept whole
+    assert len(seen) >= 4  # the axis and side are drawn, not fixed
+    whole, _, what = fov_cut(volume, np.ones(lesion.shape, bool), np.random.default_rng(0))
+    assert whole is None and what == "no margin to cut"
+
+
+def test_bench_half_and_fov_check(subset_folder, tmp_path):
+    folder, names = subset_folder
+    out = tmp_path / "fov.json"
+    run = ef.run_votemi("bench", folder, "--half", "check", "--fov-check", "--mode", "findings",
+                        "--planes", "axial,coronal", "--json", out)
+    assert run.returncode == 0, run.stderr
+    document = json.loads(out.read_text(encoding="utf-8"))
+    rows = document["cases"]
+    # brats_gli_00001 is outside the split: left out of a half.
+    assert [r["case"] for r in rows] == [n for n in names if bench_split.half_of(n) == "check"] and len(rows) == 2
+    assert document["settings"]["half"] == "check" and document["settings"]["fov_check"] is True
+    main = next(r for r in rows if r["case"] == ef.MAIN_CASE)
+    volume = ef.volume(ef.MAIN_CASE)
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(os.fspath(ef.cases()[ef.MAIN_CASE]["mask"]))) > 0
+    # The bench's cut is the seeded one: redo it and check the stored shift and stability.
+    from VoteMILib.bench import FOV_STABLE_MM, FOV_STABLE_SLICES, fov_rng
+    from VoteMILib.selection import select_slices
+
+    cut, offset_ijk, what = fov_cut(volume, lesion, fov_rng(0, ef.MAIN_CASE))
+    assert main["fov"]["cut"] == what
+    whole = ef.selection(ef.MAIN_CASE)
+    again = select_slices(cut, planes=("axial", "coronal"), top_k=3, seed=0, mode="findings")
+    for plane in ("axial", "coronal"):
+        geometry = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane)
+        position = dict(zip(geometry.ijk_indices.tolist(), geometry.positions_mm.tolist()))
+        moved = again.planes[plane].selected[0].ijk_index + int(offset_ijk[geometry.ijk_axis])
+        shift = abs(position[moved] - position[whole.planes[plane].selected[0].ijk_index])
+        scored = main["fov"]["planes"][plane]
+        assert scored["shift_mm"] == pytest.approx(shift, abs=1e-6)
+        step = float(np.linalg.norm(volume.ijk_to_ras[:3, geometry.ijk_axis]))
+        assert scored["stable"] == float(shift <= max(FOV_STABLE_SLICES * step, FOV_STABLE_MM) + 1e-6)
+        cut_lesion = lesion[tuple(slice(o, o + n) for o, n in zip(offset_ijk[::-1], cut.array.shape))]
+        cut_positions = plane_geometry(cut.ijk_to_ras, cut.size_ijk, plane).positions_mm
+        assert scored["hit_half"] == score_slice(again.planes[plane].selected[0].index,
+                                                 section_areas(cut, cut_lesion, plane), cut_positions)["hit_half"]
+    fov = document["means"]["check"]["head"]["fov"]
+    assert fov["cases"] == 2
+    for plane in ("axial", "coronal"):
+        assert fov[plane]["stable"] == pytest.approx(np.mean([r["fov"]["planes"][plane]["stable"] for r in rows]))
+    assert "Field-of-view cut" in run.stdout and f"| {ef.MAIN_CASE} | check | {what} |" in run.stdout
+    assert "| half | region | cases | top-1 axial | top-1 coronal | top-3 axial | top-3 coronal | FOV stable axial " \
+           "| FOV stable coronal |" in run.stdout
+    # A half the folder holds no case of is a one-line error.
+    folder_design = ef.run_votemi("bench", folder, "--half", "design", "--planes", "axial")
+    assert folder_design.returncode == 1
+    assert folder_design.stderr.strip().count("\n") == 0 and "design half" in folder_design.stderr
+
+
+def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
+    import importlib.util
+
+    from VoteMILib import body_cues
+
+    spec = importlib.util.spec_from_file_location("bench_sensitivity", Path(__file__).parent / "bench_sensitivity.py")
+    sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sensitivity)
+    folder = tmp_path / "two"
+    folder.mkdir()
+    lines = ["case\tdisease\timage\tmask\textra"]
+    for name in ("sts002_mr_t1", "sts011_mr_t1"):  # one check, one design patient; small MR crops
+        (folder / name).symlink_to(SARCOMA / name, target_is_directory=True)
+        lines.append(f"{name}\tsoft-tissue-sarcoma\timage.nii.gz\tmask.nii.gz\t")
+    (folder / "cases.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    original = body_cues.BULK_MM
+    assert sensitivity.main([str(folder), "--scale", "body_cues.BULK_MM", "--factors", "0.7"]) == 0
+    assert body_cues.BULK_MM == original
+    printed = capsys.readouterr().out
+    assert "design: 1 cases: sts011_mr_t1" in printed and "check: 1 cases: sts002_mr_t1" in printed
+    assert "| scale | value | design axial | design coronal | design sagittal | check axial |" in printed
+    assert f"| body_cues.BULK_MM x0.7 | {original * 0.7:.4g} |" in printed
+    with pytest.raises(SystemExit, match="has no attribute"):
+        sensitivity.main([str(folder), "--scale", "body_cues.NO_SUCH_SCALE"])

@@ -14,7 +14,14 @@ def add_bench_command(commands) -> None:
     parser = commands.add_parser("bench", help="score selection on cases with lesion masks, and speed",
                                  description="Run selection on every case of a folder and score the top slice "
                                              "of each plane against the lesion mask, beside naive baselines.")
-    parser.add_argument("data_dir", nargs="?", help="folder with cases.tsv or case sub-folders")
+    parser.add_argument("data_dirs", nargs="*", metavar="DATA_DIR",
+                        help="folders with a cases.tsv or case sub-folders (several are scored together)")
+    parser.add_argument("--half", choices=("design", "check", "all"), default="all",
+                        help="score the design or check half of the patient split only (docs/benchmark.md; "
+                             "cases outside the split are left out), or every case (default)")
+    parser.add_argument("--fov-check", action="store_true",
+                        help="also cut each case with a mask on one side (part of the margin beside the lesion "
+                             "removed, the lesion kept) and report the share of top picks that stay")
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes)
     parser.add_argument("--mode", type=parse_mode, default=None, metavar="{" + ",".join(MODES) + "}",
                         help="score one mode only (default: both)")
@@ -31,9 +38,13 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--diameters", type=_diameters, metavar="MM,...",
                         help="with --synthetic: lesion diameters in mm (default: per kind, see README)")
     parser.add_argument("--speed", action="store_true",
-                        help="time 240x240x155 and 512x512x400 volumes made from a real scan instead")
+                        help="time 240x240x155 and 512x512x400 brain MRIs and a 512x512x130 chest CT made "
+                             "from real scans instead, beside their targets")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per size with --speed")
-    parser.add_argument("--source", help="scan to resample for --speed (default: Colin27 from mricron-data)")
+    parser.add_argument("--source", help="scan to resample for the brain sizes of --speed "
+                                         "(default: Colin27 from mricron-data)")
+    parser.add_argument("--chest-source", help="CT to resample to 512x512x130 for --speed "
+                                               "(default: ../shared/data/mirp_nsclc_lung1-001)")
     parser.set_defaults(func=run_bench)
 
 
@@ -51,12 +62,11 @@ def _diameters(text) -> tuple:
 def run_synthetic(args) -> dict:
     """``bench --synthetic``: every case with a mask whose region takes synthetic lesions of the kind."""
     from . import synthetic
-    from .bench import find_cases
 
     kinds = SYNTHETIC_KINDS if args.synthetic == "all" else (args.synthetic,)
     diameters = {kind: args.diameters for kind in kinds} if args.diameters else None
     rows = []
-    for case in find_cases(args.data_dir):
+    for case in bench_cases(args.data_dirs, "all"):
         if case.mask:
             rows += synthetic.evaluate_synthetic(case, kinds, args.seed, args.keep_lesion, diameters,
                                                  progress=lambda line: print(line, flush=True))
@@ -68,9 +78,23 @@ def run_synthetic(args) -> dict:
     return {"synthetic": rows, "summary": table, "settings": {"seed": args.seed, "keep_lesion": args.keep_lesion}}
 
 
+def bench_cases(folders, half: str = "all") -> list:
+    """The cases of every folder, of one half of the split (or all); a scan met twice (mirp_sts002_ct is
+    sarcoma/sts002_ct) is scored once."""
+    from .bench import find_cases
+    from .bench_split import SAME_SCAN, half_of
+
+    cases = [case for folder in folders for case in find_cases(folder)]
+    names = {case.name for case in cases}
+    cases = [case for case in cases if SAME_SCAN.get(case.name) not in names]
+    if half != "all":
+        cases = [case for case in cases if half_of(case.name) == half]
+    return cases
+
+
 def run_bench(args) -> int:
-    from .bench import (BASELINES, evaluate_case, find_cases, format_case_table, format_quality_table,
-                        format_speed_table, speed_benchmark, summarise)
+    from .bench import (BASELINES, evaluate_case, format_case_table, format_fov_table, format_headline_table,
+                        format_quality_table, format_speed_table, speed_benchmark, summarise)
     from .volumes import VolumeError
 
     if args.json:  # before hours of work, not after
@@ -79,37 +103,52 @@ def run_bench(args) -> int:
         check_output_file(args.json, "--json file")
     modes = (args.mode,) if args.mode else MODES
     if args.synthetic:
-        if not args.data_dir:
+        if not args.data_dirs:
             raise VolumeError("bench --synthetic needs DATA_DIR")
         document = run_synthetic(args)
     elif args.speed:
-        rows = speed_benchmark(args.repeats, args.source, modes)
+        rows = speed_benchmark(args.repeats, args.source, modes, args.chest_source)
         print(format_speed_table(rows))
         document = {"speed": rows}
     else:
-        if not args.data_dir:
+        if not args.data_dirs:
             raise VolumeError("bench needs DATA_DIR (or --speed)")
+        cases = bench_cases(args.data_dirs, args.half)
+        if not cases:
+            raise VolumeError(f"no case of {', '.join(args.data_dirs)} is in the {args.half} half of the split")
         encoder = None
         if args.encoder:
             from .encoders import load_patch_encoder
 
             encoder = load_patch_encoder(args.encoder)
         rows = []
-        for case in find_cases(args.data_dir):
-            row = evaluate_case(case, args.planes, modes, args.seed, args.extra, encoder)
+        for case in cases:
+            row = evaluate_case(case, args.planes, modes, args.seed, args.extra, encoder, args.fov_check)
             rows.append(row)
-            print(f"{case.name}: load {row['load_s']:.2f} s, select {row['select_s']:.2f} s, "
-                  f"peak {row['peak_mb']:.0f} MB", flush=True)
+            cut = f", cut {row['fov']['cut']}" if "fov" in row else ""
+            print(f"{case.name} ({row['half']}): load {row['load_s']:.2f} s, select {row['select_s']:.2f} s, "
+                  f"peak {row['peak_mb']:.0f} MB{cut}", flush=True)
         methods = (*modes, *BASELINES)
         means = summarise(rows, args.planes, methods)
-        print("\nPer case (top slice of each plane: hit_any/hit_half, distance from largest lesion section; "
-              "the cue that decided the first mode's pick in brackets):")
-        print(format_case_table([r for r in rows if r["planes"]], args.planes, methods))
-        print(f"\nMeans over the cases with masks, by detected region ({sum(1 for r in rows if r['planes'])} cases; "
-              "hit_any / hit_half / distance):")
+        scored = [r for r in rows if r["planes"]]
+        print(f"\nPer case (top slice of each plane: hit_any/hit_half, distance from largest lesion section; "
+              f"the cue that decided the {modes[0]} pick in brackets, and whether any of its top 3 holds half "
+              "the largest section):")
+        print(format_case_table(scored, args.planes, methods))
+        if args.fov_check:
+            print(f"\nField-of-view cut ({modes[0]}; top pick stable when within max(2 slices, 5 mm) of the pick "
+                  "on the whole scan; shift in mm; hit_half of the pick on the cut scan):")
+            print(format_fov_table(scored, args.planes))
+        print(f"\nMeans over the cases with masks, by half and region ({len(scored)} cases; region as scanned, "
+              "body = every region but the head; hit_any / hit_half / distance):")
         print(format_quality_table(means))
-        document = {"cases": rows, "means": means, "settings": {"modes": list(modes), "seed": args.seed,
-                                                                "extra": args.extra, "encoder": args.encoder}}
+        print(f"\nHeadline ({modes[0]}: hit_half of the top pick, of any of the top 3"
+              + (", share of top picks stable under the field-of-view cut" if args.fov_check else "") + "):")
+        print(format_headline_table(means, args.planes, modes[0]))
+        document = {"cases": rows, "means": means,
+                    "settings": {"modes": list(modes), "seed": args.seed, "extra": args.extra,
+                                 "encoder": args.encoder, "half": args.half, "fov_check": args.fov_check,
+                                 "data": list(args.data_dirs)}}
     if args.json:
         from .outputs import write_json_atomic
 
