@@ -79,13 +79,21 @@ class PlaneResult:
     ijk_indices: np.ndarray
     scores: np.ndarray
     selected: list
-    #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast" or "representative".
+    #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast", "mass" or
+    #: "representative".
     cue: str = "representative"
+    #: How far the best slice's score stands above the best separate summit of the curve (0..1).
+    confidence: float = 0.0
+    #: Findings mode: whether anything stood out (else the plane fell back to representative slices);
+    #: None in representative mode.
+    stood_out: bool | None = None
 
     def to_dict(self) -> dict:
         return {
             "normal_axis": self.normal_axis,
             "cue": self.cue,
+            "confidence": round(float(self.confidence), 4),
+            "stood_out": self.stood_out,
             "ijk_axis": "IJK"[self.ijk_axis],
             "ijk_indices": [int(i) for i in self.ijk_indices],
             "positions_mm": [round(float(p), 3) for p in self.positions_mm],
@@ -100,7 +108,8 @@ class PlaneResult:
                    ijk_indices=np.asarray(data.get("ijk_indices", []), dtype=int),
                    scores=np.asarray(data["scores"], dtype=float),
                    selected=[SelectedSlice.from_dict(plane, item) for item in data["selected"]],
-                   cue=str(data.get("cue", "representative")))
+                   cue=str(data.get("cue", "representative")), confidence=float(data.get("confidence", 0.0)),
+                   stood_out=data.get("stood_out"))
 
 
 @dataclass

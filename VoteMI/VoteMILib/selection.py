@@ -17,8 +17,8 @@ from .names import canonical_mode
 from .preprocess import make_working_grid
 from .regions import detect_modality, detect_region
 from .results import PlaneResult, SelectedSlice, SelectionResult
-from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, similarity_graph,
-                     slice_scores)
+from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, plane_confidence,
+                     similarity_graph, slice_scores)
 
 
 class Cancelled(Exception):
@@ -143,7 +143,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
         if spacing is None:
             step = abs(geometry.positions_mm[-1] - geometry.positions_mm[0]) / max(geometry.count - 1, 1)
             spacing = max(10.0, 2.0 * step)
-        picks = pick_top_slices(scores, geometry.positions_mm, settings.top_k, spacing)
+        # Findings picks hedge (distinct candidates first); the paper's vote keeps its plain top-k.
+        picks = pick_top_slices(scores, geometry.positions_mm, settings.top_k, spacing, peaks_first=found is not None)
         selected = [SelectedSlice(plane=plane, rank=rank, index=index, ijk_index=int(geometry.ijk_indices[index]),
                                   position_mm=float(geometry.positions_mm[index]),
                                   center_ras=tuple(float(c) for c in geometry.centers_ras[index]),
@@ -152,7 +153,9 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
                     for rank, index in enumerate(picks, start=1)]
         plane_results[plane] = PlaneResult(plane=plane, normal_axis=NORMAL_AXIS[plane], ijk_axis=geometry.ijk_axis,
                                            positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
-                                           scores=scores, selected=selected, cue=cue)
+                                           scores=scores, selected=selected, cue=cue,
+                                           confidence=plane_confidence(scores, geometry.positions_mm, picks[0], spacing),
+                                           stood_out=None if found is None else cue != "representative")
     report(1.0, "Done")
 
     recorded = asdict(settings)
