@@ -96,14 +96,18 @@ def block_mean(view: np.ndarray, factors) -> np.ndarray:
 
 def binomial_smooth(view: np.ndarray, axes) -> np.ndarray:
     """``view`` smoothed by the kernel [1, 2, 1] / 4 along each of ``axes`` (edges repeated), in float32."""
-    out = np.asarray(view, dtype=np.float32)
+    out = np.array(view, dtype=np.float32)
     for axis in axes:
         if out.shape[axis] < 3:
             continue
-        padded = np.concatenate([np.take(out, [0], axis=axis), out, np.take(out, [-1], axis=axis)], axis=axis)
-        n = out.shape[axis]
-        low, mid, high = (np.take(padded, np.arange(k, k + n), axis=axis) for k in range(3))
-        out = (low + 2.0 * mid + high) * np.float32(0.25)
+        moved = np.moveaxis(out, axis, 0)
+        smooth = np.empty_like(moved)
+        smooth[1:-1] = moved[:-2] + moved[2:]
+        smooth[1:-1] += 2.0 * moved[1:-1]
+        smooth[0] = 3.0 * moved[0] + moved[1]
+        smooth[-1] = 3.0 * moved[-1] + moved[-2]
+        smooth *= np.float32(0.25)
+        out = np.moveaxis(smooth, 0, axis)
     return out
 
 
