@@ -12,10 +12,10 @@ import SimpleITK as sitk
 
 import engine_fixtures as ef
 from VoteMILib.bench import load_mask, section_areas
-from VoteMILib.body_cues import FAT_PLANE_HU
+from VoteMILib.cues.tissues import FAT_PLANE_HU
 from VoteMILib.geometry import PLANES
 from VoteMILib.preprocess import block_reduce, make_working_grid
-from VoteMILib.regions import detect_region
+from VoteMILib.cues import detect_region
 from VoteMILib.selection import select_slices
 from VoteMILib.volumes import Volume, load_volume
 

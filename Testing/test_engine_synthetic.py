@@ -17,7 +17,7 @@ import engine_fixtures as ef
 from VoteMILib import synthetic
 from VoteMILib.bench import find_cases
 from VoteMILib.geometry import PLANES
-from VoteMILib.regions import lung_mask
+from VoteMILib.cues.regions import lung_mask
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,14 +137,17 @@ def test_no_body_cue_points_at_the_couch_the_skin_or_the_faces_of_the_scan(case)
     """mirp_nsclc_lung1-001 lies on the couch (its shell joins the body in the foreground mask); the
     others are cut by the field of view. Every body cue is 0 on the couch, outside the patient, within
     its outer 10 mm and on the faces of the field of view, and each pick's mark lies inside the patient."""
-    from VoteMILib.body_cues import BODY_RIM_MM, body_abnormality
+    from VoteMILib.cues import CueInput, find_abnormality
+    from VoteMILib.cues.tissue_contrast import BODY_RIM_MM
     from VoteMILib.preprocess import make_working_grid
-    from VoteMILib.regions import ct_body_mask, depth_mm, detect_modality, detect_region
+    from VoteMILib.cues.morphology import depth_mm
+    from VoteMILib.cues.regions import ct_body_mask, detect_region
+    from VoteMILib.modality import detect_modality
 
     volume = ef.volume(case)
     grid = make_working_grid(volume)
     region = detect_region(grid, detect_modality(volume))
-    found = body_abnormality(grid, region)
+    found = find_abnormality(CueInput(grid, region))
     assert found.map.max() > 0, "the real lesion stands out"
     body = ct_body_mask(grid.original_intensities(), grid.spacing_mm) if region.modality == "CT" else grid.mask
     if case == "mirp_nsclc_lung1-001":

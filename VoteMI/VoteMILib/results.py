@@ -121,7 +121,7 @@ class SelectionResult:
     size_ijk: tuple
     spacing_mm: tuple
     timing_s: dict = field(default_factory=dict)
-    #: What the scan was taken for (:meth:`VoteMILib.regions.Region.to_dict`): modality, name, measures.
+    #: What the scan was taken for (:meth:`VoteMILib.cues.regions.Region.to_dict`): modality, name, measures.
     region: dict = field(default_factory=dict)
 
     def cue_summary(self) -> str:

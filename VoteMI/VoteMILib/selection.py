@@ -8,14 +8,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from . import abnormality
-from .body_cues import body_abnormality
 from .clustering import NOISE, dbscan, estimate_eps, nearest_neighbours
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
 from .names import canonical_mode
 from .preprocess import make_working_grid
-from .regions import detect_modality, detect_region
+from .cues import CueInput, detect_region, find_abnormality, patch_votes
+from .modality import detect_modality
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, plane_confidence,
                      similarity_graph, slice_scores)
@@ -120,8 +119,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     found = weights = None
     if mode == "findings":
         report(0.5, "Comparing both sides of the head" if region.name == "head" else "Looking for what stands out")
-        found = _find_abnormality(grid, channels, patches, features, region, settings.seed)
-        weights = abnormality.patch_votes(found.evidence, patches, PLANES)
+        found = find_abnormality(CueInput(grid, region, channels, patches, features, settings.seed))
+        weights = patch_votes(found.evidence, patches, PLANES)
 
     report(0.9, "Counting votes")
     plane_results = {}
@@ -165,16 +164,6 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     return SelectionResult(planes=plane_results, settings=recorded, size_ijk=size_ijk,
                            spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started},
                            region=region.to_dict())
-
-
-def _find_abnormality(grid, channels, patches, features, region, seed):
-    """The findings cue of the detected region: left-right asymmetry in the head, a body cue elsewhere."""
-    if region.name != "head":
-        return body_abnormality(grid, region, seed=seed)
-    if region.modality == "CT":
-        # Brain tissue spans 0..80 HU (the brain window); bone would otherwise take the whole range.
-        channels = [np.clip(grid.original_intensities(), 0.0, 80.0) / np.float32(80.0)] + list(channels[1:])
-    return abnormality.abnormality_map(grid, channels, patches, features, seed=seed)
 
 
 def _working_slice(grid, plane, position_mm) -> int:
