@@ -102,11 +102,11 @@ def rasterise_rtstruct(dataset, volume, name: str = "RTSTRUCT") -> np.ndarray:
     for number, contour_set in enumerate(getattr(dataset, "ROIContourSequence", []), start=1):
         slices = {}
         for contour in getattr(contour_set, "ContourSequence", []):
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            points = _contour_points(contour)
             if len(points) < 3:
                 continue
             ras = points * np.array([-1.0, -1.0, 1.0])  # DICOM patient space is LPS
-            ijk = np.array([ras_to_ijk(volume.ijk_to_ras, point) for point in ras])
+            ijk = ras_to_ijk(volume.ijk_to_ras, ras)
             k = int(np.round(np.median(ijk[:, 2])))
             if 0 <= k < volume.array.shape[0]:
                 slices.setdefault(k, []).append([(float(i), float(j)) for i, j in ijk[:, :2]])
@@ -122,6 +122,18 @@ def rasterise_rtstruct(dataset, volume, name: str = "RTSTRUCT") -> np.ndarray:
         raise GuideError(f"{name}: no contour of {', '.join(rois.values()) or 'its structures'} lies on the image's "
                          "slices; is it the RTSTRUCT of another series?")
     return labels
+
+
+def _contour_points(contour) -> np.ndarray:
+    """ContourData as (n, 3) LPS points; parsed from the raw text, which is much faster than pydicom's
+    decimal-string values for contours of thousands of points."""
+    raw = contour.get_item("ContourData")
+    value = getattr(raw, "value", None)
+    if isinstance(value, (bytes, bytearray)):
+        numbers = np.array(bytes(value).replace(b"\x00", b" ").split(b"\\"), dtype=float)
+    else:
+        numbers = np.asarray(contour.ContourData, dtype=float)
+    return numbers[:len(numbers) // 3 * 3].reshape(-1, 3)
 
 
 def rtstruct_names(path) -> dict:

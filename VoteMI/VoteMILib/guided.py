@@ -314,9 +314,10 @@ def _format_point(ras) -> str:
 
 
 def ras_to_ijk(ijk_to_ras, ras) -> np.ndarray:
-    """Continuous voxel indices (i, j, k) of a RAS point."""
+    """Continuous voxel indices (i, j, k) of a RAS point, or of each row of an (n, 3) array of them."""
     matrix = np.asarray(ijk_to_ras, dtype=float)
-    return np.linalg.solve(matrix[:3, :3], np.asarray(ras, dtype=float) - matrix[:3, 3])
+    inverse = np.linalg.inv(matrix[:3, :3])
+    return (np.asarray(ras, dtype=float) - matrix[:3, 3]) @ inverse.T
 
 
 def volume_extent_ras(volume):
