@@ -23,7 +23,6 @@ import numpy as np
 
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry, ras_axis_assignment
 from .results import PlaneResult, SelectedSlice, SelectionResult
-from .volumes import VolumeError
 
 #: Unsupervised picks of combined mode keep at least this distance (mm) from a guided segment or point.
 OUTSIDE_MARGIN_MM = 10.0
