@@ -117,7 +117,8 @@ def add_guide_arguments(parser) -> None:
     group.add_argument("--label-name", action="append", default=[], type=parse_label_name, metavar="N=NAME",
                        help="name of label N in the report prompt (default 'label N'; repeatable)")
     group.add_argument("--point", action="append", default=[], type=parse_point, metavar="R,A,S",
-                       help="a point on the lesion in RAS mm (Slicer's coordinates); repeatable")
+                       help="a point on the lesion in RAS mm (Slicer's coordinates); repeatable; write "
+                            "--point=R,A,S when R is negative")
 
 
 def parse_labels(text) -> tuple:
