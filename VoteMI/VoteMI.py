@@ -241,6 +241,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         if self.logic is None:
             return
+        self._shownSegments = None  # segments may have been added or renamed in the Segment Editor meanwhile
         self.initializeParameterNode()
         self._connectPlotView(True)
 
@@ -423,10 +424,16 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onGuideSegmentsChanged(self, item=None) -> None:
         if not self._parameterNode:
             return
+        from VoteMILib import mrml
+
+        node = self._parameterNode
         segmentsList = self.ui.guideSegmentsList
         items = [segmentsList.item(row) for row in range(segmentsList.count)]
-        self._parameterNode.parameterNode.SetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE, "\n".join(
-            item.data(qt.Qt.UserRole) for item in items if item.checkState() != qt.Qt.Checked))
+        skipped = [item.data(qt.Qt.UserRole) for item in items if item.checkState() != qt.Qt.Checked]
+        # The list already shows this: it is not rebuilt from within its own signal.
+        self._shownSegments = (node.guideSegmentation.GetID() if node.guideSegmentation else None,
+                               mrml.segments_of(node.guideSegmentation), set(skipped))
+        node.parameterNode.SetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE, "\n".join(skipped))
 
     def _skippedSegments(self):
         return set((self._parameterNode.parameterNode.GetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE) or "").splitlines())

@@ -181,17 +181,19 @@ def load_label_map(path, volume) -> np.ndarray:
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
         raise GuideError(f"mask {path} is not a 3D label map ({image.GetDimension()}D, "
                          f"{image.GetNumberOfComponentsPerPixel()} components per voxel)")
-    values = sitk.GetArrayViewFromImage(image)
+    values = sitk.GetArrayViewFromImage(image)  # a view: used only while ``image`` holds the voxels
     if np.issubdtype(values.dtype, np.floating):
         if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
             raise GuideError(f"mask {path} holds fractional values (a probability map?); VoteMI needs a label map "
                              "of whole numbers (threshold it first)")
+    labelled = bool((values > 0).any())
+    del values
     image = sitk.Cast(image, sitk.sitkInt32)
     reference = reference_image(volume)
     if not _same_grid(image, reference):
         image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
         resampled = sitk.GetArrayFromImage(image)
-        if not (resampled > 0).any() and (sitk.GetArrayViewFromImage(sitk.ReadImage(path)) > 0).any():
+        if labelled and not (resampled > 0).any():
             raise GuideError(f"mask {path} lies outside the field of view of {volume.name or 'the image'} "
                              "(no labelled voxel falls inside it); is it the mask of another scan?")
         return resampled
