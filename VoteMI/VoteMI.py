@@ -29,6 +29,8 @@ from slicer.util import VTKObservationMixin
 SETTINGS_PREFIX = "VoteMI/"
 #: Node reference role, on the parameter node, of the optional extra sequences.
 EXTRA_VOLUME_REFERENCE = "VoteMIExtraVolume"
+#: Parameter node attribute: the guide segmentation's segment IDs the user unchecked, one per line.
+SKIPPED_SEGMENTS_ATTRIBUTE = "VoteMI.GuideSkippedSegments"
 DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
 README_URL = "https://github.com/VoteMI/SlicerVoteMI#readme"
 #: How often the panel reads the child process (ms).
@@ -101,11 +103,15 @@ class VoteMIParameterNode:
     language - report language.
     timeoutSeconds - longest time a report may take.
     switchLayoutForChart - switch to a layout with a plot view to show the score plot.
+    guideSegmentation, guidePoints - optional guide: a segmentation whose segments to show, a point list.
+    guideThenUnsupervised - after the guided slices, add the best slice of selectionMode outside them.
 
     The text fields (serverUrl, model, promptTemplate, language) are connected to their widgets by
     the panel itself: the wrapper's binding rewrites a text widget on every change of the node,
     which moves the cursor while the user types. The optional extra sequences are node references
-    (role ``VoteMIExtraVolume``) of the same parameter node; the API key is never stored.
+    (role ``VoteMIExtraVolume``) of the same parameter node; the segments of guideSegmentation the user
+    unchecked are its attribute ``VoteMI.GuideSkippedSegments`` (IDs, one per line; new segments are shown); the
+    API key is never stored.
     """
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
@@ -121,6 +127,9 @@ class VoteMIParameterNode:
     language: str = "English"
     timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = 300
     switchLayoutForChart: bool = True
+    guideSegmentation: slicer.vtkMRMLSegmentationNode
+    guidePoints: slicer.vtkMRMLMarkupsFiducialNode
+    guideThenUnsupervised: bool = False
 
 
 #
@@ -152,6 +161,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._statusTimer = None
         self._shownVolumeID = None
+        self._shownSegments = None
         self._rows = []
 
     def setup(self) -> None:
@@ -208,6 +218,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.reportTextEdit.connect("textChanged()", self.onReportEdited)
         self.ui.extraVolumesSelector.connect("checkedNodesChanged()", self.onExtraVolumesChanged)
+        self.ui.guideSegmentsList.connect("itemChanged(QListWidgetItem*)", self.onGuideSegmentsChanged)
         for widgetName, parameter in self.TEXT_PARAMETERS:
             widget = getattr(self.ui, widgetName)
             widget.connect("textChanged()" if widgetName.endswith("TextEdit") else "textChanged(QString)",
@@ -230,6 +241,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         if self.logic is None:
             return
+        self._shownSegments = None  # segments may have been added or renamed in the Segment Editor meanwhile
         self.initializeParameterNode()
         self._connectPlotView(True)
 
@@ -314,6 +326,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._showTextParameters()
         self._rememberSettings()
+        self._showGuideSegments()
         volumeNode = self._parameterNode.inputVolume
         volumeID = volumeNode.GetID() if volumeNode else None
         if volumeID != self._shownVolumeID:
@@ -384,6 +397,64 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  for i in range(raw.GetNumberOfNodeReferences(EXTRA_VOLUME_REFERENCE))]
         return [node for node in nodes if node is not None and node is not inputVolume]
 
+    # Guide
+
+    def _showGuideSegments(self):
+        """List the guide segmentation's segments, checked unless the user unchecked them (only when they changed)."""
+        from VoteMILib import mrml
+
+        node = self._parameterNode
+        segments = mrml.segments_of(node.guideSegmentation)
+        skipped = self._skippedSegments()
+        shown = (node.guideSegmentation.GetID() if node.guideSegmentation else None, segments, skipped)
+        if shown == self._shownSegments:
+            return
+        self._shownSegments = shown
+        segmentsList = self.ui.guideSegmentsList
+        wasBlocked = segmentsList.blockSignals(True)
+        segmentsList.clear()
+        for segmentID, name in segments:
+            item = qt.QListWidgetItem(name)
+            item.setData(qt.Qt.UserRole, segmentID)
+            item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked if segmentID in skipped else qt.Qt.Checked)
+            segmentsList.addItem(item)
+        segmentsList.blockSignals(wasBlocked)
+
+    def onGuideSegmentsChanged(self, item=None) -> None:
+        if not self._parameterNode:
+            return
+        from VoteMILib import mrml
+
+        node = self._parameterNode
+        segmentsList = self.ui.guideSegmentsList
+        items = [segmentsList.item(row) for row in range(segmentsList.count)]
+        skipped = [item.data(qt.Qt.UserRole) for item in items if item.checkState() != qt.Qt.Checked]
+        # The list already shows this: it is not rebuilt from within its own signal.
+        self._shownSegments = (node.guideSegmentation.GetID() if node.guideSegmentation else None,
+                               mrml.segments_of(node.guideSegmentation), set(skipped))
+        node.parameterNode.SetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE, "\n".join(skipped))
+
+    def _skippedSegments(self):
+        return set((self._parameterNode.parameterNode.GetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE) or "").splitlines())
+
+    def _guide(self):
+        """The panel's guide as {"segmentation", "segmentIDs", "points"}, or None when nothing guides."""
+        from VoteMILib import mrml
+
+        node = self._parameterNode
+        segmentation = node.guideSegmentation
+        skipped = self._skippedSegments()
+        segmentIDs = [segmentID for segmentID, _ in mrml.segments_of(segmentation) if segmentID not in skipped]
+        if segmentation is not None and not segmentIDs:
+            raise ValueError(_("Check at least one segment of {name}, or choose no segmentation.").format(
+                name=segmentation.GetName()))
+        points = node.guidePoints
+        if segmentation is None and points is None:
+            return None
+        return {"segmentation": segmentation, "segmentIDs": segmentIDs, "points": points,
+                "thenUnsupervised": bool(node.guideThenUnsupervised)}
+
     def _planes(self):
         node = self._parameterNode
         return tuple(plane for plane, wanted in (("axial", node.axial), ("coronal", node.coronal),
@@ -427,13 +498,16 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise ValueError(problem)
         if describe and not self._confirmDescribe(volumeNode):
             return
+        guide = self._guide()
         run = VoteMIRun(self.logic, volumeNode, self._extraVolumes(), describe, node.switchLayoutForChart)
         with slicer.util.WaitCursor():
             run.start(planes, int(node.slicesPerPlane), node.selectionMode,
-                      self._describeOptions() if describe else None, apiKey=self.ui.apiKeyLineEdit.text.strip())
+                      self._describeOptions() if describe else None, apiKey=self.ui.apiKeyLineEdit.text.strip(),
+                      guide=guide)
         self._run = run
         self.ui.reportTextEdit.readOnly = describe
-        self._setBusy(True, _("Selecting slices..."))
+        self._setBusy(True, _("Selecting slices guided by {what}...").format(what=run.guidedBy) if run.guidedBy
+                      else _("Selecting slices..."))
         self._timer.start()
 
     def _confirmDescribe(self, volumeNode) -> bool:
@@ -795,8 +869,10 @@ class VoteMIRun:
         self.cancelled = False
         self.timings = {}
         self.startedAt = None
+        self.guidedBy = ""
 
-    def start(self, planes, topK, mode, describeOptions=None, apiKey=""):
+    def start(self, planes, topK, mode, describeOptions=None, apiKey="", guide=None):
+        """Write the inputs and start the child; ``guide`` as :meth:`VoteMIWidget._guide` returns it."""
         import tempfile
         import time
 
@@ -813,15 +889,37 @@ class VoteMIRun:
                 paths.append(mrml.write_volume_file(node, os.path.join(folder, mrml.file_name_for(node))))
             self.timings["write_s"] = time.perf_counter() - self.startedAt
             argv = ["describe" if self.describe else "select", paths[0], "--planes", ",".join(planes),
-                    "--top", str(topK), "--mode", mode, "--events", "--quiet"]
+                    "--top", str(topK), "--events", "--quiet"]
+            if guide is None or guide["thenUnsupervised"]:
+                argv += ["--mode", mode]  # with a guide and no mode, only the guided slices
             for path in paths[1:]:
                 argv += ["--extra", path]
+            if guide is not None:
+                argv += self._guideArguments(guide)
             if describeOptions is not None:
                 argv += self._describeArguments(describeOptions)
             self.child = self.logic.startChild(argv, apiKey=apiKey)
         except BaseException:
             self.close()
             raise
+
+    def _guideArguments(self, guide):
+        """--mask (the chosen segments as a label map on the input volume's grid, named) and --point options."""
+        from VoteMILib import mrml
+
+        arguments, names = [], []
+        if guide["segmentation"] is not None:
+            path = os.path.join(self.folder, "guide-segments.nrrd")
+            labels = mrml.write_segments_file(guide["segmentation"], guide["segmentIDs"], self.volumeNode, path)
+            arguments += ["--mask", path]
+            for number, name in labels.items():
+                arguments += ["--label-name", f"{number}={name}"]
+            names = list(labels.values())
+        points = mrml.guide_points(guide["points"])
+        # "--point=..." keeps a negative coordinate from reading as an option.
+        arguments += [f"--point={r!r},{a!r},{s!r}" for r, a, s in points]
+        self.guidedBy = mrml.guide_description(names, len(points))
+        return arguments
 
     def _describeArguments(self, options):
         arguments = ["--server", options["server"], "--protocol", options["protocol"], "--language",

@@ -98,8 +98,61 @@ def add_selection_arguments(parser) -> None:
                         help="trained patch encoder (.npz from 'votemi train-encoder'); default: PCA")
     parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
     parser.add_argument("--png-dir", metavar="DIR", help="write each selected slice as a PNG")
+    add_guide_arguments(parser)
     add_window_arguments(parser)
     add_events_argument(parser)
+
+
+def add_guide_arguments(parser) -> None:
+    """What the user already knows: a segmentation or points (guided selection, :mod:`VoteMILib.guided`)."""
+    group = parser.add_argument_group(
+        "guide", "show what you segmented or marked: each plane's picks are the largest sections of each segment "
+                 "(or the slices through each point); with --mode as well, the best unsupervised pick outside "
+                 "them follows")
+    group.add_argument("--mask", metavar="LABELMAP",
+                       help="label map (NIfTI, NRRD, ...; another grid is resampled nearest-neighbour) or DICOM "
+                            "RTSTRUCT; label > 0 is a segment")
+    group.add_argument("--labels", type=parse_labels, metavar="N,M", help="labels of --mask to show, in this order "
+                                                                          "(default: all, the biggest first)")
+    group.add_argument("--label-name", action="append", default=[], type=parse_label_name, metavar="N=NAME",
+                       help="name of label N in the report prompt (default 'label N'; repeatable)")
+    group.add_argument("--point", action="append", default=[], type=parse_point, metavar="R,A,S",
+                       help="a point on the lesion in RAS mm (Slicer's coordinates); repeatable; write "
+                            "--point=R,A,S when R is negative")
+
+
+def parse_labels(text) -> tuple:
+    """argparse type for --labels: whole numbers above 0, comma-separated."""
+    try:
+        labels = tuple(int(item) for item in str(text).split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of whole numbers") from None
+    if not labels or min(labels) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': labels are whole numbers above 0 (0 is the background)")
+    return labels
+
+
+def parse_label_name(text) -> tuple:
+    """argparse type for --label-name: ``N=NAME``."""
+    number, separator, name = str(text).partition("=")
+    try:
+        value = int(number)
+    except ValueError:
+        value = 0
+    if not separator or value < 1 or not name.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not N=NAME with a label N above 0")
+    return value, name.strip()
+
+
+def parse_point(text) -> tuple:
+    """argparse type for --point: three numbers R,A,S (mm)."""
+    try:
+        point = tuple(float(item) for item in str(text).split(","))
+    except ValueError:
+        point = ()
+    if len(point) != 3 or not all(abs(c) < float("inf") for c in point):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a point R,A,S (three numbers in mm, e.g. 12.5,-30,41)")
+    return point
 
 
 def add_window_arguments(parser) -> None:
@@ -135,9 +188,10 @@ def parse_mode(text) -> str:
 
 
 def add_mode_argument(parser) -> None:
-    parser.add_argument("--mode", type=parse_mode, default="findings", metavar="{findings,representative}",
+    parser.add_argument("--mode", type=parse_mode, default=None, metavar="{findings,representative}",
                         help="findings: votes for the slices where something stands out (default); "
-                             "representative: the paper's Vote-MI, typical anatomy (earlier names: votemi, plain)")
+                             "representative: the paper's Vote-MI, typical anatomy (earlier names: votemi, plain); "
+                             "with --mask or --point: add the best pick of this mode outside the guided structures")
 
 
 def add_select_command(commands) -> None:
@@ -158,7 +212,7 @@ def check_outputs(args, **more_files) -> None:
 
     files = {"--json": getattr(args, "json", None), **more_files}
     inputs = [args.image, *getattr(args, "extra", []), getattr(args, "encoder", None),
-              getattr(args, "prompt_file", None)]
+              getattr(args, "prompt_file", None), getattr(args, "mask", None)]
     inputs = {os.path.realpath(path) for path in inputs if path}
     written = {}
     for option, path in files.items():
@@ -201,10 +255,36 @@ def run_selection(args, progress=None):
     loaded = time.perf_counter() - started
     print_warnings(volume, *extras)
     encoder = load_encoder(args.encoder) if args.encoder else None
-    result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed, mode=args.mode,
-                           extra_volumes=extras, encoder=encoder, progress=progress or events.progress_callback())
+    progress = progress or events.progress_callback()
+    guide = load_guide(args, volume)
+    if guide is None:
+        result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed,
+                               mode=args.mode or "findings", extra_volumes=extras, encoder=encoder, progress=progress)
+    else:
+        from .guided import select_guided
+
+        result = select_guided(volume, guide, planes=args.planes, top_k=args.top, mode=args.mode, seed=args.seed,
+                               extra_volumes=extras, encoder=encoder, progress=progress)
     result.timing_s = {"load": loaded, **result.timing_s}
     return volume, extras, result
+
+
+def load_guide(args, volume):
+    """The :class:`~VoteMILib.guided.Guide` of --mask/--labels/--label-name/--point, or None without them."""
+    mask, points = getattr(args, "mask", None), getattr(args, "point", [])
+    if not mask:
+        if getattr(args, "labels", None) or getattr(args, "label_name", []):
+            raise ValueError("--labels and --label-name choose segments of --mask; give --mask LABELMAP")
+        if not points:
+            return None
+    from .dicom_guides import rtstruct_names
+    from .guided import load_label_map, make_guide
+
+    labels_kji = load_label_map(mask, volume) if mask else None
+    names = rtstruct_names(mask) if mask else {}
+    names.update(dict(getattr(args, "label_name", [])))
+    return make_guide(volume, labels_kji, labels=getattr(args, "labels", None), points=points, names=names,
+                      source=os.path.basename(os.path.normpath(mask)) if mask else "")
 
 
 def load_encoder(path):
@@ -252,17 +332,26 @@ def format_summary(volume, result) -> str:
     clusters = f", {settings['clusters']} clusters" if "clusters" in settings else ""
     region = result.region or {}
     seen = f"; {region.get('modality', '?')} {region.get('name', '?')}" if region else ""
-    lines = [f"{volume.name}: {size} voxels, {spacing} mm{seen}; mode {settings['mode']}, seed {settings['seed']}, "
-             f"{settings['patches']} patches{clusters}",
+    voting = f", seed {settings['seed']}, {settings['patches']} patches{clusters}" if "patches" in settings else ""
+    lines = [f"{volume.name}: {size} voxels, {spacing} mm{seen}; mode {result.selection_mode()}{voting}",
              f"{'id':<4}{'plane':<10}{'slice':>6}{'position (RAS mm)':>20}{'score':>8}  cue"]
     for plane, plane_result in result.planes.items():
         for chosen in plane_result.selected:
             where = f"{plane_result.normal_axis} {chosen.position_mm:+8.1f}"
-            lines.append(f"{chosen.label:<4}{plane:<10}{chosen.index:>6}{where:>20}{chosen.score:>8.3f}  "
-                         f"{plane_result.cue}")
+            cue = plane_result.cue if chosen.guide is None else _guide_text(chosen.guide)
+            lines.append(f"{chosen.label:<4}{plane:<10}{chosen.index:>6}{where:>20}{chosen.score:>8.3f}  {cue}")
     timing = ", ".join(f"{key} {value:.2f} s" for key, value in result.timing_s.items())
     lines.append(f"time: {timing}")
     return "\n".join(lines)
+
+
+def _guide_text(guide: dict) -> str:
+    """The cue column of a guided pick: ``segmentation: liver``, ``point: point 1 (12.0,-3.5,40.0)``."""
+    if guide.get("kind") == "point":
+        return f"point: {guide.get('name', '')} ({','.join(f'{c:g}' for c in guide.get('ras', []))})"
+    if guide.get("kind") == "unsupervised":
+        return f"{guide.get('cue', '')} (outside the guided structures)"
+    return f"{guide.get('kind', '')}: {guide.get('name', '')}"
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ FOLDER_ATTRIBUTE = "VoteMI.Folder"
 WRITTEN_DIGEST_ATTRIBUTE = "VoteMI.WrittenSHA1"
 #: Report node attribute holding the report metadata as JSON.
 REPORT_META_ATTRIBUTE = "VoteMI.ReportMeta"
+#: Score table and marks attribute: how the slices were chosen ("findings", "guided by the segment 'x'", ...).
+SELECTION_MODE_ATTRIBUTE = "VoteMI.SelectionMode"
 #: Prefix of the one-value report attributes (model, server, created, complete, ...).
 REPORT_ATTRIBUTE_PREFIX = "VoteMI.Report."
 
@@ -184,7 +186,16 @@ def write_volume_file(volume_node, path) -> str:
     from .outputs import OutputError
 
     array, ijk_to_ras = _node_voxels(volume_node)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    return _write_array_file(array, ijk_to_ras, path)
+
+
+def _write_array_file(array_kji, ijk_to_ras, path) -> str:
+    """Write a (K, J, I) array with an IJK-to-RAS matrix as an image file (ITK's LPS geometry)."""
+    import SimpleITK as sitk
+
+    from .outputs import OutputError
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
     spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
     lps = np.diag([-1.0, -1.0, 1.0])
     image.SetSpacing([float(x) for x in spacing])
@@ -197,6 +208,108 @@ def write_volume_file(volume_node, path) -> str:
         lines = str(error).strip().splitlines()
         raise OutputError(f"cannot write {path}: {lines[-1] if lines else 'unknown reason'}") from None
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Guides: a segmentation's segments and a point list the user gives
+
+
+def segments_of(segmentation_node) -> list:
+    """(segment ID, name) of every segment of a segmentation node, in its order."""
+    if segmentation_node is None:
+        return []
+    segmentation = segmentation_node.GetSegmentation()
+    return [(segmentation.GetNthSegmentID(index), segmentation.GetNthSegment(index).GetName() or f"segment {index + 1}")
+            for index in range(segmentation.GetNumberOfSegments())]
+
+
+def write_segments_file(segmentation_node, segment_ids, reference_volume_node, path) -> dict:
+    """Write chosen segments as one label map file on the reference volume's grid; return {label: segment name}.
+
+    Segment n of ``segment_ids`` becomes label n (1 first). Where segments overlap (a tumour inside its organ),
+    the smaller one is written last, so that it stays visible. The file has the reference volume's geometry with
+    its linear transform, as :func:`write_volume_file` writes the volume itself.
+
+    Raises
+    ------
+    ValueError
+        With a one-line reason: no segmentation, no segment chosen, a segment ID it does not hold, a segment
+        that is empty on the volume's grid.
+    """
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    if segmentation_node is None:
+        raise ValueError("no segmentation chosen to guide the selection")
+    known = dict(segments_of(segmentation_node))
+    segment_ids = [segment_id for segment_id in segment_ids if segment_id]
+    if not segment_ids:
+        raise ValueError(f"no segment of {segmentation_node.GetName()} is chosen to guide the selection")
+    missing = [segment_id for segment_id in segment_ids if segment_id not in known]
+    if missing:
+        raise ValueError(f"{segmentation_node.GetName()} holds no segment {', '.join(missing)}")
+    scene = segmentation_node.GetScene()
+    masks = {}
+    for segment_id in segment_ids:
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "VoteMI guide export")
+        try:
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segment_id)
+            # The reference volume's whole grid, not the segment's bounding box (the default extent).
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                    segmentation_node, ids, labelmap, reference_volume_node,
+                    slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+                raise ValueError(f"the segment '{known[segment_id]}' of {segmentation_node.GetName()} could not be "
+                                 f"put onto the grid of {reference_volume_node.GetName()}")
+            dims = labelmap.GetImageData().GetDimensions()
+            if tuple(dims) != tuple(reference_volume_node.GetImageData().GetDimensions()):
+                raise ValueError(f"the segment '{known[segment_id]}' was exported on a {dims} grid, not on the "
+                                 f"grid of {reference_volume_node.GetName()}")
+            voxels = numpy_support.vtk_to_numpy(labelmap.GetImageData().GetPointData().GetScalars())
+            masks[segment_id] = voxels.reshape(dims[2], dims[1], dims[0]) > 0
+        finally:
+            _remove_node(scene, labelmap)
+        if not masks[segment_id].any():
+            raise ValueError(f"the segment '{known[segment_id]}' of {segmentation_node.GetName()} is empty on the "
+                             f"grid of {reference_volume_node.GetName()}")
+    labels = np.zeros(next(iter(masks.values())).shape, dtype=np.uint16)
+    for segment_id in sorted(segment_ids, key=lambda segment_id: -int(masks[segment_id].sum())):
+        labels[masks[segment_id]] = segment_ids.index(segment_id) + 1
+    _write_array_file(labels, ijk_to_world_matrix(reference_volume_node), path)
+    return {number: known[segment_id] for number, segment_id in enumerate(segment_ids, start=1)}
+
+
+def guide_points(markups_node) -> list:
+    """RAS (world) positions of the control points of a point list, in its order.
+
+    Raises
+    ------
+    ValueError
+        When the list holds VoteMI's own marks or no point.
+    """
+    if markups_node is None:
+        return []
+    if markups_node.GetAttribute(ROLE_ATTRIBUTE):
+        raise ValueError(f"{markups_node.GetName()} holds VoteMI's marks; choose a point list you placed")
+    points = []
+    for index in range(markups_node.GetNumberOfControlPoints()):
+        position = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPositionWorld(index, position)
+        points.append(tuple(float(c) for c in position))
+    if not points:
+        raise ValueError(f"{markups_node.GetName()} holds no point; place one on each lesion")
+    return points
+
+
+def guide_description(segment_names=(), points: int = 0) -> str:
+    """The guided structures in words, as :meth:`VoteMILib.guided.Guide.describe` says them."""
+    from .guided import CUE_POINT, CUE_SEGMENTATION, Guide, Structure
+
+    structures = [Structure(CUE_SEGMENTATION, number, name) for number, name in enumerate(segment_names, start=1)]
+    structures += [Structure(CUE_POINT, number, f"point {number}", ras=(0.0, 0.0, 0.0))
+                   for number in range(1, points + 1)]
+    return Guide(structures=structures).describe()
 
 
 def display_window(volume_node):
@@ -401,6 +514,7 @@ def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: 
                 column.SetValue(row, value.item() if hasattr(value, "item") else value)
             table.AddColumn(column)
         table.SetAttribute("VoteMI.Settings", json.dumps(result.settings, sort_keys=True))
+        table.SetAttribute(SELECTION_MODE_ATTRIBUTE, result.selection_mode())
         _tag(table, volume_node, "scores", plane)
         made.tables[plane] = table
 
@@ -419,11 +533,13 @@ def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: 
         marks.CreateDefaultDisplayNodes()
         for chosen in plane_result.selected:
             index = marks.AddControlPoint(*[float(c) for c in chosen.mark_ras], mark_label(chosen))
+            shows = f", {chosen.guide['phrase']}" if chosen.guide and chosen.guide.get("phrase") else ""
             marks.SetNthControlPointDescription(
                 index, f"{plane} slice {chosen.index} (IJK {chosen.ijk_index}), {chosen.position_mm:+.1f} mm, "
-                       f"score {chosen.score:.3f}")
+                       f"score {chosen.score:.3f}{shows}")
             marks.SetNthControlPointLocked(index, True)
         marks.SetLocked(True)
+        marks.SetAttribute(SELECTION_MODE_ATTRIBUTE, result.selection_mode())
         display = marks.GetDisplayNode()
         _show_only_in_views_of(scene, display, plane)
         display.SetSelectedColor(*color)

@@ -30,6 +30,11 @@ class SelectedSlice:
     focus_ras : tuple of float or None
         RAS point in the slice where it looks most abnormal (default mode); None when the score
         has no location (plain mode), in which case :attr:`mark_ras` is the slice centre.
+    guide : dict or None
+        What a guided pick shows (:meth:`VoteMILib.guided.Structure.to_dict`: ``kind`` "segmentation" with
+        ``label``, or "point" with ``point`` and ``ras``; ``name``; ``phrase``, how the prompt names it), or
+        ``{"kind": "unsupervised", "cue": ...}`` for the unsupervised pick of combined mode; None for
+        unsupervised selections.
     """
 
     plane: str
@@ -40,6 +45,7 @@ class SelectedSlice:
     center_ras: tuple
     score: float
     focus_ras: tuple | None = None
+    guide: dict | None = None
 
     @property
     def mark_ras(self) -> tuple:
@@ -52,10 +58,13 @@ class SelectedSlice:
         return f"{self.plane[0].upper()}{self.rank}"
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "position_mm": round(self.position_mm, 3), "score": round(self.score, 6),
+        data = {"index": self.index, "position_mm": round(self.position_mm, 3), "score": round(self.score, 6),
                 "rank": self.rank, "id": self.label, "ijk_index": self.ijk_index,
                 "center_ras": [round(float(c), 3) for c in self.center_ras],
                 "focus_ras": None if self.focus_ras is None else [round(float(c), 3) for c in self.focus_ras]}
+        if self.guide is not None:
+            data["guide"] = dict(self.guide)
+        return data
 
     @classmethod
     def from_dict(cls, plane: str, data: dict) -> SelectedSlice:
@@ -65,6 +74,8 @@ class SelectedSlice:
         values["center_ras"] = tuple(float(c) for c in values["center_ras"])
         if values.get("focus_ras") is not None:
             values["focus_ras"] = tuple(float(c) for c in values["focus_ras"])
+        if values.get("guide") is not None:
+            values["guide"] = dict(values["guide"])
         return cls(plane=plane, **values)
 
 
@@ -80,7 +91,7 @@ class PlaneResult:
     scores: np.ndarray
     selected: list
     #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast", "mass" or
-    #: "representative".
+    #: "representative"; for guided picks "segmentation", "point" or "segmentation+point".
     cue: str = "representative"
     #: How far the best slice's score stands above the best separate summit of the curve (0..1).
     confidence: float = 0.0
@@ -126,10 +137,21 @@ class SelectionResult:
 
     def cue_summary(self) -> str:
         """One line on what the scan looked like and what decided each plane, e.g.
-        ``CT chest; axial: lung_nodule, coronal: lung_nodule, sagittal: representative``."""
+        ``CT chest; axial: lung_nodule, coronal: lung_nodule, sagittal: representative``; a guided selection
+        starts with its :meth:`selection_mode` (``guided by the segment 'label 1'; MRI head; axial: ...``)."""
         cues = ", ".join(f"{plane}: {result.cue}" for plane, result in self.planes.items())
         seen = " ".join(str(self.region[key]) for key in ("modality", "name") if self.region.get(key))
-        return "; ".join(part for part in (seen, cues) if part)
+        guided = self.selection_mode() if self.settings.get("guided_by") else ""
+        return "; ".join(part for part in (guided, seen, cues) if part)
+
+    def selection_mode(self) -> str:
+        """How the slices were chosen, in words: ``findings``, ``representative``, ``guided by the segment
+        'label 1'``, or ``guided by the marked point, then findings`` (combined mode)."""
+        guided_by = self.settings.get("guided_by")
+        if not guided_by:
+            return str(self.settings.get("mode", ""))
+        then = self.settings.get("unsupervised_mode")
+        return f"guided by {guided_by}" + (f", then {then}" if then else "")
 
     def selected(self, planes=None) -> list:
         """Selected slices of the given planes (all by default), plane by plane, best first."""

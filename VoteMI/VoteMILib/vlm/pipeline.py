@@ -181,6 +181,8 @@ def prepare_images(volume, selection, settings: DescribeSettings, extra_volumes=
             if number == 1:
                 meta["ijk_index"] = int(slice_.ijk_index)
                 meta["center_ras"] = [round(float(c), 3) for c in slice_.center_ras]
+            if slice_.guide is not None:
+                meta["guide"] = dict(slice_.guide)
             images.append(PromptImage(meta["id"], slice_.plane, position, sequence, png, meta))
     return images
 
@@ -225,8 +227,13 @@ def build_request(volume, selection, settings: DescribeSettings, extra_volumes=(
     """The prompt (with rendered images) :func:`describe` would send."""
     images = prepare_images(volume, selection, settings, extra_volumes)
     modalities = list(dict.fromkeys(image.meta["window"]["modality"] for image in images))
+    recorded = getattr(selection, "settings", None) or {}
+    # Combined mode names its unsupervised picks only when some are among the images sent.
+    then = recorded.get("unsupervised_mode", "") if any(
+        (image.meta.get("guide") or {}).get("kind") == "unsupervised" for image in images) else ""
     try:
-        return build_prompt(images, settings.prompt_template, settings.language, " and ".join(modalities))
+        return build_prompt(images, settings.prompt_template, settings.language, " and ".join(modalities),
+                            guided_by=recorded.get("guided_by", ""), then=then)
     except ValueError as error:
         raise VLMError(str(error)) from None
 

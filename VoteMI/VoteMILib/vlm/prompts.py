@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 #: The report prompt used when the user gives none. See :data:`PLACEHOLDERS`.
 DEFAULT_TEMPLATE = """\
 You are assisting a radiologist. The {image_count} images above are representative slices of one \
-{modality} examination ({sequences}), selected automatically; each image is followed by its ID.
+{modality} examination ({sequences}), {selection}; each image is followed by its ID.
 Write a concise radiology report in {language} with exactly two sections:
 Findings: the relevant observations, one per line. End each finding with the ID(s) of the image(s) \
 that show it in square brackets, for example [{example_ids}].
@@ -31,6 +31,9 @@ PLACEHOLDERS = {
     "sequences": "names of the sequences (volumes) the images come from",
     "planes": "planes shown (axial, coronal, sagittal)",
     "language": "report language chosen by the user",
+    "selection": "how the slices were chosen: 'selected automatically', or 'chosen to show the segment ...' "
+                 "when a segmentation or points guided the selection",
+    "guide": "what guided the selection, e.g. the segment 'label 1' or the marked point (empty when nothing did)",
 }
 
 INTRO = ("Images of one {modality} examination follow. Each image is followed by its ID, its plane, "
@@ -72,7 +75,9 @@ class PromptImage:
     def label(self) -> str:
         """Text placed right after the image, e.g. ``A1: axial, S 12.5 mm, sequence T1``."""
         text = f"{self.id}: {self.plane}, {format_position(self.plane, self.position_mm)}"
-        return f"{text}, sequence {self.sequence}" if self.sequence else text
+        text = f"{text}, sequence {self.sequence}" if self.sequence else text
+        shows = (self.meta.get("guide") or {}).get("phrase")
+        return f"{text}, showing {shows}" if shows else text
 
 
 @dataclass
@@ -123,8 +128,17 @@ def render_template(template: str, values: dict) -> str:
     return _PLACEHOLDER.sub(substitute, template)
 
 
+def selection_phrase(guided_by: str = "", then: str = "") -> str:
+    """How the slices were chosen, for the prompt: ``selected automatically`` or ``chosen to show the segment
+    'liver'`` (``..., and automatically selected slices elsewhere`` when unsupervised picks follow)."""
+    if not guided_by:
+        return "selected automatically"
+    phrase = f"chosen to show {guided_by}"
+    return phrase + (", and automatically selected slices elsewhere" if then else "")
+
+
 def build_prompt(images: list, template: str | None = None, language: str = "English",
-                 modality: str = "MRI") -> Prompt:
+                 modality: str = "MRI", guided_by: str = "", then: str = "") -> Prompt:
     """Assemble the prompt for a list of :class:`PromptImage` (already in sending order).
 
     Parameters
@@ -136,6 +150,9 @@ def build_prompt(images: list, template: str | None = None, language: str = "Eng
         Language the report should be written in.
     modality : str
         "CT", "MRI" or a combination such as "CT and MRI".
+    guided_by, then : str
+        What guided the selection (``the segment 'label 1'``), and the unsupervised mode of picks sent after the
+        guided ones (combined mode); empty for an unsupervised selection.
     """
     if not images:
         raise ValueError("no images to describe")
@@ -151,6 +168,8 @@ def build_prompt(images: list, template: str | None = None, language: str = "Eng
         "sequences": ", ".join(sequences) if sequences else "one sequence",
         "planes": ", ".join(planes),
         "language": language.strip() or "English",
+        "selection": selection_phrase(guided_by, then),
+        "guide": guided_by,
     }
     text = template if template and template.strip() else DEFAULT_TEMPLATE
     return Prompt(intro=render_template(INTRO, values), images=list(images),
