@@ -52,6 +52,7 @@ SCALES = (
     ("cues.tissues.FAT_SUPPRESSED_RIM", 1.0),
     ("cues.mass.MASS_MIN_DEPTH_MM", None),
     ("cues.mass.MASS_DEPTH_MM", None),
+    ("cues.mass.SOLID_TISSUE_HU", None),
 )
 
 

@@ -80,3 +80,26 @@ def test_extremity_cts_are_not_taken_for_a_chest():
     for case in ("sts005_ct", "sts031_ct", "sts041_ct"):
         volume = load_volume(SARCOMA / case / "image.nii.gz")
         assert detect_region(make_working_grid(volume), "CT").name == "body", case
+
+
+def test_enhanced_organs_and_fluid_are_no_mass(tmp_path):
+    """An abdominal CT below the lungs (portal phase): the liver and spleen are free of fat planes over many
+    centimetres but enhanced above muscle, so no ``mass`` evidence lies in them (nor in fluid)."""
+    from VoteMILib.cues import CueInput, detect_region, mass
+    from VoteMILib.cues.mass import MASS_MIN_DEPTH_MM, SOLID_TISSUE_HU, fat_free_tissue
+    from VoteMILib.cues.morphology import inside_distance
+
+    image = sitk.ReadImage(str(ef.DATA / "abdomen" / "crlm_1004" / "image.nii.gz"))
+    path = tmp_path / "abdomen_below_lungs.nii.gz"
+    sitk.WriteImage(image[:, :, 0:18], str(path))
+    grid = make_working_grid(load_volume(path))
+    region = detect_region(grid, "CT")
+    assert region.name == "body"
+    scan = CueInput(grid, region)
+    found = mass.find(scan)
+    hu = grid.original_intensities()
+    tissue = fat_free_tissue(grid, scan.body, True)
+    deep = inside_distance(tissue, grid.spacing_mm) > 2 * MASS_MIN_DEPTH_MM
+    organ = deep & (hu > SOLID_TISSUE_HU[1] + 20.0)
+    assert organ.sum() * np.prod(grid.spacing_mm) > 20_000, "the liver is deep inside fat-free tissue"
+    assert not found.map[organ].any()
