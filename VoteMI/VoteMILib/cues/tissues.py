@@ -13,24 +13,27 @@ from .morphology import deeper_than, otsu_threshold
 #: (-25 HU): the threshold sits just above it, five noise deviations of smoothed muscle below muscle.
 FAT_PLANE_HU = -20.0
 
-#: MRI: subcutaneous fat is the body's outer layer this deep (skin is 1-3 mm; fat under it several mm
-#: in every region), which tells which intensity class is fat.
-SUBCUTANEOUS_MM = 5.0
+#: MRI: skin is 1-3 mm thick; the subcutaneous fat under it, present in every region, is looked at from
+#: this depth ...
+SKIN_MM = 3.0
+#: ... to this one (the layer is several millimetres thick even in lean patients), which tells which
+#: intensity class is fat.
+SUBCUTANEOUS_MM = 10.0
 
-#: Under fat suppression the subcutaneous layer is dark: less than this share of it in the bright
-#: class. Skin, partial volume with the air and crops that leave little skin in view keep the share
-#: of a T1's bright fat layer low (0.07-0.7 on the design scans), so only a nearly all-dark rim counts.
-FAT_SUPPRESSED_RIM = 0.05
+#: Under fat suppression the subcutaneous layer is dark: less than this share of it in the bright class.
+#: With fat bright (T1) the share is 0.33-0.72 on the design scans (0.23-0.76 with the layer's depths
+#: at 70-130 %): skin folds, vessels and crops that cut the layer keep it well below 1.
+FAT_SUPPRESSED_SHARE = 0.15
 
 
 def mri_fat_class(values: np.ndarray, body: np.ndarray, spacing_mm):
     """(threshold, fat_is_bright) of an MRI's body voxels, in the units of ``values``.
 
     MRI has no fixed scale: the body's voxels fall into two classes at Otsu's threshold; fat is the
-    bright one (T1 and T2 fast spin echo, the usual anatomical sequences) unless the body's outer
-    :data:`SUBCUTANEOUS_MM`, where subcutaneous fat lies in every region, is nearly all dark
-    (:data:`FAT_SUPPRESSED_RIM`): a fat-suppressed sequence."""
+    bright one (T1 and T2 fast spin echo, the usual anatomical sequences) unless the subcutaneous layer
+    (:data:`SKIN_MM` to :data:`SUBCUTANEOUS_MM` under the body's surface) is nearly all dark
+    (:data:`FAT_SUPPRESSED_SHARE`): a fat-suppressed sequence."""
     threshold = otsu_threshold(values[body])
-    rim = body & ~deeper_than(body, spacing_mm, SUBCUTANEOUS_MM)
-    fat_is_bright = not (rim.any() and np.mean(values[rim] > threshold) < FAT_SUPPRESSED_RIM)
+    layer = body & deeper_than(body, spacing_mm, SKIN_MM) & ~deeper_than(body, spacing_mm, SUBCUTANEOUS_MM)
+    fat_is_bright = not (layer.any() and np.mean(values[layer] > threshold) < FAT_SUPPRESSED_SHARE)
     return threshold, fat_is_bright
