@@ -6,7 +6,7 @@ mode is scored on the chosen cases (hit_half of the top slice per plane, as ``vo
 design and the check half of the patient split (docs/benchmark.md) side by side. Thresholds on a 0..1 map
 take an upper bound (``:1``) and stop there. A tuple scale is scaled element by element.
 
-    python Testing/bench_sensitivity.py [DATA_DIR ...] [--scale body_cues.BULK_MM] [--factors 0.7,1.3]
+    python Testing/bench_sensitivity.py [DATA_DIR ...] [--scale cues.lung_nodule.BULK_MM] [--factors 0.7,1.3]
         [--regions body|all|head,chest,...]
 """
 
@@ -33,18 +33,27 @@ from VoteMILib.volumes import load_volume  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 #: The scales varied by default: "module.NAME" of VoteMILib, and an upper bound for 0..1 thresholds.
 SCALES = (
-    ("body_cues.BODY_RIM_MM", None),
-    ("body_cues.NODULE_RADII_MM", None),
-    ("body_cues.NODULE_CONTRAST_HU", None),
-    ("body_cues.NODULE_STRENGTH", 1.0),
-    ("body_cues.MIRROR_MM", None),
-    ("body_cues.BULK_MM", None),
-    ("body_cues.LUNG_NODULE_MIN", 1.0),
-    ("body_cues.BLOB_RADII_MM", None),
-    ("body_cues.MIN_CONTRAST_HU", None),
-    ("body_cues.MIN_CONTRAST_MRI", None),
-    ("regions.CHEST_WALL_MM", None),
-    ("regions.CHEST_LUNG_FRACTION", None),
+    ("cues.tissue_contrast.BODY_RIM_MM", None),
+    ("cues.lung_nodule.NODULE_RADII_MM", None),
+    ("cues.lung_nodule.NODULE_CONTRAST_HU", None),
+    ("cues.lung_nodule.NODULE_STRENGTH", 1.0),
+    ("cues.lung_nodule.MIRROR_MM", None),
+    ("cues.lung_nodule.BULK_MM", None),
+    ("cues.lung_nodule.LUNG_NODULE_MIN", 1.0),
+    ("cues.tissue_contrast.BLOB_RADII_MM", None),
+    ("cues.tissue_contrast.MIN_CONTRAST_HU", None),
+    ("cues.tissue_contrast.MIN_CONTRAST_MRI", None),
+    ("cues.regions.CHEST_WALL_MM", None),
+    ("cues.regions.CHEST_LUNG_FRACTION", None),
+    ("cues.regions.LUNG_PARENCHYMA_HU", None),
+    ("cues.regions.LUNG_ENCLOSED_SHARE", 1.0),
+    ("cues.tissues.FAT_PLANE_HU", None),
+    ("cues.tissues.SKIN_MM", None),
+    ("cues.tissues.SUBCUTANEOUS_MM", None),
+    ("cues.tissues.FAT_SUPPRESSED_SHARE", 1.0),
+    ("cues.mass.MASS_MIN_DEPTH_MM", None),
+    ("cues.mass.MASS_DEPTH_MM", None),
+    ("cues.mass.SOLID_TISSUE_HU", None),
 )
 
 
@@ -52,7 +61,7 @@ def parse_scale(text: str) -> tuple:
     """``MODULE.NAME`` or ``MODULE.NAME:UPPER`` -> ("MODULE.NAME", upper or None)."""
     name, _, upper = text.partition(":")
     if "." not in name:
-        raise argparse.ArgumentTypeError(f"'{text}': give MODULE.NAME (a module of VoteMILib), e.g. body_cues.BULK_MM")
+        raise argparse.ArgumentTypeError(f"'{text}': give MODULE.NAME (a module of VoteMILib), e.g. cues.lung_nodule.BULK_MM")
     try:
         return name, float(upper) if upper else None
     except ValueError:

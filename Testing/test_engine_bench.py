@@ -340,7 +340,7 @@ def test_bench_half_and_fov_check(subset_folder, tmp_path):
 def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
     import importlib.util
 
-    from VoteMILib import body_cues
+    from VoteMILib.cues import lung_nodule
 
     spec = importlib.util.spec_from_file_location("bench_sensitivity", Path(__file__).parent / "bench_sensitivity.py")
     sensitivity = importlib.util.module_from_spec(spec)
@@ -352,12 +352,12 @@ def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
         (folder / name).symlink_to(SARCOMA / name, target_is_directory=True)
         lines.append(f"{name}\tsoft-tissue-sarcoma\timage.nii.gz\tmask.nii.gz\t")
     (folder / "cases.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    original = body_cues.BULK_MM
-    assert sensitivity.main([str(folder), "--scale", "body_cues.BULK_MM", "--factors", "0.7"]) == 0
-    assert body_cues.BULK_MM == original
+    original = lung_nodule.BULK_MM
+    assert sensitivity.main([str(folder), "--scale", "cues.lung_nodule.BULK_MM", "--factors", "0.7"]) == 0
+    assert lung_nodule.BULK_MM == original
     printed = capsys.readouterr().out
     assert "design: 1 cases: sts011_mr_t1" in printed and "check: 1 cases: sts002_mr_t1" in printed
     assert "| scale | value | design axial | design coronal | design sagittal | check axial |" in printed
-    assert f"| body_cues.BULK_MM x0.7 | {original * 0.7:.4g} |" in printed
+    assert f"| cues.lung_nodule.BULK_MM x0.7 | {original * 0.7:.4g} |" in printed
     with pytest.raises(SystemExit, match="has no attribute"):
-        sensitivity.main([str(folder), "--scale", "body_cues.NO_SUCH_SCALE"])
+        sensitivity.main([str(folder), "--scale", "cues.lung_nodule.NO_SUCH_SCALE"])

@@ -17,9 +17,19 @@ def default_min_spacing(positions):
     return max(10.0, 2.0 * step)
 
 
+def summits(scores):
+    """Slices at least as high as both neighbours and higher than the one before (first of a flat top)."""
+    padded = np.concatenate([[-np.inf], scores, [-np.inf]])
+    return np.array([scores[i] > 0 and padded[i + 1] > padded[i] and padded[i + 1] >= padded[i + 2]
+                     for i in range(len(scores))])
+
+
 def check_picks(plane_result, top_k, min_spacing):
-    """Picks are best first, greedy: each is the best slice not within ``min_spacing`` of an earlier pick."""
+    """Picks are greedy: each is the best slice not within ``min_spacing`` of an earlier pick; in
+    findings mode (``stood_out`` not None) the best such summit of the score curve while one is left."""
     positions, scores = plane_result.positions_mm, plane_result.scores
+    hedging = plane_result.stood_out is not None
+    peaks = summits(scores)
     selected = plane_result.selected
     assert 1 <= len(selected) <= top_k
     chosen = []
@@ -33,14 +43,19 @@ def check_picks(plane_result, top_k, min_spacing):
         allowed = np.array([all(abs(p - positions[c]) >= min_spacing - 1e-6 for c in chosen) for p in positions])
         clear = np.array([all(abs(p - positions[c]) >= min_spacing + 1e-6 for c in chosen) for p in positions])
         assert allowed[pick.index], f"{plane_result.plane}: pick {rank} is within {min_spacing} mm of an earlier one"
-        if clear.any():
+        if hedging and (clear & peaks).any():
+            assert peaks[pick.index] or (allowed & ~clear & peaks).any(), f"{plane_result.plane}: pick {rank} is no summit"
+            if peaks[pick.index]:
+                assert pick.score >= scores[clear & peaks].max() - 1e-9, f"{plane_result.plane}: pick {rank} not the best summit"
+        elif clear.any() and not (hedging and (allowed & peaks).any()):
             assert pick.score >= scores[clear].max() - 1e-9, f"{plane_result.plane}: pick {rank} is not the best left"
         chosen.append(pick.index)
     # Fewer than top_k picks only when no slice is left far enough from the others.
     if len(selected) < top_k:
         assert all(any(abs(p - positions[c]) < min_spacing + 1e-6 for c in chosen) for p in positions)
     picked_scores = [s.score for s in selected]
-    assert picked_scores == sorted(picked_scores, reverse=True)
+    if not hedging:
+        assert picked_scores == sorted(picked_scores, reverse=True)
     assert selected[0].index == int(np.argmax(scores)) or scores[selected[0].index] == scores.max()
 
 
@@ -316,3 +331,26 @@ def test_dbscan_on_a_neighbour_graph_matches_textbook_dbscan():
     assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == 2
     assert np.bincount(labels[labels >= 0]).tolist()[0] > np.bincount(labels[labels >= 0]).tolist()[1]
     assert set(labels[900:]) == {NOISE}
+
+
+def test_findings_picks_hedge_between_separate_summits():
+    """Two findings along the normal: the second pick goes to the other summit, not to a slice on the
+    shoulder of the first, however high; the plain top-k (the paper's vote) keeps the shoulder."""
+    positions = np.arange(40, dtype=float) * 2.0
+    scores = np.exp(-0.5 * ((positions - 20.0) / 8.0) ** 2) + 0.4 * np.exp(-0.5 * ((positions - 66.0) / 3.0) ** 2)
+    hedged = pick_top_slices(scores, positions, 2, 10.0, peaks_first=True)
+    plain = pick_top_slices(scores, positions, 2, 10.0)
+    assert positions[hedged[0]] == positions[plain[0]] == 20.0
+    assert positions[hedged[1]] == 66.0
+    assert abs(positions[plain[1]] - 20.0) == 10.0
+
+
+def test_plane_confidence_is_the_gap_to_the_best_separate_summit():
+    from VoteMILib.voting import plane_confidence
+
+    positions = np.arange(40, dtype=float) * 2.0
+    one = np.exp(-0.5 * ((positions - 20.0) / 8.0) ** 2)
+    two = one + 0.4 * np.exp(-0.5 * ((positions - 66.0) / 3.0) ** 2)
+    assert plane_confidence(one, positions, 10, 10.0) == 1.0
+    assert plane_confidence(two, positions, 10, 10.0) == pytest.approx(1.0 - two[33] / two[10])
+    assert plane_confidence(np.zeros(40), positions, 0, 10.0) == 0.0

@@ -128,7 +128,8 @@ def two_lesion_scan():
     """mirp_sts002_ct with its real sarcoma kept and a 30 mm enhancing mass put into the fat elsewhere by the
     seeded rule of the synthetic benchmark: (volume, real lesion, synthetic sphere)."""
     from VoteMILib.preprocess import make_working_grid
-    from VoteMILib.regions import detect_modality, detect_region
+    from VoteMILib.cues import detect_region
+    from VoteMILib.modality import detect_modality
 
     case = ef.cases()["mirp_sts002_ct"]
     volume = ef.volume("mirp_sts002_ct")

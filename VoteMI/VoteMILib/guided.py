@@ -464,7 +464,8 @@ def select_guided(volume, guide: Guide, planes=PLANES, top_k: int = 3, mode: str
     unsupervised picks would be.
     """
     from .preprocess import make_working_grid
-    from .regions import detect_modality, detect_region
+    from .cues import detect_region
+    from .modality import detect_modality
     from .selection import select_slices
 
     started = time.perf_counter()

@@ -6,7 +6,7 @@ millimetres, and so that a 512x512x400 CT costs about as much as a 240x240x155 M
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -43,11 +43,36 @@ class WorkingGrid:
     positions_mm: dict
     #: (low, high) original intensities that ``data`` maps to 0 and 1 (CT: Hounsfield units).
     intensity_range: tuple = (0.0, 1.0)
+    #: The canonical original voxels and the averaging that made ``data`` from them, for
+    #: :meth:`block_extremes` (None for grids made otherwise).
+    source: tuple | None = field(default=None, repr=False, compare=False)
 
     def original_intensities(self) -> np.ndarray:
         """``data`` in the volume's own units (Hounsfield units for CT)."""
         low, high = self.intensity_range
         return self.data * np.float32(high - low) + np.float32(low)
+
+    def block_extremes(self):
+        """The darkest and the brightest original voxel behind each working voxel (two arrays in
+        the volume's own units, on the working grid).
+
+        Averaging hides structures thinner than a working voxel (a fat plane of a millimetre
+        between two muscles); the extremes of the original voxels keep them. The voxels are first
+        smoothed by a binomial [1, 2, 1] / 4 kernel along the axes that a block spans, which keeps
+        a millimetre plane and lowers the noise (30-40 HU per voxel in CT) that the extremes of a
+        block would otherwise pick. Computed on first use; the grid's own averages stand in when
+        it was not made from original voxels."""
+        if self.source is None:
+            values = self.original_intensities()
+            return values, values
+        if self._extremes is None:
+            canonical, factors, shape = self.source
+            denoised = binomial_smooth(canonical, [axis for axis in range(3) if factors[axis] > 1])
+            self._extremes = tuple(resample_linear(block_reduce(denoised, factors, reduce), shape)
+                                   for reduce in (np.minimum, np.maximum))
+        return self._extremes
+
+    _extremes: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
 
 def block_mean(view: np.ndarray, factors) -> np.ndarray:
@@ -66,6 +91,41 @@ def block_mean(view: np.ndarray, factors) -> np.ndarray:
             index[axis] = slice(offset, offset + count * factor, factor)
             total += out[tuple(index)]
         out = total / np.float32(factor)
+    return contiguous_float32(out)
+
+
+def binomial_smooth(view: np.ndarray, axes) -> np.ndarray:
+    """``view`` smoothed by the kernel [1, 2, 1] / 4 along each of ``axes`` (edges repeated), in float32."""
+    out = np.array(view, dtype=np.float32)
+    for axis in axes:
+        if out.shape[axis] < 3:
+            continue
+        moved = np.moveaxis(out, axis, 0)
+        smooth = np.empty_like(moved)
+        smooth[1:-1] = moved[:-2] + moved[2:]
+        smooth[1:-1] += 2.0 * moved[1:-1]
+        smooth[0] = 3.0 * moved[0] + moved[1]
+        smooth[-1] = 3.0 * moved[-1] + moved[-2]
+        smooth *= np.float32(0.25)
+        out = np.moveaxis(smooth, 0, axis)
+    return out
+
+
+def block_reduce(view: np.ndarray, factors, reduce) -> np.ndarray:
+    """Reduce non-overlapping blocks of ``factors`` voxels with a binary ufunc (``np.minimum``,
+    ``np.maximum``), axis by axis as :func:`block_mean` does; trailing voxels are dropped."""
+    out = view
+    for axis, factor in enumerate(int(f) for f in factors):
+        if factor == 1:
+            continue
+        count = out.shape[axis] // factor
+        index = [slice(None)] * 3
+        index[axis] = slice(0, count * factor, factor)
+        total = np.array(out[tuple(index)], dtype=np.float32)
+        for offset in range(1, factor):
+            index[axis] = slice(offset, offset + count * factor, factor)
+            reduce(total, out[tuple(index)], out=total)
+        out = total
     return contiguous_float32(out)
 
 
@@ -204,7 +264,7 @@ def make_working_grid(volume, target_mm=TARGET_SPACING_MM, max_size=MAX_WORKING_
         step = (original[-1] - original[0]) / max(len(original) - 1, 1)
         positions[plane] = original[0] + original_index * step
     return WorkingGrid(data=data, mask=mask, spacing_mm=np.asarray(work_spacing), positions_mm=positions,
-                       intensity_range=intensity_range)
+                       intensity_range=intensity_range, source=(canonical, factors, tuple(int(n) for n in out_shape)))
 
 
 def _normalise(data: np.ndarray, mask: np.ndarray):

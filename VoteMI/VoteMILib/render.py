@@ -122,7 +122,7 @@ def save_selection_pngs(volume, result, folder, windowing: Windowing | None = No
 #: Three windows packed into the R, G and B channels (wide, soft tissue, brain), as (low, high) HU;
 #: the CT recipe used by MedGemma.
 THREE_WINDOWS = ((-1024.0, 1024.0), (-135.0, 215.0), (0.0, 80.0))
-#: The CT window that fits each region (:mod:`VoteMILib.regions`): the brain window for the head,
+#: The CT window that fits each region (:mod:`VoteMILib.cues.regions`): the brain window for the head,
 #: the lung window for the chest (nodules and masses against aerated lung), soft tissue elsewhere.
 REGION_PRESETS = {"head": "brain", "chest": "lung", "body": "soft_tissue"}
 MODALITIES = ("auto", "CT", "MRI")
@@ -229,6 +229,6 @@ def render_rgb(volume, plane: str, index: int, windowing: Windowing, long_side: 
 def detect_volume_region(volume, modality: str) -> str:
     """The region name of a volume on its own (for callers without a selection result)."""
     from .preprocess import make_working_grid
-    from .regions import detect_region
+    from .cues import detect_region
 
     return detect_region(make_working_grid(volume), modality).name

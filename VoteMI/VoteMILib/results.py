@@ -90,14 +90,21 @@ class PlaneResult:
     ijk_indices: np.ndarray
     scores: np.ndarray
     selected: list
-    #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast" or "representative";
-    #: for guided picks "segmentation", "point" or "segmentation+point".
+    #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast", "mass" or
+    #: "representative"; for guided picks "segmentation", "point" or "segmentation+point".
     cue: str = "representative"
+    #: How far the best slice's score stands above the best separate summit of the curve (0..1).
+    confidence: float = 0.0
+    #: Findings mode: whether anything stood out (else the plane fell back to representative slices);
+    #: None in representative mode.
+    stood_out: bool | None = None
 
     def to_dict(self) -> dict:
         return {
             "normal_axis": self.normal_axis,
             "cue": self.cue,
+            "confidence": round(float(self.confidence), 4),
+            "stood_out": self.stood_out,
             "ijk_axis": "IJK"[self.ijk_axis],
             "ijk_indices": [int(i) for i in self.ijk_indices],
             "positions_mm": [round(float(p), 3) for p in self.positions_mm],
@@ -112,7 +119,8 @@ class PlaneResult:
                    ijk_indices=np.asarray(data.get("ijk_indices", []), dtype=int),
                    scores=np.asarray(data["scores"], dtype=float),
                    selected=[SelectedSlice.from_dict(plane, item) for item in data["selected"]],
-                   cue=str(data.get("cue", "representative")))
+                   cue=str(data.get("cue", "representative")), confidence=float(data.get("confidence", 0.0)),
+                   stood_out=data.get("stood_out"))
 
 
 @dataclass
@@ -124,7 +132,7 @@ class SelectionResult:
     size_ijk: tuple
     spacing_mm: tuple
     timing_s: dict = field(default_factory=dict)
-    #: What the scan was taken for (:meth:`VoteMILib.regions.Region.to_dict`): modality, name, measures.
+    #: What the scan was taken for (:meth:`VoteMILib.cues.regions.Region.to_dict`): modality, name, measures.
     region: dict = field(default_factory=dict)
 
     def cue_summary(self) -> str:

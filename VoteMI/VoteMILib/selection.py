@@ -8,17 +8,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from . import abnormality
-from .body_cues import body_abnormality
 from .clustering import NOISE, dbscan, estimate_eps, nearest_neighbours
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
 from .names import canonical_mode
 from .preprocess import make_working_grid
-from .regions import detect_modality, detect_region
+from .cues import CueInput, detect_region, find_abnormality, patch_votes
+from .modality import detect_modality
 from .results import PlaneResult, SelectedSlice, SelectionResult
-from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, similarity_graph,
-                     slice_scores)
+from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, plane_confidence,
+                     similarity_graph, slice_scores)
 
 
 class Cancelled(Exception):
@@ -120,8 +119,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     found = weights = None
     if mode == "findings":
         report(0.5, "Comparing both sides of the head" if region.name == "head" else "Looking for what stands out")
-        found = _find_abnormality(grid, channels, patches, features, region, settings.seed)
-        weights = abnormality.patch_votes(found.evidence, patches, PLANES)
+        found = find_abnormality(CueInput(grid, region, channels, patches, features, settings.seed))
+        weights = patch_votes(found.evidence, patches, PLANES)
 
     report(0.9, "Counting votes")
     plane_results = {}
@@ -143,7 +142,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
         if spacing is None:
             step = abs(geometry.positions_mm[-1] - geometry.positions_mm[0]) / max(geometry.count - 1, 1)
             spacing = max(10.0, 2.0 * step)
-        picks = pick_top_slices(scores, geometry.positions_mm, settings.top_k, spacing)
+        # Findings picks hedge (distinct candidates first); the paper's vote keeps its plain top-k.
+        picks = pick_top_slices(scores, geometry.positions_mm, settings.top_k, spacing, peaks_first=found is not None)
         selected = [SelectedSlice(plane=plane, rank=rank, index=index, ijk_index=int(geometry.ijk_indices[index]),
                                   position_mm=float(geometry.positions_mm[index]),
                                   center_ras=tuple(float(c) for c in geometry.centers_ras[index]),
@@ -152,7 +152,9 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
                     for rank, index in enumerate(picks, start=1)]
         plane_results[plane] = PlaneResult(plane=plane, normal_axis=NORMAL_AXIS[plane], ijk_axis=geometry.ijk_axis,
                                            positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
-                                           scores=scores, selected=selected, cue=cue)
+                                           scores=scores, selected=selected, cue=cue,
+                                           confidence=plane_confidence(scores, geometry.positions_mm, picks[0], spacing),
+                                           stood_out=None if found is None else cue != "representative")
     report(1.0, "Done")
 
     recorded = asdict(settings)
@@ -162,16 +164,6 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     return SelectionResult(planes=plane_results, settings=recorded, size_ijk=size_ijk,
                            spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started},
                            region=region.to_dict())
-
-
-def _find_abnormality(grid, channels, patches, features, region, seed):
-    """The findings cue of the detected region: left-right asymmetry in the head, a body cue elsewhere."""
-    if region.name != "head":
-        return body_abnormality(grid, region, seed=seed)
-    if region.modality == "CT":
-        # Brain tissue spans 0..80 HU (the brain window); bone would otherwise take the whole range.
-        channels = [np.clip(grid.original_intensities(), 0.0, 80.0) / np.float32(80.0)] + list(channels[1:])
-    return abnormality.abnormality_map(grid, channels, patches, features, seed=seed)
 
 
 def _working_slice(grid, plane, position_mm) -> int:

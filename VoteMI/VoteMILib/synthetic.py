@@ -25,7 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 from .names import PLANES, SYNTHETIC_KINDS
-from .regions import AERATED_HU, ball_closing, depth_mm, lung_envelopes, lung_mask, thoracic_cavity
+from .cues.morphology import ball_closing, depth_mm
+from .cues.regions import AERATED_HU, lung_envelopes, lung_mask, thoracic_cavity
 
 #: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
 KINDS = SYNTHETIC_KINDS
@@ -308,7 +309,8 @@ def prepare_scan(case, seed: int = 0, keep_lesion: bool = False) -> Scan:
     result once (the picks a miss may have been lost to)."""
     from .bench import load_mask
     from .preprocess import make_working_grid
-    from .regions import detect_modality, detect_region
+    from .cues import detect_region
+    from .modality import detect_modality
     from .selection import select_slices
     from .volumes import load_volume, volume_from_array
 

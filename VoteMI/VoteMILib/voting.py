@@ -89,13 +89,20 @@ def slice_scores(votes: np.ndarray, work_positions: np.ndarray, positions: np.nd
     return scores / top if top > 0 else scores
 
 
-def pick_top_slices(scores: np.ndarray, positions: np.ndarray, k: int, min_spacing_mm: float) -> list:
+def pick_top_slices(scores: np.ndarray, positions: np.ndarray, k: int, min_spacing_mm: float,
+                    peaks_first: bool = False) -> list:
     """Indices of the k best slices, best first, no two closer than ``min_spacing_mm``.
 
-    Ties go to the slice nearest the middle of the scored range, then to the lower index.
+    Ties go to the slice nearest the middle of the scored range, then to the lower index. With
+    ``peaks_first`` the picks hedge: the summits of the score curve (each a separate candidate
+    finding along the plane's normal) come first, highest first, and only then further slices of
+    the same findings.
     """
     middle = 0.5 * (positions[0] + positions[-1])
     order = np.lexsort((np.arange(len(scores)), np.abs(positions - middle), -scores))
+    if peaks_first:
+        summit = score_peaks(scores)
+        order = np.concatenate([order[summit[order]], order[~summit[order]]])
     picks = []
     for index in order:
         if len(picks) == k:
@@ -104,3 +111,25 @@ def pick_top_slices(scores: np.ndarray, positions: np.ndarray, k: int, min_spaci
         if all(abs(positions[index] - positions[p]) >= min_spacing_mm - 1e-6 for p in picks):
             picks.append(int(index))
     return picks
+
+
+def score_peaks(scores: np.ndarray) -> np.ndarray:
+    """Where the score curve has a summit above zero: at least each neighbour, and above one of them
+    (or the curve's only value); a flat top counts once, at its first slice."""
+    scores = np.asarray(scores, dtype=float)
+    if len(scores) == 1:
+        return scores > 0
+    left = np.concatenate([[-np.inf], scores[:-1]])
+    right = np.concatenate([scores[1:], [-np.inf]])
+    return (scores > 0) & (scores > left) & (scores >= right)
+
+
+def plane_confidence(scores: np.ndarray, positions: np.ndarray, top: int, min_spacing_mm: float) -> float:
+    """How far a plane's best slice stands above the best separate summit of its score curve (one
+    at least ``min_spacing_mm`` away): 1 - that summit / the best score, 0..1; 1 when there is none."""
+    scores = np.asarray(scores, dtype=float)
+    if not scores[top] > 0:
+        return 0.0
+    apart = np.abs(np.asarray(positions) - positions[top]) >= min_spacing_mm - 1e-6
+    rivals = scores[score_peaks(scores) & apart]
+    return float(np.clip(1.0 - (rivals.max() / scores[top] if rivals.size else 0.0), 0.0, 1.0))

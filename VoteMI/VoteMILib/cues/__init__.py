@@ -1,0 +1,28 @@
+"""What stands out in a scan, without labels: the region it shows and one cue per kind of finding.
+
+Every cue is a module with ``find(scan: CueInput) -> Abnormality``: a map on the working grid, its
+threshold of what stands out, and what the votes need. A new cue is one new module and one entry in
+:data:`CUES_BY_REGION`. Shared pieces have their own modules: :mod:`.regions` (head, chest or body),
+:mod:`.tissues` (fat, soft tissue, bone), :mod:`.morphology` (balls and depths), :mod:`.blobs`
+(Hessian blob filters), :mod:`.mirror` (the midsagittal plane) and :mod:`.evidence`.
+"""
+
+from __future__ import annotations
+
+from . import asymmetry, lung_nodule, mass, tissue_contrast
+from .evidence import Abnormality, CueInput, patch_votes, ranked
+from .regions import Region, detect_region
+
+#: Cues per region, in rank order (:func:`~.evidence.ranked`): in a body scan a mass that parts the fat
+#: planes over centimetres is the finding to show first, a bright blob second.
+CUES_BY_REGION = {"head": (asymmetry,), "chest": (lung_nodule,), "body": (mass, tissue_contrast)}
+#: Every name a plane's ``cue`` can take.
+CUES = ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "representative")
+
+__all__ = ["Abnormality", "CUES", "CUES_BY_REGION", "CueInput", "Region", "detect_region", "find_abnormality",
+           "patch_votes"]
+
+
+def find_abnormality(scan: CueInput) -> Abnormality:
+    """The evidence of the cues of the scan's region, joined by rank."""
+    return ranked(cue.find(scan) for cue in CUES_BY_REGION[scan.region.name])
