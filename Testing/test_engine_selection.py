@@ -354,3 +354,15 @@ def test_plane_confidence_is_the_gap_to_the_best_separate_summit():
     assert plane_confidence(one, positions, 10, 10.0) == 1.0
     assert plane_confidence(two, positions, 10, 10.0) == pytest.approx(1.0 - two[33] / two[10])
     assert plane_confidence(np.zeros(40), positions, 0, 10.0) == 0.0
+
+
+def test_findings_ties_do_not_go_to_the_middle_of_the_field_of_view():
+    """Two equal summits: the findings pick goes to the one with the broader evidence, wherever it lies;
+    the paper's vote keeps its tie-break toward the middle."""
+    positions = np.arange(21, dtype=float) * 5.0
+    scores = np.zeros(21)
+    scores[[3, 10]] = 1.0
+    scores[[2, 4]] = 0.6  # the summit at index 3 (far from the middle) is broader
+    scores[[9, 11]] = 0.2
+    assert pick_top_slices(scores, positions, 1, 10.0, peaks_first=True) == [3]
+    assert pick_top_slices(scores, positions, 1, 10.0) == [10]

@@ -93,13 +93,20 @@ def pick_top_slices(scores: np.ndarray, positions: np.ndarray, k: int, min_spaci
                     peaks_first: bool = False) -> list:
     """Indices of the k best slices, best first, no two closer than ``min_spacing_mm``.
 
-    Ties go to the slice nearest the middle of the scored range, then to the lower index. With
-    ``peaks_first`` the picks hedge: the summits of the score curve (each a separate candidate
-    finding along the plane's normal) come first, highest first, and only then further slices of
-    the same findings.
+    With ``peaks_first`` (findings mode) the picks hedge: the summits of the score curve (each a
+    separate candidate finding along the plane's normal) come first, highest first, and only then
+    further slices of the same findings; ties go to the slice whose neighbours score higher (the
+    broader evidence), then to the lower index, so that where a slice lies in the field of view
+    never decides. The paper's vote (``peaks_first`` False) breaks ties toward the middle of the
+    scored range, then the lower index, as it always has.
     """
-    middle = 0.5 * (positions[0] + positions[-1])
-    order = np.lexsort((np.arange(len(scores)), np.abs(positions - middle), -scores))
+    if peaks_first:
+        padded = np.concatenate([[0.0], np.asarray(scores, dtype=float), [0.0]])
+        neighbours = padded[:-2] + padded[2:]
+        order = np.lexsort((np.arange(len(scores)), -neighbours, -scores))
+    else:
+        middle = 0.5 * (positions[0] + positions[-1])
+        order = np.lexsort((np.arange(len(scores)), np.abs(positions - middle), -scores))
     if peaks_first:
         summit = score_peaks(scores)
         order = np.concatenate([order[summit[order]], order[~summit[order]]])
