@@ -79,6 +79,16 @@ def block_mean(view: np.ndarray, factors) -> np.ndarray:
     """Average non-overlapping blocks of ``factors`` voxels; trailing voxels that do not fill a
     block are dropped. Reduces one axis at a time, so the largest temporary is the input over its
     first factor."""
+    return _fold_blocks(view, factors, np.add, mean=True)
+
+
+def block_reduce(view: np.ndarray, factors, reduce) -> np.ndarray:
+    """Reduce non-overlapping blocks of ``factors`` voxels with a binary ufunc (``np.minimum``,
+    ``np.maximum``), axis by axis as :func:`block_mean` does; trailing voxels are dropped."""
+    return _fold_blocks(view, factors, reduce, mean=False)
+
+
+def _fold_blocks(view: np.ndarray, factors, reduce, mean: bool) -> np.ndarray:
     out = view
     for axis, factor in enumerate(int(f) for f in factors):
         if factor == 1:
@@ -89,8 +99,8 @@ def block_mean(view: np.ndarray, factors) -> np.ndarray:
         total = np.array(out[tuple(index)], dtype=np.float32)  # a copy: the input is never written
         for offset in range(1, factor):
             index[axis] = slice(offset, offset + count * factor, factor)
-            total += out[tuple(index)]
-        out = total / np.float32(factor)
+            reduce(total, out[tuple(index)], out=total)
+        out = total / np.float32(factor) if mean else total
     return contiguous_float32(out)
 
 
@@ -109,24 +119,6 @@ def binomial_smooth(view: np.ndarray, axes) -> np.ndarray:
         smooth *= np.float32(0.25)
         out = np.moveaxis(smooth, 0, axis)
     return out
-
-
-def block_reduce(view: np.ndarray, factors, reduce) -> np.ndarray:
-    """Reduce non-overlapping blocks of ``factors`` voxels with a binary ufunc (``np.minimum``,
-    ``np.maximum``), axis by axis as :func:`block_mean` does; trailing voxels are dropped."""
-    out = view
-    for axis, factor in enumerate(int(f) for f in factors):
-        if factor == 1:
-            continue
-        count = out.shape[axis] // factor
-        index = [slice(None)] * 3
-        index[axis] = slice(0, count * factor, factor)
-        total = np.array(out[tuple(index)], dtype=np.float32)
-        for offset in range(1, factor):
-            index[axis] = slice(offset, offset + count * factor, factor)
-            reduce(total, out[tuple(index)], out=total)
-        out = total
-    return contiguous_float32(out)
 
 
 def contiguous_float32(view: np.ndarray, tile: int = 32) -> np.ndarray:
