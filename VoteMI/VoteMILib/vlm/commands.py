@@ -64,6 +64,9 @@ def add_describe_command(commands) -> None:
     group.add_argument("--language", default="English", help="report language (default: %(default)s)")
     group.add_argument("--long-side", type=int, default=896, metavar="PX", help="image size (default: 896)")
     group.add_argument("--report", metavar="OUT", help="also save the report (.txt, .md or .json)")
+    group.add_argument("--structured", choices=("auto", "off"), default="auto",
+                       help="auto: ask for the findings as JSON (structured output) and fall back to [A1] tags in "
+                            "free text if the server refuses; off: free text with tags only (default: %(default)s)")
     group.add_argument("--dry-run", action="store_true",
                        help="prepare images and prompt (see --png-dir, --json) without contacting any model")
     group.add_argument("--quiet", action="store_true", help="print only the report")
@@ -88,7 +91,7 @@ def settings_from_args(args) -> DescribeSettings:
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
         long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-        device=args.device, allow_hub=args.allow_hub)
+        device=args.device, allow_hub=args.allow_hub, structured=args.structured)
 
 
 def _write_pngs(prompt, folder) -> list:
@@ -184,6 +187,7 @@ def run_describe(args) -> int:
     if not report.complete:
         print(f"votemi: warning: incomplete report: {report.incomplete_reason}", file=sys.stderr)
     document.update(report.to_dict())
+    _emit_findings(report)
     events.emit("report", complete=report.complete, **report.to_dict())
     _write_json(args.json, document)
     if args.report:
@@ -199,10 +203,17 @@ def _save_unfinished(args, document, error, reason):
     """
     report = error.report or Report("", {"notice": NOTICE}, complete=False)
     report.meta["incomplete_reason"] = reason
+    _emit_findings(report)
     document.update(report.to_dict())
     _write_json(args.json, document)
     if args.report and report.text.strip():
         report.save(args.report)
+
+
+def _emit_findings(report):
+    """The ``findings`` event: the answer as findings citing their images (before the ``report`` event)."""
+    if report.findings is not None and (report.text.strip() or report.findings.items):
+        events.emit("findings", findings=report.findings.to_dict())
 
 
 def _write_json(path, document):
