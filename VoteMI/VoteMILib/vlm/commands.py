@@ -64,6 +64,8 @@ def add_describe_command(commands) -> None:
     group.add_argument("--language", default="English", help="report language (default: %(default)s)")
     group.add_argument("--long-side", type=int, default=896, metavar="PX", help="image size (default: 896)")
     group.add_argument("--report", metavar="OUT", help="also save the report (.txt, .md or .json)")
+    group.add_argument("--html", metavar="OUT.html",
+                       help="also save the report as one self-contained HTML page (images embedded)")
     group.add_argument("--structured", choices=("auto", "off"), default="auto",
                        help="auto: ask for the findings as JSON (structured output) and fall back to [A1] tags in "
                             "free text if the server refuses; off: free text with tags only (default: %(default)s)")
@@ -143,7 +145,7 @@ def run_describe(args) -> int:
         settings.validate()
     except VLMError as error:
         return _fail(str(error), 2)
-    check_outputs(args, **{"--report": args.report})
+    check_outputs(args, **{"--report": args.report, "--html": args.html})
     volume, extras, result = run_selection(args)
     document = selection_document(args, volume, result)
     events.emit("selection", selection=document)
@@ -151,6 +153,7 @@ def run_describe(args) -> int:
     if not args.quiet:
         print(format_summary(volume, result), file=log)
     interrupt = _CtrlC()
+    prompt = None
     try:
         prompt = build_request(volume, result, settings, extras)
         if args.png_dir:
@@ -179,7 +182,7 @@ def run_describe(args) -> int:
     except VLMError as error:
         print(file=sys.stdout)
         cancelled = isinstance(error, VLMCancelled)
-        _save_unfinished(args, document, error, "interrupted by Ctrl-C" if cancelled else str(error))
+        _save_unfinished(args, document, error, "interrupted by Ctrl-C" if cancelled else str(error), prompt)
         return _fail("interrupted" if cancelled else str(error), 130 if cancelled else 1)
     if not settings.stream:
         show(report.text)
@@ -192,10 +195,11 @@ def run_describe(args) -> int:
     _write_json(args.json, document)
     if args.report:
         report.save(args.report)
+    _write_html(args, report, prompt)
     return 0 if report.complete else 3
 
 
-def _save_unfinished(args, document, error, reason):
+def _save_unfinished(args, document, error, reason, prompt=None):
     """Write the selection JSON and any text received, flagged incomplete, after a failure or Ctrl-C.
 
     The ``--report`` file is left as it was when no text arrived: an empty draft is not worth
@@ -208,6 +212,19 @@ def _save_unfinished(args, document, error, reason):
     _write_json(args.json, document)
     if args.report and report.text.strip():
         report.save(args.report)
+    if report.text.strip():
+        _write_html(args, report, prompt)
+
+
+def _write_html(args, report, prompt):
+    """``--html``: the page with the images that were sent."""
+    if not args.html or prompt is None:
+        return
+    from .html_export import save_html
+
+    save_html(args.html, report, {image.id: image.png for image in prompt.images})
+    if not args.quiet:
+        print(f"wrote {args.html}", file=sys.stderr)
 
 
 def _emit_findings(report):

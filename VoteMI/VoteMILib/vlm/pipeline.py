@@ -305,6 +305,7 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         "prompt": {"intro": prompt.intro, "instruction": prompt.instruction,
                    "labels": [image.label for image in prompt.images]},
         "settings": settings.public_dict(),
+        "selection_settings": dict(getattr(selection_result, "settings", None) or {}),
         "votemi_version": __version__,
     }
     ids = [image.id for image in prompt.images]
