@@ -66,6 +66,9 @@ def add_describe_command(commands) -> None:
     group.add_argument("--report", metavar="OUT", help="also save the report (.txt, .md or .json)")
     group.add_argument("--html", metavar="OUT.html",
                        help="also save the report as one self-contained HTML page (images embedded)")
+    group.add_argument("--dicom-out", metavar="DIR",
+                       help="DICOM input only: write a Key Object Selection of the voted slices, Secondary Captures "
+                            "of the reformatted ones and a structured report (SR) into DIR (needs votemi[dicom])")
     group.add_argument("--structured", choices=("auto", "off"), default="auto",
                        help="auto: ask for the findings as JSON (structured output) and fall back to [A1] tags in "
                             "free text if the server refuses; off: free text with tags only (default: %(default)s)")
@@ -146,6 +149,9 @@ def run_describe(args) -> int:
     except VLMError as error:
         return _fail(str(error), 2)
     check_outputs(args, **{"--report": args.report, "--html": args.html})
+    problem = _dicom_out_problem(args)
+    if problem:
+        return _fail(problem)
     volume, extras, result = run_selection(args)
     document = selection_document(args, volume, result)
     events.emit("selection", selection=document)
@@ -192,10 +198,13 @@ def run_describe(args) -> int:
     document.update(report.to_dict())
     _emit_findings(report)
     events.emit("report", complete=report.complete, **report.to_dict())
+    dicom_error = _write_dicom(args, volume, report, prompt, document)
     _write_json(args.json, document)
     if args.report:
         report.save(args.report)
     _write_html(args, report, prompt)
+    if dicom_error:
+        return _fail(dicom_error)
     return 0 if report.complete else 3
 
 
@@ -214,6 +223,45 @@ def _save_unfinished(args, document, error, reason, prompt=None):
         report.save(args.report)
     if report.text.strip():
         _write_html(args, report, prompt)
+
+
+def _dicom_out_problem(args) -> str:
+    """Why ``--dicom-out`` cannot be honoured, found before any work ("" if it can)."""
+    if not args.dicom_out:
+        return ""
+    if not os.path.isdir(args.image):
+        return (f"--dicom-out needs a DICOM series as input: {args.image} is not a DICOM folder, so there is no "
+                "patient, study or source instance for key images and a report to belong to; give the DICOM folder")
+    from ..dicom_export import DicomExportError, _import
+    from ..outputs import OutputError, check_output_folder
+
+    try:
+        _import()
+        check_output_folder(args.dicom_out, "--dicom-out folder")
+    except (DicomExportError, OutputError) as error:
+        return str(error)
+    return ""
+
+
+def _write_dicom(args, volume, report, prompt, document) -> str:
+    """``--dicom-out``: KOS, SC and SR; "" or the one-line reason it failed (the other outputs are still written)."""
+    if not args.dicom_out or prompt is None:
+        return ""
+    from ..dicom_export import DicomExportError, export_dicom
+    from ..outputs import OutputError
+
+    try:
+        written = export_dicom(volume, report, {image.id: image.png for image in prompt.images}, args.dicom_out)
+    except (DicomExportError, OutputError) as error:
+        return str(error)
+    document["dicom_export"] = written.to_dict()
+    events.emit("dicom", dicom_export=written.to_dict())
+    for line in written.notes + [f"not exported: {item}" for item in written.skipped]:
+        print(f"votemi: warning: {line}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {len(written.files)} DICOM files to {args.dicom_out}: a key object selection, a structured "
+              f"report and {len(written.derived)} secondary captures of reformatted slices", file=sys.stderr)
+    return ""
 
 
 def _write_html(args, report, prompt):
