@@ -37,7 +37,7 @@ def described(image_path, tmp_path_factory):
 
 
 def _images(page):
-    return re.findall(r'<img src="([^"]+)" alt="([^"]*)"', page)
+    return re.findall(r'<img src="([^"]+)" width="\d+" height="\d+" alt="([^"]*)"', page)
 
 
 def test_page_is_self_contained_and_holds_everything(described):

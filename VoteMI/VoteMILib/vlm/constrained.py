@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 #: Keywords understood; anything else in a schema is refused (it would not be enforced).
 SUPPORTED_KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "minItems",
                                 "maxItems", "enum", "const", "minLength", "maxLength", "title", "description",
@@ -234,7 +236,16 @@ class TokenTable:
             text = "" if token_id in special else tokenizer.decode([token_id], skip_special_tokens=False)
             self.texts.append("" if "\ufffd" in text else text)
         # Plain text: no quote, backslash or control character; valid anywhere inside a free string.
-        self.plain = [bool(t) and not any(c in '"\\' or ord(c) < 0x20 for c in t) for t in self.texts]
+        plain = [bool(t) and not any(c in '"\\' or ord(c) < 0x20 for c in t) for t in self.texts]
+        self.lengths = np.array([len(t) for t in self.texts], dtype=np.int64)
+        self.plain_ids = np.flatnonzero(plain)
+        #: Tokens with a quote, backslash or control character, as (id, plain characters before it, the rest):
+        #: inside a string the plain head only counts, and tokens with the same rest end alike.
+        self.others = []
+        for token_id, text in enumerate(self.texts):
+            if text and not plain[token_id]:
+                head = next(n for n, c in enumerate(text) if c in '"\\' or ord(c) < 0x20)
+                self.others.append((token_id, head, text[head:]))
         self.by_first = {}
         for token_id, text in enumerate(self.texts):
             if text:
@@ -251,18 +262,28 @@ def allowed_tokens(state: tuple, table: TokenTable, tokens_left: int) -> list:
     room = tokens_left - 1
     top = state[-1] if state else None
     if top is not None and top[0] == "str" and not top[4]:
-        length, high = top[1], top[3]
-        base = distance(state)
-        for token_id, text in enumerate(table.texts):
-            if not text:
+        # Inside a free string (most of an answer): plain tokens are judged by length alone, at once.
+        length, low, high = top[1], top[2], top[3]
+        lengths = table.lengths[table.plain_ids]
+        fits = distance(state) - np.minimum(lengths, max(0, low - length)) <= room
+        if high is not None:
+            fits &= lengths <= high - length
+        allowed = table.plain_ids[fits].tolist()
+        outside = state[:-1]
+        closing = {}  # rest of a token that closes the string -> whether it may come
+        for token_id, head, rest in table.others:
+            if high is not None and length + head > high:
                 continue
-            if table.plain[token_id]:
-                if high is None or length + len(text) <= high:
-                    after = base - min(len(text), max(0, top[2] - length))
-                    if after <= room:
-                        allowed.append(token_id)
+            if rest[0] == '"':
+                if length + head < low:
+                    continue
+                if rest not in closing:
+                    after_state = advance(outside, rest[1:])
+                    closing[rest] = after_state is not None and distance(after_state) <= room
+                if closing[rest]:
+                    allowed.append(token_id)
                 continue
-            after_state = advance(state, text)
+            after_state = advance(outside + (("str", length + head, low, high, 0),), rest)
             if after_state is not None and distance(after_state) <= room:
                 allowed.append(token_id)
         return allowed

@@ -16,6 +16,8 @@ from .. import __version__
 from .report import NOTICE
 
 THUMBNAIL_PX = 180
+#: Long side at which the key images are shown (they are embedded at full size).
+KEY_IMAGE_PX = 420
 
 _STYLE = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;margin:24px auto;max-width:1100px;color:#1d232a;font-size:14px}
@@ -55,12 +57,23 @@ def _data_uri(png: bytes, long_side: int | None = None) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _shown_size(png: bytes, long_side: int) -> tuple:
+    """Width and height to show ``png`` at, its long side at most ``long_side``."""
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(png)).size
+    scale = min(1.0, long_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _figure(image_meta: dict, png: bytes | None, long_side: int | None) -> str:
     caption = escape(f"{image_meta['id']}: {image_meta['plane']}, {image_meta['position']}"
                      + (f", {image_meta['sequence']}" if image_meta.get("sequence") else ""))
     if png is None:
         return f'<figure><figcaption>{caption} (image not available)</figcaption></figure>'
-    return (f'<figure><img src="{_data_uri(png, long_side)}" alt="{caption}">'
+    # Explicit sizes: Qt's rich text (the panel's PDF) ignores CSS max-width.
+    width, height = _shown_size(png, long_side or KEY_IMAGE_PX)
+    return (f'<figure><img src="{_data_uri(png, long_side)}" width="{width}" height="{height}" alt="{caption}">'
             f"<figcaption>{caption}</figcaption></figure>")
 
 

@@ -356,6 +356,7 @@ def _chat(client, prompt, model, options, structured, ids, on_text, cancel, defa
     asked = prompt
     if default_prompt:  # a user's own template is sent as written; the schema still binds the answer
         asked = Prompt(prompt.intro, prompt.images, f"{prompt.instruction}\n{STRUCTURED_INSTRUCTION}")
+        structured["instruction_added"] = STRUCTURED_INSTRUCTION
     try:
         structured["sent"] = True
         return client.chat(asked, model, replace(options, response_schema=findings_schema(ids)), on_text=on_text,
@@ -366,6 +367,7 @@ def _chat(client, prompt, model, options, structured, ids, on_text, cancel, defa
                 not any(word in message for word in _STRUCTURED_REFUSAL):
             raise
         structured["sent"] = False
+        structured.pop("instruction_added", None)
         structured["note"] = f"the server refused structured output ({error}); asked for free text with image tags"
     return client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
 
