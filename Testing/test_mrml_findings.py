@@ -3,7 +3,6 @@ and a citation moves the slice views to the cited slice and its mark."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")

@@ -167,7 +167,7 @@ def _derived_image(pydicom, hd, image: dict, png: bytes, sources, series_uid: st
     sc.BurnedInAnnotation = "NO"
     sc.Laterality = reference.get("Laterality", "")  # type 2C: unknown (empty) unless the source says
     sc.SourceImageSequence = [_sop_reference(pydicom, ds) for ds in sources]
-    sc.ContentDate, sc.ContentTime = _now(pydicom)
+    sc.ContentDate, sc.ContentTime = _now()
     return sc
 
 
@@ -184,7 +184,7 @@ def _sop_reference(pydicom, dataset):
     return item
 
 
-def _now(pydicom):
+def _now():
     from datetime import datetime
 
     now = datetime.now()

@@ -140,14 +140,6 @@ class Findings:
             finding.cites, finding.unknown_cites = cites, unknown
         return self._set(index, "edited", reviewer, when)
 
-    def reset(self, index: int) -> Finding:
-        """Back to pending, with the model's text."""
-        finding = self.items[index]
-        if finding.original_text:
-            finding.text, finding.original_text = finding.original_text, ""
-        finding.status, finding.reviewer, finding.reviewed_at = "pending", "", ""
-        return finding
-
     @property
     def reviewed(self) -> bool:
         """True once no finding is pending (and there is at least one)."""
@@ -209,19 +201,6 @@ class Findings:
         if self.free_text.strip():
             lines.append(self.free_text.strip())
         return "\n".join(lines).strip() + "\n"
-
-    def carry_review(self, previous: "Findings") -> int:
-        """Copy the review of findings of ``previous`` with the same model text; the number carried."""
-        reviewed = {(f.original_text or f.text, tuple(f.all_cites)): f for f in previous.items if f.status != "pending"}
-        carried = 0
-        for finding in self.items:
-            old = reviewed.get((finding.text, tuple(finding.all_cites)))
-            if old is not None:
-                finding.status, finding.reviewer, finding.reviewed_at = old.status, old.reviewer, old.reviewed_at
-                finding.text, finding.original_text = old.text, old.original_text
-                finding.cites, finding.unknown_cites = list(old.cites), list(old.unknown_cites)
-                carried += 1
-        return carried
 
 
 def _check_ids(ids, known) -> tuple:
@@ -400,10 +379,6 @@ class StructuredStream:
             return ""  # the answer went off the expected order; the final text will say it all
         delta, self._shown = rendered[len(self._shown):], rendered
         return delta
-
-    @property
-    def text(self) -> str:
-        return "".join(self.raw)
 
 
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)("?)', re.S)
