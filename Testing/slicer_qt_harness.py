@@ -36,7 +36,7 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PyQt5 import QtCore, QtGui, QtTest, QtWidgets  # noqa: E402
+from PyQt5 import QtCore, QtGui, QtPrintSupport, QtTest, QtWidgets  # noqa: E402
 from PyQt5.uic.Loader.loader import DynamicUILoader  # noqa: E402
 from PyQt5.uic.Loader.qobjectcreator import LoaderCreatorPolicy  # noqa: E402
 from PyQt5.uic.uiparser import UIParser  # noqa: E402
@@ -142,11 +142,12 @@ def compat(qt_class):
 
 
 def _qt_module():
-    """The ``qt`` module Slicer's Python imports: QtCore, QtGui and QtWidgets, widgets in PythonQt style."""
+    """The ``qt`` module Slicer's Python imports: QtCore, QtGui, QtWidgets and QtPrintSupport, widgets in
+    PythonQt style."""
     module = types.ModuleType("qt")
 
     def lookup(name):
-        for source in (QtWidgets, QtGui, QtCore):
+        for source in (QtWidgets, QtGui, QtCore, QtPrintSupport):
             value = getattr(source, name, None)
             if value is None:
                 continue

@@ -513,7 +513,7 @@ def test_save_report_opens_in_the_scene_folder_and_writes_atomically(panel, head
     panel.setup()
     panel.saved_path = str(tmp_path / "out" / "report.md")
     panel.click(panel.ui.saveReportButton)
-    assert panel.save_dialog_args[2] == str(tmp_path / "scenes" / "Case 7_VoteMI_report.md")
+    assert panel.save_dialog_args[2] == str(tmp_path / "scenes" / "Case 7_VoteMI_report.html")
     text = (tmp_path / "out" / "report.md").read_text()
     assert "AI-generated draft" in text and "Findings: none." in text
     (tmp_path / "blocker").write_text("a file, not a folder")

@@ -3,10 +3,6 @@
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 from vlm_fixtures import complete_json, decode_png, openai_images_and_texts, position_pattern
 from VoteMILib.cli import main
@@ -81,24 +77,7 @@ def test_serve_missing_model_is_one_line(tmp_path, capsys):
 
 def test_serve_command_end_to_end(tiny_vlm_dir):
     from VoteMILib.vlm import DescribeSettings, list_models
+    from vlm_fixtures import serve_process
 
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", VOTEMI_API_KEY="abc")
-    process = subprocess.Popen([sys.executable, "-m", "VoteMILib.cli", "serve", "--model", tiny_vlm_dir,
-                                "--port", "0", "--quiet", "--device", "cpu"],
-                               stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                               env=environment)
-    try:
-        url = None
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line:
-                break
-            found = re.search(r"on (http://127\.0\.0\.1:\d+) ", line)
-            url = found.group(1) if found else None
-        assert url, "votemi serve did not start"
+    with serve_process(tiny_vlm_dir, api_key="abc") as url:
         assert list_models(DescribeSettings(server_url=url, api_key="abc")) == [os.path.basename(tiny_vlm_dir)]
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
-        process.stderr.close()

@@ -7,9 +7,14 @@ tests assert structure and behaviour, never words.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -385,3 +390,35 @@ def decode_png(data: bytes):
 def position_pattern(plane, position_mm):
     letter = {"axial": "SI", "coronal": "AP", "sagittal": "RL"}[plane][0 if position_mm >= 0 else 1]
     return re.escape(f"{letter} {abs(position_mm):.1f} mm")
+
+
+# ---------------------------------------------------------------------------------------------
+# `votemi serve` as a child process
+
+
+@contextlib.contextmanager
+def serve_process(model_dir, *extra_args, api_key=""):
+    """Run ``votemi serve --model model_dir`` on a free loopback port; yields its URL, stops it with Ctrl-C."""
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", VOTEMI_API_KEY=api_key)
+    process = subprocess.Popen([sys.executable, "-m", "VoteMILib.cli", "serve", "--model", str(model_dir),
+                                "--port", "0", "--quiet", "--device", "cpu", *extra_args],
+                               stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                               env=environment)
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            found = re.search(r"on (http://127\.0\.0\.1:\d+) ", line)
+            url = found.group(1) if found else None
+        if url is None:
+            raise RuntimeError("votemi serve did not start")
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+        process.stderr.close()
+        if code != 0:
+            raise RuntimeError(f"votemi serve exited with {code}")

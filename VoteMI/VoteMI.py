@@ -37,6 +37,8 @@ README_URL = "https://github.com/VoteMI/SlicerVoteMI#readme"
 POLL_INTERVAL_MS = 50
 #: Wait after the last edit of the server settings before checking the server (ms).
 STATUS_CHECK_DELAY_MS = 800
+#: Application setting holding the reviewer name recorded with each review.
+REVIEWER_SETTING = "VoteMI/reviewer"
 #: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
 MINIMUM_SLICER = (5, 10)
 MINIMUM_PYTHON = (3, 10)
@@ -163,6 +165,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownVolumeID = None
         self._shownSegments = None
         self._rows = []
+        self._findings = None
+        self._updatingFindings = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -193,6 +197,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
         self.ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.ui.modelsComboBox.visible = False
+        self._setUpFindingsTable()
         self._setBusy(False)
 
         self._timer = qt.QTimer()
@@ -217,6 +222,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.reportTextEdit.connect("textChanged()", self.onReportEdited)
+        self.ui.findingsTable.connect("itemChanged(QTableWidgetItem*)", self.onFindingEdited)
+        self.ui.findingsTable.connect("itemSelectionChanged()", self._updateReviewButtons)
+        self.ui.acceptFindingButton.connect("clicked(bool)", lambda: self.onReviewFinding("accept"))
+        self.ui.rejectFindingButton.connect("clicked(bool)", lambda: self.onReviewFinding("reject"))
+        self.ui.editFindingButton.connect("clicked(bool)", self.onEditFinding)
+        self.ui.reviewerLineEdit.text = qt.QSettings().value(REVIEWER_SETTING, "") or ""
+        self.ui.reviewerLineEdit.connect("textChanged(QString)",
+                                         lambda text: qt.QSettings().setValue(REVIEWER_SETTING, text.strip()))
         self.ui.extraVolumesSelector.connect("checkedNodesChanged()", self.onExtraVolumesChanged)
         self.ui.guideSegmentsList.connect("itemChanged(QListWidgetItem*)", self.onGuideSegmentsChanged)
         for widgetName, parameter in self.TEXT_PARAMETERS:
@@ -517,6 +530,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("The report of {name} was edited. Replace it with a new draft?").format(name=volumeNode.GetName()),
                 windowTitle="VoteMI"):
             return False
+        findings = self.logic.reportFindings(self.logic.reportNode(volumeNode))
+        if findings is not None and findings.has_review and not slicer.util.confirmYesNoDisplay(
+                _("The findings of {name} were reviewed ({review}). A new draft replaces them and their review. "
+                  "Continue?").format(name=volumeNode.GetName(), review=findings.summary_line()),
+                windowTitle="VoteMI"):
+            return False
         if node.protocol != "inprocess":
             warning = self.logic.remoteServerWarning(node.serverUrl.strip() or DEFAULT_SERVER_URL)
             if warning and not slicer.util.confirmOkCancelDisplay(warning, windowTitle="VoteMI"):
@@ -571,6 +590,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not started and self._parameterNode and self._parameterNode.inputVolume is run.volumeNode:
                 self._observeReport(run.report.node)
             self.ui.progressBar.value = max(self.ui.progressBar.value, 60)
+        elif kind == "findings":
+            run.findings = event.get("findings")
         elif kind == "report":
             run.finishReport(event)
             self._observeReport(self._reportNode)
@@ -622,6 +643,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if message is not None:
             self.ui.statusLabel.text = message
         self._updateButtons()
+        self._updateReviewButtons()
 
     # ----------------------------------------------------------------------------------------
     # Server status
@@ -790,6 +812,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             finally:
                 self._updatingReport = False
         self._showReportInfo()
+        self._showFindings()
 
     def onReportEdited(self) -> None:
         """Keep the user's edits in the report node (saved with the scene)."""
@@ -817,6 +840,124 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.copyReportButton.enabled = hasText
         self.ui.saveReportButton.enabled = hasText
 
+    # ----------------------------------------------------------------------------------------
+    # Findings: citations and review
+
+    def _setUpFindingsTable(self):
+        table = self.ui.findingsTable
+        table.setColumnCount(3)
+        table.setHorizontalHeaderLabels([_("Review"), _("Finding"), _("Images")])
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(0, qt.QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(1, qt.QHeaderView.Stretch)
+        header.setSectionResizeMode(2, qt.QHeaderView.ResizeToContents)
+        table.verticalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
+        table.setWordWrap(True)
+        table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)  # the text is edited through Edit only
+        table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        table.setSelectionMode(qt.QAbstractItemView.SingleSelection)
+        self._updateReviewButtons()
+
+    def _showFindings(self):
+        """Show the findings of the report node with their review and a link per cited image."""
+        self._findings = self.logic.reportFindings(self._reportNode)
+        items = self._findings.items if self._findings is not None else []
+        table = self.ui.findingsTable
+        selected = self._selectedFinding()
+        self._updatingFindings = True
+        try:
+            table.setRowCount(len(items))
+            for row, finding in enumerate(items):
+                status = qt.QTableWidgetItem(_(finding.status))
+                status.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
+                status.setToolTip(self._reviewToolTip(finding))
+                text = qt.QTableWidgetItem(finding.text)
+                text.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEditable)
+                text.setToolTip(_("Impression") if finding.section == "impression" else _("Finding"))
+                table.setItem(row, 0, status)
+                table.setItem(row, 1, text)
+                table.setCellWidget(row, 2, self._citationLinks(row, finding))
+            # Row labels: findings numbered, the impression marked (its text may cite images too).
+            table.setVerticalHeaderLabels([_("Impression") if f.section == "impression" else str(n + 1)
+                                           for n, f in enumerate(items)])
+        finally:
+            self._updatingFindings = False
+        if selected is not None and selected < len(items):
+            table.selectRow(selected)
+        self.ui.findingsStateLabel.text = (_("Review: {state}").format(state=self._findings.summary_line())
+                                           if items else "")
+        self._updateReviewButtons()
+
+    @staticmethod
+    def _reviewToolTip(finding):
+        if finding.status == "pending":
+            return _("Not reviewed yet")
+        tip = _("{status} by {who} at {when}").format(status=finding.status, who=finding.reviewer or _("unnamed"),
+                                                     when=finding.reviewed_at)
+        return tip + (_("; the model wrote: {text}").format(text=finding.original_text) if finding.original_text else "")
+
+    def _citationLinks(self, row, finding):
+        """One link-styled button per cited image; IDs the selection does not hold in red, not clickable."""
+        cell = qt.QWidget()
+        layout = qt.QHBoxLayout(cell)
+        layout.setContentsMargins(2, 0, 2, 0)
+        for imageId in finding.cites:
+            link = qt.QPushButton(imageId)
+            link.objectName = f"citation_{row}_{imageId}"
+            link.flat = True
+            link.styleSheet = "color: #1a5fb4; text-decoration: underline; padding: 0 2px;"
+            link.toolTip = _("Show {id} in the slice views").format(id=imageId)
+            link.connect("clicked(bool)", lambda checked=False, imageId=imageId: self.onCitationClicked(imageId))
+            layout.addWidget(link)
+        for imageId in finding.unknown_cites:
+            label = qt.QLabel(f"{imageId}?")
+            label.styleSheet = "color: #b03a2e;"
+            label.toolTip = _("The model cited {id}, which was not among the images sent").format(id=imageId)
+            layout.addWidget(label)
+        layout.addStretch(1)
+        return cell
+
+    def _selectedFinding(self):
+        rows = sorted({index.row() for index in self.ui.findingsTable.selectionModel().selectedRows()})
+        return rows[0] if rows else None
+
+    def _updateReviewButtons(self):
+        chosen = self._findings is not None and self._selectedFinding() is not None and self._run is None
+        for button in (self.ui.acceptFindingButton, self.ui.rejectFindingButton, self.ui.editFindingButton):
+            button.enabled = chosen
+
+    def onCitationClicked(self, imageId) -> None:
+        """Move the cited plane's views to the cited slice and the other views through its mark."""
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        if volumeNode is None or not self.logic.jumpToCitation(volumeNode, imageId):
+            self.ui.statusLabel.text = _("{id} is not a slice of this report.").format(id=imageId)
+            return
+        self.ui.statusLabel.text = _("Showing {id}.").format(id=imageId)
+
+    def _storeFindings(self):
+        self.logic.storeFindings(self._reportNode, self._findings)  # the node's Modified event redraws the table
+
+    def onReviewFinding(self, action) -> None:
+        row = self._selectedFinding()
+        if row is None or self._findings is None:
+            return
+        getattr(self._findings, action)(row, self.ui.reviewerLineEdit.text.strip())
+        self._storeFindings()
+
+    def onEditFinding(self) -> None:
+        row = self._selectedFinding()
+        if row is not None:
+            self.ui.findingsTable.editItem(self.ui.findingsTable.item(row, 1))
+
+    def onFindingEdited(self, item) -> None:
+        if self._updatingFindings or self._findings is None or item.column() != 1:
+            return
+        row, text = item.row(), item.text().strip()
+        if row >= len(self._findings.items) or not text or text == self._findings.items[row].text:
+            return
+        self._findings.edit(row, text, self.ui.reviewerLineEdit.text.strip())
+        self._storeFindings()
+
     def onCopyReport(self) -> None:
         qt.QApplication.clipboard().setText(self.logic.reportExport(self._reportNode, "text"))
         self.ui.statusLabel.text = _("Report copied to the clipboard (with the notice).")
@@ -826,12 +967,13 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = (volumeNode.GetName() if volumeNode else "report").replace(os.sep, "_")
         path = qt.QFileDialog.getSaveFileName(
             slicer.util.mainWindow(), _("Save report"),
-            os.path.join(slicer.app.defaultScenePath, f"{name}_VoteMI_report.md"),
-            _("Markdown (*.md);;Text (*.txt);;JSON (*.json)"))
+            os.path.join(slicer.app.defaultScenePath, f"{name}_VoteMI_report.html"),
+            _("HTML page with the key images (*.html);;PDF (*.pdf);;Markdown (*.md);;Text (*.txt);;JSON (*.json)"))
         if not path:
             return
         try:
-            self.logic.saveReport(self._reportNode, path)
+            with slicer.util.WaitCursor():
+                self.logic.saveReport(self._reportNode, path, volumeNode, self._extraVolumes())
         except OSError as error:
             slicer.util.errorDisplay(str(error), windowTitle="VoteMI")
             return
@@ -865,6 +1007,7 @@ class VoteMIRun:
         self.selected = False
         self.summary = ""
         self.reported = False
+        self.findings = None  # the "findings" event of the child, applied with the report
         self.error = None
         self.cancelled = False
         self.timings = {}
@@ -963,10 +1106,12 @@ class VoteMIRun:
         self.timings["marks_s"] = time.perf_counter() - self.startedAt
 
     def finishReport(self, event):
+        from VoteMILib.findings import Findings
         from VoteMILib.vlm import Report
 
+        findings = Findings.from_dict(self.findings) if self.findings else None
         self.report.finish(Report(event.get("report", ""), event.get("report_meta", {}),
-                                  complete=bool(event.get("complete", True))))
+                                  complete=bool(event.get("complete", True)), findings=findings))
         self.reported = True
 
     def failure(self):
@@ -1264,12 +1409,108 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             meta["edited_by_user"] = True
         return Report(reportNode.GetText() or "", meta, complete=complete).export(fmt)
 
-    def saveReport(self, reportNode, path):
-        """Save the report as Markdown, JSON or text (by extension), atomically; OSError names the file."""
+    def saveReport(self, reportNode, path, volumeNode=None, extraVolumeNodes=()):
+        """Save the report by extension: HTML with the key images (re-rendered from the volumes), PDF (that
+        page printed by Qt), Markdown, JSON or text; atomically. OSError names the file."""
         from VoteMILib.outputs import write_atomic
 
-        fmt = {".md": "markdown", ".json": "json"}.get(os.path.splitext(path)[1].lower(), "text")
+        extension = os.path.splitext(path)[1].lower()
+        if extension in (".html", ".htm", ".pdf"):
+            from VoteMILib.vlm.html_export import report_html
+
+            report = self.reportObject(reportNode)
+            page = report_html(report, self.reportImages(report.meta, volumeNode, extraVolumeNodes))
+            if extension == ".pdf":
+                return self.savePdf(page, path)
+            return write_atomic(path, page, what="HTML report")
+        fmt = {".md": "markdown", ".json": "json"}.get(extension, "text")
         return write_atomic(path, self.reportExport(reportNode, fmt), what="report")
+
+    @staticmethod
+    def reportObject(reportNode):
+        """The report node as a :class:`~VoteMILib.vlm.Report`: text as the user left it, metadata, findings."""
+        from VoteMILib import mrml
+        from VoteMILib.vlm import Report
+
+        meta = mrml.report_metadata(reportNode)
+        complete = reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") != "false"
+        if not complete:
+            meta.setdefault("incomplete_reason",
+                            reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "incomplete_reason") or "")
+        return Report(reportNode.GetText() or "", meta, complete=complete, findings=mrml.report_findings(reportNode))
+
+    @staticmethod
+    def reportImages(meta, volumeNode, extraVolumeNodes=()):
+        """Image ID -> PNG of the report's images, rendered again from the volumes as they were sent."""
+        from VoteMILib import mrml
+        from VoteMILib.render import Windowing
+        from VoteMILib.vlm.imaging import render_png
+
+        nodes = {1: volumeNode, **{node.GetName(): node for node in extraVolumeNodes if node is not None}}
+        volumes, pngs = {}, {}
+        for image in meta.get("images") or []:
+            key = 1 if image.get("sequence_number", 1) == 1 else image.get("sequence")
+            node = nodes.get(key)
+            if node is None or "window" not in image:
+                continue
+            if key not in volumes:
+                volumes[key] = mrml.volume_from_node(node)
+            window = image["window"]
+            windowing = Windowing(window["modality"], tuple(tuple(w) for w in window["windows"]), window["source"])
+            pngs[image["id"]], _size = render_png(volumes[key], image["plane"], int(image["index"]), windowing,
+                                                  max(int(image.get("width", 896)), int(image.get("height", 896))))
+        return pngs
+
+    @staticmethod
+    def savePdf(page, path):
+        """Print an HTML page to PDF with Qt (images registered as resources: Qt's rich text reads no data URLs)."""
+        import base64
+        import re
+        import tempfile
+
+        from VoteMILib.outputs import OutputError, check_output_file
+
+        path = check_output_file(path, "PDF report")
+        document = qt.QTextDocument()
+        for source in set(re.findall(r'src="(data:image/png;base64,[^"]+)"', page)):
+            image = qt.QImage()
+            image.loadFromData(qt.QByteArray(base64.b64decode(source.split(",", 1)[1])), "PNG")
+            document.addResource(qt.QTextDocument.ImageResource, qt.QUrl(source), image)
+        document.setHtml(page)
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".pdf",
+                                             dir=os.path.dirname(path))
+        os.close(handle)
+        try:
+            printer = qt.QPrinter(qt.QPrinter.HighResolution)
+            printer.setOutputFormat(qt.QPrinter.PdfFormat)
+            printer.setOutputFileName(temporary)
+            (getattr(document, "print_", None) or getattr(document, "print"))(printer)
+            if os.path.getsize(temporary) == 0:
+                raise OutputError(f"cannot write PDF report {path}: Qt printed nothing")
+            os.replace(temporary, path)
+            temporary = None
+        finally:
+            if temporary is not None and os.path.exists(temporary):
+                os.remove(temporary)
+        return path
+
+    @staticmethod
+    def reportFindings(reportNode):
+        from VoteMILib import mrml
+
+        return mrml.report_findings(reportNode) if reportNode is not None else None
+
+    @staticmethod
+    def storeFindings(reportNode, findings):
+        from VoteMILib import mrml
+
+        mrml.store_findings(reportNode, findings)
+
+    def jumpToCitation(self, volumeNode, imageId):
+        """Show a cited slice in the slice views; {} if the report holds no such image."""
+        from VoteMILib import mrml
+
+        return mrml.jump_to_citation(slicer.mrmlScene, volumeNode, imageId)
 
     # Optional in-process model
 

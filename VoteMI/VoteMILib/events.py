@@ -6,7 +6,9 @@ and nothing else (everything meant for people goes to stderr). Every object has 
 * ``progress``: ``fraction`` (0..1 of the selection), ``message``;
 * ``selection``: ``selection``, the selection document of ``votemi select --json``;
 * ``text``: ``text``, the next piece of the report as the model streams it;
+* ``findings``: ``findings``, the report as findings citing their images (before ``report``);
 * ``report``: ``report`` (the model's text), ``report_meta``, ``complete``;
+* ``dicom``: ``dicom_export``, the files and references ``describe --dicom-out`` wrote;
 * ``models``: ``server``, ``models`` (``votemi models``);
 * ``error``: ``message``, the one line the command prints after ``votemi: error:``;
 * ``done``: ``exit_code``, always the last line of a command that ran.

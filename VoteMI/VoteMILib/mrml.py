@@ -46,6 +46,8 @@ REPORT_META_ATTRIBUTE = "VoteMI.ReportMeta"
 SELECTION_MODE_ATTRIBUTE = "VoteMI.SelectionMode"
 #: Prefix of the one-value report attributes (model, server, created, complete, ...).
 REPORT_ATTRIBUTE_PREFIX = "VoteMI.Report."
+#: Attribute of the report node holding its findings and their review as JSON (see :mod:`VoteMILib.findings`).
+FINDINGS_ATTRIBUTE = "VoteMI.Findings"
 
 ROLES = ("marks", "scores", "series", "chart", "report")
 #: Slice view colours of Slicer's default layout: Red shows axial, Green coronal, Yellow sagittal.
@@ -806,7 +808,7 @@ def begin_report(scene, volume_node):
     node = report_node(scene, volume_node, create=True)
     was = node.StartModify()
     for name in list(node.GetAttributeNames() or ()):
-        if name.startswith(REPORT_ATTRIBUTE_PREFIX) or name == REPORT_META_ATTRIBUTE:
+        if name.startswith(REPORT_ATTRIBUTE_PREFIX) or name in (REPORT_META_ATTRIBUTE, FINDINGS_ATTRIBUTE):
             node.RemoveAttribute(name)
     node.SetAttribute(REPORT_ATTRIBUTE_PREFIX + "complete", "false")
     _write_text(node, "")
@@ -893,7 +895,66 @@ def finish_report(node, report) -> None:
     for key, value in values.items():
         node.SetAttribute(REPORT_ATTRIBUTE_PREFIX + key, str(value))
     node.SetAttribute(REPORT_META_ATTRIBUTE, json.dumps(meta, default=str, separators=(",", ":")))
+    if getattr(report, "findings", None) is not None:
+        store_findings(node, report.findings)
     node.EndModify(was)
+
+
+def store_findings(node, findings) -> None:
+    """Save a report's findings and their review in its node (kept with the scene)."""
+    was = node.StartModify()
+    node.SetAttribute(FINDINGS_ATTRIBUTE, json.dumps(findings.to_dict(), separators=(",", ":")))
+    node.SetAttribute(REPORT_ATTRIBUTE_PREFIX + "review", findings.summary_line() if findings.items else "")
+    node.EndModify(was)
+
+
+def report_findings(node):
+    """The :class:`~VoteMILib.findings.Findings` stored in a report node, or None (none, or unreadable)."""
+    from .findings import Findings
+
+    text = node.GetAttribute(FINDINGS_ATTRIBUTE) if node is not None else None
+    if not text:
+        return None
+    try:
+        return Findings.from_dict(json.loads(text))
+    except (ValueError, TypeError):
+        return None
+
+
+def citation_target(scene, volume_node, image_id: str):
+    """``(plane, slice centre RAS, mark RAS)`` of a cited image, or None if the report has no such image.
+
+    The mark is the voted slice's control point (where the slice looks most abnormal); an image of
+    another sequence (``A1-2``) leads to the slice of the main volume it was cut at (``A1``).
+    """
+    node = report_node(scene, volume_node)
+    base = image_id.split("-")[0]
+    image = next((i for i in report_metadata(node).get("images", []) if i.get("id") == base), None)
+    if image is None or "center_ras" not in image:
+        return None
+    plane, centre = image["plane"], [float(c) for c in image["center_ras"]]
+    mark = centre
+    for marks in votemi_nodes(scene, volume_node, role="marks", plane=plane):
+        rank = int(image.get("rank", 0))
+        if 0 < rank <= marks.GetNumberOfControlPoints():
+            mark = list(marks.GetNthControlPointPositionWorld(rank - 1))
+    return plane, centre, mark
+
+
+def jump_to_citation(scene, volume_node, image_id: str) -> dict:
+    """Show a cited slice: the views of its plane move to it, the other views through its mark.
+
+    The mark lies on the cited slice, so offsetting every view to it does both. Returns
+    {view name: plane shown}, empty if the image is unknown.
+    """
+    target = citation_target(scene, volume_node, image_id)
+    if target is None:
+        return {}
+    moved = {}
+    for node in slice_nodes(scene):
+        node.JumpSliceByOffsetting(*target[2])
+        moved[node.GetName()] = slice_node_plane(node)
+    return moved
 
 
 def report_metadata(node) -> dict:

@@ -167,6 +167,7 @@ def load_volume(path, series: str | None = None) -> Volume:
     if dicom:
         metadata["warnings"] += found.notes
         metadata["dicom_series"] = found.summary()
+        metadata["dicom_files"] = [os.path.abspath(f) for f in found.files]  # for exports that cite them
         # One position per 2D file; a multi-frame file holds the whole volume and is left to ITK.
         if found.positions_lps is not None and len(found.positions_lps) == len(array) >= 2:
             array, matrix = _even_slices(array, matrix, found.positions_lps, name, metadata["warnings"])

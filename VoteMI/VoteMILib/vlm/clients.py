@@ -76,6 +76,8 @@ class GenerationOptions:
     #: Ollama's context size (images take hundreds of tokens each); other servers ignore it.
     num_ctx: int | None = None
     stream: bool = True
+    #: A JSON schema the answer must follow (structured output), or None for free text.
+    response_schema: dict | None = None
 
 
 @dataclass
@@ -841,6 +843,9 @@ class OpenAIClient(_HTTPClient):
                    "max_tokens": int(options.max_tokens), "temperature": float(options.temperature)}
         if options.seed is not None:
             payload["seed"] = int(options.seed)
+        if options.response_schema is not None:
+            payload["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "votemi_findings", "schema": options.response_schema, "strict": True}}
         return payload
 
     def _parse_event(self, data, state):
@@ -893,7 +898,10 @@ class OllamaClient(_HTTPClient):
             model_options["seed"] = int(options.seed)
         if options.num_ctx:
             model_options["num_ctx"] = int(options.num_ctx)
-        return {"model": model, "messages": [message], "stream": options.stream, "options": model_options}
+        payload = {"model": model, "messages": [message], "stream": options.stream, "options": model_options}
+        if options.response_schema is not None:
+            payload["format"] = options.response_schema
+        return payload
 
     def _parse_event(self, data, state):
         if data.get("done"):

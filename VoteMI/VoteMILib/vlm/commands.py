@@ -64,6 +64,14 @@ def add_describe_command(commands) -> None:
     group.add_argument("--language", default="English", help="report language (default: %(default)s)")
     group.add_argument("--long-side", type=int, default=896, metavar="PX", help="image size (default: 896)")
     group.add_argument("--report", metavar="OUT", help="also save the report (.txt, .md or .json)")
+    group.add_argument("--html", metavar="OUT.html",
+                       help="also save the report as one self-contained HTML page (images embedded)")
+    group.add_argument("--dicom-out", metavar="DIR",
+                       help="DICOM input only: write a Key Object Selection of the voted slices, Secondary Captures "
+                            "of the reformatted ones and a structured report (SR) into DIR (needs votemi[dicom])")
+    group.add_argument("--structured", choices=("auto", "off"), default="auto",
+                       help="auto: ask for the findings as JSON (structured output) and fall back to [A1] tags in "
+                            "free text if the server refuses; off: free text with tags only (default: %(default)s)")
     group.add_argument("--dry-run", action="store_true",
                        help="prepare images and prompt (see --png-dir, --json) without contacting any model")
     group.add_argument("--quiet", action="store_true", help="print only the report")
@@ -88,7 +96,7 @@ def settings_from_args(args) -> DescribeSettings:
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
         long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-        device=args.device, allow_hub=args.allow_hub)
+        device=args.device, allow_hub=args.allow_hub, structured=args.structured)
 
 
 def _write_pngs(prompt, folder) -> list:
@@ -140,7 +148,10 @@ def run_describe(args) -> int:
         settings.validate()
     except VLMError as error:
         return _fail(str(error), 2)
-    check_outputs(args, **{"--report": args.report})
+    check_outputs(args, **{"--report": args.report, "--html": args.html})
+    problem = _dicom_out_problem(args)
+    if problem:
+        return _fail(problem)
     volume, extras, result = run_selection(args)
     document = selection_document(args, volume, result)
     events.emit("selection", selection=document)
@@ -148,6 +159,7 @@ def run_describe(args) -> int:
     if not args.quiet:
         print(format_summary(volume, result), file=log)
     interrupt = _CtrlC()
+    prompt = None
     try:
         prompt = build_request(volume, result, settings, extras)
         if args.png_dir:
@@ -176,7 +188,7 @@ def run_describe(args) -> int:
     except VLMError as error:
         print(file=sys.stdout)
         cancelled = isinstance(error, VLMCancelled)
-        _save_unfinished(args, document, error, "interrupted by Ctrl-C" if cancelled else str(error))
+        _save_unfinished(args, document, error, "interrupted by Ctrl-C" if cancelled else str(error), prompt)
         return _fail("interrupted" if cancelled else str(error), 130 if cancelled else 1)
     if not settings.stream:
         show(report.text)
@@ -184,14 +196,19 @@ def run_describe(args) -> int:
     if not report.complete:
         print(f"votemi: warning: incomplete report: {report.incomplete_reason}", file=sys.stderr)
     document.update(report.to_dict())
+    _emit_findings(report)
     events.emit("report", complete=report.complete, **report.to_dict())
+    dicom_error = _write_dicom(args, volume, report, prompt, document)
     _write_json(args.json, document)
     if args.report:
         report.save(args.report)
+    _write_html(args, report, prompt)
+    if dicom_error:
+        return _fail(dicom_error)
     return 0 if report.complete else 3
 
 
-def _save_unfinished(args, document, error, reason):
+def _save_unfinished(args, document, error, reason, prompt=None):
     """Write the selection JSON and any text received, flagged incomplete, after a failure or Ctrl-C.
 
     The ``--report`` file is left as it was when no text arrived: an empty draft is not worth
@@ -199,10 +216,69 @@ def _save_unfinished(args, document, error, reason):
     """
     report = error.report or Report("", {"notice": NOTICE}, complete=False)
     report.meta["incomplete_reason"] = reason
+    _emit_findings(report)
     document.update(report.to_dict())
     _write_json(args.json, document)
     if args.report and report.text.strip():
         report.save(args.report)
+    if report.text.strip():
+        _write_html(args, report, prompt)
+
+
+def _dicom_out_problem(args) -> str:
+    """Why ``--dicom-out`` cannot be honoured, found before any work ("" if it can)."""
+    if not args.dicom_out:
+        return ""
+    if not os.path.isdir(args.image):
+        return (f"--dicom-out needs a DICOM series as input: {args.image} is not a DICOM folder, so there is no "
+                "patient, study or source instance for key images and a report to belong to; give the DICOM folder")
+    from ..dicom_export import DicomExportError, _import
+    from ..outputs import OutputError, check_output_folder
+
+    try:
+        _import()
+        check_output_folder(args.dicom_out, "--dicom-out folder")
+    except (DicomExportError, OutputError) as error:
+        return str(error)
+    return ""
+
+
+def _write_dicom(args, volume, report, prompt, document) -> str:
+    """``--dicom-out``: KOS, SC and SR; "" or the one-line reason it failed (the other outputs are still written)."""
+    if not args.dicom_out or prompt is None:
+        return ""
+    from ..dicom_export import DicomExportError, export_dicom
+    from ..outputs import OutputError
+
+    try:
+        written = export_dicom(volume, report, {image.id: image.png for image in prompt.images}, args.dicom_out)
+    except (DicomExportError, OutputError) as error:
+        return str(error)
+    document["dicom_export"] = written.to_dict()
+    events.emit("dicom", dicom_export=written.to_dict())
+    for line in written.notes + [f"not exported: {item}" for item in written.skipped]:
+        print(f"votemi: warning: {line}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {len(written.files)} DICOM files to {args.dicom_out}: a key object selection, a structured "
+              f"report and {len(written.derived)} secondary captures of reformatted slices", file=sys.stderr)
+    return ""
+
+
+def _write_html(args, report, prompt):
+    """``--html``: the page with the images that were sent."""
+    if not args.html or prompt is None:
+        return
+    from .html_export import save_html
+
+    save_html(args.html, report, {image.id: image.png for image in prompt.images})
+    if not args.quiet:
+        print(f"wrote {args.html}", file=sys.stderr)
+
+
+def _emit_findings(report):
+    """The ``findings`` event: the answer as findings citing their images (before the ``report`` event)."""
+    if report.findings is not None and (report.text.strip() or report.findings.items):
+        events.emit("findings", findings=report.findings.to_dict())
 
 
 def _write_json(path, document):

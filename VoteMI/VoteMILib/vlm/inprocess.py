@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from .clients import ChatResult, GenerationOptions, token_limit_message
+from .constrained import TokenTable, is_complete, make_logits_processor, min_length
 from .errors import VLMCancelled, VLMError
 
 _MODELS = {}
@@ -116,6 +117,7 @@ class InProcessModel:
         if not getattr(self.processor, "chat_template", None):
             raise VLMError(f"the model in {path} has no chat template; it cannot be prompted with images")
         self.context_length = _context_length(self.model.config, getattr(self.processor, "tokenizer", None))
+        self._token_table = None
 
     def _resolve_dtype(self, torch, dtype):
         if dtype and dtype != "auto":
@@ -141,7 +143,7 @@ class InProcessModel:
 
     def generate(self, messages: list, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float | None = None,
                  seed: int | None = None, on_text=None, cancel=None, timeout_s: float | None = None,
-                 max_prompt_tokens: int | None = None) -> GenerationResult:
+                 max_prompt_tokens: int | None = None, response_schema: dict | None = None) -> GenerationResult:
         """Generate an answer to chat ``messages``.
 
         Parameters
@@ -163,6 +165,9 @@ class InProcessModel:
             Refuse prompts longer than this, counted after the chat template (images included);
             None: the model's context length. ``max_new_tokens`` is lowered so that prompt and
             answer fit the context.
+        response_schema : dict, optional
+            A JSON schema (see :mod:`.constrained`) the answer must follow: decoding is constrained
+            to it and stops once the JSON is complete.
 
         Raises
         ------
@@ -200,8 +205,15 @@ class InProcessModel:
             tokenizer = getattr(self.processor, "tokenizer", self.processor)
             streamer = transformers.TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
             sampling = temperature is not None and temperature > 0
-            kwargs = dict(inputs, max_new_tokens=int(max_new_tokens), do_sample=sampling, streamer=streamer,
-                          stopping_criteria=transformers.StoppingCriteriaList([_Stop()]))
+            stopping = [_Stop()]
+            kwargs = dict(inputs, max_new_tokens=int(max_new_tokens), do_sample=sampling, streamer=streamer)
+            schema_tracker = None
+            if response_schema is not None:
+                processor, schema_stop, schema_tracker = self._schema_constraint(response_schema, prompt_tokens,
+                                                                                 int(max_new_tokens))
+                kwargs["logits_processor"] = transformers.LogitsProcessorList([processor])
+                stopping.append(schema_stop)
+            kwargs["stopping_criteria"] = transformers.StoppingCriteriaList(stopping)
             if sampling:
                 kwargs["temperature"] = float(temperature)
                 if top_p is not None:
@@ -241,6 +253,9 @@ class InProcessModel:
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         if stopped["reason"]:
             finish = stopped["reason"]
+        elif schema_tracker is not None and schema_tracker["state"] is not None and \
+                is_complete(schema_tracker["state"]):
+            finish = "stop"
         elif completion_tokens >= max_new_tokens and int(output[0, -1]) not in eos_ids:
             finish = "length"
         else:
@@ -249,6 +264,19 @@ class InProcessModel:
                  "total_tokens": prompt_tokens + completion_tokens}
         return GenerationResult("".join(pieces), finish, prompt_tokens, completion_tokens,
                                 time.monotonic() - started, usage)
+
+
+    def _schema_constraint(self, schema: dict, prompt_tokens: int, max_new_tokens: int):
+        """Logits processor, stopping criterion and state tracker that hold the answer to ``schema``."""
+        if min_length(schema) > max_new_tokens:
+            raise VLMError(f"max_tokens {max_new_tokens} is too small for the shortest JSON of the response "
+                           f"schema ({min_length(schema)} characters)", status=400)
+        if self._token_table is None:  # decoding every token once takes a while for large vocabularies
+            self._token_table = TokenTable(getattr(self.processor, "tokenizer", self.processor))
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, (list, tuple)) else [eos]
+        return make_logits_processor(self._transformers, self._token_table, schema, prompt_tokens, max_new_tokens,
+                                     eos_ids)
 
 
 def load_model(path: str, device: str = "auto", dtype: str = "auto", allow_hub: bool = False) -> InProcessModel:
@@ -314,7 +342,7 @@ class InProcessClient:
         loaded = self.model()
         result = loaded.generate(prompt_messages(prompt), max_new_tokens=options.max_tokens,
                                  temperature=options.temperature, seed=options.seed, on_text=on_text,
-                                 cancel=cancel, timeout_s=self.timeout_s)
+                                 cancel=cancel, timeout_s=self.timeout_s, response_schema=options.response_schema)
         if result.finish_reason == "cancelled":
             raise VLMCancelled(result.text)
         incomplete = ""

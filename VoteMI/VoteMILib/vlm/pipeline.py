@@ -7,10 +7,12 @@ the primary volume first, then each extra sequence in the order given.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 from .. import __version__
+from ..findings import STRUCTURED_INSTRUCTION, findings_from_answer, findings_schema, render_partial_json, \
+    StructuredStream
 from ..geometry import PLANES, parse_planes
 from .clients import (DEFAULT_SERVER, GenerationOptions, Timeouts, check_authorization, make_http_client,
                       parse_server_url, redact_url)
@@ -20,6 +22,9 @@ from .prompts import Prompt, PromptImage, build_prompt, format_position
 from .report import NOTICE, Report
 
 PROTOCOL_CHOICES = ("openai", "ollama", "inprocess")
+STRUCTURED_CHOICES = ("auto", "off")
+# Words in a server's refusal that show it did not accept the request for structured output.
+_STRUCTURED_REFUSAL = ("response_format", "json_schema", "format", "schema", "grammar", "structured")
 
 
 @dataclass
@@ -67,6 +72,11 @@ class DescribeSettings:
     num_ctx : int or None
         Context size requested from Ollama's native API (images take hundreds of tokens each).
     device, allow_hub : in-process model only: "auto"/"cpu"/"cuda"..., and whether a hub download is allowed.
+    structured : {"auto", "off"}
+        "auto" asks for the findings as JSON of :func:`~VoteMILib.findings.findings_schema` (OpenAI
+        ``response_format``, Ollama ``format``) and falls back to free text with ``[A1]`` tags when the
+        server refuses it; "off" asks for free text only. Either way the answer becomes
+        :class:`~VoteMILib.findings.Findings`.
     """
 
     server_url: str = DEFAULT_SERVER
@@ -93,6 +103,7 @@ class DescribeSettings:
     num_ctx: int | None = 8192
     device: str = "auto"
     allow_hub: bool = False
+    structured: str = "auto"
 
     def validate(self):
         """Raise :class:`VLMError` with a one-line reason for an unusable setting."""
@@ -118,6 +129,9 @@ class DescribeSettings:
                 raise VLMError(f"{name} must be positive")
         if int(self.max_tokens) < 1:
             raise VLMError("max_tokens must be at least 1")
+        if self.structured not in STRUCTURED_CHOICES:
+            raise VLMError(f"unknown structured output setting '{self.structured}'; choose "
+                           f"{', '.join(STRUCTURED_CHOICES)}")
 
     def public_dict(self) -> dict:
         """The settings for the report metadata, without the API key."""
@@ -291,8 +305,14 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         "prompt": {"intro": prompt.intro, "instruction": prompt.instruction,
                    "labels": [image.label for image in prompt.images]},
         "settings": settings.public_dict(),
+        "selection_settings": dict(getattr(selection_result, "settings", None) or {}),
         "votemi_version": __version__,
     }
+    ids = [image.id for image in prompt.images]
+    structured = {"requested": settings.structured == "auto", "sent": False, "used": False, "note": ""}
+    meta["structured_output"] = structured
+    stream = StructuredStream()
+    shown = (lambda piece: _show(stream.feed(piece), on_text)) if on_text is not None else None
     try:
         if cancel is not None and cancel():
             raise VLMCancelled()
@@ -301,7 +321,8 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
             meta["model"] = model
         options = GenerationOptions(max_tokens=int(settings.max_tokens), temperature=float(settings.temperature),
                                     seed=settings.seed, num_ctx=settings.num_ctx, stream=bool(settings.stream))
-        result = client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
+        result = _chat(client, prompt, model, options, structured, ids, shown, cancel,
+                       default_prompt=not (settings.prompt_template or "").strip())
         if not result.text.strip():
             why = f" ({result.incomplete_reason})" if result.incomplete_reason else "; check that it accepts images"
             raise VLMError(f"{client.server_url}: the model returned an empty answer{why}")
@@ -310,7 +331,8 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         cancelled = isinstance(error, VLMCancelled)
         meta.update(duration_s=round(time.monotonic() - started, 3), complete=False,
                     incomplete_reason="cancelled by the user" if cancelled else str(error))
-        error.report = Report(error.partial_text if cancelled else "", meta, complete=False)
+        text, findings = _answer_findings(error.partial_text if cancelled else "", ids, structured, meta)
+        error.report = Report(text, meta, complete=False, findings=findings)
         raise
     if result.model:
         meta["model_reported"] = result.model
@@ -318,4 +340,51 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
                 usage=result.usage, attempts=result.attempts, complete=result.complete)
     if not result.complete:
         meta["incomplete_reason"] = result.incomplete_reason
-    return Report(result.text, meta, complete=result.complete)
+    text, findings = _answer_findings(result.text, ids, structured, meta)
+    return Report(text, meta, complete=result.complete, findings=findings)
+
+
+def _show(piece, on_text):
+    if piece:
+        on_text(piece)
+
+
+def _chat(client, prompt, model, options, structured, ids, on_text, cancel, default_prompt=True):
+    """Ask with the findings schema if wanted; once more without it if the server refuses the schema."""
+    if not structured["requested"]:
+        return client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
+    asked = prompt
+    if default_prompt:  # a user's own template is sent as written; the schema still binds the answer
+        asked = Prompt(prompt.intro, prompt.images, f"{prompt.instruction}\n{STRUCTURED_INSTRUCTION}")
+        structured["instruction_added"] = STRUCTURED_INSTRUCTION
+    try:
+        structured["sent"] = True
+        return client.chat(asked, model, replace(options, response_schema=findings_schema(ids)), on_text=on_text,
+                           cancel=cancel)
+    except VLMError as error:
+        message = str(error).lower()
+        if isinstance(error, VLMCancelled) or error.status not in (400, 404, 415, 422, 500, 501) or \
+                not any(word in message for word in _STRUCTURED_REFUSAL):
+            raise
+        structured["sent"] = False
+        structured.pop("instruction_added", None)
+        structured["note"] = f"the server refused structured output ({error}); asked for free text with image tags"
+    return client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
+
+
+def _answer_findings(answer: str, ids, structured: dict, meta: dict) -> tuple:
+    """``(report text, Findings)`` of the model's answer; a JSON answer is kept raw in the metadata."""
+    looks_json = answer.lstrip().startswith("{")
+    findings, note = findings_from_answer(answer, ids, structured=looks_json)
+    text = answer
+    if looks_json:
+        meta["raw_answer"] = answer
+        text = findings.to_text() if findings.source == "structured" else render_partial_json(answer)
+        if findings.source != "structured":  # cut off or malformed: the tags of what could be read
+            findings, _ = findings_from_answer(text, ids, structured=False)
+    structured["used"] = findings.source == "structured"
+    if structured["sent"] and not looks_json and answer.strip():
+        note = "the server answered in free text (it ignored the response schema); findings from the image tags"
+    if note:
+        structured["note"] = "; ".join(n for n in (structured["note"], note) if n)
+    return text, findings

@@ -6,6 +6,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ..findings import Findings
+
 #: Shown with every report and written into every export; never mixed into the model's text.
 NOTICE = "AI-generated draft, not for diagnostic use; requires review by a radiologist"
 EXPORT_FORMATS = ("text", "markdown", "json")
@@ -25,11 +27,14 @@ class Report:
     complete : bool
         False when the answer was cut short (dropped connection, timeout, token limit, error
         mid-stream); the text then holds what arrived.
+    findings : Findings or None
+        The answer as findings citing their images, with their review (see :mod:`VoteMILib.findings`).
     """
 
     text: str
     meta: dict = field(default_factory=dict)
     complete: bool = True
+    findings: Findings | None = None
 
     @property
     def notice(self) -> str:
@@ -50,9 +55,13 @@ class Report:
                 + (f", sequence {image['sequence']}" if image.get("sequence") else "")
                 for image in self.meta.get("images", [])]
 
+    def _review_lines(self) -> list:
+        return [f"Review: {self.findings.summary_line()}"] if self.findings is not None and self.findings.items else []
+
     def to_text(self) -> str:
         """Plain text: notice, source, the model's text, incompleteness warning and image list."""
-        lines = [f"*** {self.notice} ***", f"Drafted by {self._source_line()}", "", self.text.strip(), ""]
+        lines = [f"*** {self.notice} ***", f"Drafted by {self._source_line()}", *self._review_lines(), "",
+                 self.text.strip(), ""]
         if not self.complete:
             lines += [f"[Incomplete report: {self.incomplete_reason}]", ""]
         images = self._image_lines()
@@ -62,7 +71,8 @@ class Report:
 
     def to_markdown(self) -> str:
         """Markdown: the notice as a quote block above the model's text, images as a list."""
-        lines = [f"> **{self.notice}**", ">", f"> Drafted by {self._source_line()}", "", self.text.strip(), ""]
+        lines = [f"> **{self.notice}**", ">", f"> Drafted by {self._source_line()}",
+                 *(f">\n> {line}" for line in self._review_lines()), "", self.text.strip(), ""]
         if not self.complete:
             lines += [f"> **Incomplete report:** {self.incomplete_reason}", ""]
         images = self._image_lines()
@@ -75,7 +85,10 @@ class Report:
         meta = dict(self.meta)
         meta.setdefault("notice", NOTICE)
         meta["complete"] = self.complete
-        return {"report": self.text, "report_meta": meta}
+        document = {"report": self.text, "report_meta": meta}
+        if self.findings is not None:
+            document["findings"] = self.findings.to_dict()
+        return document
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
@@ -84,7 +97,9 @@ class Report:
     def from_dict(cls, data: dict) -> "Report":
         """Inverse of :meth:`to_dict` (e.g. from a saved JSON or node attributes)."""
         meta = dict(data.get("report_meta") or {})
-        return cls(text=str(data.get("report", "")), meta=meta, complete=bool(meta.get("complete", True)))
+        findings = Findings.from_dict(data["findings"]) if data.get("findings") else None
+        return cls(text=str(data.get("report", "")), meta=meta, complete=bool(meta.get("complete", True)),
+                   findings=findings)
 
     def export(self, fmt: str = "text") -> str:
         """The report in one of :data:`EXPORT_FORMATS`."""

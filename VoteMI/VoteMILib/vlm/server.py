@@ -4,7 +4,9 @@ Lets a workstation with a GPU host the VLM for Slicer on other machines. Endpoin
 
 * ``POST /v1/chat/completions``: messages with text and ``image_url`` parts (``data:`` URLs only;
   the server never fetches remote images), ``stream`` (Server-Sent Events) or not,
-  ``max_tokens``/``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``.
+  ``max_tokens``/``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``, and
+  ``response_format`` ``json_schema`` (structured output: decoding constrained to the schema,
+  see :mod:`.constrained`).
 * ``GET /v1/models``: the one model served.
 * ``GET /health``: ``{"status": "ok"}`` (no API key needed).
 
@@ -44,6 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .. import __version__
 from .errors import VLMError
+from .constrained import SchemaError, check_schema
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -203,7 +206,35 @@ def parse_chat_request(data, limits: ServeLimits) -> dict:
     if not isinstance(stream, bool):
         raise RequestError(400, "'stream' must be true or false", "stream")
     return {"messages": messages, "images": images, "max_new_tokens": min(max_tokens, limits.max_tokens_cap),
-            "temperature": float(temperature), "top_p": top_p, "seed": seed, "stream": stream}
+            "temperature": float(temperature), "top_p": top_p, "seed": seed, "stream": stream,
+            "response_schema": parse_response_format(data.get("response_format"))}
+
+
+def parse_response_format(value) -> dict | None:
+    """The JSON schema of ``response_format`` (``{"type": "json_schema", "json_schema": {"schema": ...}}``).
+
+    ``None`` and ``{"type": "text"}`` mean free text. Schemas outside the subset decoding can
+    enforce (:mod:`.constrained`) are refused rather than ignored.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in ("text", "json_schema", "json_object"):
+        raise RequestError(400, "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_schema\", "
+                           "\"json_schema\": {\"name\": ..., \"schema\": {...}}}", "response_format")
+    if value["type"] == "text":
+        return None
+    if value["type"] == "json_object":
+        raise RequestError(400, "response_format json_object is not supported; send json_schema with a schema",
+                           "response_format")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise RequestError(400, "response_format.json_schema.schema must be a JSON schema object",
+                           "response_format.json_schema.schema")
+    try:
+        check_schema(spec["schema"])
+    except SchemaError as error:
+        raise RequestError(400, f"response_format: {error}", "response_format.json_schema.schema") from None
+    return spec["schema"]
 
 
 def _convert_messages(messages, limits: ServeLimits) -> tuple:
@@ -734,7 +765,7 @@ class _Handler(BaseHTTPRequestHandler):
                 request["messages"], max_new_tokens=request["max_new_tokens"], temperature=request["temperature"],
                 top_p=request["top_p"], seed=request["seed"], on_text=on_text, cancel=self._stop_requested,
                 timeout_s=self.server.limits.generation_timeout_s,
-                max_prompt_tokens=self.server.limits.max_prompt_tokens)
+                max_prompt_tokens=self.server.limits.max_prompt_tokens, response_schema=request["response_schema"])
         except VLMError as error:
             raise RequestError(error.status or 500, str(error), "messages" if error.status == 400 else None,
                                getattr(error, "code", None)) from None
