@@ -152,10 +152,17 @@ def read_case_table(path) -> list:
             raise BatchError(f"{path} line {number}: the image column is empty")
         base = _row_folder(folder, row, image)
         extras = [os.path.join(base, e.strip()) for e in re.split(r"[|,]", row.get("extra") or "") if e.strip()]
-        name = (row.get("case") or "").strip() or _strip_suffix(os.path.basename(os.path.normpath(image)))
+        name = (row.get("case") or "").strip() or _name_of_image(os.path.join(base, image))
         others = {key: value for key, value in row.items() if key not in ("case", "image", "extra") and key}
         cases.append(BatchCase(_case_name(name), os.path.join(base, image), extras, others))
     return cases
+
+
+def _name_of_image(path) -> str:
+    """``brain1`` for ``.../brain1.nii.gz``, and for ``.../brain1/image.nii.gz`` (or a DICOM folder) too."""
+    stem = _strip_suffix(os.path.basename(os.path.normpath(path)))
+    generic = stem.lower() in ("image", "series", "dicom") and not os.path.isdir(os.path.join(path, stem))
+    return os.path.basename(os.path.dirname(os.path.normpath(path))) if generic else stem
 
 
 def _row_folder(folder, row, image) -> str:
@@ -170,7 +177,7 @@ def _walk(root, folder) -> list:
     """Cases under ``folder``: itself if it is a DICOM series or holds ``image.*``, else its loose images,
     then its sub-folders."""
     relative = os.path.relpath(folder, root)
-    name = _case_name(os.path.basename(os.path.normpath(root)) if relative == "." else relative)
+    name = _case_name(_name_of_image(root) if relative == "." else relative)
     if is_dicom_series_folder(folder):
         return [BatchCase(name, folder)]
     entries = sorted(os.listdir(folder))
@@ -205,7 +212,7 @@ def discover_cases(inputs) -> list:
         elif os.path.isfile(path) and path.lower().endswith((".csv", ".tsv")):
             found = read_case_table(path)
         elif os.path.isfile(path) and is_image_file(path):
-            found = [BatchCase(_case_name(_strip_suffix(os.path.basename(path))), path)]
+            found = [BatchCase(_case_name(_name_of_image(path)), path)]
         else:
             raise BatchError(f"{item}: no such folder, case table (.csv, .tsv) or image file")
         if not found:
@@ -261,8 +268,11 @@ def inputs_unchanged(recorded: list, paths) -> bool:
 
 
 def settings_key(settings) -> str:
-    """A digest of everything that changes a case's result (the settings and the votemi version)."""
-    text = json.dumps({"settings": asdict(settings), "version": __version__}, sort_keys=True, default=str)
+    """A digest of everything that changes a case's result (the settings and the votemi version; never
+    an API key)."""
+    data = asdict(settings)
+    data.pop("api_key", None)
+    text = json.dumps({"settings": data, "version": __version__}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
@@ -486,10 +496,11 @@ def estimate_voxels(case: BatchCase) -> int:
     return total
 
 
-def worker_memory_limit(cases, workers: int, total_bytes: int | None = None) -> int:
-    """Memory limit per worker (bytes): what the largest case needs, capped by a fair share of the machine."""
+def worker_memory_limit(cases, workers: int, total_bytes: int | None = None, extra_bytes: int = 0) -> int:
+    """Memory limit per worker (bytes): what the largest case needs (plus ``extra_bytes``, e.g. an in-process
+    model), capped by a fair share of the machine."""
     largest = max((estimate_voxels(case) for case in cases), default=0)
-    wanted = WORKER_BASE_BYTES + BYTES_PER_VOXEL * largest
+    wanted = WORKER_BASE_BYTES + BYTES_PER_VOXEL * largest + extra_bytes
     total = total_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(min(wanted, 0.9 * total / max(workers, 1)))
 
@@ -498,6 +509,7 @@ def worker_memory_limit(cases, workers: int, total_bytes: int | None = None) -> 
 def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: int | None = None):
     """A Dask client: of the cluster at ``scheduler``, or of a new local cluster of ``workers`` processes."""
     try:
+        import dask
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise BatchError("this command needs Dask: pip install 'votemi[batch]'") from None
@@ -512,7 +524,12 @@ def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: in
             yield client
         return
     # One thread per process: the selection holds the GIL in places, and processes keep memory apart.
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit or "auto",
+    # A worker over its limit is restarted and its case recorded as failed (after one more try), never
+    # paused: a paused worker waits for memory that a running selection does not give back.
+    memory = {"distributed.worker.memory.pause": False, "distributed.worker.memory.target": False,
+              "distributed.worker.memory.spill": False, "distributed.worker.memory.terminate": 0.95,
+              "distributed.scheduler.allowed-failures": 1}
+    with dask.config.set(memory), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit or "auto",
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
