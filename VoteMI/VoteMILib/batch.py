@@ -161,7 +161,7 @@ def read_case_table(path) -> list:
 def _name_of_image(path) -> str:
     """``brain1`` for ``.../brain1.nii.gz``, and for ``.../brain1/image.nii.gz`` (or a DICOM folder) too."""
     stem = _strip_suffix(os.path.basename(os.path.normpath(path)))
-    generic = stem.lower() in ("image", "series", "dicom") and not os.path.isdir(os.path.join(path, stem))
+    generic = stem.lower() in ("image", "series", "dicom")
     return os.path.basename(os.path.dirname(os.path.normpath(path))) if generic else stem
 
 
