@@ -439,6 +439,9 @@ class Progress:
         self.failed += record.get("status") != "ok"
         if record.get("status") != "ok":
             self._write(f"votemi {self.label}: {record['case']} failed: {record.get('error', '')}", final=True)
+        self.show()
+
+    def show(self) -> None:
         self._write(self.line())
 
     def line(self) -> str:
@@ -558,6 +561,8 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     key = settings_key(settings)
     todo = [case for case in cases if not is_done(previous.get(case.name), case, key, out)]
     progress = Progress(len(cases), len(cases) - len(todo), label, stream)
+    if progress.skipped:
+        progress.show()
     latest = dict(previous)
     # A few tasks ahead of the workers, not the whole archive: memory stays flat and Ctrl-C is prompt.
     window = max(2, 2 * sum(client.nthreads().values()))

@@ -98,19 +98,31 @@ def tokens(text: str) -> list:
 _WORDNET = {}
 
 
+def wordnet_folder() -> str:
+    """The folder of the WordNet 3.0 database (``VOTEMI_WORDNET``, else the usual system places).
+
+    Raises
+    ------
+    ScoreError
+        When there is none (METEOR cannot run).
+    """
+    folder = os.environ.get("VOTEMI_WORDNET") or next(
+        (f for f in WORDNET_FOLDERS if os.path.isfile(os.path.join(f, "data.noun"))), None)
+    if not folder or not os.path.isfile(os.path.join(folder, "data.noun")):
+        raise ScoreError("METEOR needs the WordNet 3.0 database: install it (Debian/Ubuntu: apt-get install "
+                         "wordnet-base) or set VOTEMI_WORDNET to its folder")
+    return folder
+
+
 def wordnet():
-    """nltk's WordNet reader on the machine's WordNet 3.0 database (never downloaded)."""
+    """nltk's WordNet reader on the machine's WordNet 3.0 database (never downloaded; takes seconds to load)."""
     if "reader" in _WORDNET:
         return _WORDNET["reader"]
     try:
         import nltk
     except ImportError:
         raise ScoreError("report scores need rouge-score and nltk: pip install 'votemi[eval]'") from None
-    folder = os.environ.get("VOTEMI_WORDNET") or next(
-        (f for f in WORDNET_FOLDERS if os.path.isfile(os.path.join(f, "data.noun"))), None)
-    if not folder or not os.path.isfile(os.path.join(folder, "data.noun")):
-        raise ScoreError("METEOR needs the WordNet 3.0 database: install it (Debian/Ubuntu: apt-get install "
-                         "wordnet-base) or set VOTEMI_WORDNET to its folder")
+    folder = wordnet_folder()
     if folder not in nltk.data.path:
         nltk.data.path.append(folder)  # nltk reads corpora only below the folders of its data path
     import warnings

@@ -432,7 +432,7 @@ def run_eval_command(args) -> int:
         window=tuple(window) if window else None, template=template, scorer=args.scorer or "",
         api_key=_api_key(args))
     if kind == "report":
-        eval_scores.wordnet()  # refuse at once, not after the first case, when METEOR cannot run
+        eval_scores.wordnet_folder()  # refuse at once, not after the first case, when METEOR cannot run
     limit = None if args.scheduler else worker_memory_limit(cases, args.workers, extra_bytes=_model_bytes(settings))
     print(f"votemi eval: {len(cases)} cases ({kind}), budgets {','.join(map(str, budgets))}, strategies "
           f"{','.join(settings.strategies)} -> {out}", file=sys.stderr)
