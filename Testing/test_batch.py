@@ -16,7 +16,8 @@ import pytest
 
 pytest.importorskip("distributed", reason="needs Dask (pip install -e .[batch])")
 
-from VoteMILib.batch import discover_cases, inputs_unchanged, fingerprint_files  # noqa: E402
+from VoteMILib.batch import (SelectSettings, discover_cases, fingerprint_files, inputs_unchanged, is_done,  # noqa: E402
+                             settings_key)
 from VoteMILib.cli import main  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -101,10 +102,12 @@ def test_local_cluster_same_json_as_select_resume_and_a_corrupt_case(tmp_path, c
     assert code == 1 and "4/4 cases (1 failed, 3 skipped)" in stderr
     assert os.stat(out / "cases" / "brain1.json").st_mtime_ns == written
     assert len(_journal(out)) == 4  # one line per case after the run
-    # New settings redo every case.
-    code, stderr = _batch(case_table, "--out", out, "--workers", 1, "--top", 2)
-    assert "3/3 cases (1 failed, 0 skipped)" in stderr
-    assert len(_without_timing(out / "cases" / "brain1.json")["planes"]["axial"]["selected"]) == 2
+    # Other settings do not vouch for a done case.
+    brain, record = discover_cases([case_table])[0], _journal(out)["brain1"]
+    assert is_done(record, brain, settings_key(SelectSettings(pngs=True)), out)
+    assert not is_done(record, brain, settings_key(SelectSettings(pngs=True, top=2)), out)
+    os.remove(out / "cases" / "brain1.json")  # nor does a case whose JSON is gone
+    assert not is_done(record, brain, settings_key(SelectSettings(pngs=True)), out)
 
 
 @pytest.fixture

@@ -92,10 +92,6 @@ def test_eval_closed_questions_against_votemi_serve(tmp_path, datasets, server):
     assert code == 0, stderr
     first = {(a["case"], a["slices"], a["text"]) for a in answers if a["strategy"] == "random" and a["budget"] == "2"}
     assert {(a["case"], a["slices"], a["text"]) for a in _rows(again / "answers.csv")} == first
-    # Resume: nothing left to ask.
-    code, _, stderr = _eval(closed, "--server", server, "--out", again, "--budgets", "2", "--strategies", "random",
-                            *COMMON)
-    assert code == 0 and "2/2 cases (0 failed, 2 skipped)" in stderr
 
 
 @needs_data

@@ -37,9 +37,10 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_PREFIXES = ("mask", "label", "seg")
 JOURNAL = "summary.jsonl"
 SUMMARY_CSV = "summary.csv"
-#: Peak memory of one selection per voxel of its volume and the worker's own footprint, measured with
-#: Testing/bench_batch.py (about 60 bytes a voxel on the real cases, with room for the features).
-BYTES_PER_VOXEL = 120
+#: Memory of one selection per voxel of its volume, and the worker's own footprint: Testing/bench_batch.py
+#: measured a worker's peak growing by about 13 bytes per voxel of its largest volume over ~320 MiB; three
+#: times that leaves room for volumes the selection resamples less.
+BYTES_PER_VOXEL = 40
 WORKER_BASE_BYTES = 600 * 2 ** 20
 _HASH_CHUNK = 1 << 20
 
