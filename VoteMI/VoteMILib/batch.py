@@ -321,12 +321,11 @@ def select_case(case: BatchCase, settings: SelectSettings) -> dict:
 
     started = time.perf_counter()
     record = new_record(case)
-    warnings = io.StringIO()
     try:
         record["inputs"] = fingerprint_files(case.input_files())
         args = settings.select_args(case)
-        with contextlib.redirect_stderr(warnings):
-            volume, _, result = run_selection(args, progress=lambda fraction, message="": None)
+        volume, extras, result = run_selection(args, progress=lambda fraction, message="": None)
+        record["warnings"] = [w for v in (volume, *extras) for w in v.metadata.get("warnings", [])]
         document = selection_document(args, volume, result)
         record["png_bytes"] = _render_pngs(volume, result, args, document) if settings.pngs else {}
         record.update(status="ok", document=document, region=result.region.get("name", ""),
@@ -335,7 +334,6 @@ def select_case(case: BatchCase, settings: SelectSettings) -> dict:
                              for plane, plane_result in result.planes.items()})
     except Exception as error:  # noqa: BLE001 - a failing case is recorded and the batch goes on
         record.update(status="failed", error=one_line(error))
-    record["warnings"] = [line.removeprefix("votemi: warning: ") for line in warnings.getvalue().splitlines()]
     return finish_record(record, started)
 
 
@@ -533,8 +531,9 @@ def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: in
     memory = {"distributed.worker.memory.pause": False, "distributed.worker.memory.target": False,
               "distributed.worker.memory.spill": False, "distributed.worker.memory.terminate": 0.95,
               "distributed.scheduler.allowed-failures": 1}
-    with dask.config.set(memory), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit or "auto",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with dask.config.set(memory), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit or "auto",
+            dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -566,7 +565,10 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
         progress.show()
     latest = dict(previous)
     # A few tasks ahead of the workers, not the whole archive: memory stays flat and Ctrl-C is prompt.
-    window = max(2, 2 * sum(client.nthreads().values()))
+    threads = sum(client.nthreads().values())
+    if not threads:
+        print(f"votemi {label}: the cluster has no workers yet; waiting for them", file=progress.stream)
+    window = max(2, 2 * threads)
     pending = iter(todo)
     futures, running = {}, as_completed()
     try:
@@ -577,8 +579,8 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
             try:
                 record = future.result()
             except Exception as error:  # noqa: BLE001 - a worker that died (memory, signal) fails its case only
-                record = finish_record({**new_record(case), "error": f"worker lost: {one_line(error)}"},
-                                       time.perf_counter())
+                record = {**new_record(case), "error": f"worker lost: {one_line(error)}",
+                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             record["settings_key"] = key
             record = store(record)
             journal.append(record)

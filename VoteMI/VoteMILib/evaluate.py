@@ -125,6 +125,10 @@ def strategy_rng(seed: int, case: str, budget: int):
 # The task (runs on a worker)
 
 
+class EvalCaseError(ValueError):
+    """Every request of a case failed (its message is the first one's)."""
+
+
 @dataclass
 class EvalSettings:
     """Everything a case's answers depend on (the API key is sent, never digested into the journal)."""
@@ -154,7 +158,7 @@ def eval_case(case: BatchCase, settings: EvalSettings) -> dict:
     """Select, then ask the model once per strategy and budget, and score each answer.
 
     A model error on one question is recorded on that answer (its scores are missing); an error
-    before any question (unreadable image, unreachable server) fails the case.
+    before any question (unreadable image) or on every question (unreachable server) fails the case.
     """
     from .selection import select_slices
     from .volumes import load_volume
@@ -166,10 +170,13 @@ def eval_case(case: BatchCase, settings: EvalSettings) -> dict:
         volume = load_volume(case.image)
         top = math.ceil(max(settings.budgets) / len(settings.planes))
         selection = select_slices(volume, planes=settings.planes, top_k=top, seed=settings.seed,
-                                  mode=settings.mode or "findings")
+                                  mode=settings.mode or "findings",
+                                  extra_volumes=[load_volume(path) for path in case.extras])
         asker = _Asker(volume, selection, settings)
         record["answers"] = [asker.answer(case, strategy, budget)
                              for budget in settings.budgets for strategy in settings.strategies]
+        if all(item.get("error") for item in record["answers"]):  # e.g. no server: try the case again next time
+            raise EvalCaseError(record["answers"][0]["error"])
         record.update(status="ok", model=asker.model or settings.model, region=selection.region.get("name", ""),
                       modality=selection.region.get("modality", ""))
     except Exception as error:  # noqa: BLE001 - recorded; the evaluation goes on with the other cases
