@@ -51,6 +51,7 @@ def _stand_ins():
     wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
     return {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"),
             "slicer.ScriptedLoadableModule": scripted, "slicer.parameterNodeWrapper": wrapper, "slicer.i18n": i18n}
 

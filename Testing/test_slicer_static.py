@@ -209,7 +209,8 @@ def test_module_classes_and_metadata():
     assert decorators == ["parameterNodeWrapper"]
     assert "def runTest" in ast.get_source_segment(source, classes["VoteMITest"])
     # Generic tests need non-empty categories, contributors and acknowledgement.
-    category = re.search(r'self\.parent\.categories = \[_\("([^"]+)"\)\]', source).group(1)
+    category = re.search(r'self\.parent\.categories = \[translate\("qSlicerAbstractCoreModule", "([^"]+)"\)\]',
+                         source).group(1)
     assert category in ACCEPTED_CATEGORIES
     assert re.search(r"self\.parent\.contributors = \[\"[^\"]+\"\]", source)
     assert "acknowledgementText" in source and "Vote-MI" in source

@@ -20,6 +20,7 @@ import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -42,6 +43,8 @@ REVIEWER_SETTING = "VoteMI/reviewer"
 #: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
 MINIMUM_SLICER = (5, 10)
 MINIMUM_PYTHON = (3, 10)
+#: Run folders (the input written for the child) older than this are left by a crash and removed (hours).
+STALE_RUN_HOURS = 24
 
 
 def unsupportedReason():
@@ -66,7 +69,8 @@ class VoteMI(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VoteMI")
-        self.parent.categories = [_("Quantification")]
+        # Category names are translated in the core module context, where Slicer keeps its categories.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["VoteMI developers (VoteMI project)"]
         self.parent.helpText = _(
@@ -211,6 +215,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
 
         self.ui.selectDescribeButton.connect("clicked(bool)", lambda: self.onRun(describe=True))
         self.ui.selectButton.connect("clicked(bool)", lambda: self.onRun(describe=False))
@@ -279,6 +284,19 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node) -> None:
+        """A volume loaded while no input is chosen becomes the input (the button would stay disabled)."""
+        if slicer.mrmlScene.IsImporting() or not VoteMILogic.isImageVolume(node):
+            return  # a scene import ends with onSceneEndImport
+        # Deferred: the node is added before its image data and display node are set.
+        qt.QTimer.singleShot(0, lambda: self._adoptInputVolume(node))
+
+    def _adoptInputVolume(self, node) -> None:
+        if (self._parameterNode is not None and not self._parameterNode.inputVolume
+                and slicer.mrmlScene.IsNodePresent(node)):
+            self._parameterNode.inputVolume = node
 
     def onSceneEndImport(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -613,9 +631,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             title = _("The vision-language model did not answer")
         else:
             title = _("VoteMI cannot use this input")
-        logging.error("VoteMI: %s: %s", title, message)
+        details = run.child.stderr_text() if run.child is not None else ""
+        logging.error("VoteMI: %s: %s\n%s", title, message, details)
         self.ui.statusLabel.text = f"{title}: {message}"
-        slicer.util.errorDisplay(f"{title}:\n{message}", windowTitle="VoteMI")
+        # The child's own words (a traceback, a library's warning) under "Show Details...".
+        slicer.util.errorDisplay(f"{title}:\n{message}", windowTitle="VoteMI", detailedText=details)
 
     def _finishRun(self, message=None):
         run, self._run = self._run, None
@@ -1016,13 +1036,12 @@ class VoteMIRun:
 
     def start(self, planes, topK, mode, describeOptions=None, apiKey="", guide=None):
         """Write the inputs and start the child; ``guide`` as :meth:`VoteMIWidget._guide` returns it."""
-        import tempfile
         import time
 
         from VoteMILib import mrml
 
         self.startedAt = time.perf_counter()
-        self.folder = tempfile.mkdtemp(prefix="VoteMI-")
+        self.folder = self.logic.newRunFolder()
         try:
             paths = []
             for number, node in enumerate([self.volumeNode, *self.extraVolumeNodes]):
@@ -1170,12 +1189,21 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return VoteMIParameterNode(raw)
 
     @staticmethod
-    def firstImageVolume():
-        """The first scalar volume of the scene that is not a label map, or None."""
+    def isImageVolume(node):
+        """True for the volumes the input selector lists: plain scalar volumes.
+
+        Label maps, RGB/vector and tensor volumes are subclasses of vtkMRMLScalarVolumeNode that the
+        selector hides, so the class is compared exactly.
+        """
+        return node is not None and node.GetClassName() == "vtkMRMLScalarVolumeNode"
+
+    @classmethod
+    def firstImageVolume(cls):
+        """The first volume of the scene the input selector lists, or None."""
         volumes = slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode")
         for index in range(volumes.GetNumberOfItems()):
             node = volumes.GetItemAsObject(index)
-            if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+            if cls.isImageVolume(node):
                 return node
         return None
 
@@ -1287,9 +1315,40 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
     # Child processes
 
     @staticmethod
+    def newRunFolder():
+        """A new folder for one run's input, under Slicer's temporary path; removes the ones a crash left.
+
+        The child reads patient voxels from here, so they stay where Slicer keeps its temporary files
+        (which the user may have moved to an encrypted or private disk), never in the system's temp folder.
+        """
+        import shutil
+        import tempfile
+        import time
+
+        base = os.path.join(slicer.app.temporaryPath, "VoteMI")
+        os.makedirs(base, exist_ok=True)
+        oldest = time.time() - STALE_RUN_HOURS * 3600
+        for name in os.listdir(base):
+            path = os.path.join(base, name)
+            if name.startswith("run-") and os.path.isdir(path) and os.path.getmtime(path) < oldest:
+                shutil.rmtree(path, ignore_errors=True)
+        return tempfile.mkdtemp(prefix="run-", dir=base)
+
+    @staticmethod
     def pythonExecutable():
-        """The Python that runs the child processes: Slicer's own (PythonSlicer inside Slicer)."""
-        return sys.executable
+        """The Python that runs the child processes: Slicer's own (PythonSlicer inside Slicer).
+
+        ``sys.executable`` is empty when Slicer was started without its launcher; PythonSlicer on the PATH is
+        the same interpreter then.
+        """
+        import shutil
+
+        executable = sys.executable or shutil.which("PythonSlicer")
+        if not executable:
+            raise RuntimeError(_("VoteMI cannot find Slicer's Python to run in the background (sys.executable is "
+                                 "empty and PythonSlicer is not on the PATH). Start Slicer with its launcher "
+                                 "(the Slicer executable in the install folder)."))
+        return executable
 
     def startChild(self, arguments, apiKey=""):
         """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``); return its ChildProcess.
@@ -1519,7 +1578,10 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         """Install ``requirement`` with Slicer's own tools, after the user agreed; True if it is importable then."""
         import importlib.util
 
-        slicerPackaging = getattr(slicer, "packaging", None)
+        try:  # a submodule: not an attribute of ``slicer`` until someone imports it
+            import slicer.packaging as slicerPackaging
+        except ImportError:
+            slicerPackaging = None
         if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):  # 5.12+: asks, shows progress
             from packaging.requirements import Requirement
 
