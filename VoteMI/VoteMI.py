@@ -530,11 +530,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if describe and not self._confirmDescribe(volumeNode):
             return
         guide = self._guide()
-        run = VoteMIRun(self.logic, volumeNode, self._extraVolumes(), describe, node.switchLayoutForChart)
         with slicer.util.WaitCursor():
-            run.start(planes, int(node.slicesPerPlane), node.selectionMode,
-                      self._describeOptions() if describe else None, apiKey=self.ui.apiKeyLineEdit.text.strip(),
-                      guide=guide)
+            run = self.logic.run(volumeNode, describe, planes=planes, topK=int(node.slicesPerPlane),
+                                 mode=node.selectionMode, extraVolumeNodes=self._extraVolumes(),
+                                 describeOptions=self._describeOptions() if describe else None,
+                                 apiKey=self.ui.apiKeyLineEdit.text.strip(), guide=guide,
+                                 switchLayout=node.switchLayoutForChart)
         self._run = run
         self.ui.reportTextEdit.readOnly = describe
         self._setBusy(True, _("Selecting slices guided by {what}...").format(what=run.guidedBy) if run.guidedBy
@@ -562,10 +563,9 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _describeOptions(self):
         node = self._parameterNode
-        window = self.logic.displayWindow(node.inputVolume)
-        return {"server": node.serverUrl.strip() or DEFAULT_SERVER_URL, "protocol": node.protocol,
-                "model": node.model.strip(), "language": node.language.strip() or "English",
-                "timeout": int(node.timeoutSeconds), "prompt": node.promptTemplate.strip(), "window": window}
+        return self.logic.describeOptions(node.inputVolume, server=node.serverUrl, protocol=node.protocol,
+                                          model=node.model, language=node.language,
+                                          timeoutSeconds=node.timeoutSeconds, prompt=node.promptTemplate)
 
     def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
@@ -589,13 +589,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _handleEvent(self, event):
         kind = event.get("event")
         run = self._run
+        started = run.report.started
+        run.handle(event)
         if kind == "progress":
             fraction = float(event.get("fraction", 0.0)) * (0.5 if run.describe else 1.0)
             self.ui.progressBar.value = int(round(100 * fraction))
             if event.get("message"):
                 self.ui.statusLabel.text = event["message"]
         elif kind == "selection":
-            run.applySelection(event["selection"])
             self._refreshResults()
             self._connectPlotView(True)
             if run.describe:
@@ -603,22 +604,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Slices selected; waiting for the model at {target}...").format(
                     target=run.target)
         elif kind == "text":
-            started = run.report.started
-            run.report.append(event.get("text", ""))
             if not started and self._parameterNode and self._parameterNode.inputVolume is run.volumeNode:
                 self._observeReport(run.report.node)
             self.ui.progressBar.value = max(self.ui.progressBar.value, 60)
-        elif kind == "findings":
-            run.findings = event.get("findings")
         elif kind == "report":
-            run.finishReport(event)
             self._observeReport(self._reportNode)
             if not event.get("complete", True):
                 slicer.util.warningDisplay(
                     _("The report is incomplete: {reason}").format(
                         reason=event.get("report_meta", {}).get("incomplete_reason", "")), windowTitle="VoteMI")
-        elif kind == "log":
-            logging.info("VoteMI child: %s", event.get("text", ""))
 
     def _runEnded(self, run):
         self._finishRun()
@@ -1025,6 +1019,7 @@ class VoteMIRun:
         self.folder = None
         self.target = ""
         self.selected = False
+        self.result = None  # the SelectionResult, once the child sent it
         self.summary = ""
         self.reported = False
         self.findings = None  # the "findings" event of the child, applied with the report
@@ -1111,6 +1106,42 @@ class VoteMIRun:
     def finished(self):
         return self.child.finished
 
+    def handle(self, event):
+        """Apply one event of the child to the scene: the selection's marks, the report as it streams."""
+        kind = event.get("event")
+        if kind == "selection":
+            self.applySelection(event["selection"])
+        elif kind == "text":
+            self.report.append(event.get("text", ""))
+        elif kind == "findings":
+            self.findings = event.get("findings")
+        elif kind == "report":
+            self.finishReport(event)
+        elif kind == "log":
+            logging.info("VoteMI child: %s", event.get("text", ""))
+
+    def wait(self, timeoutSeconds=None):
+        """Handle the child's events until it ends (Slicer's events processed meanwhile); return :meth:`failure`.
+
+        After ``timeoutSeconds`` the run is cancelled and TimeoutError raised.
+        """
+        import time
+
+        began = time.monotonic()
+        try:
+            while True:
+                for event in self.poll():
+                    self.handle(event)
+                if self.finished:
+                    return self.failure()
+                if timeoutSeconds is not None and time.monotonic() - began > timeoutSeconds:
+                    self.cancel()
+                    raise TimeoutError(_("VoteMI did not finish within {seconds} s").format(seconds=timeoutSeconds))
+                slicer.app.processEvents()
+                time.sleep(POLL_INTERVAL_MS / 1000.0)
+        finally:
+            self.close()
+
     def applySelection(self, document):
         import time
 
@@ -1120,6 +1151,7 @@ class VoteMIRun:
             raise RuntimeError(_("the input volume was removed from the scene"))
         result = SelectionResult.from_dict(document)
         self.logic.applySelection(self.volumeNode, result, switchLayout=self.switchLayout)
+        self.result = result
         self.selected = True
         self.summary = result.cue_summary()
         self.timings["marks_s"] = time.perf_counter() - self.startedAt
@@ -1225,7 +1257,11 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     def select(self, volumeNode, planes=("axial", "coronal", "sagittal"), topK=3, mode="findings",
                extraVolumeNodes=(), apply=True, progress=None, cancel=None):
-        """Select slices of ``volumeNode`` and (if ``apply``) mark them in the scene; return the SelectionResult."""
+        """Select slices of ``volumeNode`` in this process and (if ``apply``) mark them; return the SelectionResult.
+
+        For scripts that want the result object at once; the panel and the self-test use :meth:`run`
+        (a child process, so Slicer's GUI stays responsive).
+        """
         from VoteMILib.selection import select_slices
 
         volume = self.volumeFromNode(volumeNode)
@@ -1314,6 +1350,23 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     # Child processes
 
+    def run(self, volumeNode, describe=False, planes=("axial", "coronal", "sagittal"), topK=3, mode="findings",
+            extraVolumeNodes=(), describeOptions=None, apiKey="", guide=None, switchLayout=True, wait=False,
+            timeoutSeconds=None):
+        """Select (and describe) ``volumeNode`` in a child process, as the panel's buttons do; return the VoteMIRun.
+
+        With ``wait`` the call returns when the child has ended, its selection marked and its report in the
+        report node (``run.failure()`` says why not, None if it succeeded); otherwise the caller polls
+        ``run.poll()``/``run.handle(event)`` (the panel does, from a timer) and may ``run.cancel()``.
+        ``describeOptions``: server, protocol, model, language, timeout, prompt and window, as
+        :meth:`describeOptions` returns them.
+        """
+        run = VoteMIRun(self, volumeNode, extraVolumeNodes, describe, switchLayout)
+        run.start(planes, topK, mode, describeOptions, apiKey=apiKey, guide=guide)
+        if wait:
+            run.wait(timeoutSeconds)
+        return run
+
     @staticmethod
     def newRunFolder():
         """A new folder for one run's input, under Slicer's temporary path; removes the ones a crash left.
@@ -1333,6 +1386,17 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             if name.startswith("run-") and os.path.isdir(path) and os.path.getmtime(path) < oldest:
                 shutil.rmtree(path, ignore_errors=True)
         return tempfile.mkdtemp(prefix="run-", dir=base)
+
+    @classmethod
+    def describeOptions(cls, volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=300,
+                        prompt=""):
+        """The describe settings :meth:`run` hands to the child; empty values take VoteMI's defaults.
+
+        The window is the one ``volumeNode`` is displayed with, so the model sees what the radiologist sees.
+        """
+        return {"server": server.strip() or DEFAULT_SERVER_URL, "protocol": protocol, "model": model.strip(),
+                "language": language.strip() or "English", "timeout": int(timeoutSeconds),
+                "prompt": prompt.strip(), "window": cls.displayWindow(volumeNode)}
 
     @staticmethod
     def pythonExecutable():
@@ -1644,6 +1708,8 @@ class VoteMITest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SelectMarksBlob()
         self.setUp()
+        self.test_CancelEndsTheChild()
+        self.setUp()
         self.test_DescribeLoopback()
 
     def _blobVolume(self):
@@ -1654,7 +1720,8 @@ class VoteMITest(ScriptedLoadableModuleTest):
         return volumeNode, phantom
 
     def test_SelectMarksBlob(self):
-        """The best axial slice passes through a bright blob; marks, tables, plot and views follow the selection."""
+        """Through the child process, as the Select button: the best axial slice passes through a bright blob;
+        marks, tables, plot and views follow the selection."""
         from VoteMILib import mrml
         from VoteMILib.mrml_selftest import check_axial_pick_through_blob, check_scene
 
@@ -1662,31 +1729,61 @@ class VoteMITest(ScriptedLoadableModuleTest):
         volumeNode, phantom = self._blobVolume()
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
         logic = VoteMILogic()
-        result = logic.select(volumeNode, topK=2)
-        check_axial_pick_through_blob(result, phantom)
-        check_scene(slicer.mrmlScene, volumeNode, result)
-        logic.select(volumeNode, topK=2)  # a re-run replaces VoteMI's nodes
-        check_scene(slicer.mrmlScene, volumeNode, result)
+        run = logic.run(volumeNode, topK=2, wait=True, timeoutSeconds=300)
+        self.assertEqual(run.failure(), None)
+        check_axial_pick_through_blob(run.result, phantom)
+        check_scene(slicer.mrmlScene, volumeNode, run.result)
+        again = logic.run(volumeNode, topK=2, wait=True, timeoutSeconds=300)  # a re-run replaces VoteMI's nodes
+        check_scene(slicer.mrmlScene, volumeNode, again.result)
         self.assertEqual(len(mrml.voted_slices(slicer.mrmlScene, volumeNode)), 6)
         self.delayDisplay("Test passed")
 
+    def test_CancelEndsTheChild(self):
+        """Cancel, as the panel's button: the child ends at once, its files go, the earlier marks stay."""
+        import time
+
+        from VoteMILib import mrml
+
+        self.delayDisplay("Cancelling a run")
+        volumeNode, _phantom = self._blobVolume()
+        logic = VoteMILogic()
+        logic.run(volumeNode, planes=("axial",), topK=1, wait=True, timeoutSeconds=300)
+        marked = mrml.voted_slices(slicer.mrmlScene, volumeNode)
+        run = logic.run(volumeNode, topK=3)
+        began = time.monotonic()
+        while not any(event.get("event") == "progress" for event in run.poll()):  # the child is at work
+            self.assertTrue(time.monotonic() - began < 120)
+            time.sleep(0.02)
+        began = time.monotonic()
+        run.cancel()
+        run.close()
+        self.assertTrue(time.monotonic() - began < 2.0)
+        self.assertTrue(run.child.exit_code is not None and run.failure() is None)
+        self.assertTrue(run.folder is None)
+        self.assertEqual(mrml.voted_slices(slicer.mrmlScene, volumeNode), marked)
+        self.delayDisplay("Test passed")
+
     def test_DescribeLoopback(self):
-        """A report streams from a local OpenAI-compatible server into the report node."""
-        from VoteMILib.mrml_selftest import LoopbackServer, check_report_node
-        from VoteMILib.vlm import DescribeSettings
+        """Through the child process, as Select & Describe: a report streams from a local OpenAI-compatible
+        server into the report node."""
+        from VoteMILib import mrml
+        from VoteMILib.mrml_selftest import LoopbackServer
 
         self.delayDisplay("Describing with a loopback model server")
         volumeNode, _phantom = self._blobVolume()
         logic = VoteMILogic()
-        result = logic.select(volumeNode, planes=("axial",), topK=2)
-        streamed = []
         with LoopbackServer() as server:
-            settings = DescribeSettings(server_url=server.url, protocol="openai", model=server.model,
-                                        window=logic.displayWindow(volumeNode), timeout_s=30.0, retries=0)
-            report = logic.describe(volumeNode, result, settings, onText=streamed.append)
+            options = logic.describeOptions(volumeNode, server=server.url, protocol="openai", model=server.model,
+                                            timeoutSeconds=60)
+            run = logic.run(volumeNode, describe=True, planes=("axial",), topK=2, describeOptions=options,
+                            wait=True, timeoutSeconds=300)
+            self.assertEqual(run.failure(), None)
             self.assertEqual(server.images_received(), 2)
-        check_report_node(logic.reportNode(volumeNode), report, streamed)
         reportNode = logic.reportNode(volumeNode)
+        self.assertTrue(reportNode is not None and reportNode.GetText().strip() != "")
+        self.assertEqual(reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "model"), server.model)
+        self.assertEqual(reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete"), "true")
+        self.assertTrue(not logic.reportEdited(reportNode))
         reportNode.SetText(reportNode.GetText() + "\nReviewed.")
         self.assertTrue(logic.reportEdited(reportNode))
         self.delayDisplay("Test passed")
