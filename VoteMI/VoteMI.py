@@ -25,6 +25,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL
 
 #: Where panel settings are remembered across sessions.
 SETTINGS_PREFIX = "VoteMI/"
@@ -32,7 +33,6 @@ SETTINGS_PREFIX = "VoteMI/"
 EXTRA_VOLUME_REFERENCE = "VoteMIExtraVolume"
 #: Parameter node attribute: the guide segmentation's segment IDs the user unchecked, one per line.
 SKIPPED_SEGMENTS_ATTRIBUTE = "VoteMI.GuideSkippedSegments"
-DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
 README_URL = "https://github.com/VoteMI/SlicerVoteMI#readme"
 #: How often the panel reads the child process (ms).
 POLL_INTERVAL_MS = 50
@@ -130,7 +130,7 @@ class VoteMIParameterNode:
     protocol: Annotated[str, Choice(["openai", "ollama", "inprocess"])] = "openai"
     model: str = ""
     promptTemplate: str = ""
-    language: str = "English"
+    language: str = DEFAULT_LANGUAGE
     timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = 300
     switchLayoutForChart: bool = True
     guideSegmentation: slicer.vtkMRMLSegmentationNode
@@ -1034,6 +1034,7 @@ class VoteMIRun:
         import time
 
         from VoteMILib import mrml
+        from VoteMILib.child_run import ChildRun, child_arguments
 
         self.startedAt = time.perf_counter()
         self.folder = self.logic.newRunFolder()
@@ -1045,54 +1046,43 @@ class VoteMIRun:
                 os.mkdir(folder)
                 paths.append(mrml.write_volume_file(node, os.path.join(folder, mrml.file_name_for(node))))
             self.timings["write_s"] = time.perf_counter() - self.startedAt
-            argv = ["describe" if self.describe else "select", paths[0], "--planes", ",".join(planes),
-                    "--top", str(topK), "--events", "--quiet"]
-            if guide is None or guide["thenUnsupervised"]:
-                argv += ["--mode", mode]  # with a guide and no mode, only the guided slices
-            for path in paths[1:]:
-                argv += ["--extra", path]
-            if guide is not None:
-                argv += self._guideArguments(guide)
-            if describeOptions is not None:
-                argv += self._describeArguments(describeOptions)
-            self.child = self.logic.startChild(argv, apiKey=apiKey)
+            mask, labelNames, points = self._writeGuide(guide) if guide is not None else (None, (), ())
+            request = ChildRun(
+                image=paths[0], planes=tuple(planes), top_k=int(topK), extras=tuple(paths[1:]),
+                mode=mode if guide is None or guide["thenUnsupervised"] else None,  # None: the guided slices only
+                mask=mask, label_names=labelNames, points=points,
+                describe=self._describeRequest(describeOptions) if describeOptions is not None else None)
+            self.child = self.logic.startChild(child_arguments(request), apiKey=apiKey)
         except BaseException:
             self.close()
             raise
 
-    def _guideArguments(self, guide):
-        """--mask (the chosen segments as a label map on the input volume's grid, named) and --point options."""
+    def _writeGuide(self, guide):
+        """The chosen segments as a named label map on the input volume's grid, and the points (RAS mm)."""
         from VoteMILib import mrml
 
-        arguments, names = [], []
+        mask, labelNames, names = None, (), []
         if guide["segmentation"] is not None:
-            path = os.path.join(self.folder, "guide-segments.nrrd")
-            labels = mrml.write_segments_file(guide["segmentation"], guide["segmentIDs"], self.volumeNode, path)
-            arguments += ["--mask", path]
-            for number, name in labels.items():
-                arguments += ["--label-name", f"{number}={name}"]
+            mask = os.path.join(self.folder, "guide-segments.nrrd")
+            labels = mrml.write_segments_file(guide["segmentation"], guide["segmentIDs"], self.volumeNode, mask)
+            labelNames = tuple(labels.items())
             names = list(labels.values())
-        points = mrml.guide_points(guide["points"])
-        # "--point=..." keeps a negative coordinate from reading as an option.
-        arguments += [f"--point={r!r},{a!r},{s!r}" for r, a, s in points]
+        points = tuple(mrml.guide_points(guide["points"]))
         self.guidedBy = mrml.guide_description(names, len(points))
-        return arguments
+        return mask, labelNames, points
 
-    def _describeArguments(self, options):
-        arguments = ["--server", options["server"], "--protocol", options["protocol"], "--language",
-                     options["language"], "--timeout", str(options["timeout"])]
-        if options["model"]:
-            arguments += ["--model", options["model"]]
+    def _describeRequest(self, options):
+        from VoteMILib.child_run import DescribeRequest
+        from VoteMILib.outputs import write_atomic
+
+        promptFile = None
         if options["prompt"]:
             promptFile = os.path.join(self.folder, "prompt.txt")
-            from VoteMILib.outputs import write_atomic
-
             write_atomic(promptFile, options["prompt"], what="prompt file")
-            arguments += ["--prompt-file", promptFile]
-        if options["window"] is not None:
-            arguments += ["--window", repr(float(options["window"][0])), repr(float(options["window"][1]))]
         self.target = options["model"] if options["protocol"] == "inprocess" else options["server"]
-        return arguments
+        return DescribeRequest(server=options["server"], protocol=options["protocol"], model=options["model"],
+                               language=options["language"], timeout_s=float(options["timeout"]),
+                               prompt_file=promptFile, window=options["window"])
 
     def poll(self):
         """The child's new events; errors are kept for :meth:`failure`."""
@@ -1395,7 +1385,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         The window is the one ``volumeNode`` is displayed with, so the model sees what the radiologist sees.
         """
         return {"server": server.strip() or DEFAULT_SERVER_URL, "protocol": protocol, "model": model.strip(),
-                "language": language.strip() or "English", "timeout": int(timeoutSeconds),
+                "language": language.strip() or DEFAULT_LANGUAGE, "timeout": int(timeoutSeconds),
                 "prompt": prompt.strip(), "window": cls.displayWindow(volumeNode)}
 
     @staticmethod
