@@ -1494,7 +1494,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         from VoteMILib import mrml
 
         def attribute(key):
-            return reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + key) or ""
+            return mrml.report_attribute(reportNode, key)
 
         if not attribute("model") and not (reportNode.GetText() or "").strip():
             return ""
@@ -1507,20 +1507,10 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def reportExport(reportNode, fmt="text"):
-        """The report as text, Markdown or JSON, with the notice and the source, as the user left it."""
+        """The report as text, Markdown or JSON, with the notice, the source and the review, as the user left it."""
         from VoteMILib import mrml
-        from VoteMILib.vlm import Report
 
-        if reportNode is None:
-            return ""
-        meta = mrml.report_metadata(reportNode)
-        complete = reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") != "false"
-        if not complete:
-            meta.setdefault("incomplete_reason",
-                            reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "incomplete_reason") or "")
-        if mrml.report_edited(reportNode):
-            meta["edited_by_user"] = True
-        return Report(reportNode.GetText() or "", meta, complete=complete).export(fmt)
+        return mrml.report_from_node(reportNode).export(fmt) if reportNode is not None else ""
 
     def saveReport(self, reportNode, path, volumeNode=None, extraVolumeNodes=()):
         """Save the report by extension: HTML with the key images (re-rendered from the volumes), PDF (that
@@ -1541,16 +1531,10 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def reportObject(reportNode):
-        """The report node as a :class:`~VoteMILib.vlm.Report`: text as the user left it, metadata, findings."""
+        """The report node as a :class:`~VoteMILib.vlm.Report` (see :func:`VoteMILib.mrml.report_from_node`)."""
         from VoteMILib import mrml
-        from VoteMILib.vlm import Report
 
-        meta = mrml.report_metadata(reportNode)
-        complete = reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") != "false"
-        if not complete:
-            meta.setdefault("incomplete_reason",
-                            reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "incomplete_reason") or "")
-        return Report(reportNode.GetText() or "", meta, complete=complete, findings=mrml.report_findings(reportNode))
+        return mrml.report_from_node(reportNode)
 
     @staticmethod
     def reportImages(meta, volumeNode, extraVolumeNodes=()):
@@ -1771,8 +1755,8 @@ class VoteMITest(ScriptedLoadableModuleTest):
             self.assertEqual(server.images_received(), 2)
         reportNode = logic.reportNode(volumeNode)
         self.assertTrue(reportNode is not None and reportNode.GetText().strip() != "")
-        self.assertEqual(reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "model"), server.model)
-        self.assertEqual(reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete"), "true")
+        self.assertEqual(mrml.report_attribute(reportNode, "model"), server.model)
+        self.assertEqual(mrml.report_attribute(reportNode, "complete"), "true")
         self.assertTrue(not logic.reportEdited(reportNode))
         reportNode.SetText(reportNode.GetText() + "\nReviewed.")
         self.assertTrue(logic.reportEdited(reportNode))
