@@ -72,6 +72,17 @@ def headless_slicer():
     app.close()
 
 
+@pytest.fixture
+def panel(headless_slicer, monkeypatch, tmp_path):
+    """VoteMI's real panel on real Qt widgets and the headless scene (see slicer_qt_harness.py); needs PyQt5."""
+    pytest.importorskip("PyQt5", reason="needs PyQt5 (pip install -e .[test])")
+    from slicer_qt_harness import SlicerPanel
+
+    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
+    yield made
+    made.close()
+
+
 @pytest.fixture(scope="session")
 def main_case_selection():
     """Path of the main real case and its selection (computed once; do not modify)."""

@@ -18,15 +18,6 @@ pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -
 pytest.importorskip("PyQt5", reason="needs PyQt5 (pip install -e .[test])")
 
 
-@pytest.fixture
-def panel(headless_slicer, monkeypatch, tmp_path):
-    from slicer_qt_harness import SlicerPanel
-
-    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
-    yield made
-    made.close()
-
-
 def _blob_volume(headless_slicer, name="Blob"):
     from VoteMILib import mrml
     from VoteMILib.mrml_selftest import blob_phantom
