@@ -183,10 +183,6 @@ def write_volume_file(volume_node, path) -> str:
     OSError
         Naming the file, when it cannot be written.
     """
-    import SimpleITK as sitk
-
-    from .outputs import OutputError
-
     array, ijk_to_ras = _node_voxels(volume_node)
     return _write_array_file(array, ijk_to_ras, path)
 
