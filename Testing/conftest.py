@@ -1,8 +1,15 @@
 """Shared pytest fixtures."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The module folder holds the self-test helpers (VoteMISelfTestLib) beside the engine, as in Slicer.
+MODULE_DIR = str(Path(__file__).resolve().parents[1] / "VoteMI")
+if MODULE_DIR not in sys.path:
+    sys.path.append(MODULE_DIR)
 
 # --- VLM tests (helpers in vlm_fixtures.py) ------------------------------------------------------
 

@@ -20,7 +20,7 @@ pytest.importorskip("PyQt5", reason="needs PyQt5 (pip install -e .[test])")
 
 def _blob_volume(headless_slicer, name="Blob"):
     from VoteMILib import mrml
-    from VoteMILib.mrml_selftest import blob_phantom
+    from VoteMISelfTestLib import blob_phantom
 
     phantom = blob_phantom(seed=0)
     return mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, name)

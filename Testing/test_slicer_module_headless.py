@@ -107,7 +107,8 @@ def test_self_test_runs_the_child_the_buttons_run(votemi_module, headless_slicer
 
 
 def test_logic_jumps_to_clicked_plot_point(votemi_module, headless_slicer):
-    from VoteMILib import mrml, mrml_selftest
+    import VoteMISelfTestLib as mrml_selftest
+    from VoteMILib import mrml
 
     phantom = mrml_selftest.blob_phantom()
     volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")

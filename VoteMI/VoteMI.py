@@ -1687,7 +1687,7 @@ class VoteMITest(ScriptedLoadableModuleTest):
         self.test_DescribeLoopback()
 
     def _blobVolume(self):
-        from VoteMILib.mrml_selftest import blob_phantom
+        from VoteMISelfTestLib import blob_phantom
 
         phantom = blob_phantom()
         volumeNode = slicer.util.addVolumeFromArray(phantom.array, ijkToRAS=phantom.ijk_to_ras, name="VoteMIBlob")
@@ -1697,7 +1697,7 @@ class VoteMITest(ScriptedLoadableModuleTest):
         """Through the child process, as the Select button: the best axial slice passes through a bright blob;
         marks, tables, plot and views follow the selection."""
         from VoteMILib import mrml
-        from VoteMILib.mrml_selftest import check_axial_pick_through_blob, check_scene
+        from VoteMISelfTestLib import check_axial_pick_through_blob, check_scene
 
         self.delayDisplay("Selecting slices of a synthetic lesion")
         volumeNode, phantom = self._blobVolume()
@@ -1741,7 +1741,7 @@ class VoteMITest(ScriptedLoadableModuleTest):
         """Through the child process, as Select & Describe: a report streams from a local OpenAI-compatible
         server into the report node."""
         from VoteMILib import mrml
-        from VoteMILib.mrml_selftest import LoopbackServer
+        from VoteMISelfTestLib import LoopbackServer
 
         self.delayDisplay("Describing with a loopback model server")
         volumeNode, _phantom = self._blobVolume()
