@@ -18,15 +18,6 @@ ANSWER = ["Findings:\n- An enhancing mass ", "in the right hemisphere [A1, C1].\
           "- Oedema around it [S1, S7].\n", "Impression: Glioma [A1]."]
 
 
-@pytest.fixture
-def panel(headless_slicer, monkeypatch, tmp_path):
-    from slicer_qt_harness import SlicerPanel
-
-    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
-    yield made
-    made.close()
-
-
 def _describe(panel, headless_slicer, server):
     volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
     headless_slicer.show(volume)
