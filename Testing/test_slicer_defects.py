@@ -145,7 +145,7 @@ def test_the_in_process_model_installs_through_slicer_packaging_in_a_fresh_sessi
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirement: pip_installed.append(requirement),
                         raising=False)
     panel.setup()
-    assert panel.module.VoteMILogic._installTransformers("transformers>=5.0")
+    assert panel.module.VoteMILogic._installPackage("transformers>=5.0", "transformers", "The in-process model")
     assert asked == [(["transformers>=5.0"], "VoteMI")]
     assert not pip_installed and not panel.dialogs.shown
 

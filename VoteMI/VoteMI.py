@@ -226,6 +226,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.reportTextEdit.connect("textChanged()", self.onReportEdited)
         self.ui.findingsTable.connect("itemChanged(QTableWidgetItem*)", self.onFindingEdited)
         self.ui.findingsTable.connect("itemSelectionChanged()", self._updateReviewButtons)
@@ -853,6 +854,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasText = bool(self.ui.reportTextEdit.toPlainText().strip())
         self.ui.copyReportButton.enabled = hasText
         self.ui.saveReportButton.enabled = hasText
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        fromDicom = self.logic.dicomInstanceUIDs(volumeNode) if volumeNode else []
+        self.ui.exportDicomButton.enabled = hasText and bool(fromDicom)
+        self.ui.exportDicomButton.toolTip = (self.ui.exportDicomButton.toolTip.split("\n")[0] if fromDicom else
+                                             self.ui.exportDicomButton.toolTip.split("\n")[0] + "\n" + _(
+                                                 "The input volume was not loaded from the DICOM database."))
 
     # ----------------------------------------------------------------------------------------
     # Findings: citations and review
@@ -992,6 +999,20 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(error), windowTitle="VoteMI")
             return
         self.ui.statusLabel.text = _("Report saved to {path}").format(path=path)
+
+    def onExportDicom(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The report could not be exported to DICOM."), waitCursor=True):
+            written = self.logic.exportReportToDicomDatabase(self._reportNode, self._parameterNode.inputVolume,
+                                                             self._extraVolumes())
+            if written is None:
+                return
+            sources = sum(1 for ref in written.references.values() if ref["kind"] == "source")
+            self.ui.statusLabel.text = _(
+                "Added to the DICOM database, in the input's study: key images ({source} acquired, {derived} "
+                "derived) and the report. Send them from the DICOM module.").format(
+                source=sources, derived=len(written.derived))
+            for line in written.skipped:
+                logging.info("VoteMI: DICOM export skipped %s", line)
 
 
 #
@@ -1537,6 +1558,59 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return mrml.report_from_node(reportNode)
 
     @staticmethod
+    def dicomInstanceUIDs(volumeNode):
+        """SOP Instance UIDs of the DICOM files the volume was loaded from (Slicer's DICOM module sets them)."""
+        return (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split() if volumeNode is not None else []
+
+    def dicomSourceFiles(self, volumeNode):
+        """The DICOM database's files of the volume's instances; ValueError says why there are none."""
+        uids = self.dicomInstanceUIDs(volumeNode)
+        if not uids:
+            raise ValueError(_("'{name}' was not loaded from the DICOM database, so there is no study for key images "
+                               "and a report to belong to. Load the series with the DICOM module, or save the report "
+                               "as HTML instead.").format(name=volumeNode.GetName() if volumeNode else ""))
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None or not database.isOpen:
+            raise ValueError(_("Slicer's DICOM database is not open: open it in the DICOM module first."))
+        files = [database.fileForInstance(uid) for uid in uids]
+        missing = [uid for uid, path in zip(uids, files) if not path or not os.path.isfile(path)]
+        if missing:
+            raise ValueError(_("{count} of the {total} source files of '{name}' are no longer in the DICOM "
+                               "database (first: instance {uid}).").format(
+                count=len(missing), total=len(uids), name=volumeNode.GetName(), uid=missing[0]))
+        return files
+
+    def exportReportToDicomDatabase(self, reportNode, volumeNode, extraVolumeNodes=()):
+        """Write the KOS, the Secondary Captures and the SR of the report and add them to the DICOM database.
+
+        Returns the :class:`~VoteMILib.dicom_export.DicomExport`, or None if the user declined to install
+        what the export needs (pydicom, highdicom). Raises ValueError (or DicomExportError) with the reason.
+        """
+        import shutil
+
+        from VoteMILib import mrml
+        from VoteMILib.dicom_export import export_dicom
+
+        files = self.dicomSourceFiles(volumeNode)
+        if not self.ensureDicomExportDependencies():
+            return None
+        volume = mrml.volume_from_node(volumeNode)
+        volume.metadata["dicom_files"] = files
+        report = mrml.report_from_node(reportNode)
+        pngs = self.reportImages(report.meta, volumeNode, extraVolumeNodes)
+        folder = self.newRunFolder()
+        try:
+            written = export_dicom(volume, report, pngs, folder)
+            from DICOMLib import DICOMUtils
+
+            # Copied into the database: the run folder goes away below.
+            if not DICOMUtils.importDicom(folder, copyFiles=True):
+                raise ValueError(_("Slicer's DICOM database did not accept the exported files (see the error log)."))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return written
+
+    @staticmethod
     def reportImages(meta, volumeNode, extraVolumeNodes=()):
         """Image ID -> PNG of the report's images, rendered again from the volumes as they were sent."""
         from VoteMILib import mrml
@@ -1612,8 +1686,9 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
     # Optional in-process model
 
     @staticmethod
-    def _installTransformers(requirement):
-        """Install ``requirement`` with Slicer's own tools, after the user agreed; True if it is importable then."""
+    def _installPackage(requirement, moduleName, purpose):
+        """Install ``requirement`` with Slicer's own tools, after the user agreed; True if ``moduleName`` is
+        importable then. ``purpose`` completes "... needs the Python package" in the question."""
         import importlib.util
 
         try:  # a submodule: not an attribute of ``slicer`` until someone imports it
@@ -1628,8 +1703,8 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             if slicer.app.testingEnabled():
                 return False
             if not slicer.util.confirmOkCancelDisplay(
-                    _("The in-process model needs the Python package '{package}'. Install it now?").format(
-                        package=requirement), windowTitle="VoteMI"):
+                    _("{purpose} needs the Python package '{package}'. Install it now?").format(
+                        purpose=purpose, package=requirement), windowTitle="VoteMI"):
                 return False
             progress = slicer.util.createProgressDialog(
                 labelText=_("Installing {package}...").format(package=requirement), maximum=0, windowTitle="VoteMI")
@@ -1639,7 +1714,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             finally:
                 progress.close()
         importlib.invalidate_caches()
-        return importlib.util.find_spec("transformers") is not None
+        return importlib.util.find_spec(moduleName) is not None
 
     @staticmethod
     def ensureInProcessDependencies():
@@ -1663,7 +1738,18 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
                 if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.2") is None:
                     return False
         if importlib.util.find_spec("transformers") is None:
-            return VoteMILogic._installTransformers("transformers>=5.0")
+            return VoteMILogic._installPackage("transformers>=5.0", "transformers", _("The in-process model"))
+        return True
+
+    @staticmethod
+    def ensureDicomExportDependencies():
+        """pydicom (shipped with Slicer) and highdicom, installed on first use after the user agreed."""
+        import importlib.util
+
+        for requirement, moduleName in (("pydicom>=2.4", "pydicom"), ("highdicom>=0.23", "highdicom")):
+            if importlib.util.find_spec(moduleName) is None and not VoteMILogic._installPackage(
+                    requirement, moduleName, _("DICOM export")):
+                return False
         return True
 
 
