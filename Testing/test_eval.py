@@ -21,6 +21,16 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="needs ../shared/data")
 
 
+def _has_wordnet():
+    try:
+        return bool(eval_scores.wordnet_folder())
+    except eval_scores.ScoreError:
+        return False
+
+
+needs_wordnet = pytest.mark.skipif(not _has_wordnet(), reason="METEOR needs WordNet (apt-get install wordnet-base)")
+
+
 def _eval(*args):
     done = subprocess.run([sys.executable, "-m", "VoteMILib.cli", "eval", *map(str, args)], capture_output=True,
                           text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -95,6 +105,7 @@ def test_eval_closed_questions_against_votemi_serve(tmp_path, datasets, server):
 
 
 @needs_data
+@needs_wordnet
 def test_eval_reports_with_a_user_scorer(tmp_path, datasets, server):
     _, report = datasets
     scorer = tmp_path / "length.py"
@@ -149,6 +160,7 @@ def test_slice_strategies_and_bootstrap():
     assert eval_scores.bootstrap_mean([0.5] * 5, 100, np.random.default_rng(0)) == pytest.approx((0.5, 0.5, 0.5))
 
 
+@needs_wordnet
 def test_report_metrics_from_the_system_wordnet():
     same = eval_scores.report_scores("Enhancing mass in the left lobe.", "Enhancing mass in the left lobe.")
     assert same["rouge_l"] == pytest.approx(1.0) and same["bleu"] == pytest.approx(1.0) and same["meteor"] > 0.9
