@@ -6,10 +6,12 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 from .. import events
 from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
+from .packing import PACK_CHOICES
 from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
 from .report import NOTICE, Report
 from .server import DEFAULT_HOST, DEFAULT_PORT
@@ -38,7 +40,7 @@ def _add_key_arguments(parser):
 
 def add_describe_command(commands) -> None:
     """Register ``votemi describe``."""
-    from ..cli import add_selection_arguments
+    from ..cli import add_selection_arguments, positive_int
 
     parser = commands.add_parser(
         "describe", help="select slices, then draft a report with a local vision-language model",
@@ -72,6 +74,24 @@ def add_describe_command(commands) -> None:
     group.add_argument("--structured", choices=("auto", "off"), default="auto",
                        help="auto: ask for the findings as JSON (structured output) and fall back to [A1] tags in "
                             "free text if the server refuses; off: free text with tags only (default: %(default)s)")
+    group = parser.add_argument_group("fitting the server (see docs/servers.md)")
+    group.add_argument("--pack", choices=PACK_CHOICES, default="auto",
+                       help="auto: labelled contact sheets only when the server takes fewer images than the slices; "
+                            "none: one image per slice, refused before sending if they do not fit; grid: contact "
+                            "sheets always (default: %(default)s)")
+    group.add_argument("--max-images", type=positive_int, metavar="N",
+                       help="most images per request, whatever the server takes (default: what its probe found)")
+    group.add_argument("--probe", action="store_true",
+                       help="probe the server first (images, images per request, context, JSON schema) unless a "
+                            "result younger than a week is stored; see votemi models --probe")
+    group.add_argument("--context", type=int, default=0, metavar="N",
+                       help="add one contact sheet of N evenly spaced slices of the acquisition plane, labelled as "
+                            "context (default: none)")
+    group.add_argument("--examples", metavar="DIR", default="",
+                       help="worked examples: one folder per case with an image and report.txt, sent before the "
+                            "question with their reports (few-shot)")
+    group.add_argument("--examples-k", type=positive_int, default=1, metavar="K",
+                       help="examples sent: the K closest to the scan by its patch features (default: %(default)s)")
     group.add_argument("--dry-run", action="store_true",
                        help="prepare images and prompt (see --png-dir, --json) without contacting any model")
     group.add_argument("--quiet", action="store_true", help="print only the report")
@@ -96,7 +116,19 @@ def settings_from_args(args) -> DescribeSettings:
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
         long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-        device=args.device, allow_hub=args.allow_hub, structured=args.structured)
+        device=args.device, allow_hub=args.allow_hub, structured=args.structured, pack=args.pack,
+        max_images=args.max_images, probe=args.probe, context=args.context, examples_dir=args.examples,
+        examples_k=args.examples_k)
+
+
+def _stored_capabilities(settings):
+    """The stored probe result of the named model, for a dry run to fit as the real run would (None if none)."""
+    from .capabilities import cached
+    from .clients import parse_server_url
+
+    if settings.protocol == "inprocess" or not settings.model.strip():
+        return None
+    return cached(settings.protocol, parse_server_url(settings.server_url, settings.protocol).url, settings.model.strip())
 
 
 def _write_pngs(prompt, folder) -> list:
@@ -161,7 +193,7 @@ def run_describe(args) -> int:
     interrupt = _CtrlC()
     prompt = None
     try:
-        prompt = build_request(volume, result, settings, extras)
+        prompt = build_request(volume, result, settings, extras, _stored_capabilities(settings))
         if args.png_dir:
             document["pngs"] = _write_pngs(prompt, args.png_dir)
             if not args.quiet:
@@ -174,7 +206,7 @@ def run_describe(args) -> int:
             return 0
         if not args.quiet:
             target = settings.model if settings.protocol == "inprocess" else redact_url(settings.server_url)
-            print(f"sending {len(prompt.images)} images to {target} ({settings.protocol})", file=log)
+            print(f"sending {len(prompt.images)} slices to {target} ({settings.protocol})", file=log)
         print(f"[{NOTICE}]\n", flush=True)
 
         def show(text):
@@ -300,6 +332,10 @@ def add_models_command(commands) -> None:
                         help="openai or ollama (default: %(default)s)")
     _add_key_arguments(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="time limit (default: 10)")
+    parser.add_argument("--probe", action="store_true",
+                        help="also find out what the model accepts (images, images per request, context length, "
+                             "JSON schema) with a few one-token requests, and store it for describe")
+    parser.add_argument("--model", default="", help="model to probe (default: the server's only model)")
     add_events_argument(parser)
     parser.set_defaults(func=run_models)
 
@@ -318,6 +354,29 @@ def run_models(args) -> int:
     events.emit("models", server=redact_url(args.server), models=list(models))
     for model in models:
         print(model)
+    if args.probe:
+        return _run_probe(args, settings, models)
+    return 0
+
+
+def _run_probe(args, settings, models) -> int:
+    """``votemi models --probe``: probe the chosen model, store and print the result (one line, then notes)."""
+    from .capabilities import probe, store
+    from .pipeline import make_client
+
+    model = args.model.strip() or (models[0] if len(models) == 1 else "")
+    if not model:
+        return _fail(f"{redact_url(args.server)} offers {len(models)} models; choose the one to probe with --model")
+    client = make_client(replace(settings, timeout_s=max(args.timeout, 60.0), idle_timeout_s=max(args.timeout, 60.0)))
+    try:
+        found = probe(client, model, settings.num_ctx)
+    except VLMError as error:
+        return _fail(f"probing {model}: {error}")
+    store(found)
+    events.emit("capabilities", capabilities=found.to_dict(), summary=found.summary())
+    print(f"{model}: {found.summary()}")
+    for note in found.notes:
+        print(f"  {note}")
     return 0
 
 
@@ -352,6 +411,11 @@ def add_serve_command(commands) -> None:
                         help="weights type (default: bfloat16/float16 on GPU, float32 on CPU)")
     parser.add_argument("--allow-hub", action="store_true", help="let transformers download missing files")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.add_argument("--text-only", action="store_true",
+                        help="refuse requests with images (400), as a model without its vision projector would; "
+                             "for checking clients")
+    parser.add_argument("--no-json-schema", action="store_true",
+                        help="refuse response_format json_schema (400), as servers without structured output do")
     defaults = ServeLimits()
     limits = parser.add_argument_group("limits (answered 400 unless said otherwise)")
     limits.add_argument("--max-request-mb", type=positive, default=defaults.max_request_mb, metavar="MB",
@@ -395,7 +459,7 @@ def _serve_limits(args):
 def run_serve(args) -> int:
     """``votemi serve``: blocks until Ctrl-C; 0 after a clean stop."""
     from .inprocess import load_model
-    from .server import VLMServer, is_loopback
+    from .server import ServeFeatures, VLMServer, is_loopback
 
     api_key = _api_key(args)
     if not 0 <= args.port <= 65535:
@@ -404,7 +468,8 @@ def run_serve(args) -> int:
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
         model = load_model(args.model, device=args.device, dtype=args.dtype, allow_hub=args.allow_hub)
         server = VLMServer(model, args.host, args.port, api_key=api_key, limits=_serve_limits(args),
-                           log=None if args.quiet else sys.stderr)
+                           log=None if args.quiet else sys.stderr,
+                           features=ServeFeatures(images=not args.text_only, json_schema=not args.no_json_schema))
     except VLMError as error:
         return _fail(str(error))
     except OSError as error:
