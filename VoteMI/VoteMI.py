@@ -107,8 +107,9 @@ class VoteMIParameterNode:
     switchLayoutForChart - switch to a layout with a plot view to show the score plot.
     guideSegmentation, guidePoints - optional guide: a segmentation whose segments to show, a point list.
     guideThenUnsupervised - after the guided slices, add the best slice of selectionMode outside them.
+    examplesFolder - worked examples sent before the question (one folder per case: an image and report.txt).
 
-    The text fields (serverUrl, model, promptTemplate, language) are connected to their widgets by
+    The text fields (serverUrl, model, promptTemplate, language, examplesFolder) are connected to their widgets by
     the panel itself: the wrapper's binding rewrites a text widget on every change of the node,
     which moves the cursor while the user types. The optional extra sequences are node references
     (role ``VoteMIExtraVolume``) of the same parameter node; the segments of guideSegmentation the user
@@ -132,6 +133,7 @@ class VoteMIParameterNode:
     guideSegmentation: slicer.vtkMRMLSegmentationNode
     guidePoints: slicer.vtkMRMLMarkupsFiducialNode
     guideThenUnsupervised: bool = False
+    examplesFolder: str = ""
 
 
 #
@@ -144,10 +146,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     #: Text widgets and the parameter each edits (connected by the panel, see VoteMIParameterNode).
     TEXT_PARAMETERS = (("serverUrlLineEdit", "serverUrl"), ("modelLineEdit", "model"),
-                       ("languageLineEdit", "language"), ("promptTextEdit", "promptTemplate"))
+                       ("languageLineEdit", "language"), ("promptTextEdit", "promptTemplate"),
+                       ("examplesLineEdit", "examplesFolder"))
     #: Parameters remembered across sessions in the application settings.
     REMEMBERED = ("axial", "coronal", "sagittal", "slicesPerPlane", "selectionMode", "serverUrl", "protocol",
-                  "model", "promptTemplate", "language", "timeoutSeconds", "switchLayoutForChart")
+                  "model", "promptTemplate", "language", "timeoutSeconds", "switchLayoutForChart", "examplesFolder")
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -157,6 +160,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._statusCheck = None
+        self._modelsShown = False
         self._reportNode = None
         self._updatingReport = False
         self._plotView = None
@@ -547,7 +551,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         window = self.logic.displayWindow(node.inputVolume)
         return {"server": node.serverUrl.strip() or DEFAULT_SERVER_URL, "protocol": node.protocol,
                 "model": node.model.strip(), "language": node.language.strip() or "English",
-                "timeout": int(node.timeoutSeconds), "prompt": node.promptTemplate.strip(), "window": window}
+                "timeout": int(node.timeoutSeconds), "prompt": node.promptTemplate.strip(), "window": window,
+                "examples": node.examplesFolder.strip()}
 
     def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
@@ -675,7 +680,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                "machine would send the API key unencrypted); Test connection checks "
                                                "it").format(url=url)
             return
-        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, apiKey), explicit)
+        # Only an explicit check probes: the probe asks the model for a few one-token answers.
+        self._modelsShown = False
+        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, apiKey, probe=explicit,
+                                                         model=node.model.strip()), explicit)
         self.ui.serverStatusLabel.text = _("Server {url}: checking...").format(url=url)
         self._timer.start()
 
@@ -684,6 +692,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for event in child.poll():
             if event.get("event") == "models":
                 self._showModels(event.get("server", ""), event.get("models", []))
+                self._modelsShown = True
+            elif event.get("event") == "capabilities":
+                self.ui.serverStatusLabel.text = _("{status}; {capabilities}").format(
+                    status=self.ui.serverStatusLabel.text, capabilities=event.get("summary", ""))
+            elif event.get("event") == "error" and self._modelsShown:
+                # The server answered; only the probe of the model failed.
+                self.ui.serverStatusLabel.text = _("{status}; probe failed: {reason}").format(
+                    status=self.ui.serverStatusLabel.text, reason=event["message"])
             elif event.get("event") == "error":
                 self.ui.serverStatusLabel.text = _("Server unreachable: {reason}").format(reason=event["message"])
                 if explicit:
@@ -1077,6 +1093,8 @@ class VoteMIRun:
             arguments += ["--prompt-file", promptFile]
         if options["window"] is not None:
             arguments += ["--window", repr(float(options["window"][0])), repr(float(options["window"][1]))]
+        if options.get("examples"):
+            arguments += ["--examples", options["examples"]]
         self.target = options["model"] if options["protocol"] == "inprocess" else options["server"]
         return arguments
 
@@ -1307,10 +1325,13 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         logging.info("VoteMI: starting %s", " ".join(argv))
         return ChildProcess(argv, env=env)
 
-    def startServerCheck(self, url, protocol, apiKey=""):
-        """Ask the server for its models in a child process (``votemi models --events``)."""
-        return self.startChild(["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"],
-                               apiKey=apiKey)
+    def startServerCheck(self, url, protocol, apiKey="", probe=False, model=""):
+        """Ask the server for its models in a child process (``votemi models --events``); with ``probe``, also
+        what the model accepts (``--probe``: images, images per request, context length, JSON schema)."""
+        arguments = ["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"]
+        if probe:
+            arguments += ["--probe"] + (["--model", model] if model else [])
+        return self.startChild(arguments, apiKey=apiKey)
 
     @staticmethod
     def serverUrlProblem(url):
