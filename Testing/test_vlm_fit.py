@@ -33,17 +33,18 @@ def _thread_server(model, features=None, **limits):
 
 @pytest.fixture(scope="module")
 def servers(tiny_vlm_dir):
-    """URLs of: one image per request; no JSON schema and four images per request (both in this process, the
-    model loaded once); and ``votemi serve --text-only --no-json-schema`` as a child process (its options)."""
+    """URLs of: one image per request; no JSON schema and four images per request; one image per message (all
+    in this process, the model loaded once); ``votemi serve --text-only --no-json-schema`` as a child process."""
     from VoteMILib.vlm.inprocess import load_model
 
     model = load_model(tiny_vlm_dir, device="cpu")
     started = [_thread_server(model, max_images=1),
-               _thread_server(model, ServeFeatures(json_schema=False), max_images=4)]
+               _thread_server(model, ServeFeatures(json_schema=False), max_images=4),
+               _thread_server(model, ServeFeatures(images_per_message=1))]
     try:
         with serve_process(tiny_vlm_dir, "--text-only", "--no-json-schema") as text_only:
-            yield {"one_image": started[0].url, "no_schema": started[1].url, "text_only": text_only,
-                   "model": model.name}
+            yield {"one_image": started[0].url, "no_schema": started[1].url, "per_message": started[2].url,
+                   "text_only": text_only, "model": model.name}
     finally:
         for httpd in started:
             httpd.shutdown()
@@ -211,6 +212,20 @@ def test_in_process_backend_keeps_the_same_limit_and_sheets(tiny_vlm_dir, volume
     sent = report.meta["sent"]
     assert sent["images_per_request"] == 1 and sent["attachments"][0]["kind"] == "sheet"
     assert sent["capabilities"]["protocol"] == "inprocess" and sent["capabilities"]["context_length"] == 4096
+
+
+def test_one_image_per_message_is_found_and_the_slices_go_over_turns(servers, volume, selection):
+    found = probe(make_client(settings(servers["per_message"])), servers["model"])
+    assert found.max_images == 1 and found.images_over_turns == 9 and found.turns_limit is None
+    assert "images: up to 1 per request; 9 or more one per message" in found.summary()
+    caps_module.store(found)
+    report = describe(volume, selection, settings(servers["per_message"], pack="turns"))
+    sent = report.meta["sent"]
+    assert sent["image_turns"] == 9 and sent["images_per_request"] == 9 and report.text.strip()
+    assert [a["ids"] for a in sent["attachments"]] == [[image["id"]] for image in report.meta["images"]]
+    assert describe(volume, selection, settings(servers["per_message"])).meta["sent"]["images_per_request"] == 1
+    with pytest.raises(VLMError, match=r"takes 1 image\(s\) per request even one per message"):
+        describe(volume, selection, settings(servers["one_image"], probe=True, pack="turns"))
 
 
 def test_sheet_grouping_and_unreadable_tiles():

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 from .clients import GenerationOptions, redact_url
 from .errors import VLMCancelled, VLMError
-from .prompts import Attachment, Prompt
+from .prompts import Attachment, Prompt, spread_over_turns
 
 #: Images per request tried by the probe, in order.
 PROBE_COUNTS = (1, 2, 4, 9)
@@ -53,6 +53,9 @@ class Capabilities:
         Context length in tokens, where the server reports it.
     json_schema : bool or None
         Whether a JSON schema as response format is honoured (refused or ignored: False).
+    images_over_turns : int or None
+        Most images accepted one per user message (probed only when fewer were accepted in one
+        message); equal to the largest count tried when all were accepted.
     probed_at : str
         ISO time of the probe (UTC).
     notes : list of str
@@ -67,6 +70,7 @@ class Capabilities:
     max_images_exact: bool = False
     context_length: int | None = None
     json_schema: bool | None = None
+    images_over_turns: int | None = None
     probed_at: str = ""
     prompt_tokens_per_image: float | None = None
     notes: list = field(default_factory=list)
@@ -77,6 +81,15 @@ class Capabilities:
         if self.images is False:
             return 0
         return self.max_images if self.max_images_exact else None
+
+    @property
+    def turns_limit(self) -> int | None:
+        """Images the server takes spread one per message (0 for text-only), None when no limit was found."""
+        if self.images is False:
+            return 0
+        if self.images_over_turns is not None and self.images_over_turns < max(PROBE_COUNTS):
+            return self.images_over_turns
+        return None if self.images_over_turns is not None or not self.max_images_exact else self.max_images
 
     def age_s(self) -> float:
         try:
@@ -96,6 +109,9 @@ class Capabilities:
         else:
             images = f"images: {self.max_images} or more per request"
         parts = [images]
+        if self.images is not False and self.max_images_exact and self.images_over_turns:
+            many = "or more " if self.images_over_turns >= max(PROBE_COUNTS) else ""
+            parts.append(f"{self.images_over_turns} {many}one per message")
         if self.context_length:
             parts.append(f"context {self.context_length} tokens")
         if self.json_schema is not None:
@@ -196,10 +212,13 @@ def _probe_png(number: int) -> bytes:
     return out.getvalue()
 
 
-def _ask(client, model, count: int, options, cancel, schema=None):
+def _ask(client, model, count: int, options, cancel, schema=None, spread=False):
+    """A one-token request with ``count`` test images, in one message or ``spread`` one per message."""
     images = [Attachment(f"test image {n}", _probe_png(n), {"kind": "probe"}) for n in range(1, count + 1)]
     prompt = Prompt("This is a connection test.", [], "Reply with OK." if schema is None else
                     'Reply with {"ok": true}.', attachments=images)
+    if spread:
+        prompt = spread_over_turns(prompt)
     return client.chat(prompt, model, replace(options, response_schema=schema), cancel=cancel)
 
 
@@ -279,6 +298,11 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
         accepted = low
     found.max_images = accepted if accepted else None
     found.max_images_exact = refused is not None
+    if accepted and refused is not None:  # a limit per message (Ollama) or per request (vLLM)?
+        for count in [n for n in PROBE_COUNTS if n > accepted]:
+            if _try_images(client, model, count, options, cancel, found.notes, spread=True) is None:
+                break
+            found.images_over_turns = count
     found.images = accepted > 0 if refused is not None or accepted else None
     if accepted and baseline is not None and tokens.get(1) is not None:
         found.prompt_tokens_per_image = round((tokens[accepted] - baseline) / accepted, 1) \
@@ -294,16 +318,16 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
     return found
 
 
-def _try_images(client, model, count, options, cancel, notes):
+def _try_images(client, model, count, options, cancel, notes, spread=False):
     """Prompt tokens of a request with ``count`` images (0 when not reported), or None when refused."""
     try:
-        return _ask(client, model, count, options, cancel).usage.get("prompt_tokens", 0)
+        return _ask(client, model, count, options, cancel, spread=spread).usage.get("prompt_tokens", 0)
     except VLMCancelled:
         raise
     except VLMError as error:
         if error.status is None or error.status >= 500 and not is_image_refusal(error):
             raise
-        notes.append(f"{count} image(s) refused: {error}")
+        notes.append(f"{count} image(s){' one per message' if spread else ''} refused: {error}")
         return None
 
 

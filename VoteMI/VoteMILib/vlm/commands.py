@@ -78,7 +78,8 @@ def add_describe_command(commands) -> None:
     group.add_argument("--pack", choices=PACK_CHOICES, default="auto",
                        help="auto: labelled contact sheets only when the server takes fewer images than the slices; "
                             "none: one image per slice, refused before sending if they do not fit; grid: contact "
-                            "sheets always (default: %(default)s)")
+                            "sheets always; turns: one image per user message, for servers limiting images per "
+                            "message (default: %(default)s)")
     group.add_argument("--max-images", type=positive_int, metavar="N",
                        help="most images per request, whatever the server takes (default: what its probe found)")
     group.add_argument("--probe", action="store_true",
@@ -416,6 +417,9 @@ def add_serve_command(commands) -> None:
                              "for checking clients")
     parser.add_argument("--no-json-schema", action="store_true",
                         help="refuse response_format json_schema (400), as servers without structured output do")
+    parser.add_argument("--max-images-per-message", type=positive_int, metavar="N",
+                        help="refuse messages with more images (400), as Ollama vision models taking a single image "
+                             "per message do (default: only --max-images per request)")
     defaults = ServeLimits()
     limits = parser.add_argument_group("limits (answered 400 unless said otherwise)")
     limits.add_argument("--max-request-mb", type=positive, default=defaults.max_request_mb, metavar="MB",
@@ -469,7 +473,8 @@ def run_serve(args) -> int:
         model = load_model(args.model, device=args.device, dtype=args.dtype, allow_hub=args.allow_hub)
         server = VLMServer(model, args.host, args.port, api_key=api_key, limits=_serve_limits(args),
                            log=None if args.quiet else sys.stderr,
-                           features=ServeFeatures(images=not args.text_only, json_schema=not args.no_json_schema))
+                           features=ServeFeatures(images=not args.text_only, json_schema=not args.no_json_schema,
+                                                  images_per_message=args.max_images_per_message))
     except VLMError as error:
         return _fail(str(error))
     except OSError as error:

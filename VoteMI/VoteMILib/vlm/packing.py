@@ -10,7 +10,10 @@ How the slices are sent (:data:`PACK_CHOICES`):
 * ``auto``: one image per slice when the server takes them all, otherwise as few sheets as fit:
   one sheet per plane when the planes fit, else the slices split in order over the sheets allowed;
 * ``none``: one image per slice, refused before sending when the server takes fewer;
-* ``grid``: sheets always (one per plane, or fewer when the server takes fewer images).
+* ``grid``: sheets always (one per plane, or fewer when the server takes fewer images);
+* ``turns``: one image per slice, each in its own user message (acknowledged by a short assistant turn),
+  the question last: for servers that limit images per message rather than per request (Ollama vision
+  models taking "a single image per message"); refused before sending when the request cannot hold them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .errors import VLMError
 from .imaging import render_rgb
 from .prompts import Attachment, format_position
 
-PACK_CHOICES = ("auto", "none", "grid")
+PACK_CHOICES = ("auto", "none", "grid", "turns")
 #: Smallest tile worth sending: below this the slice cannot be read (and its label covers it).
 MIN_TILE_PX = 64
 _LABEL_FRACTION = 0.075  # label height as a fraction of the tile side
@@ -132,10 +135,11 @@ def fit_images(images, budget: int | None, pack: str, long_side: int, what: str 
     if pack not in PACK_CHOICES:
         raise VLMError(f"unknown packing '{pack}'; choose {', '.join(PACK_CHOICES)}")
     limit = len(images) if budget is None else int(budget)
-    if pack == "none" or (pack == "auto" and len(images) <= limit):
+    if pack in ("none", "turns") or (pack == "auto" and len(images) <= limit):
         if len(images) > limit:
-            raise VLMError(f"the server takes {limit} image(s) per request and {what} are {len(images)} images; "
-                           "use --pack auto or grid to send them as contact sheets, or send fewer slices")
+            over = " even one per message" if pack == "turns" else ""
+            raise VLMError(f"the server takes {limit} image(s) per request{over} and {what} are {len(images)} "
+                           "images; use --pack auto or grid to send them as contact sheets, or send fewer slices")
         return list(images)
     groups = sheet_groups(list(images), max(1, min(limit, len(images))), always=True)
     return [sheet_of(group, long_side, n, len(groups)) for n, group in enumerate(groups, 1)]

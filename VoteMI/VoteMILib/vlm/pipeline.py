@@ -21,7 +21,7 @@ from .errors import VLMCancelled, VLMError
 from .capabilities import capabilities_for, forget, is_image_refusal, probe, store
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
 from .packing import PACK_CHOICES, context_sheet, fit_images
-from .prompts import Prompt, PromptImage, Turn, build_prompt, format_position
+from .prompts import Prompt, PromptImage, Turn, build_prompt, format_position, spread_over_turns
 from .report import NOTICE, Report
 
 PROTOCOL_CHOICES = ("openai", "ollama", "inprocess")
@@ -82,10 +82,10 @@ class DescribeSettings:
         ``response_format``, Ollama ``format``) and falls back to free text with ``[A1]`` tags when the
         server refuses it; "off" asks for free text only. Either way the answer becomes
         :class:`~VoteMILib.findings.Findings`.
-    pack : {"auto", "none", "grid"}
+    pack : {"auto", "none", "grid", "turns"}
         How slices are fitted to the images a server takes per request (:mod:`.packing`): "auto"
         packs them into labelled contact sheets only when needed, "none" never (refused before
-        sending when they do not fit), "grid" always.
+        sending when they do not fit), "grid" always; "turns" sends one image per user message.
     max_images : int or None
         Most images per request, whatever the server was found to take (also for the in-process model).
     probe : bool
@@ -338,7 +338,7 @@ class RequestParts:
             many examples for the limit).
         """
         budget = image_budget(settings, capabilities)
-        if budget == 0:
+        if budget == 0 or (settings.pack == "turns" and capabilities is not None and capabilities.images is False):
             seen = [note for note in capabilities.notes if "image" in note or "vision" in note][:1]
             raise VLMError(f"{capabilities.server}: the model {capabilities.model or '(default)'} takes no images "
                            f"(text-only{': ' + seen[0] if seen else ''}); nothing was sent; choose a vision model, "
@@ -370,14 +370,19 @@ class RequestParts:
                               {"name": case.name, "distance": round(float(distance), 4), "images": len(shown)}))
         if turns:
             intro = f"{_EXAMPLE_QUESTION} {intro}"
-        return replace(prompt, intro=intro, attachments=attachments, turns=turns)
+        fitted = replace(prompt, intro=intro, attachments=attachments, turns=turns)
+        return spread_over_turns(fitted) if settings.pack == "turns" else fitted
 
 
 def image_budget(settings: DescribeSettings, capabilities=None) -> int | None:
-    """Images per request allowed: the smaller of ``settings.max_images`` and the server's known limit."""
+    """Images per request allowed: the smaller of ``settings.max_images`` and the server's known limit
+    (for ``pack`` "turns", its limit with one image per message)."""
     limits = [int(settings.max_images)] if settings.max_images else []
-    if capabilities is not None and capabilities.image_limit is not None:
-        limits.append(int(capabilities.image_limit))
+    known = None
+    if capabilities is not None:
+        known = capabilities.turns_limit if settings.pack == "turns" else capabilities.image_limit
+    if known is not None:
+        limits.append(int(known))
     return min(limits) if limits else None
 
 
@@ -413,10 +418,13 @@ def sent_meta(prompt: Prompt, settings: DescribeSettings, capabilities=None) -> 
             entry.update(plane=item.meta["plane"], count=item.meta["count"], positions_mm=item.meta["positions_mm"])
         return entry
 
+    spread = [turn for turn in prompt.turns if turn.meta.get("kind") == "image turn"]
+    attachments = [*prompt.attachments, *(item for turn in spread for item in turn.attachments)]
     return {"pack": settings.pack, "images_per_request": prompt.image_count(),
             "limit": image_budget(settings, capabilities),
-            "attachments": [describe_attachment(item) for item in prompt.attachments],
-            "examples": [dict(turn.meta) for turn in prompt.turns],
+            "attachments": [describe_attachment(item) for item in attachments],
+            "image_turns": len(spread),
+            "examples": [dict(turn.meta) for turn in prompt.turns if turn.meta.get("kind") != "image turn"],
             "capabilities": capabilities.to_dict() if capabilities is not None else None}
 
 

@@ -13,7 +13,7 @@ whole volume. Worked examples go before the question as earlier turns (:class:`T
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: The report prompt used when the user gives none. See :data:`PLACEHOLDERS`.
 DEFAULT_TEMPLATE = """\
@@ -149,6 +149,23 @@ class Prompt:
     def image_count(self) -> int:
         """Images attached to the whole request, examples included."""
         return len(self.attachments) + sum(len(turn.attachments) for turn in self.turns)
+
+
+#: The assistant's answer after each image sent over several turns.
+ACKNOWLEDGEMENT = "Noted."
+
+
+def spread_over_turns(prompt: Prompt) -> Prompt:
+    """``prompt`` with its attachments one per user message (each acknowledged), the question last.
+
+    The first message keeps the introduction; earlier turns (worked examples) stay first.
+    """
+    count = len(prompt.attachments)
+    turns = [Turn((f"{prompt.intro}\n" if n == 1 else "") + f"Image {n} of {count}:", [attachment], ACKNOWLEDGEMENT,
+                  {"kind": "image turn"})
+             for n, attachment in enumerate(prompt.attachments, 1)]
+    intro = f"The {count} images of this examination are in the messages above."
+    return replace(prompt, intro=intro, attachments=[], turns=[*prompt.turns, *turns])
 
 
 def _label_list(attachments) -> str:

@@ -140,10 +140,14 @@ class ServeFeatures:
     json_schema : bool
         False: ``response_format`` json_schema is refused (400), as servers without structured
         output do (``votemi serve --no-json-schema``).
+    images_per_message : int or None
+        Most images in one message (400 beyond), as Ollama's vision models that take "a single image
+        per message" (``votemi serve --max-images-per-message``); None: only ``max_images`` per request.
     """
 
     images: bool = True
     json_schema: bool = True
+    images_per_message: int | None = None
 
 
 class RequestError(Exception):
@@ -291,6 +295,12 @@ def _convert_messages(messages, limits: ServeLimits, features: ServeFeatures) ->
                            "--text-only)", "messages", "images_not_supported")
     if image_count > limits.max_images:
         raise RequestError(400, f"too many images ({image_count}); the limit is {limits.max_images}", "messages")
+    if features.images_per_message is not None:
+        for n, (_, parts) in enumerate(pending):
+            count = sum(part["type"] == "image_url" for part in parts)
+            if count > features.images_per_message:
+                raise RequestError(400, f"messages[{n}] has {count} images; this model takes "
+                                   f"{features.images_per_message} image(s) per message", f"messages[{n}]")
     characters = sum(len(part["text"]) for _, parts in pending for part in parts if part["type"] == "text")
     if characters > limits.max_prompt_chars:
         raise RequestError(400, f"the prompt has {characters} characters of text; the limit is "
