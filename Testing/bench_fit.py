@@ -10,7 +10,9 @@ One ``votemi serve`` subprocess answers every request over loopback HTTP. The qu
 real case with a one-line report. Each row is one way of sending the same nine slices; prompt tokens
 are the server's count after the chat template (images included), latency the median wall time of a
 describe with 16 new tokens, decoding not constrained (``structured="off"``), so rows differ only in
-what is sent. Prints one table.
+what is sent. The last column puts the images at MedGemma's 256 tokens each instead of the tiny model's
+own count per image (measured by the probe), text unchanged: the cost a real Gemma 3 based model would see.
+Prints one table.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: Tokens a Gemma 3 based model (MedGemma) spends on one image.
+MEDGEMMA_IMAGE_TOKENS = 256
 DATA = HERE.parents[1] / "shared" / "data"
 
 #: (name, settings changes, whether the worked example is sent)
@@ -66,6 +70,11 @@ def main(argv=None) -> int:
     examples = _example_folder(args.example)
     rows = []
     with serve_process(model) as url:
+        from VoteMILib.vlm.capabilities import probe
+        from VoteMILib.vlm.pipeline import make_client
+
+        client = make_client(DescribeSettings(server_url=url))
+        per_image = probe(client, client.list_models()[0]).prompt_tokens_per_image
         for name, changes, with_example in ROWS:
             settings = DescribeSettings(server_url=url, max_tokens=16, structured="off", retries=0, seed=0,
                                         examples_dir=examples if with_example else "", **changes)
@@ -75,14 +84,16 @@ def main(argv=None) -> int:
                 report = describe(volume, selection, settings)
                 times.append(time.perf_counter() - started)
             sent = report.meta["sent"]
-            rows.append((name, sent["images_per_request"], report.meta["usage"]["prompt_tokens"],
+            tokens = report.meta["usage"]["prompt_tokens"]
+            images = sent["images_per_request"]
+            rows.append((name, images, tokens, round(tokens + images * (MEDGEMMA_IMAGE_TOKENS - per_image)),
                          statistics.median(times)))
-    print(f"query {args.case}, 9 voted slices; model {os.path.basename(os.path.normpath(model))}; "
-          f"median of {args.repeats} describes (16 new tokens)")
-    print(f"| {'sent':<40} | images | prompt tokens | latency s |")
-    print(f"|{'-' * 42}|--------|---------------|-----------|")
-    for name, images, tokens, seconds in rows:
-        print(f"| {name:<40} | {images:>6} | {tokens:>13} | {seconds:>9.2f} |")
+    print(f"query {args.case}, 9 voted slices; model {os.path.basename(os.path.normpath(model))} "
+          f"({per_image:g} prompt tokens per image); median of {args.repeats} describes (16 new tokens)")
+    print(f"| {'sent':<40} | images | prompt tokens | at 256/image | latency s |")
+    print(f"|{'-' * 42}|--------|---------------|--------------|-----------|")
+    for name, images, tokens, medgemma, seconds in rows:
+        print(f"| {name:<40} | {images:>6} | {tokens:>13} | {medgemma:>12} | {seconds:>9.2f} |")
     return 0
 
 

@@ -111,6 +111,7 @@ def test_nine_slices_go_as_one_labelled_sheet_to_a_one_image_server(servers, vol
     assert [image["id"] for image in report.meta["images"]] == sheet["ids"]  # the slices stay citable
     assert sent["capabilities"]["max_images"] == 1
     assert "contact sheets" in report.meta["prompt"]["intro"]
+    assert "Sent as 1 contact sheet(s) (at most 1 image(s) per request)" in report.to_text()
     assert report.meta["usage"]["prompt_tokens"] > 0 and report.text.strip()
     prompt = build_request(volume, selection, settings(servers["one_image"]),
                            capabilities=cached("openai", servers["one_image"], servers["model"]))

@@ -87,7 +87,7 @@ def contact_sheet(pngs_and_texts, long_side: int) -> tuple:
     for n, (png, text) in enumerate(pngs_and_texts):
         sheet.paste(_tile(png, side, text), ((n % columns) * side, (n // columns) * side))
     out = io.BytesIO()
-    sheet.save(out, format="PNG", optimize=True)
+    sheet.save(out, format="PNG")
     return out.getvalue(), sheet.size
 
 

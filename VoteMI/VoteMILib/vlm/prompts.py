@@ -131,7 +131,7 @@ class Prompt:
     intro: str
     images: list
     instruction: str
-    attachments: list = None
+    attachments: list | None = None
     turns: list = field(default_factory=list)
 
     def __post_init__(self):
