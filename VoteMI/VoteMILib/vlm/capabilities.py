@@ -3,9 +3,10 @@
 A probe (:func:`probe`) first reads what the server reports about the model (Ollama's ``/api/show``,
 ``max_model_len`` in vLLM's and ``votemi serve``'s ``/v1/models``, llama.cpp's ``/props``), then sends
 a few one-token requests: text only, then 1, 2, 4 and 9 tiny PNGs (narrowed down between the last
-count accepted and the first refused), then a tiny JSON schema as ``response_format`` (Ollama:
-``format``). A model whose prompt does not grow with an image (a GGUF loaded without its vision
-projector) is taken as text-only even when its server accepts the request.
+count accepted and the first refused; one image per message too when fewer fit in one), then a tiny
+JSON schema as ``response_format`` (Ollama: ``format``). A model whose prompt does not grow with an
+image (llama-cpp-python started without ``--clip_model_path`` accepts images and drops them) is taken
+as text-only even though its server accepts the request.
 
 Results are cached per protocol, server and model with a time stamp in ``capabilities.json`` under
 ``$VOTEMI_CACHE_DIR`` (default: the user's cache folder, e.g. ``~/.cache/votemi``), reused for
@@ -34,6 +35,8 @@ CACHE_FILE = "capabilities.json"
 CACHE_ENV = "VOTEMI_CACHE_DIR"
 _PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
                  "additionalProperties": False}
+# Words of a refusal that show it is about the response format.
+_SCHEMA_WORDS = ("response_format", "json_schema", "schema", "format", "grammar")
 # Words of a refusal that show it is about the images (and not, e.g., the server being down).
 _IMAGE_WORDS = ("image", "vision", "multimodal", "mm", "projector", "modalit")
 
@@ -214,7 +217,9 @@ def _probe_png(number: int) -> bytes:
 
 def _ask(client, model, count: int, options, cancel, schema=None, spread=False):
     """A one-token request with ``count`` test images, in one message or ``spread`` one per message."""
-    images = [Attachment(f"test image {n}", _probe_png(n), {"kind": "probe"}) for n in range(1, count + 1)]
+    # No label text: with the OpenAI protocol a request with images then has the very text of the one without,
+    # so prompt tokens that do not grow mean the images never reached the model.
+    images = [Attachment("", _probe_png(n), {"kind": "probe"}) for n in range(1, count + 1)]
     prompt = Prompt("This is a connection test.", [], "Reply with OK." if schema is None else
                     'Reply with {"ok": true}.', attachments=images)
     if spread:
@@ -307,7 +312,8 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
     if accepted and baseline is not None and tokens.get(1) is not None:
         found.prompt_tokens_per_image = round((tokens[accepted] - baseline) / accepted, 1) \
             if tokens.get(accepted) is not None else None
-        if tokens[1] <= baseline:
+        # Ollama's native API lists image labels in the text, so only OpenAI requests compare like for like.
+        if tokens[1] <= baseline and client.protocol == "openai":
             found.images = False
             found.notes.append(f"the prompt did not grow with an image ({baseline} tokens either way): the model "
                                "ignores images (no vision projector loaded?)")
@@ -337,7 +343,9 @@ def _try_schema(client, model, options, cancel, notes) -> bool:
     except VLMCancelled:
         raise
     except VLMError as error:
-        if error.status is None or error.status >= 500:
+        # Some refuse it with a 500 (llama-cpp-python: "Input should be 'text' or 'json_object'").
+        if error.status is None or (error.status >= 500 and not any(word in str(error).lower()
+                                                                    for word in _SCHEMA_WORDS)):
             raise
         notes.append(f"JSON schema refused: {error}")
         return False
