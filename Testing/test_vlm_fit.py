@@ -33,18 +33,20 @@ def _thread_server(model, features=None, **limits):
 
 @pytest.fixture(scope="module")
 def servers(tiny_vlm_dir):
-    """URLs of: one image per request; no JSON schema and four images per request; one image per message (all
-    in this process, the model loaded once); ``votemi serve --text-only --no-json-schema`` as a child process."""
+    """URLs of: one image per request; no JSON schema and four images per request; one image per message; images
+    accepted and dropped (all in this process, the model loaded once); and ``votemi serve --text-only
+    --no-json-schema`` as a child process (its options)."""
     from VoteMILib.vlm.inprocess import load_model
 
     model = load_model(tiny_vlm_dir, device="cpu")
     started = [_thread_server(model, max_images=1),
                _thread_server(model, ServeFeatures(json_schema=False), max_images=4),
-               _thread_server(model, ServeFeatures(images_per_message=1))]
+               _thread_server(model, ServeFeatures(images_per_message=1)),
+               _thread_server(model, ServeFeatures(drop_images=True))]
     try:
         with serve_process(tiny_vlm_dir, "--text-only", "--no-json-schema") as text_only:
             yield {"one_image": started[0].url, "no_schema": started[1].url, "per_message": started[2].url,
-                   "text_only": text_only, "model": model.name}
+                   "drops_images": started[3].url, "text_only": text_only, "model": model.name}
     finally:
         for httpd in started:
             httpd.shutdown()
@@ -150,6 +152,12 @@ def test_a_text_only_model_is_refused_with_one_line_before_anything_is_sent(serv
     events = [json.loads(line) for line in run.stdout.splitlines()]
     capabilities, = [e for e in events if e["event"] == "capabilities"]
     assert run.returncode == 0 and capabilities["summary"].startswith("text-only (takes no images)")
+
+
+def test_a_server_that_drops_the_images_is_found_text_only(servers, volume, selection):
+    with pytest.raises(VLMError, match=r"takes no images \(text-only: the prompt did not grow with an image"):
+        describe(volume, selection, settings(servers["drops_images"], probe=True))
+    assert cached("openai", servers["drops_images"], servers["model"]).max_images == 9  # accepted, yet unseen
 
 
 def test_no_json_schema_falls_back_to_tags_known_from_the_probe_or_from_the_refusal(servers, volume, selection):

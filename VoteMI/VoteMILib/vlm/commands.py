@@ -417,6 +417,9 @@ def add_serve_command(commands) -> None:
                              "for checking clients")
     parser.add_argument("--no-json-schema", action="store_true",
                         help="refuse response_format json_schema (400), as servers without structured output do")
+    parser.add_argument("--drop-images", action="store_true",
+                        help="accept images but leave them out of the prompt, as a server without its vision "
+                             "projector may (llama-cpp-python without --clip_model_path)")
     parser.add_argument("--max-images-per-message", type=positive_int, metavar="N",
                         help="refuse messages with more images (400), as Ollama vision models taking a single image "
                              "per message do (default: only --max-images per request)")
@@ -474,7 +477,8 @@ def run_serve(args) -> int:
         server = VLMServer(model, args.host, args.port, api_key=api_key, limits=_serve_limits(args),
                            log=None if args.quiet else sys.stderr,
                            features=ServeFeatures(images=not args.text_only, json_schema=not args.no_json_schema,
-                                                  images_per_message=args.max_images_per_message))
+                                                  images_per_message=args.max_images_per_message,
+                                                  drop_images=args.drop_images))
     except VLMError as error:
         return _fail(str(error))
     except OSError as error:

@@ -143,11 +143,15 @@ class ServeFeatures:
     images_per_message : int or None
         Most images in one message (400 beyond), as Ollama's vision models that take "a single image
         per message" (``votemi serve --max-images-per-message``); None: only ``max_images`` per request.
+    drop_images : bool
+        True: images are accepted and left out of what the model sees, as llama-cpp-python started
+        without its vision projector does (``votemi serve --drop-images``).
     """
 
     images: bool = True
     json_schema: bool = True
     images_per_message: int | None = None
+    drop_images: bool = False
 
 
 class RequestError(Exception):
@@ -309,6 +313,8 @@ def _convert_messages(messages, limits: ServeLimits, features: ServeFeatures) ->
     for role, parts in pending:
         content = []
         for part in parts:
+            if part["type"] == "image_url" and features.drop_images:
+                continue
             if part["type"] == "image_url":
                 where = part["where"]
                 part = {"type": "image", "image": _open_image(part["url"], where)}
