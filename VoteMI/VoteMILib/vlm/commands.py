@@ -12,7 +12,7 @@ from .. import events
 from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
 from .packing import PACK_CHOICES
-from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
+from .pipeline import PROTOCOL_CHOICES, DescribeSettings, RequestParts, describe
 from .report import NOTICE, Report
 from .server import DEFAULT_HOST, DEFAULT_PORT
 
@@ -194,13 +194,15 @@ def run_describe(args) -> int:
     interrupt = _CtrlC()
     prompt = None
     try:
-        prompt = build_request(volume, result, settings, extras, _stored_capabilities(settings))
+        parts = RequestParts.prepare(volume, result, settings, extras)
+        prompt = parts.fit(settings, _stored_capabilities(settings))
         if args.png_dir:
             document["pngs"] = _write_pngs(prompt, args.png_dir)
             if not args.quiet:
                 print(f"wrote {len(prompt.images)} PNGs to {args.png_dir}", file=log)
         if args.dry_run:
             document["prompt"] = {"intro": prompt.intro, "labels": [i.label for i in prompt.images],
+                                  "attached": [a.label for a in prompt.attachments],
                                   "instruction": prompt.instruction}
             print(prompt.flat_text())
             _write_json(args.json, document)
@@ -217,7 +219,7 @@ def run_describe(args) -> int:
         streamed = events.active().text if events.active() else show
         with interrupt:
             report = describe(volume, result, settings, extras, on_text=streamed if settings.stream else None,
-                              cancel=interrupt.event.is_set)
+                              cancel=interrupt.event.is_set, parts=parts)
     except VLMError as error:
         print(file=sys.stdout)
         cancelled = isinstance(error, VLMCancelled)

@@ -350,8 +350,9 @@ class RequestParts:
             room = budget - fixed
             if room < groups:
                 parts = [f"{len(self.examples)} example(s)"] * bool(self.examples) + ["the context sheet"] * fixed
+                remedies = ["lower --examples-k"] * bool(self.examples) + ["leave out --context"] * fixed
                 raise VLMError(f"the server takes {budget} image(s) per request: too few for "
-                               f"{' and '.join(parts)} and the slices; lower --examples-k or leave out --context")
+                               f"{' and '.join(parts)} and the slices; {' or '.join(remedies)}")
             example_budget = room // groups
             query_budget = room - example_budget * len(self.examples)
         prompt = self.prompt
@@ -429,7 +430,7 @@ def sent_meta(prompt: Prompt, settings: DescribeSettings, capabilities=None) -> 
 
 
 def describe(volume, selection_result, settings: DescribeSettings | None = None, extra_volumes=(), on_text=None,
-             cancel=None) -> Report:
+             cancel=None, parts: RequestParts | None = None) -> Report:
     """Draft a report of the voted slices with a vision-language model.
 
     Parameters
@@ -445,6 +446,9 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
     cancel : callable() -> bool, optional
         Return True to stop. Polled about 20 times a second, possibly from a helper thread, so it
         must be cheap and thread-safe (``threading.Event().is_set`` is ideal).
+    parts : RequestParts, optional
+        The request already prepared with these arguments (:meth:`RequestParts.prepare`), so that
+        worked examples are not selected twice.
 
     Returns
     -------
@@ -466,7 +470,7 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
     settings.validate()
     started = time.monotonic()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    parts = RequestParts.prepare(volume, selection_result, settings, extra_volumes)
+    parts = parts or RequestParts.prepare(volume, selection_result, settings, extra_volumes)
     prompt = parts.prompt
     client = make_client(settings)
     meta = {
