@@ -338,7 +338,7 @@ class RequestParts:
             many examples for the limit).
         """
         budget = image_budget(settings, capabilities)
-        if budget == 0 or (settings.pack == "turns" and capabilities is not None and capabilities.images is False):
+        if budget == 0:  # only a probe says 0: the model is text-only
             seen = [note for note in capabilities.notes if "image" in note or "vision" in note][:1]
             raise VLMError(f"{capabilities.server}: the model {capabilities.model or '(default)'} takes no images "
                            f"(text-only{': ' + seen[0] if seen else ''}); nothing was sent; choose a vision model, "
