@@ -1,8 +1,15 @@
 """Shared pytest fixtures."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The module folder holds the self-test helpers (VoteMISelfTestLib) beside the engine, as in Slicer.
+MODULE_DIR = str(Path(__file__).resolve().parents[1] / "VoteMI")
+if MODULE_DIR not in sys.path:
+    sys.path.append(MODULE_DIR)
 
 # --- VLM tests (helpers in vlm_fixtures.py) ------------------------------------------------------
 
@@ -76,6 +83,17 @@ def headless_slicer():
     app = HeadlessSlicer()
     yield app
     app.close()
+
+
+@pytest.fixture
+def panel(headless_slicer, monkeypatch, tmp_path):
+    """VoteMI's real panel on real Qt widgets and the headless scene (see slicer_qt_harness.py); needs PyQt5."""
+    pytest.importorskip("PyQt5", reason="needs PyQt5 (pip install -e .[test])")
+    from slicer_qt_harness import SlicerPanel
+
+    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
+    yield made
+    made.close()
 
 
 @pytest.fixture(scope="session")

@@ -652,14 +652,19 @@ class LayoutManager:
 
 
 class Dialogs:
-    """Message boxes: each is recorded as (kind, text); questions are answered from ``answers`` (default yes)."""
+    """Message boxes: each is recorded as (kind, text); questions are answered from ``answers`` (default yes).
+
+    ``details`` holds each box's ``detailedText`` (the "Show Details..." pane), "" when it has none.
+    """
 
     def __init__(self):
         self.shown = []
+        self.details = []
         self.answers = []
 
     def _show(self, kind, text, **kwargs):
         self.shown.append((kind, str(text)))
+        self.details.append(str(kwargs.get("detailedText", "")))
 
     def _ask(self, kind, text, **kwargs):
         self.shown.append((kind, str(text)))
@@ -667,7 +672,7 @@ class Dialogs:
 
     def install(self, util, monkeypatch):
         for name in ("errorDisplay", "warningDisplay", "infoDisplay"):
-            monkeypatch.setattr(util, name, lambda text, *args, _kind=name, **kwargs: self._show(_kind, text))
+            monkeypatch.setattr(util, name, lambda text, *args, _kind=name, **kwargs: self._show(_kind, text, **kwargs))
         for name in ("confirmYesNoDisplay", "confirmOkCancelDisplay"):
             monkeypatch.setattr(util, name, lambda text, *args, _kind=name, **kwargs: self._ask(_kind, text))
 
@@ -732,6 +737,7 @@ class SlicerPanel:
         wrapper.parameterNodeWrapper, wrapper.Choice, wrapper.WithinRange = parameterNodeWrapper, Choice, WithinRange
         i18n = types.ModuleType("slicer.i18n")
         i18n.tr = lambda text: text
+        i18n.translate = lambda context, text: text
         ctk = types.ModuleType("ctk")
         ctk.ctkCollapsibleButton = ctkCollapsibleButton
         for name, module in {"qt": _qt_module(), "ctk": ctk, "slicer.ScriptedLoadableModule": scripted,
@@ -744,6 +750,7 @@ class SlicerPanel:
         self.app = types.SimpleNamespace(
             majorVersion=slicer_version[0], minorVersion=slicer_version[1], testingEnabled=lambda: False,
             layoutManager=lambda: self.layout_manager, defaultScenePath=str(tmp_path / "scenes"),
+            temporaryPath=str(tmp_path / "slicer-temp"),
             processEvents=self.qapp.processEvents, setOverrideCursor=self.qapp.setOverrideCursor,
             restoreOverrideCursor=self.qapp.restoreOverrideCursor)
         monkeypatch.setattr(slicer, "app", self.app, raising=False)

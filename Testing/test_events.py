@@ -182,3 +182,32 @@ def test_kill_ends_the_child_and_what_it_started():
     while not _gone(grandchild) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _gone(grandchild)
+
+
+def test_kill_on_windows_starts_taskkill_without_a_console_and_does_not_wait_for_it(monkeypatch):
+    """Windows cannot run here: what the kill asks of the OS is recorded, and the child is really ended."""
+    from VoteMILib import events
+
+    child = ChildProcess([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = []
+    real_popen = subprocess.Popen
+
+    def record(argv, **options):
+        hanging = real_popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a taskkill that hangs
+        started.append((argv, options, hanging))
+        return hanging
+
+    create_no_window = 0x08000000
+    monkeypatch.setattr(events, "_WINDOWS", True)
+    monkeypatch.setattr(subprocess, "CREATE_NO_WINDOW", create_no_window, raising=False)
+    monkeypatch.setattr(events.subprocess, "Popen", record)
+    monkeypatch.setattr(events.subprocess, "run", lambda *args, **kwargs: pytest.fail("kill waited for taskkill"))
+    began = time.perf_counter()
+    child.kill()
+    took = time.perf_counter() - began
+    (argv, options, hanging), = started
+    hanging.kill()
+    hanging.wait()
+    assert argv[:4] == ["taskkill", "/F", "/T", "/PID"] and argv[4] == str(child.process.pid)
+    assert options["creationflags"] & create_no_window
+    assert child.exit_code is not None and took < ChildProcess.WINDOWS_TREE_KILL_S + 5

@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
 
-from VoteMILib import mrml, mrml_selftest  # noqa: E402
+import VoteMISelfTestLib as mrml_selftest  # noqa: E402
+from VoteMILib import mrml  # noqa: E402
 from VoteMILib.geometry import NORMAL_INDEX, PLANES, display_slice  # noqa: E402
 from VoteMILib.volumes import VolumeError, load_volume  # noqa: E402
 

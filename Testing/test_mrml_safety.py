@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
 
-from VoteMILib import mrml, mrml_selftest  # noqa: E402
+import VoteMISelfTestLib as mrml_selftest  # noqa: E402
+from VoteMILib import mrml  # noqa: E402
 from VoteMILib.results import SelectionResult  # noqa: E402
 from VoteMILib.selection import select_slices  # noqa: E402
 from VoteMILib.vlm import Report  # noqa: E402

@@ -18,15 +18,6 @@ ANSWER = ["Findings:\n- An enhancing mass ", "in the right hemisphere [A1, C1].\
           "- Oedema around it [S1, S7].\n", "Impression: Glioma [A1]."]
 
 
-@pytest.fixture
-def panel(headless_slicer, monkeypatch, tmp_path):
-    from slicer_qt_harness import SlicerPanel
-
-    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
-    yield made
-    made.close()
-
-
 def _describe(panel, headless_slicer, server):
     volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
     headless_slicer.show(volume)
@@ -170,3 +161,92 @@ def test_save_report_writes_html_with_the_images_and_pdf(panel, headless_slicer,
     pdf = (tmp_path / "out" / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and len(pdf) > 20_000 and b"/Image" in pdf
     assert panel.dialogs.of("errorDisplay") == [] and not panel.slot_errors
+
+
+class _DicomDatabase:
+    """Slicer's DICOM database (ctk, not in slicer-core): instances by UID, files imported by copy."""
+
+    def __init__(self, folder, sources):
+        import pydicom
+
+        self.folder = folder
+        self.isOpen = True
+        self.files = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID): str(path)
+                      for path in sources}
+        self.imported = []
+
+    def fileForInstance(self, uid):
+        return self.files.get(uid, "")
+
+    def importDicom(self, folder, dicomDatabase=None, copyFiles=False):
+        import shutil
+        from pathlib import Path
+
+        assert copyFiles, "the export folder is removed after the import: the files must be copied"
+        for path in sorted(Path(folder).iterdir()):
+            self.imported.append(shutil.copy(path, self.folder))
+        return True
+
+
+def test_export_to_dicom_adds_key_images_and_the_report_to_the_database_in_the_source_study(
+        panel, headless_slicer, scripted_server, monkeypatch, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    import sys
+    import types
+    from pathlib import Path
+
+    import slicer
+
+    from VoteMILib import mrml
+    from VoteMILib.volumes import load_volume
+
+    import engine_fixtures as ef
+
+    series = ef.DATA / "dicom" / "sts001_ct" / "series"
+    database = _DicomDatabase(tmp_path / "database", sorted(series.glob("*.dcm")))
+    (tmp_path / "database").mkdir()
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    dicom_lib = types.ModuleType("DICOMLib")
+    dicom_lib.DICOMUtils = types.SimpleNamespace(importDicom=database.importDicom)
+    monkeypatch.setitem(sys.modules, "DICOMLib", dicom_lib)
+
+    loaded = load_volume(str(series))
+    volume = mrml.add_volume_from_array(headless_slicer.scene, loaded.array, loaded.ijk_to_ras, "sts001 CT")
+    headless_slicer.show(volume)
+    scripted_server.script = [streamed(["Findings:\n- A soft-tissue mass in the thigh [A1, C1].\n",
+                                        "Impression: Sarcoma [A1]."])]
+    panel.setup()
+    assert not panel.ui.exportDicomButton.enabled  # no report yet
+    node = panel.widget._parameterNode
+    node.serverUrl, node.model, node.slicesPerPlane = scripted_server.url, "tiny-vlm", 1
+    panel.click(panel.ui.selectDescribeButton)
+    panel.run_until(panel.idle, 120)
+    assert not panel.ui.exportDicomButton.enabled  # a report, but the volume did not come from the database
+    assert "not loaded from the DICOM database" in panel.ui.exportDicomButton.toolTip
+
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(database.files))
+    panel.widget._showReportInfo()
+    assert panel.ui.exportDicomButton.enabled
+    panel.click(panel.ui.exportDicomButton)
+    assert not panel.slot_errors and panel.dialogs.of("errorDisplay") == [], panel.dialogs.shown
+    assert "Added to the DICOM database" in panel.ui.statusLabel.text
+
+    written = [pydicom.dcmread(path) for path in database.imported]
+    kinds = sorted(str(dataset.Modality) for dataset in written)
+    assert kinds.count("KO") == 1 and kinds.count("SR") == 1 and kinds.count("OT") == 2  # coronal, sagittal SCs
+    source = pydicom.dcmread(next(iter(database.files.values())), stop_before_pixels=True)
+    assert {str(dataset.StudyInstanceUID) for dataset in written} == {str(source.StudyInstanceUID)}
+    known = set(database.files) | {str(dataset.SOPInstanceUID) for dataset in written}
+    kos = next(dataset for dataset in written if dataset.Modality == "KO")
+    cited = [str(item.ReferencedSOPInstanceUID) for study in kos.CurrentRequestedProcedureEvidenceSequence
+             for series_item in study.ReferencedSeriesSequence for item in series_item.ReferencedSOPSequence]
+    assert cited and set(cited) <= known and set(cited) & set(database.files)  # the axial pick is a source image
+    assert not list(Path(panel.app.temporaryPath, "VoteMI").glob("run-*"))  # the export folder is gone
+
+
+def test_export_to_dicom_of_a_volume_not_from_the_database_says_why(panel, headless_slicer):
+    volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
+    panel.setup()
+    with pytest.raises(ValueError, match="not loaded from the DICOM database"):
+        panel.widget.logic.dicomSourceFiles(volume)

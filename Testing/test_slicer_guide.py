@@ -15,15 +15,6 @@ CASE = "pyradiomics_brain2"
 NORMAL = {"sagittal": 0, "coronal": 1, "axial": 2}  # 256x256x23, a small tumour on 3 axial slices
 
 
-@pytest.fixture
-def panel(headless_slicer, monkeypatch, tmp_path):
-    from slicer_qt_harness import SlicerPanel
-
-    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
-    yield made
-    made.close()
-
-
 def _segmentation(headless_slicer, volume_node):
     """A segmentation node made as the Segment Editor or TotalSegmentator leaves one: the case's tumour mask as
     segment 'tumour', and a 'cube' segment elsewhere in the head."""

@@ -51,20 +51,21 @@ def _stand_ins():
     wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
     return {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"),
             "slicer.ScriptedLoadableModule": scripted, "slicer.parameterNodeWrapper": wrapper, "slicer.i18n": i18n}
 
 
 @pytest.fixture
-def votemi_module(headless_slicer, monkeypatch):
+def votemi_module(headless_slicer, monkeypatch, tmp_path):
     import slicer
 
     for name, module in _stand_ins().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(slicer, "mrmlScene", headless_slicer.scene, raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: None, testingEnabled=lambda: True,
-                                                      majorVersion=5, minorVersion=10),
-                        raising=False)
+    app = types.SimpleNamespace(layoutManager=lambda: None, testingEnabled=lambda: True, majorVersion=5,
+                                minorVersion=10, temporaryPath=str(tmp_path / "slicer-temp"), processEvents=lambda: None)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
 
     def set_layers(background=None, fit=False, **kwargs):
@@ -84,16 +85,19 @@ def test_module_description(votemi_module):
     assert "github.com/VoteMI/SlicerVoteMI" in module.parent.helpText
 
 
-def test_self_test_select_marks_blob(votemi_module, headless_slicer):
-    test = votemi_module.VoteMITest()
-    test.test_SelectMarksBlob()
-    volume = headless_slicer.scene.GetFirstNodeByName("VoteMIBlob")
-    assert len(votemi_module.VoteMILogic().votedSlices(volume)) == 6
-
-
-def test_self_test_describe_loopback(votemi_module, headless_slicer):
-    test = votemi_module.VoteMITest()
-    test.test_DescribeLoopback()
+def test_self_test_runs_the_child_the_buttons_run(votemi_module, headless_slicer, monkeypatch):
+    """Slicer's own self-test (select, cancel, describe against a loopback server) goes through VoteMILogic.run,
+    the path of the panel's buttons, never the in-process calls."""
+    started = []
+    original = votemi_module.VoteMILogic.startChild
+    monkeypatch.setattr(votemi_module.VoteMILogic, "startChild",
+                        lambda logic, arguments, apiKey="": started.append(arguments[0]) or original(logic, arguments,
+                                                                                                     apiKey))
+    for name in ("select", "describe"):
+        monkeypatch.setattr(votemi_module.VoteMILogic, name,
+                            lambda *args, **kwargs: pytest.fail("the self-test ran in the GUI process"))
+    votemi_module.VoteMITest().runTest()
+    assert started == ["select", "select", "select", "select", "describe"]
     logic = votemi_module.VoteMILogic()
     report = logic.reportNode(headless_slicer.scene.GetFirstNodeByName("VoteMIBlob"))
     summary = logic.reportSummary(report)
@@ -103,7 +107,8 @@ def test_self_test_describe_loopback(votemi_module, headless_slicer):
 
 
 def test_logic_jumps_to_clicked_plot_point(votemi_module, headless_slicer):
-    from VoteMILib import mrml, mrml_selftest
+    import VoteMISelfTestLib as mrml_selftest
+    from VoteMILib import mrml
 
     phantom = mrml_selftest.blob_phantom()
     volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")

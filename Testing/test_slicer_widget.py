@@ -21,18 +21,9 @@ from mrml_helpers import main_case_image  # noqa: E402
 from vlm_fixtures import error_answer, streamed  # noqa: E402
 
 
-@pytest.fixture
-def panel(headless_slicer, monkeypatch, tmp_path):
-    from slicer_qt_harness import SlicerPanel
-
-    made = SlicerPanel(headless_slicer, monkeypatch, tmp_path)
-    yield made
-    made.close()
-
-
 def _phantom_volume(headless_slicer, name="Blob", seed=0):
     from VoteMILib import mrml
-    from VoteMILib.mrml_selftest import blob_phantom
+    from VoteMISelfTestLib import blob_phantom
 
     phantom = blob_phantom(seed=seed)
     return mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, name)

@@ -20,10 +20,12 @@ import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL
 
 #: Where panel settings are remembered across sessions.
 SETTINGS_PREFIX = "VoteMI/"
@@ -31,7 +33,6 @@ SETTINGS_PREFIX = "VoteMI/"
 EXTRA_VOLUME_REFERENCE = "VoteMIExtraVolume"
 #: Parameter node attribute: the guide segmentation's segment IDs the user unchecked, one per line.
 SKIPPED_SEGMENTS_ATTRIBUTE = "VoteMI.GuideSkippedSegments"
-DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
 README_URL = "https://github.com/VoteMI/SlicerVoteMI#readme"
 #: How often the panel reads the child process (ms).
 POLL_INTERVAL_MS = 50
@@ -42,6 +43,8 @@ REVIEWER_SETTING = "VoteMI/reviewer"
 #: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
 MINIMUM_SLICER = (5, 10)
 MINIMUM_PYTHON = (3, 10)
+#: Run folders (the input written for the child) older than this are left by a crash and removed (hours).
+STALE_RUN_HOURS = 24
 
 
 def unsupportedReason():
@@ -66,7 +69,8 @@ class VoteMI(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VoteMI")
-        self.parent.categories = [_("Quantification")]
+        # Category names are translated in the core module context, where Slicer keeps its categories.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["VoteMI developers (VoteMI project)"]
         self.parent.helpText = _(
@@ -127,7 +131,7 @@ class VoteMIParameterNode:
     protocol: Annotated[str, Choice(["openai", "ollama", "inprocess"])] = "openai"
     model: str = ""
     promptTemplate: str = ""
-    language: str = "English"
+    language: str = DEFAULT_LANGUAGE
     timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = 300
     switchLayoutForChart: bool = True
     guideSegmentation: slicer.vtkMRMLSegmentationNode
@@ -215,6 +219,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
 
         self.ui.selectDescribeButton.connect("clicked(bool)", lambda: self.onRun(describe=True))
         self.ui.selectButton.connect("clicked(bool)", lambda: self.onRun(describe=False))
@@ -225,6 +230,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.reportTextEdit.connect("textChanged()", self.onReportEdited)
         self.ui.findingsTable.connect("itemChanged(QTableWidgetItem*)", self.onFindingEdited)
         self.ui.findingsTable.connect("itemSelectionChanged()", self._updateReviewButtons)
@@ -283,6 +289,19 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node) -> None:
+        """A volume loaded while no input is chosen becomes the input (the button would stay disabled)."""
+        if slicer.mrmlScene.IsImporting() or not VoteMILogic.isImageVolume(node):
+            return  # a scene import ends with onSceneEndImport
+        # Deferred: the node is added before its image data and display node are set.
+        qt.QTimer.singleShot(0, lambda: self._adoptInputVolume(node))
+
+    def _adoptInputVolume(self, node) -> None:
+        if (self._parameterNode is not None and not self._parameterNode.inputVolume
+                and slicer.mrmlScene.IsNodePresent(node)):
+            self._parameterNode.inputVolume = node
 
     def onSceneEndImport(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -516,11 +535,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if describe and not self._confirmDescribe(volumeNode):
             return
         guide = self._guide()
-        run = VoteMIRun(self.logic, volumeNode, self._extraVolumes(), describe, node.switchLayoutForChart)
         with slicer.util.WaitCursor():
-            run.start(planes, int(node.slicesPerPlane), node.selectionMode,
-                      self._describeOptions() if describe else None, apiKey=self.ui.apiKeyLineEdit.text.strip(),
-                      guide=guide)
+            run = self.logic.run(volumeNode, describe, planes=planes, topK=int(node.slicesPerPlane),
+                                 mode=node.selectionMode, extraVolumeNodes=self._extraVolumes(),
+                                 describeOptions=self._describeOptions() if describe else None,
+                                 apiKey=self.ui.apiKeyLineEdit.text.strip(), guide=guide,
+                                 switchLayout=node.switchLayoutForChart)
         self._run = run
         self.ui.reportTextEdit.readOnly = describe
         self._setBusy(True, _("Selecting slices guided by {what}...").format(what=run.guidedBy) if run.guidedBy
@@ -548,11 +568,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _describeOptions(self):
         node = self._parameterNode
-        window = self.logic.displayWindow(node.inputVolume)
-        return {"server": node.serverUrl.strip() or DEFAULT_SERVER_URL, "protocol": node.protocol,
-                "model": node.model.strip(), "language": node.language.strip() or "English",
-                "timeout": int(node.timeoutSeconds), "prompt": node.promptTemplate.strip(), "window": window,
-                "examples": node.examplesFolder.strip()}
+        return self.logic.describeOptions(node.inputVolume, server=node.serverUrl, protocol=node.protocol,
+                                          model=node.model, language=node.language,
+                                          timeoutSeconds=node.timeoutSeconds, prompt=node.promptTemplate,
+                                          examples=node.examplesFolder)
 
     def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
@@ -576,13 +595,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _handleEvent(self, event):
         kind = event.get("event")
         run = self._run
+        started = run.report.started
+        run.handle(event)
         if kind == "progress":
             fraction = float(event.get("fraction", 0.0)) * (0.5 if run.describe else 1.0)
             self.ui.progressBar.value = int(round(100 * fraction))
             if event.get("message"):
                 self.ui.statusLabel.text = event["message"]
         elif kind == "selection":
-            run.applySelection(event["selection"])
             self._refreshResults()
             self._connectPlotView(True)
             if run.describe:
@@ -590,22 +610,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Slices selected; waiting for the model at {target}...").format(
                     target=run.target)
         elif kind == "text":
-            started = run.report.started
-            run.report.append(event.get("text", ""))
             if not started and self._parameterNode and self._parameterNode.inputVolume is run.volumeNode:
                 self._observeReport(run.report.node)
             self.ui.progressBar.value = max(self.ui.progressBar.value, 60)
-        elif kind == "findings":
-            run.findings = event.get("findings")
         elif kind == "report":
-            run.finishReport(event)
             self._observeReport(self._reportNode)
             if not event.get("complete", True):
                 slicer.util.warningDisplay(
                     _("The report is incomplete: {reason}").format(
                         reason=event.get("report_meta", {}).get("incomplete_reason", "")), windowTitle="VoteMI")
-        elif kind == "log":
-            logging.info("VoteMI child: %s", event.get("text", ""))
 
     def _runEnded(self, run):
         self._finishRun()
@@ -618,9 +631,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             title = _("The vision-language model did not answer")
         else:
             title = _("VoteMI cannot use this input")
-        logging.error("VoteMI: %s: %s", title, message)
+        details = run.child.stderr_text() if run.child is not None else ""
+        logging.error("VoteMI: %s: %s\n%s", title, message, details)
         self.ui.statusLabel.text = f"{title}: {message}"
-        slicer.util.errorDisplay(f"{title}:\n{message}", windowTitle="VoteMI")
+        # The child's own words (a traceback, a library's warning) under "Show Details...".
+        slicer.util.errorDisplay(f"{title}:\n{message}", windowTitle="VoteMI", detailedText=details)
 
     def _finishRun(self, message=None):
         run, self._run = self._run, None
@@ -855,6 +870,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasText = bool(self.ui.reportTextEdit.toPlainText().strip())
         self.ui.copyReportButton.enabled = hasText
         self.ui.saveReportButton.enabled = hasText
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        fromDicom = self.logic.dicomInstanceUIDs(volumeNode) if volumeNode else []
+        self.ui.exportDicomButton.enabled = hasText and bool(fromDicom)
+        self.ui.exportDicomButton.toolTip = (self.ui.exportDicomButton.toolTip.split("\n")[0] if fromDicom else
+                                             self.ui.exportDicomButton.toolTip.split("\n")[0] + "\n" + _(
+                                                 "The input volume was not loaded from the DICOM database."))
 
     # ----------------------------------------------------------------------------------------
     # Findings: citations and review
@@ -995,6 +1016,20 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.statusLabel.text = _("Report saved to {path}").format(path=path)
 
+    def onExportDicom(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The report could not be exported to DICOM."), waitCursor=True):
+            written = self.logic.exportReportToDicomDatabase(self._reportNode, self._parameterNode.inputVolume,
+                                                             self._extraVolumes())
+            if written is None:
+                return
+            sources = sum(1 for ref in written.references.values() if ref["kind"] == "source")
+            self.ui.statusLabel.text = _(
+                "Added to the DICOM database, in the input's study: key images ({source} acquired, {derived} "
+                "derived) and the report. Send them from the DICOM module.").format(
+                source=sources, derived=len(written.derived))
+            for line in written.skipped:
+                logging.info("VoteMI: DICOM export skipped %s", line)
+
 
 #
 # VoteMIRun
@@ -1021,6 +1056,7 @@ class VoteMIRun:
         self.folder = None
         self.target = ""
         self.selected = False
+        self.result = None  # the SelectionResult, once the child sent it
         self.summary = ""
         self.reported = False
         self.findings = None  # the "findings" event of the child, applied with the report
@@ -1032,13 +1068,13 @@ class VoteMIRun:
 
     def start(self, planes, topK, mode, describeOptions=None, apiKey="", guide=None):
         """Write the inputs and start the child; ``guide`` as :meth:`VoteMIWidget._guide` returns it."""
-        import tempfile
         import time
 
         from VoteMILib import mrml
+        from VoteMILib.child_run import ChildRun, child_arguments
 
         self.startedAt = time.perf_counter()
-        self.folder = tempfile.mkdtemp(prefix="VoteMI-")
+        self.folder = self.logic.newRunFolder()
         try:
             paths = []
             for number, node in enumerate([self.volumeNode, *self.extraVolumeNodes]):
@@ -1047,56 +1083,44 @@ class VoteMIRun:
                 os.mkdir(folder)
                 paths.append(mrml.write_volume_file(node, os.path.join(folder, mrml.file_name_for(node))))
             self.timings["write_s"] = time.perf_counter() - self.startedAt
-            argv = ["describe" if self.describe else "select", paths[0], "--planes", ",".join(planes),
-                    "--top", str(topK), "--events", "--quiet"]
-            if guide is None or guide["thenUnsupervised"]:
-                argv += ["--mode", mode]  # with a guide and no mode, only the guided slices
-            for path in paths[1:]:
-                argv += ["--extra", path]
-            if guide is not None:
-                argv += self._guideArguments(guide)
-            if describeOptions is not None:
-                argv += self._describeArguments(describeOptions)
-            self.child = self.logic.startChild(argv, apiKey=apiKey)
+            mask, labelNames, points = self._writeGuide(guide) if guide is not None else (None, (), ())
+            request = ChildRun(
+                image=paths[0], planes=tuple(planes), top_k=int(topK), extras=tuple(paths[1:]),
+                mode=mode if guide is None or guide["thenUnsupervised"] else None,  # None: the guided slices only
+                mask=mask, label_names=labelNames, points=points,
+                describe=self._describeRequest(describeOptions) if describeOptions is not None else None)
+            self.child = self.logic.startChild(child_arguments(request), apiKey=apiKey)
         except BaseException:
             self.close()
             raise
 
-    def _guideArguments(self, guide):
-        """--mask (the chosen segments as a label map on the input volume's grid, named) and --point options."""
+    def _writeGuide(self, guide):
+        """The chosen segments as a named label map on the input volume's grid, and the points (RAS mm)."""
         from VoteMILib import mrml
 
-        arguments, names = [], []
+        mask, labelNames, names = None, (), []
         if guide["segmentation"] is not None:
-            path = os.path.join(self.folder, "guide-segments.nrrd")
-            labels = mrml.write_segments_file(guide["segmentation"], guide["segmentIDs"], self.volumeNode, path)
-            arguments += ["--mask", path]
-            for number, name in labels.items():
-                arguments += ["--label-name", f"{number}={name}"]
+            mask = os.path.join(self.folder, "guide-segments.nrrd")
+            labels = mrml.write_segments_file(guide["segmentation"], guide["segmentIDs"], self.volumeNode, mask)
+            labelNames = tuple(labels.items())
             names = list(labels.values())
-        points = mrml.guide_points(guide["points"])
-        # "--point=..." keeps a negative coordinate from reading as an option.
-        arguments += [f"--point={r!r},{a!r},{s!r}" for r, a, s in points]
+        points = tuple(mrml.guide_points(guide["points"]))
         self.guidedBy = mrml.guide_description(names, len(points))
-        return arguments
+        return mask, labelNames, points
 
-    def _describeArguments(self, options):
-        arguments = ["--server", options["server"], "--protocol", options["protocol"], "--language",
-                     options["language"], "--timeout", str(options["timeout"])]
-        if options["model"]:
-            arguments += ["--model", options["model"]]
+    def _describeRequest(self, options):
+        from VoteMILib.child_run import DescribeRequest
+        from VoteMILib.outputs import write_atomic
+
+        promptFile = None
         if options["prompt"]:
             promptFile = os.path.join(self.folder, "prompt.txt")
-            from VoteMILib.outputs import write_atomic
-
             write_atomic(promptFile, options["prompt"], what="prompt file")
-            arguments += ["--prompt-file", promptFile]
-        if options["window"] is not None:
-            arguments += ["--window", repr(float(options["window"][0])), repr(float(options["window"][1]))]
-        if options.get("examples"):
-            arguments += ["--examples", options["examples"]]
         self.target = options["model"] if options["protocol"] == "inprocess" else options["server"]
-        return arguments
+        return DescribeRequest(server=options["server"], protocol=options["protocol"], model=options["model"],
+                               language=options["language"], timeout_s=float(options["timeout"]),
+                               prompt_file=promptFile, window=options["window"],
+                               examples_dir=options.get("examples") or None)
 
     def poll(self):
         """The child's new events; errors are kept for :meth:`failure`."""
@@ -1110,6 +1134,42 @@ class VoteMIRun:
     def finished(self):
         return self.child.finished
 
+    def handle(self, event):
+        """Apply one event of the child to the scene: the selection's marks, the report as it streams."""
+        kind = event.get("event")
+        if kind == "selection":
+            self.applySelection(event["selection"])
+        elif kind == "text":
+            self.report.append(event.get("text", ""))
+        elif kind == "findings":
+            self.findings = event.get("findings")
+        elif kind == "report":
+            self.finishReport(event)
+        elif kind == "log":
+            logging.info("VoteMI child: %s", event.get("text", ""))
+
+    def wait(self, timeoutSeconds=None):
+        """Handle the child's events until it ends (Slicer's events processed meanwhile); return :meth:`failure`.
+
+        After ``timeoutSeconds`` the run is cancelled and TimeoutError raised.
+        """
+        import time
+
+        began = time.monotonic()
+        try:
+            while True:
+                for event in self.poll():
+                    self.handle(event)
+                if self.finished:
+                    return self.failure()
+                if timeoutSeconds is not None and time.monotonic() - began > timeoutSeconds:
+                    self.cancel()
+                    raise TimeoutError(_("VoteMI did not finish within {seconds} s").format(seconds=timeoutSeconds))
+                slicer.app.processEvents()
+                time.sleep(POLL_INTERVAL_MS / 1000.0)
+        finally:
+            self.close()
+
     def applySelection(self, document):
         import time
 
@@ -1119,6 +1179,7 @@ class VoteMIRun:
             raise RuntimeError(_("the input volume was removed from the scene"))
         result = SelectionResult.from_dict(document)
         self.logic.applySelection(self.volumeNode, result, switchLayout=self.switchLayout)
+        self.result = result
         self.selected = True
         self.summary = result.cue_summary()
         self.timings["marks_s"] = time.perf_counter() - self.startedAt
@@ -1188,12 +1249,21 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return VoteMIParameterNode(raw)
 
     @staticmethod
-    def firstImageVolume():
-        """The first scalar volume of the scene that is not a label map, or None."""
+    def isImageVolume(node):
+        """True for the volumes the input selector lists: plain scalar volumes.
+
+        Label maps, RGB/vector and tensor volumes are subclasses of vtkMRMLScalarVolumeNode that the
+        selector hides, so the class is compared exactly.
+        """
+        return node is not None and node.GetClassName() == "vtkMRMLScalarVolumeNode"
+
+    @classmethod
+    def firstImageVolume(cls):
+        """The first volume of the scene the input selector lists, or None."""
         volumes = slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode")
         for index in range(volumes.GetNumberOfItems()):
             node = volumes.GetItemAsObject(index)
-            if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+            if cls.isImageVolume(node):
                 return node
         return None
 
@@ -1215,7 +1285,11 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     def select(self, volumeNode, planes=("axial", "coronal", "sagittal"), topK=3, mode="findings",
                extraVolumeNodes=(), apply=True, progress=None, cancel=None):
-        """Select slices of ``volumeNode`` and (if ``apply``) mark them in the scene; return the SelectionResult."""
+        """Select slices of ``volumeNode`` in this process and (if ``apply``) mark them; return the SelectionResult.
+
+        For scripts that want the result object at once; the panel and the self-test use :meth:`run`
+        (a child process, so Slicer's GUI stays responsive).
+        """
         from VoteMILib.selection import select_slices
 
         volume = self.volumeFromNode(volumeNode)
@@ -1304,10 +1378,69 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     # Child processes
 
+    def run(self, volumeNode, describe=False, planes=("axial", "coronal", "sagittal"), topK=3, mode="findings",
+            extraVolumeNodes=(), describeOptions=None, apiKey="", guide=None, switchLayout=True, wait=False,
+            timeoutSeconds=None):
+        """Select (and describe) ``volumeNode`` in a child process, as the panel's buttons do; return the VoteMIRun.
+
+        With ``wait`` the call returns when the child has ended, its selection marked and its report in the
+        report node (``run.failure()`` says why not, None if it succeeded); otherwise the caller polls
+        ``run.poll()``/``run.handle(event)`` (the panel does, from a timer) and may ``run.cancel()``.
+        ``describeOptions``: server, protocol, model, language, timeout, prompt and window, as
+        :meth:`describeOptions` returns them.
+        """
+        run = VoteMIRun(self, volumeNode, extraVolumeNodes, describe, switchLayout)
+        run.start(planes, topK, mode, describeOptions, apiKey=apiKey, guide=guide)
+        if wait:
+            run.wait(timeoutSeconds)
+        return run
+
+    @staticmethod
+    def newRunFolder():
+        """A new folder for one run's input, under Slicer's temporary path; removes the ones a crash left.
+
+        The child reads patient voxels from here, so they stay where Slicer keeps its temporary files
+        (which the user may have moved to an encrypted or private disk), never in the system's temp folder.
+        """
+        import shutil
+        import tempfile
+        import time
+
+        base = os.path.join(slicer.app.temporaryPath, "VoteMI")
+        os.makedirs(base, exist_ok=True)
+        oldest = time.time() - STALE_RUN_HOURS * 3600
+        for name in os.listdir(base):
+            path = os.path.join(base, name)
+            if name.startswith("run-") and os.path.isdir(path) and os.path.getmtime(path) < oldest:
+                shutil.rmtree(path, ignore_errors=True)
+        return tempfile.mkdtemp(prefix="run-", dir=base)
+
+    @classmethod
+    def describeOptions(cls, volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=300,
+                        prompt="", examples=""):
+        """The describe settings :meth:`run` hands to the child; empty values take VoteMI's defaults.
+
+        The window is the one ``volumeNode`` is displayed with, so the model sees what the radiologist sees.
+        """
+        return {"server": server.strip() or DEFAULT_SERVER_URL, "protocol": protocol, "model": model.strip(),
+                "language": language.strip() or DEFAULT_LANGUAGE, "timeout": int(timeoutSeconds),
+                "prompt": prompt.strip(), "window": cls.displayWindow(volumeNode), "examples": examples.strip()}
+
     @staticmethod
     def pythonExecutable():
-        """The Python that runs the child processes: Slicer's own (PythonSlicer inside Slicer)."""
-        return sys.executable
+        """The Python that runs the child processes: Slicer's own (PythonSlicer inside Slicer).
+
+        ``sys.executable`` is empty when Slicer was started without its launcher; PythonSlicer on the PATH is
+        the same interpreter then.
+        """
+        import shutil
+
+        executable = sys.executable or shutil.which("PythonSlicer")
+        if not executable:
+            raise RuntimeError(_("VoteMI cannot find Slicer's Python to run in the background (sys.executable is "
+                                 "empty and PythonSlicer is not on the PATH). Start Slicer with its launcher "
+                                 "(the Slicer executable in the install folder)."))
+        return executable
 
     def startChild(self, arguments, apiKey=""):
         """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``); return its ChildProcess.
@@ -1402,7 +1535,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         from VoteMILib import mrml
 
         def attribute(key):
-            return reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + key) or ""
+            return mrml.report_attribute(reportNode, key)
 
         if not attribute("model") and not (reportNode.GetText() or "").strip():
             return ""
@@ -1415,20 +1548,10 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def reportExport(reportNode, fmt="text"):
-        """The report as text, Markdown or JSON, with the notice and the source, as the user left it."""
+        """The report as text, Markdown or JSON, with the notice, the source and the review, as the user left it."""
         from VoteMILib import mrml
-        from VoteMILib.vlm import Report
 
-        if reportNode is None:
-            return ""
-        meta = mrml.report_metadata(reportNode)
-        complete = reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") != "false"
-        if not complete:
-            meta.setdefault("incomplete_reason",
-                            reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "incomplete_reason") or "")
-        if mrml.report_edited(reportNode):
-            meta["edited_by_user"] = True
-        return Report(reportNode.GetText() or "", meta, complete=complete).export(fmt)
+        return mrml.report_from_node(reportNode).export(fmt) if reportNode is not None else ""
 
     def saveReport(self, reportNode, path, volumeNode=None, extraVolumeNodes=()):
         """Save the report by extension: HTML with the key images (re-rendered from the volumes), PDF (that
@@ -1449,16 +1572,63 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def reportObject(reportNode):
-        """The report node as a :class:`~VoteMILib.vlm.Report`: text as the user left it, metadata, findings."""
+        """The report node as a :class:`~VoteMILib.vlm.Report` (see :func:`VoteMILib.mrml.report_from_node`)."""
         from VoteMILib import mrml
-        from VoteMILib.vlm import Report
 
-        meta = mrml.report_metadata(reportNode)
-        complete = reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "complete") != "false"
-        if not complete:
-            meta.setdefault("incomplete_reason",
-                            reportNode.GetAttribute(mrml.REPORT_ATTRIBUTE_PREFIX + "incomplete_reason") or "")
-        return Report(reportNode.GetText() or "", meta, complete=complete, findings=mrml.report_findings(reportNode))
+        return mrml.report_from_node(reportNode)
+
+    @staticmethod
+    def dicomInstanceUIDs(volumeNode):
+        """SOP Instance UIDs of the DICOM files the volume was loaded from (Slicer's DICOM module sets them)."""
+        return (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split() if volumeNode is not None else []
+
+    def dicomSourceFiles(self, volumeNode):
+        """The DICOM database's files of the volume's instances; ValueError says why there are none."""
+        uids = self.dicomInstanceUIDs(volumeNode)
+        if not uids:
+            raise ValueError(_("'{name}' was not loaded from the DICOM database, so there is no study for key images "
+                               "and a report to belong to. Load the series with the DICOM module, or save the report "
+                               "as HTML instead.").format(name=volumeNode.GetName() if volumeNode else ""))
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None or not database.isOpen:
+            raise ValueError(_("Slicer's DICOM database is not open: open it in the DICOM module first."))
+        files = [database.fileForInstance(uid) for uid in uids]
+        missing = [uid for uid, path in zip(uids, files) if not path or not os.path.isfile(path)]
+        if missing:
+            raise ValueError(_("{count} of the {total} source files of '{name}' are no longer in the DICOM "
+                               "database (first: instance {uid}).").format(
+                count=len(missing), total=len(uids), name=volumeNode.GetName(), uid=missing[0]))
+        return files
+
+    def exportReportToDicomDatabase(self, reportNode, volumeNode, extraVolumeNodes=()):
+        """Write the KOS, the Secondary Captures and the SR of the report and add them to the DICOM database.
+
+        Returns the :class:`~VoteMILib.dicom_export.DicomExport`, or None if the user declined to install
+        what the export needs (pydicom, highdicom). Raises ValueError (or DicomExportError) with the reason.
+        """
+        import shutil
+
+        from VoteMILib import mrml
+        from VoteMILib.dicom_export import export_dicom
+
+        files = self.dicomSourceFiles(volumeNode)
+        if not self.ensureDicomExportDependencies():
+            return None
+        volume = mrml.volume_from_node(volumeNode)
+        volume.metadata["dicom_files"] = files
+        report = mrml.report_from_node(reportNode)
+        pngs = self.reportImages(report.meta, volumeNode, extraVolumeNodes)
+        folder = self.newRunFolder()
+        try:
+            written = export_dicom(volume, report, pngs, folder)
+            from DICOMLib import DICOMUtils
+
+            # Copied into the database: the run folder goes away below.
+            if not DICOMUtils.importDicom(folder, copyFiles=True):
+                raise ValueError(_("Slicer's DICOM database did not accept the exported files (see the error log)."))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return written
 
     @staticmethod
     def reportImages(meta, volumeNode, extraVolumeNodes=()):
@@ -1536,11 +1706,15 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
     # Optional in-process model
 
     @staticmethod
-    def _installTransformers(requirement):
-        """Install ``requirement`` with Slicer's own tools, after the user agreed; True if it is importable then."""
+    def _installPackage(requirement, moduleName, purpose):
+        """Install ``requirement`` with Slicer's own tools, after the user agreed; True if ``moduleName`` is
+        importable then. ``purpose`` completes "... needs the Python package" in the question."""
         import importlib.util
 
-        slicerPackaging = getattr(slicer, "packaging", None)
+        try:  # a submodule: not an attribute of ``slicer`` until someone imports it
+            import slicer.packaging as slicerPackaging
+        except ImportError:
+            slicerPackaging = None
         if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):  # 5.12+: asks, shows progress
             from packaging.requirements import Requirement
 
@@ -1549,8 +1723,8 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             if slicer.app.testingEnabled():
                 return False
             if not slicer.util.confirmOkCancelDisplay(
-                    _("The in-process model needs the Python package '{package}'. Install it now?").format(
-                        package=requirement), windowTitle="VoteMI"):
+                    _("{purpose} needs the Python package '{package}'. Install it now?").format(
+                        purpose=purpose, package=requirement), windowTitle="VoteMI"):
                 return False
             progress = slicer.util.createProgressDialog(
                 labelText=_("Installing {package}...").format(package=requirement), maximum=0, windowTitle="VoteMI")
@@ -1560,7 +1734,7 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             finally:
                 progress.close()
         importlib.invalidate_caches()
-        return importlib.util.find_spec("transformers") is not None
+        return importlib.util.find_spec(moduleName) is not None
 
     @staticmethod
     def ensureInProcessDependencies():
@@ -1584,7 +1758,18 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
                 if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.2") is None:
                     return False
         if importlib.util.find_spec("transformers") is None:
-            return VoteMILogic._installTransformers("transformers>=5.0")
+            return VoteMILogic._installPackage("transformers>=5.0", "transformers", _("The in-process model"))
+        return True
+
+    @staticmethod
+    def ensureDicomExportDependencies():
+        """pydicom (shipped with Slicer) and highdicom, installed on first use after the user agreed."""
+        import importlib.util
+
+        for requirement, moduleName in (("pydicom>=2.4", "pydicom"), ("highdicom>=0.23", "highdicom")):
+            if importlib.util.find_spec(moduleName) is None and not VoteMILogic._installPackage(
+                    requirement, moduleName, _("DICOM export")):
+                return False
         return True
 
 
@@ -1603,49 +1788,82 @@ class VoteMITest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SelectMarksBlob()
         self.setUp()
+        self.test_CancelEndsTheChild()
+        self.setUp()
         self.test_DescribeLoopback()
 
     def _blobVolume(self):
-        from VoteMILib.mrml_selftest import blob_phantom
+        from VoteMISelfTestLib import blob_phantom
 
         phantom = blob_phantom()
         volumeNode = slicer.util.addVolumeFromArray(phantom.array, ijkToRAS=phantom.ijk_to_ras, name="VoteMIBlob")
         return volumeNode, phantom
 
     def test_SelectMarksBlob(self):
-        """The best axial slice passes through a bright blob; marks, tables, plot and views follow the selection."""
+        """Through the child process, as the Select button: the best axial slice passes through a bright blob;
+        marks, tables, plot and views follow the selection."""
         from VoteMILib import mrml
-        from VoteMILib.mrml_selftest import check_axial_pick_through_blob, check_scene
+        from VoteMISelfTestLib import check_axial_pick_through_blob, check_scene
 
         self.delayDisplay("Selecting slices of a synthetic lesion")
         volumeNode, phantom = self._blobVolume()
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
         logic = VoteMILogic()
-        result = logic.select(volumeNode, topK=2)
-        check_axial_pick_through_blob(result, phantom)
-        check_scene(slicer.mrmlScene, volumeNode, result)
-        logic.select(volumeNode, topK=2)  # a re-run replaces VoteMI's nodes
-        check_scene(slicer.mrmlScene, volumeNode, result)
+        run = logic.run(volumeNode, topK=2, wait=True, timeoutSeconds=300)
+        self.assertEqual(run.failure(), None)
+        check_axial_pick_through_blob(run.result, phantom)
+        check_scene(slicer.mrmlScene, volumeNode, run.result)
+        again = logic.run(volumeNode, topK=2, wait=True, timeoutSeconds=300)  # a re-run replaces VoteMI's nodes
+        check_scene(slicer.mrmlScene, volumeNode, again.result)
         self.assertEqual(len(mrml.voted_slices(slicer.mrmlScene, volumeNode)), 6)
         self.delayDisplay("Test passed")
 
+    def test_CancelEndsTheChild(self):
+        """Cancel, as the panel's button: the child ends at once, its files go, the earlier marks stay."""
+        import time
+
+        from VoteMILib import mrml
+
+        self.delayDisplay("Cancelling a run")
+        volumeNode, _phantom = self._blobVolume()
+        logic = VoteMILogic()
+        logic.run(volumeNode, planes=("axial",), topK=1, wait=True, timeoutSeconds=300)
+        marked = mrml.voted_slices(slicer.mrmlScene, volumeNode)
+        run = logic.run(volumeNode, topK=3)
+        began = time.monotonic()
+        while not any(event.get("event") == "progress" for event in run.poll()):  # the child is at work
+            self.assertTrue(time.monotonic() - began < 120)
+            time.sleep(0.02)
+        began = time.monotonic()
+        run.cancel()
+        run.close()
+        self.assertTrue(time.monotonic() - began < 2.0)
+        self.assertTrue(run.child.exit_code is not None and run.failure() is None)
+        self.assertTrue(run.folder is None)
+        self.assertEqual(mrml.voted_slices(slicer.mrmlScene, volumeNode), marked)
+        self.delayDisplay("Test passed")
+
     def test_DescribeLoopback(self):
-        """A report streams from a local OpenAI-compatible server into the report node."""
-        from VoteMILib.mrml_selftest import LoopbackServer, check_report_node
-        from VoteMILib.vlm import DescribeSettings
+        """Through the child process, as Select & Describe: a report streams from a local OpenAI-compatible
+        server into the report node."""
+        from VoteMILib import mrml
+        from VoteMISelfTestLib import LoopbackServer
 
         self.delayDisplay("Describing with a loopback model server")
         volumeNode, _phantom = self._blobVolume()
         logic = VoteMILogic()
-        result = logic.select(volumeNode, planes=("axial",), topK=2)
-        streamed = []
         with LoopbackServer() as server:
-            settings = DescribeSettings(server_url=server.url, protocol="openai", model=server.model,
-                                        window=logic.displayWindow(volumeNode), timeout_s=30.0, retries=0)
-            report = logic.describe(volumeNode, result, settings, onText=streamed.append)
+            options = logic.describeOptions(volumeNode, server=server.url, protocol="openai", model=server.model,
+                                            timeoutSeconds=60)
+            run = logic.run(volumeNode, describe=True, planes=("axial",), topK=2, describeOptions=options,
+                            wait=True, timeoutSeconds=300)
+            self.assertEqual(run.failure(), None)
             self.assertEqual(server.images_received(), 2)
-        check_report_node(logic.reportNode(volumeNode), report, streamed)
         reportNode = logic.reportNode(volumeNode)
+        self.assertTrue(reportNode is not None and reportNode.GetText().strip() != "")
+        self.assertEqual(mrml.report_attribute(reportNode, "model"), server.model)
+        self.assertEqual(mrml.report_attribute(reportNode, "complete"), "true")
+        self.assertTrue(not logic.reportEdited(reportNode))
         reportNode.SetText(reportNode.GetText() + "\nReviewed.")
         self.assertTrue(logic.reportEdited(reportNode))
         self.delayDisplay("Test passed")

@@ -113,6 +113,9 @@ def print_error(message: str) -> None:
 # Reading a child's events
 
 
+_WINDOWS = os.name == "nt"
+
+
 class ChildProcess:
     """A command in a child process whose ``--events`` output is read without blocking.
 
@@ -128,10 +131,12 @@ class ChildProcess:
 
     #: Bytes of stderr kept for the error message of a child that ended without an ``error`` event.
     STDERR_KEPT = 64 * 1024
+    #: How long taskkill may take to end the child's process tree on Windows before the child alone is ended (s).
+    WINDOWS_TREE_KILL_S = 1.0
 
     def __init__(self, argv, env=None, cwd=None):
         options = {}
-        if os.name == "posix":
+        if not _WINDOWS:
             options["start_new_session"] = True
         else:
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
@@ -193,21 +198,37 @@ class ChildProcess:
         lines = [line for line in lines if line]
         return lines[-1] if lines else ""
 
+    def stderr_text(self) -> str:
+        """What the child wrote to stderr (its last ``STDERR_KEPT`` bytes), for an error's details."""
+        return self._stderr.decode("utf-8", errors="replace").strip()
+
     def kill(self) -> None:
         """End the child and its process group now, and reap it."""
         if self.process.poll() is None:
             try:
-                if os.name == "posix":
-                    os.killpg(self.process.pid, signal.SIGKILL)
+                if _WINDOWS:
+                    self._kill_windows_tree()
                 else:
-                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
-                                   capture_output=True, check=False)
-                    self.process.kill()
+                    os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         self.process.wait()
         self.exit_code = self.process.returncode
         self.close()
+
+    def _kill_windows_tree(self) -> None:
+        # taskkill /T also ends what the child started; it gets no console window (a flash of one, and a
+        # wait for it, on every Cancel otherwise) and is not waited for: the child itself is ended below.
+        no_window = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        try:
+            subprocess.Popen(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, creationflags=no_window)
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=self.WINDOWS_TREE_KILL_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
     def close(self) -> None:
         for pipe in (self.process.stdout, self.process.stderr):

@@ -183,10 +183,6 @@ def write_volume_file(volume_node, path) -> str:
     OSError
         Naming the file, when it cannot be written.
     """
-    import SimpleITK as sitk
-
-    from .outputs import OutputError
-
     array, ijk_to_ras = _node_voxels(volume_node)
     return _write_array_file(array, ijk_to_ras, path)
 
@@ -955,6 +951,25 @@ def jump_to_citation(scene, volume_node, image_id: str) -> dict:
         node.JumpSliceByOffsetting(*target[2])
         moved[node.GetName()] = slice_node_plane(node)
     return moved
+
+
+def report_attribute(node, key: str) -> str:
+    """One of the attributes :func:`finish_report` writes (``model``, ``created``, ``complete``, ...), or ""."""
+    return (node.GetAttribute(REPORT_ATTRIBUTE_PREFIX + key) or "") if node is not None else ""
+
+
+def report_from_node(node):
+    """The report node as a :class:`~VoteMILib.vlm.Report`: the text as the user left it, the metadata (with
+    ``edited_by_user`` when the user changed the text), completeness and the findings with their review."""
+    from .vlm.report import Report
+
+    meta = report_metadata(node)
+    complete = report_attribute(node, "complete") != "false"
+    if not complete:
+        meta.setdefault("incomplete_reason", report_attribute(node, "incomplete_reason"))
+    if report_edited(node):
+        meta["edited_by_user"] = True
+    return Report(node.GetText() or "", meta, complete=complete, findings=report_findings(node))
 
 
 def report_metadata(node) -> dict:

@@ -1,12 +1,17 @@
-"""Names the command line shares with the engine, with nothing heavier than argparse imported:
-planes, selection modes, synthetic lesion kinds and CT window presets. ``votemi --help`` and ``votemi --version`` build
-their parser from these without loading numpy or scipy."""
+"""Names the command line shares with the engine and the Slicer panel, with nothing heavier than argparse
+imported: planes, the default server and report language, selection modes, synthetic lesion kinds and CT window
+presets. ``votemi --help`` and ``votemi --version`` build their parser from these without loading numpy or scipy."""
 
 from __future__ import annotations
 
 import argparse
 
 PLANES = ("axial", "coronal", "sagittal")
+
+#: Where a local model server is looked for when none is given (Ollama's default address).
+DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
+#: Report language when none is given.
+DEFAULT_LANGUAGE = "English"
 #: RAS axis each plane is normal to.
 NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
 

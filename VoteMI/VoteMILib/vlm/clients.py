@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
 from .. import __version__
+from ..names import DEFAULT_SERVER_URL
 from .errors import VLMCancelled, VLMError
 
 PROTOCOLS = ("openai", "ollama")
-DEFAULT_SERVER = "http://127.0.0.1:11434"
+DEFAULT_SERVER = DEFAULT_SERVER_URL
 #: HTTP statuses worth retrying: rate limited, bad gateway, unavailable (e.g. model loading), gateway timeout.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_ERROR_BODY = 64 * 1024

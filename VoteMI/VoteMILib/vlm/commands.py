@@ -9,6 +9,7 @@ import threading
 from dataclasses import replace
 
 from .. import events
+from ..names import DEFAULT_LANGUAGE
 from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
 from .packing import PACK_CHOICES
@@ -63,7 +64,7 @@ def add_describe_command(commands) -> None:
     group.add_argument("--allow-hub", action="store_true", help="let the in-process model download from a model hub")
     group = parser.add_argument_group("prompt and images")
     group.add_argument("--prompt-file", metavar="FILE", help="prompt template (placeholders: see the README)")
-    group.add_argument("--language", default="English", help="report language (default: %(default)s)")
+    group.add_argument("--language", default=DEFAULT_LANGUAGE, help="report language (default: %(default)s)")
     group.add_argument("--long-side", type=int, default=896, metavar="PX", help="image size (default: 896)")
     group.add_argument("--report", metavar="OUT", help="also save the report (.txt, .md or .json)")
     group.add_argument("--html", metavar="OUT.html",

@@ -15,6 +15,7 @@ from .. import __version__
 from ..findings import STRUCTURED_INSTRUCTION, findings_from_answer, findings_schema, render_partial_json, \
     StructuredStream
 from ..geometry import PLANES, parse_planes
+from ..names import DEFAULT_LANGUAGE
 from .clients import (DEFAULT_SERVER, GenerationOptions, Timeouts, check_authorization, make_http_client,
                       parse_server_url, redact_url)
 from .errors import VLMCancelled, VLMError
@@ -105,7 +106,7 @@ class DescribeSettings:
     model: str = ""
     api_key: str = ""
     prompt_template: str | None = None
-    language: str = "English"
+    language: str = DEFAULT_LANGUAGE
     planes: tuple | None = None
     top_k: int | None = None
     long_side: int = 896

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+from ..names import DEFAULT_LANGUAGE
+
 #: The report prompt used when the user gives none. See :data:`PLACEHOLDERS`.
 DEFAULT_TEMPLATE = """\
 You are assisting a radiologist. The {image_count} images above are representative slices of one \
@@ -212,7 +214,7 @@ def selection_phrase(guided_by: str = "", then: str = "") -> str:
     return phrase + (", and automatically selected slices elsewhere" if then else "")
 
 
-def build_prompt(images: list, template: str | None = None, language: str = "English",
+def build_prompt(images: list, template: str | None = None, language: str = DEFAULT_LANGUAGE,
                  modality: str = "MRI", guided_by: str = "", then: str = "") -> Prompt:
     """Assemble the prompt for a list of :class:`PromptImage` (already in sending order).
 
@@ -242,7 +244,7 @@ def build_prompt(images: list, template: str | None = None, language: str = "Eng
         "modality": modality,
         "sequences": ", ".join(sequences) if sequences else "one sequence",
         "planes": ", ".join(planes),
-        "language": language.strip() or "English",
+        "language": language.strip() or DEFAULT_LANGUAGE,
         "selection": selection_phrase(guided_by, then),
         "guide": guided_by,
     }

@@ -1,4 +1,5 @@
-"""Checks shared by the Slicer self-test (``VoteMITest``) and the pytest suite.
+"""Checks shared by the Slicer self-test (``VoteMITest``) and the pytest suite; kept out of the engine
+(``VoteMILib``), shipped beside it because Slicer runs the self-test where the module is installed.
 
 Nothing here needs the network or Qt: a synthetic head with a bright lesion-like blob, a loopback
 HTTP server that answers like an OpenAI-compatible vision-language model, and assertions on the
@@ -15,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from . import mrml
-from .geometry import NORMAL_INDEX
+from VoteMILib import mrml
+from VoteMILib.geometry import NORMAL_INDEX
 
 #: Text the loopback server streams back, in pieces.
 LOOPBACK_REPORT = ("Findings: a well-circumscribed hyperintense lesion in the right hemisphere. "

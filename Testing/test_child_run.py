@@ -1,0 +1,55 @@
+"""The panel's run settings reach the child unchanged: every field of a ChildRun read back by votemi's parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from VoteMILib.child_run import ChildRun, DescribeRequest, child_arguments
+from VoteMILib.cli import build_parser
+from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL
+
+
+def _parsed(run):
+    return build_parser().parse_args(child_arguments(run))
+
+
+def test_a_select_run_round_trips_through_the_parser():
+    run = ChildRun(image="/tmp/run-1/0/MRHead.nrrd", planes=("axial", "sagittal"), top_k=5, mode="representative",
+                   extras=("/tmp/run-1/1/FLAIR.nrrd", "/tmp/run-1/2/T2.nrrd"))
+    args = _parsed(run)
+    assert args.func.__name__ == "run_select" and args.image == run.image
+    assert tuple(args.planes) == run.planes and args.top == 5 and args.mode == "representative"
+    assert tuple(args.extra) == run.extras and args.events and args.quiet
+    assert args.mask is None and args.point == [] and args.label_name == []
+
+
+def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points():
+    request = DescribeRequest(server="http://10.0.0.5:8000/v1", protocol="ollama", model="medgemma:4b",
+                              language="Deutsch", timeout_s=45.5, prompt_file="/tmp/run-2/prompt.txt",
+                              window=(-160.25, 240.125), examples_dir="/data/worked examples")
+    run = ChildRun(image="/tmp/run-2/0/CT.nrrd", top_k=2, mode=None, mask="/tmp/run-2/guide-segments.nrrd",
+                   label_names=((1, "lung nodule 1"), (2, "liver = lesion")),
+                   points=((-12.345678901234, 30.0, -0.000001), (1e-9, -250.5, 41.0)), describe=request)
+    args = _parsed(run)
+    assert args.func.__name__ == "run_describe" and args.mode is None  # guided slices only
+    assert args.mask == run.mask and args.label_name == [(1, "lung nodule 1"), (2, "liver = lesion")]
+    assert [tuple(point) for point in args.point] == list(run.points)
+    assert (args.server, args.protocol, args.model, args.language) == (request.server, "ollama", "medgemma:4b",
+                                                                       "Deutsch")
+    assert args.timeout == 45.5 and args.prompt_file == request.prompt_file
+    assert tuple(args.window) == request.window and args.examples == request.examples_dir
+
+
+def test_defaults_are_the_command_lines_defaults():
+    args = _parsed(ChildRun(image="a.nrrd", describe=DescribeRequest()))
+    defaults = build_parser().parse_args(["describe", "a.nrrd"])
+    for name in ("planes", "top", "mode", "server", "protocol", "model", "language", "timeout", "window",
+                 "examples"):
+        assert getattr(args, name) == getattr(defaults, name) or name == "mode", name
+    assert args.mode == "findings" and args.server == DEFAULT_SERVER_URL and args.language == DEFAULT_LANGUAGE
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 0), ("planes", ("axial", "oblique")), ("mode", "loudest")])
+def test_settings_the_child_would_refuse_are_refused_by_its_parser(field, value):
+    with pytest.raises(SystemExit):
+        _parsed(ChildRun(image="a.nrrd", **{field: value}))

@@ -1,0 +1,116 @@
+"""What the Slicer panel asks of its child process, as one object, and the command line that carries it.
+
+The panel fills a :class:`ChildRun` (the volumes already written to files), :func:`child_arguments` turns it
+into the arguments of ``python -m VoteMILib.cli select|describe ... --events``; the CLI's own parser reads them
+back, so the panel and ``votemi`` cannot drift apart (a test parses every field back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, PLANES
+
+
+@dataclass(frozen=True)
+class DescribeRequest:
+    """The model to ask and how: the describe half of a run.
+
+    Parameters
+    ----------
+    server : str
+        Server URL (ignored by the in-process backend).
+    protocol : str
+        ``openai``, ``ollama`` or ``inprocess``.
+    model : str
+        Model name, or the model folder for ``inprocess``; empty for the server's only model.
+    language : str
+        Report language.
+    timeout_s : float
+        Longest time the report may take.
+    prompt_file : str or None
+        A prompt template file; None for VoteMI's prompt.
+    window : tuple of float or None
+        (low, high) intensity window the slices are rendered with; None for VoteMI's choice.
+    examples_dir : str or None
+        Folder of worked examples sent before the question (``--examples``); None for none.
+    """
+
+    server: str = DEFAULT_SERVER_URL
+    protocol: str = "openai"
+    model: str = ""
+    language: str = DEFAULT_LANGUAGE
+    timeout_s: float = 300.0
+    prompt_file: str | None = None
+    window: tuple | None = None
+    examples_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """One Select or Select & Describe run, its inputs as files.
+
+    Parameters
+    ----------
+    image : str
+        The input volume's file.
+    planes : tuple of str
+    top_k : int
+        Slices per plane.
+    mode : str or None
+        Selection mode; None with a guide means the guided slices only.
+    extras : tuple of str
+        Files of the other sequences.
+    mask : str or None
+        Label map of the guide segments on the input's grid.
+    label_names : tuple of (int, str)
+        Segment names by label of ``mask``.
+    points : tuple of (float, float, float)
+        Guide points, RAS mm.
+    describe : DescribeRequest or None
+        None selects only.
+    """
+
+    image: str
+    planes: tuple = PLANES
+    top_k: int = 3
+    mode: str | None = "findings"
+    extras: tuple = ()
+    mask: str | None = None
+    label_names: tuple = ()
+    points: tuple = ()
+    describe: DescribeRequest | None = field(default=None)
+
+
+def child_arguments(run: ChildRun) -> list:
+    """The ``votemi`` arguments of ``run``, with ``--events --quiet`` (machine-readable events, no summaries)."""
+    arguments = ["describe" if run.describe is not None else "select", run.image, "--planes", ",".join(run.planes),
+                 "--top", str(int(run.top_k)), "--events", "--quiet"]
+    if run.mode is not None:
+        arguments += ["--mode", run.mode]
+    for path in run.extras:
+        arguments += ["--extra", path]
+    if run.mask is not None:
+        arguments += ["--mask", run.mask]
+    for number, name in run.label_names:
+        arguments += ["--label-name", f"{int(number)}={name}"]
+    # "--point=..." keeps a negative coordinate from reading as an option; repr keeps every digit.
+    arguments += [f"--point={float(r)!r},{float(a)!r},{float(s)!r}" for r, a, s in run.points]
+    if run.describe is not None:
+        arguments += _describe_arguments(run.describe)
+    return arguments
+
+
+def _describe_arguments(request: DescribeRequest) -> list:
+    arguments = ["--server", request.server, "--protocol", request.protocol, "--language", request.language,
+                 "--timeout", repr(float(request.timeout_s))]
+    if request.model:
+        arguments += ["--model", request.model]
+    if request.prompt_file:
+        arguments += ["--prompt-file", request.prompt_file]
+    if request.window is not None:
+        low, high = request.window
+        arguments += ["--window", repr(float(low)), repr(float(high))]
+    if request.examples_dir:
+        arguments += ["--examples", request.examples_dir]
+    return arguments
