@@ -14,6 +14,12 @@ if MODULE_DIR not in sys.path:
 # --- VLM tests (helpers in vlm_fixtures.py) ------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _capabilities_cache(tmp_path_factory):
+    """Probe results go to a folder of this session (inherited by child processes), never the user's cache."""
+    os.environ["VOTEMI_CACHE_DIR"] = str(tmp_path_factory.mktemp("votemi-cache"))
+
+
 def _tiny_model(tmp_path_factory, builder: str, folder: str) -> str:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

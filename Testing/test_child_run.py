@@ -26,7 +26,7 @@ def test_a_select_run_round_trips_through_the_parser():
 def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points():
     request = DescribeRequest(server="http://10.0.0.5:8000/v1", protocol="ollama", model="medgemma:4b",
                               language="Deutsch", timeout_s=45.5, prompt_file="/tmp/run-2/prompt.txt",
-                              window=(-160.25, 240.125))
+                              window=(-160.25, 240.125), examples_dir="/data/worked examples")
     run = ChildRun(image="/tmp/run-2/0/CT.nrrd", top_k=2, mode=None, mask="/tmp/run-2/guide-segments.nrrd",
                    label_names=((1, "lung nodule 1"), (2, "liver = lesion")),
                    points=((-12.345678901234, 30.0, -0.000001), (1e-9, -250.5, 41.0)), describe=request)
@@ -37,13 +37,14 @@ def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points(
     assert (args.server, args.protocol, args.model, args.language) == (request.server, "ollama", "medgemma:4b",
                                                                        "Deutsch")
     assert args.timeout == 45.5 and args.prompt_file == request.prompt_file
-    assert tuple(args.window) == request.window
+    assert tuple(args.window) == request.window and args.examples == request.examples_dir
 
 
 def test_defaults_are_the_command_lines_defaults():
     args = _parsed(ChildRun(image="a.nrrd", describe=DescribeRequest()))
     defaults = build_parser().parse_args(["describe", "a.nrrd"])
-    for name in ("planes", "top", "mode", "server", "protocol", "model", "language", "timeout", "window"):
+    for name in ("planes", "top", "mode", "server", "protocol", "model", "language", "timeout", "window",
+                 "examples"):
         assert getattr(args, name) == getattr(defaults, name) or name == "mode", name
     assert args.mode == "findings" and args.server == DEFAULT_SERVER_URL and args.language == DEFAULT_LANGUAGE
 

@@ -85,7 +85,8 @@ def test_setup_loads_the_real_ui_and_picks_the_first_image_volume(panel, headles
 
 @pytest.mark.parametrize("widget_name, parameter", [
     ("serverUrlLineEdit", "serverUrl"), ("modelLineEdit", "model"), ("languageLineEdit", "language"),
-    ("promptTextEdit", "promptTemplate"), ("apiKeyLineEdit", None), ("reportTextEdit", None)])
+    ("promptTextEdit", "promptTemplate"), ("examplesLineEdit", "examplesFolder"), ("apiKeyLineEdit", None),
+    ("reportTextEdit", None)])
 def test_typing_into_every_text_field_keeps_the_text(panel, headless_slicer, widget_name, parameter):
     from PyQt5 import QtCore, QtTest
 
@@ -179,9 +180,16 @@ def test_select_only_from_the_button_marks_the_real_case_in_a_child_process(pane
 
 
 def test_select_and_describe_streams_the_report_from_a_loopback_server(panel, headless_slicer, monkeypatch,
-                                                                       scripted_server):
-    from VoteMILib import mrml
+                                                                       scripted_server, tmp_path):
+    import SimpleITK as sitk
 
+    from VoteMILib import mrml
+    from vlm_fixtures import make_volume
+
+    case = tmp_path / "examples" / "case1"  # the Examples folder: one worked example
+    case.mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(make_volume("mri", shape_kji=(40, 48, 48)).array), str(case / "t1.nii.gz"))
+    (case / "report.txt").write_text("Findings: no mass.\nImpression: normal.\n", encoding="utf-8")
     volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
     pieces = ["Findings: ", "an enhancing mass ", "[A1, C1].", "\nImpression: ", "glioma."]
     scripted_server.script = [streamed(pieces, pause_s=0.05)]
@@ -191,6 +199,7 @@ def test_select_and_describe_streams_the_report_from_a_loopback_server(panel, he
     node = panel.widget._parameterNode
     node.serverUrl, node.model, node.slicesPerPlane = scripted_server.url, "tiny-vlm", 1
     panel.type_into(panel.ui.apiKeyLineEdit, "secret-key")
+    panel.type_into(panel.ui.examplesLineEdit, str(case.parent))
     panel.click(panel.ui.selectDescribeButton)
     assert panel.ui.reportTextEdit.readOnly
     _wait(panel)
@@ -205,6 +214,9 @@ def test_select_and_describe_streams_the_report_from_a_loopback_server(panel, he
     assert panel.ui.resultsTable.rowCount == 3
     chat, = [request for request in scripted_server.requests if request[0] == "POST"]
     assert chat[2].get("Authorization") == "Bearer secret-key"
+    example, answer, question = chat[3]["messages"]  # the worked example as an earlier turn
+    assert answer == {"role": "assistant", "content": "Findings: no mass.\nImpression: normal."}
+    assert example["role"] == question["role"] == "user" and "Worked example 1" in example["content"][0]["text"]
     assert "secret-key" not in " ".join(runs[0].child.process.args)  # the key went through the environment
 
 
@@ -361,6 +373,16 @@ def test_status_line_shows_reachable_server_and_model_or_why_not(panel, headless
     panel.run_until(lambda: ": reachable" in panel.ui.serverStatusLabel.text, 30)
     assert panel.ui.serverStatusLabel.text == f"Server {scripted_server.url}: reachable; model tiny-vlm"
     assert panel.widget._parameterNode.model == "tiny-vlm"  # the server's only model
+    assert scripted_server.chat_requests() == []  # typing never probes
+    # Test connection also probes the model; this server takes every test image and ignores the schema.
+    panel.click(panel.ui.testConnectionButton)
+    panel.run_until(lambda: "probed" in panel.ui.serverStatusLabel.text, 60)
+    status = panel.ui.serverStatusLabel.text
+    assert status.startswith(f"Server {scripted_server.url}: reachable; model tiny-vlm; images: 9 or more per "
+                             "request; JSON schema: no (probed "), status
+    from VoteMILib.vlm.capabilities import cached
+
+    assert cached("openai", scripted_server.url, "tiny-vlm").max_images == 9  # describe runs will use it
     with socket.socket() as probe:  # a free port: nothing listens there
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"

@@ -396,29 +396,53 @@ def position_pattern(plane, position_mm):
 # `votemi serve` as a child process
 
 
+def _launch_serve(model_dir, extra_args, api_key=""):
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", VOTEMI_API_KEY=api_key)
+    return subprocess.Popen([sys.executable, "-m", "VoteMILib.cli", "serve", "--model", str(model_dir),
+                             "--port", "0", "--quiet", "--device", "cpu", *extra_args],
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=environment)
+
+
+def _serve_url(process) -> str:
+    url = None
+    deadline = time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        found = re.search(r"on (http://127\.0\.0\.1:\d+) ", line)
+        url = found.group(1) if found else None
+    if url is None:
+        raise RuntimeError("votemi serve did not start")
+    return url
+
+
+def _stop_serve(process):
+    process.send_signal(signal.SIGINT)
+    code = process.wait(timeout=30)
+    process.stderr.close()
+    if code != 0:
+        raise RuntimeError(f"votemi serve exited with {code}")
+
+
 @contextlib.contextmanager
 def serve_process(model_dir, *extra_args, api_key=""):
     """Run ``votemi serve --model model_dir`` on a free loopback port; yields its URL, stops it with Ctrl-C."""
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", VOTEMI_API_KEY=api_key)
-    process = subprocess.Popen([sys.executable, "-m", "VoteMILib.cli", "serve", "--model", str(model_dir),
-                                "--port", "0", "--quiet", "--device", "cpu", *extra_args],
-                               stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                               env=environment)
+    process = _launch_serve(model_dir, extra_args, api_key)
     try:
-        url = None
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line:
-                break
-            found = re.search(r"on (http://127\.0\.0\.1:\d+) ", line)
-            url = found.group(1) if found else None
-        if url is None:
-            raise RuntimeError("votemi serve did not start")
-        yield url
+        yield _serve_url(process)
     finally:
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
-        process.stderr.close()
-        if code != 0:
-            raise RuntimeError(f"votemi serve exited with {code}")
+        _stop_serve(process)
+
+
+@contextlib.contextmanager
+def serve_processes(model_dir, *option_lists):
+    """Several ``votemi serve`` processes launched together (their model loads overlap); yields their URLs."""
+    processes = []
+    try:
+        for options in option_lists:
+            processes.append(_launch_serve(model_dir, options))
+        yield [_serve_url(process) for process in processes]
+    finally:
+        for process in processes:
+            _stop_serve(process)

@@ -111,8 +111,9 @@ class VoteMIParameterNode:
     switchLayoutForChart - switch to a layout with a plot view to show the score plot.
     guideSegmentation, guidePoints - optional guide: a segmentation whose segments to show, a point list.
     guideThenUnsupervised - after the guided slices, add the best slice of selectionMode outside them.
+    examplesFolder - worked examples sent before the question (one folder per case: an image and report.txt).
 
-    The text fields (serverUrl, model, promptTemplate, language) are connected to their widgets by
+    The text fields (serverUrl, model, promptTemplate, language, examplesFolder) are connected to their widgets by
     the panel itself: the wrapper's binding rewrites a text widget on every change of the node,
     which moves the cursor while the user types. The optional extra sequences are node references
     (role ``VoteMIExtraVolume``) of the same parameter node; the segments of guideSegmentation the user
@@ -136,6 +137,7 @@ class VoteMIParameterNode:
     guideSegmentation: slicer.vtkMRMLSegmentationNode
     guidePoints: slicer.vtkMRMLMarkupsFiducialNode
     guideThenUnsupervised: bool = False
+    examplesFolder: str = ""
 
 
 #
@@ -148,10 +150,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     #: Text widgets and the parameter each edits (connected by the panel, see VoteMIParameterNode).
     TEXT_PARAMETERS = (("serverUrlLineEdit", "serverUrl"), ("modelLineEdit", "model"),
-                       ("languageLineEdit", "language"), ("promptTextEdit", "promptTemplate"))
+                       ("languageLineEdit", "language"), ("promptTextEdit", "promptTemplate"),
+                       ("examplesLineEdit", "examplesFolder"))
     #: Parameters remembered across sessions in the application settings.
     REMEMBERED = ("axial", "coronal", "sagittal", "slicesPerPlane", "selectionMode", "serverUrl", "protocol",
-                  "model", "promptTemplate", "language", "timeoutSeconds", "switchLayoutForChart")
+                  "model", "promptTemplate", "language", "timeoutSeconds", "switchLayoutForChart", "examplesFolder")
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -161,6 +164,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._statusCheck = None
+        self._modelsShown = False
         self._reportNode = None
         self._updatingReport = False
         self._plotView = None
@@ -566,7 +570,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         return self.logic.describeOptions(node.inputVolume, server=node.serverUrl, protocol=node.protocol,
                                           model=node.model, language=node.language,
-                                          timeoutSeconds=node.timeoutSeconds, prompt=node.promptTemplate)
+                                          timeoutSeconds=node.timeoutSeconds, prompt=node.promptTemplate,
+                                          examples=node.examplesFolder)
 
     def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
@@ -690,7 +695,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                "machine would send the API key unencrypted); Test connection checks "
                                                "it").format(url=url)
             return
-        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, apiKey), explicit)
+        # Only an explicit check probes: the probe asks the model for a few one-token answers.
+        self._modelsShown = False
+        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, apiKey, probe=explicit,
+                                                         model=node.model.strip()), explicit)
         self.ui.serverStatusLabel.text = _("Server {url}: checking...").format(url=url)
         self._timer.start()
 
@@ -699,6 +707,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for event in child.poll():
             if event.get("event") == "models":
                 self._showModels(event.get("server", ""), event.get("models", []))
+                self._modelsShown = True
+            elif event.get("event") == "capabilities":
+                self.ui.serverStatusLabel.text = _("{status}; {capabilities}").format(
+                    status=self.ui.serverStatusLabel.text, capabilities=event.get("summary", ""))
+            elif event.get("event") == "error" and self._modelsShown:
+                # The server answered; only the probe of the model failed.
+                self.ui.serverStatusLabel.text = _("{status}; probe failed: {reason}").format(
+                    status=self.ui.serverStatusLabel.text, reason=event["message"])
             elif event.get("event") == "error":
                 self.ui.serverStatusLabel.text = _("Server unreachable: {reason}").format(reason=event["message"])
                 if explicit:
@@ -1103,7 +1119,8 @@ class VoteMIRun:
         self.target = options["model"] if options["protocol"] == "inprocess" else options["server"]
         return DescribeRequest(server=options["server"], protocol=options["protocol"], model=options["model"],
                                language=options["language"], timeout_s=float(options["timeout"]),
-                               prompt_file=promptFile, window=options["window"])
+                               prompt_file=promptFile, window=options["window"],
+                               examples_dir=options.get("examples") or None)
 
     def poll(self):
         """The child's new events; errors are kept for :meth:`failure`."""
@@ -1400,14 +1417,14 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @classmethod
     def describeOptions(cls, volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=300,
-                        prompt=""):
+                        prompt="", examples=""):
         """The describe settings :meth:`run` hands to the child; empty values take VoteMI's defaults.
 
         The window is the one ``volumeNode`` is displayed with, so the model sees what the radiologist sees.
         """
         return {"server": server.strip() or DEFAULT_SERVER_URL, "protocol": protocol, "model": model.strip(),
                 "language": language.strip() or DEFAULT_LANGUAGE, "timeout": int(timeoutSeconds),
-                "prompt": prompt.strip(), "window": cls.displayWindow(volumeNode)}
+                "prompt": prompt.strip(), "window": cls.displayWindow(volumeNode), "examples": examples.strip()}
 
     @staticmethod
     def pythonExecutable():
@@ -1441,10 +1458,13 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         logging.info("VoteMI: starting %s", " ".join(argv))
         return ChildProcess(argv, env=env)
 
-    def startServerCheck(self, url, protocol, apiKey=""):
-        """Ask the server for its models in a child process (``votemi models --events``)."""
-        return self.startChild(["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"],
-                               apiKey=apiKey)
+    def startServerCheck(self, url, protocol, apiKey="", probe=False, model=""):
+        """Ask the server for its models in a child process (``votemi models --events``); with ``probe``, also
+        what the model accepts (``--probe``: images, images per request, context length, JSON schema)."""
+        arguments = ["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"]
+        if probe:
+            arguments += ["--probe"] + (["--model", model] if model else [])
+        return self.startChild(arguments, apiKey=apiKey)
 
     @staticmethod
     def serverUrlProblem(url):

@@ -32,6 +32,8 @@ class DescribeRequest:
         A prompt template file; None for VoteMI's prompt.
     window : tuple of float or None
         (low, high) intensity window the slices are rendered with; None for VoteMI's choice.
+    examples_dir : str or None
+        Folder of worked examples sent before the question (``--examples``); None for none.
     """
 
     server: str = DEFAULT_SERVER_URL
@@ -41,6 +43,7 @@ class DescribeRequest:
     timeout_s: float = 300.0
     prompt_file: str | None = None
     window: tuple | None = None
+    examples_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,4 +111,6 @@ def _describe_arguments(request: DescribeRequest) -> list:
     if request.window is not None:
         low, high = request.window
         arguments += ["--window", repr(float(low)), repr(float(high))]
+    if request.examples_dir:
+        arguments += ["--examples", request.examples_dir]
     return arguments

@@ -10,6 +10,7 @@ and nothing else (everything meant for people goes to stderr). Every object has 
 * ``report``: ``report`` (the model's text), ``report_meta``, ``complete``;
 * ``dicom``: ``dicom_export``, the files and references ``describe --dicom-out`` wrote;
 * ``models``: ``server``, ``models`` (``votemi models``);
+* ``capabilities``: ``capabilities`` (what the model accepts), ``summary`` (one line) (``votemi models --probe``);
 * ``error``: ``message``, the one line the command prints after ``votemi: error:``;
 * ``done``: ``exit_code``, always the last line of a command that ran.
 

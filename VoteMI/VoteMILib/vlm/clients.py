@@ -624,19 +624,28 @@ class _HTTPClient:
         VLMError
             If the server is unreachable, refuses (e.g. 401) or does not answer like the expected API.
         """
+        models = self._models_from(self.request_json("GET", self.models_path, cancel=cancel))
+        if models is None:
+            raise VLMError(f"{self.server_url}: {self.models_path} did not answer like the {self.protocol} API; "
+                           "check the URL and protocol")
+        return models
+
+    def request_json(self, method: str, path: str, payload=None, cancel=None):
+        """One JSON request without retries (model lists, model details, server properties); its parsed answer.
+
+        Raises
+        ------
+        VLMError
+            As :meth:`list_models`; ``status`` is set for HTTP errors.
+        """
         deadline = time.monotonic() + min(self.timeouts.total_s, self.timeouts.connect_s + 30.0)
-        with _Exchange(self, "GET", self.models_path, None, deadline, cancel, None) as exchange:
+        with _Exchange(self, method, path, payload, deadline, cancel, None) as exchange:
             response = exchange.open()
             try:
                 body = exchange.read_body()
             except _StreamBroken as error:
                 raise VLMError(error.message) from None
-            data = self._json_answer(body, response.getheader("Content-Type", ""))
-        models = self._models_from(data)
-        if models is None:
-            raise VLMError(f"{self.server_url}: {self.models_path} did not answer like the {self.protocol} API; "
-                           "check the URL and protocol")
-        return models
+            return self._json_answer(body, response.getheader("Content-Type", ""))
 
     def chat(self, prompt, model: str, options: GenerationOptions | None = None, on_text=None,
              cancel=None) -> ChatResult:
@@ -834,13 +843,24 @@ class OpenAIClient(_HTTPClient):
     models_path = "/v1/models"
     chat_path = "/v1/chat/completions"
 
-    def _chat_payload(self, prompt, model, options):
-        content = [{"type": "text", "text": prompt.intro}]
-        for image in prompt.images:
+    @staticmethod
+    def _user_content(intro, attachments, instruction=""):
+        content = [{"type": "text", "text": intro}]
+        for image in attachments:
             content.append({"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png_base64(image)}})
             content.append({"type": "text", "text": image.label})
-        content.append({"type": "text", "text": prompt.instruction})
-        payload = {"model": model, "messages": [{"role": "user", "content": content}], "stream": options.stream,
+        if instruction:
+            content.append({"type": "text", "text": instruction})
+        return content
+
+    def _chat_payload(self, prompt, model, options):
+        messages = []
+        for turn in prompt.turns:  # worked examples: their images, then their report as the model's answer
+            messages.append({"role": "user", "content": self._user_content(turn.intro, turn.attachments)})
+            messages.append({"role": "assistant", "content": turn.answer})
+        messages.append({"role": "user", "content": self._user_content(prompt.intro, prompt.attachments,
+                                                                       prompt.instruction)})
+        payload = {"model": model, "messages": messages, "stream": options.stream,
                    "max_tokens": int(options.max_tokens), "temperature": float(options.temperature)}
         if options.seed is not None:
             payload["seed"] = int(options.seed)
@@ -893,13 +913,19 @@ class OllamaClient(_HTTPClient):
         return super().hint(status, detail, path)
 
     def _chat_payload(self, prompt, model, options):
-        message = {"role": "user", "content": prompt.flat_text(), "images": [_png_base64(i) for i in prompt.images]}
+        messages = []
+        for turn in prompt.turns:
+            messages.append({"role": "user", "content": turn.flat_text(),
+                             "images": [_png_base64(i) for i in turn.attachments]})
+            messages.append({"role": "assistant", "content": turn.answer})
+        messages.append({"role": "user", "content": prompt.flat_text(),
+                         "images": [_png_base64(i) for i in prompt.attachments]})
         model_options = {"temperature": float(options.temperature), "num_predict": int(options.max_tokens)}
         if options.seed is not None:
             model_options["seed"] = int(options.seed)
         if options.num_ctx:
             model_options["num_ctx"] = int(options.num_ctx)
-        payload = {"model": model, "messages": [message], "stream": options.stream, "options": model_options}
+        payload = {"model": model, "messages": messages, "stream": options.stream, "options": model_options}
         if options.response_schema is not None:
             payload["format"] = options.response_schema
         return payload

@@ -6,12 +6,14 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 from .. import events
 from ..names import DEFAULT_LANGUAGE
 from .clients import DEFAULT_SERVER, redact_url
 from .errors import VLMCancelled, VLMError
-from .pipeline import PROTOCOL_CHOICES, DescribeSettings, build_request, describe
+from .packing import PACK_CHOICES
+from .pipeline import PROTOCOL_CHOICES, DescribeSettings, RequestParts, describe
 from .report import NOTICE, Report
 from .server import DEFAULT_HOST, DEFAULT_PORT
 
@@ -39,7 +41,7 @@ def _add_key_arguments(parser):
 
 def add_describe_command(commands) -> None:
     """Register ``votemi describe``."""
-    from ..cli import add_selection_arguments
+    from ..cli import add_selection_arguments, positive_int
 
     parser = commands.add_parser(
         "describe", help="select slices, then draft a report with a local vision-language model",
@@ -73,6 +75,25 @@ def add_describe_command(commands) -> None:
     group.add_argument("--structured", choices=("auto", "off"), default="auto",
                        help="auto: ask for the findings as JSON (structured output) and fall back to [A1] tags in "
                             "free text if the server refuses; off: free text with tags only (default: %(default)s)")
+    group = parser.add_argument_group("fitting the server (see docs/servers.md)")
+    group.add_argument("--pack", choices=PACK_CHOICES, default="auto",
+                       help="auto: labelled contact sheets only when the server takes fewer images than the slices; "
+                            "none: one image per slice, refused before sending if they do not fit; grid: contact "
+                            "sheets always; turns: one image per user message, for servers limiting images per "
+                            "message (default: %(default)s)")
+    group.add_argument("--max-images", type=positive_int, metavar="N",
+                       help="most images per request, whatever the server takes (default: what its probe found)")
+    group.add_argument("--probe", action="store_true",
+                       help="probe the server first (images, images per request, context, JSON schema) unless a "
+                            "result younger than a week is stored; see votemi models --probe")
+    group.add_argument("--context", type=int, default=0, metavar="N",
+                       help="add one contact sheet of N evenly spaced slices of the acquisition plane, labelled as "
+                            "context (default: none)")
+    group.add_argument("--examples", metavar="DIR", default="",
+                       help="worked examples: one folder per case with an image and report.txt, sent before the "
+                            "question with their reports (few-shot)")
+    group.add_argument("--examples-k", type=positive_int, default=1, metavar="K",
+                       help="examples sent: the K closest to the scan by its patch features (default: %(default)s)")
     group.add_argument("--dry-run", action="store_true",
                        help="prepare images and prompt (see --png-dir, --json) without contacting any model")
     group.add_argument("--quiet", action="store_true", help="print only the report")
@@ -97,7 +118,19 @@ def settings_from_args(args) -> DescribeSettings:
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
         long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-        device=args.device, allow_hub=args.allow_hub, structured=args.structured)
+        device=args.device, allow_hub=args.allow_hub, structured=args.structured, pack=args.pack,
+        max_images=args.max_images, probe=args.probe, context=args.context, examples_dir=args.examples,
+        examples_k=args.examples_k)
+
+
+def _stored_capabilities(settings):
+    """The stored probe result of the named model, for a dry run to fit as the real run would (None if none)."""
+    from .capabilities import cached
+    from .clients import parse_server_url
+
+    if settings.protocol == "inprocess" or not settings.model.strip():
+        return None
+    return cached(settings.protocol, parse_server_url(settings.server_url, settings.protocol).url, settings.model.strip())
 
 
 def _write_pngs(prompt, folder) -> list:
@@ -162,20 +195,22 @@ def run_describe(args) -> int:
     interrupt = _CtrlC()
     prompt = None
     try:
-        prompt = build_request(volume, result, settings, extras)
+        parts = RequestParts.prepare(volume, result, settings, extras)
+        prompt = parts.fit(settings, _stored_capabilities(settings))
         if args.png_dir:
             document["pngs"] = _write_pngs(prompt, args.png_dir)
             if not args.quiet:
                 print(f"wrote {len(prompt.images)} PNGs to {args.png_dir}", file=log)
         if args.dry_run:
             document["prompt"] = {"intro": prompt.intro, "labels": [i.label for i in prompt.images],
+                                  "attached": [a.label for a in prompt.attachments],
                                   "instruction": prompt.instruction}
             print(prompt.flat_text())
             _write_json(args.json, document)
             return 0
         if not args.quiet:
             target = settings.model if settings.protocol == "inprocess" else redact_url(settings.server_url)
-            print(f"sending {len(prompt.images)} images to {target} ({settings.protocol})", file=log)
+            print(f"sending {len(prompt.images)} slices to {target} ({settings.protocol})", file=log)
         print(f"[{NOTICE}]\n", flush=True)
 
         def show(text):
@@ -185,7 +220,7 @@ def run_describe(args) -> int:
         streamed = events.active().text if events.active() else show
         with interrupt:
             report = describe(volume, result, settings, extras, on_text=streamed if settings.stream else None,
-                              cancel=interrupt.event.is_set)
+                              cancel=interrupt.event.is_set, parts=parts)
     except VLMError as error:
         print(file=sys.stdout)
         cancelled = isinstance(error, VLMCancelled)
@@ -301,6 +336,10 @@ def add_models_command(commands) -> None:
                         help="openai or ollama (default: %(default)s)")
     _add_key_arguments(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="time limit (default: 10)")
+    parser.add_argument("--probe", action="store_true",
+                        help="also find out what the model accepts (images, images per request, context length, "
+                             "JSON schema) with a few one-token requests, and store it for describe")
+    parser.add_argument("--model", default="", help="model to probe (default: the server's only model)")
     add_events_argument(parser)
     parser.set_defaults(func=run_models)
 
@@ -319,6 +358,29 @@ def run_models(args) -> int:
     events.emit("models", server=redact_url(args.server), models=list(models))
     for model in models:
         print(model)
+    if args.probe:
+        return _run_probe(args, settings, models)
+    return 0
+
+
+def _run_probe(args, settings, models) -> int:
+    """``votemi models --probe``: probe the chosen model, store and print the result (one line, then notes)."""
+    from .capabilities import probe, store
+    from .pipeline import make_client
+
+    model = args.model.strip() or (models[0] if len(models) == 1 else "")
+    if not model:
+        return _fail(f"{redact_url(args.server)} offers {len(models)} models; choose the one to probe with --model")
+    client = make_client(replace(settings, timeout_s=max(args.timeout, 60.0), idle_timeout_s=max(args.timeout, 60.0)))
+    try:
+        found = probe(client, model, settings.num_ctx)
+    except VLMError as error:
+        return _fail(f"probing {model}: {error}")
+    store(found)
+    events.emit("capabilities", capabilities=found.to_dict(), summary=found.summary())
+    print(f"{model}: {found.summary()}")
+    for note in found.notes:
+        print(f"  {note}")
     return 0
 
 
@@ -353,6 +415,17 @@ def add_serve_command(commands) -> None:
                         help="weights type (default: bfloat16/float16 on GPU, float32 on CPU)")
     parser.add_argument("--allow-hub", action="store_true", help="let transformers download missing files")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.add_argument("--text-only", action="store_true",
+                        help="refuse requests with images (400), as a model without its vision projector would; "
+                             "for checking clients")
+    parser.add_argument("--no-json-schema", action="store_true",
+                        help="refuse response_format json_schema (400), as servers without structured output do")
+    parser.add_argument("--drop-images", action="store_true",
+                        help="accept images but leave them out of the prompt, as a server without its vision "
+                             "projector may (llama-cpp-python without --clip_model_path)")
+    parser.add_argument("--max-images-per-message", type=positive_int, metavar="N",
+                        help="refuse messages with more images (400), as Ollama vision models taking a single image "
+                             "per message do (default: only --max-images per request)")
     defaults = ServeLimits()
     limits = parser.add_argument_group("limits (answered 400 unless said otherwise)")
     limits.add_argument("--max-request-mb", type=positive, default=defaults.max_request_mb, metavar="MB",
@@ -396,7 +469,7 @@ def _serve_limits(args):
 def run_serve(args) -> int:
     """``votemi serve``: blocks until Ctrl-C; 0 after a clean stop."""
     from .inprocess import load_model
-    from .server import VLMServer, is_loopback
+    from .server import ServeFeatures, VLMServer, is_loopback
 
     api_key = _api_key(args)
     if not 0 <= args.port <= 65535:
@@ -405,7 +478,10 @@ def run_serve(args) -> int:
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
         model = load_model(args.model, device=args.device, dtype=args.dtype, allow_hub=args.allow_hub)
         server = VLMServer(model, args.host, args.port, api_key=api_key, limits=_serve_limits(args),
-                           log=None if args.quiet else sys.stderr)
+                           log=None if args.quiet else sys.stderr,
+                           features=ServeFeatures(images=not args.text_only, json_schema=not args.no_json_schema,
+                                                  images_per_message=args.max_images_per_message,
+                                                  drop_images=args.drop_images))
     except VLMError as error:
         return _fail(str(error))
     except OSError as error:

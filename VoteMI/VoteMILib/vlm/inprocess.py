@@ -295,17 +295,26 @@ def unload_models():
 
 
 def prompt_messages(prompt) -> list:
-    """A :class:`~VoteMILib.vlm.prompts.Prompt` as transformers chat messages, images interleaved with labels."""
+    """A :class:`~VoteMILib.vlm.prompts.Prompt` as transformers chat messages, images interleaved with labels
+    (worked examples first, as earlier user and assistant turns)."""
     import io
 
     from PIL import Image
 
-    content = [{"type": "text", "text": prompt.intro}]
-    for image in prompt.images:
-        content.append({"type": "image", "image": Image.open(io.BytesIO(image.png)).convert("RGB")})
-        content.append({"type": "text", "text": image.label})
-    content.append({"type": "text", "text": prompt.instruction})
-    return [{"role": "user", "content": content}]
+    def user(intro, attachments, instruction=""):
+        content = [{"type": "text", "text": intro}]
+        for image in attachments:
+            content.append({"type": "image", "image": Image.open(io.BytesIO(image.png)).convert("RGB")})
+            content.append({"type": "text", "text": image.label})
+        if instruction:
+            content.append({"type": "text", "text": instruction})
+        return {"role": "user", "content": content}
+
+    messages = []
+    for turn in prompt.turns:  # worked examples, each answered by its report
+        messages += [user(turn.intro, turn.attachments),
+                     {"role": "assistant", "content": [{"type": "text", "text": turn.answer}]}]
+    return messages + [user(prompt.intro, prompt.attachments, prompt.instruction)]
 
 
 class InProcessClient:

@@ -6,8 +6,9 @@ the primary volume first, then each extra sequence in the order given.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 from .. import __version__
@@ -18,11 +19,15 @@ from ..names import DEFAULT_LANGUAGE
 from .clients import (DEFAULT_SERVER, GenerationOptions, Timeouts, check_authorization, make_http_client,
                       parse_server_url, redact_url)
 from .errors import VLMCancelled, VLMError
+from .capabilities import capabilities_for, forget, is_image_refusal, probe, store
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
-from .prompts import Prompt, PromptImage, build_prompt, format_position
+from .packing import PACK_CHOICES, context_sheet, fit_images
+from .prompts import Prompt, PromptImage, Turn, build_prompt, format_position, spread_over_turns
 from .report import NOTICE, Report
 
 PROTOCOL_CHOICES = ("openai", "ollama", "inprocess")
+#: Most slices of a context sheet (MedGemma's CT recipe goes up to 85; more would be unreadable tiles).
+MAX_CONTEXT_SLICES = 64
 STRUCTURED_CHOICES = ("auto", "off")
 # Words in a server's refusal that show it did not accept the request for structured output.
 _STRUCTURED_REFUSAL = ("response_format", "json_schema", "format", "schema", "grammar", "structured")
@@ -78,6 +83,22 @@ class DescribeSettings:
         ``response_format``, Ollama ``format``) and falls back to free text with ``[A1]`` tags when the
         server refuses it; "off" asks for free text only. Either way the answer becomes
         :class:`~VoteMILib.findings.Findings`.
+    pack : {"auto", "none", "grid", "turns"}
+        How slices are fitted to the images a server takes per request (:mod:`.packing`): "auto"
+        packs them into labelled contact sheets only when needed, "none" never (refused before
+        sending when they do not fit), "grid" always; "turns" sends one image per user message.
+    max_images : int or None
+        Most images per request, whatever the server was found to take (also for the in-process model).
+    probe : bool
+        Probe the server (:mod:`.capabilities`) before sending when no stored result is fresh; without
+        it, stored results are used and a refusal naming the images triggers a probe and one retry.
+    context : int
+        Add one contact sheet of this many evenly spaced slices of the acquisition plane, labelled as
+        context (0: none).
+    examples_dir : str
+        Folder of worked examples (:mod:`.examples`); empty for none.
+    examples_k : int
+        Examples sent: the closest to the scan.
     """
 
     server_url: str = DEFAULT_SERVER
@@ -105,6 +126,12 @@ class DescribeSettings:
     device: str = "auto"
     allow_hub: bool = False
     structured: str = "auto"
+    pack: str = "auto"
+    max_images: int | None = None
+    probe: bool = False
+    context: int = 0
+    examples_dir: str = ""
+    examples_k: int = 1
 
     def validate(self):
         """Raise :class:`VLMError` with a one-line reason for an unusable setting."""
@@ -133,6 +160,16 @@ class DescribeSettings:
         if self.structured not in STRUCTURED_CHOICES:
             raise VLMError(f"unknown structured output setting '{self.structured}'; choose "
                            f"{', '.join(STRUCTURED_CHOICES)}")
+        if self.pack not in PACK_CHOICES:
+            raise VLMError(f"unknown packing '{self.pack}'; choose {', '.join(PACK_CHOICES)}")
+        if self.max_images is not None and int(self.max_images) < 1:
+            raise VLMError("the number of images per request must be at least 1")
+        if int(self.context) != 0 and not 2 <= int(self.context) <= MAX_CONTEXT_SLICES:
+            raise VLMError(f"--context takes 2 to {MAX_CONTEXT_SLICES} slices (0 for none), not {self.context}")
+        if int(self.examples_k) < 1:
+            raise VLMError("the number of examples must be at least 1")
+        if self.examples_dir and not os.path.isdir(os.path.expanduser(self.examples_dir)):
+            raise VLMError(f"examples folder not found: {self.examples_dir}")
 
     def public_dict(self) -> dict:
         """The settings for the report metadata, without the API key."""
@@ -171,12 +208,7 @@ def prepare_images(volume, selection, settings: DescribeSettings, extra_volumes=
     if not chosen:
         raise VLMError(f"no selected slices in the planes {', '.join(planes)}")
     volumes = [volume, *extra_volumes]
-    try:
-        region = (getattr(selection, "region", None) or {}).get("name")
-        windowings = [choose_windowing(v, settings.modality, settings.ct_preset, settings.window if n == 0 else None,
-                                       region=region if n == 0 else None) for n, v in enumerate(volumes)]
-    except ValueError as error:
-        raise VLMError(str(error)) from None
+    windowings = _windowings(volume, selection, settings, extra_volumes)
     images = []
     for slice_ in chosen:
         for number, (source, windowing) in enumerate(zip(volumes, windowings), 1):
@@ -200,6 +232,16 @@ def prepare_images(volume, selection, settings: DescribeSettings, extra_volumes=
                 meta["guide"] = dict(slice_.guide)
             images.append(PromptImage(meta["id"], slice_.plane, position, sequence, png, meta))
     return images
+
+
+def _windowings(volume, selection, settings: DescribeSettings, extra_volumes=()) -> list:
+    """The windowing of each volume: the primary one with the user's window and the selection's region."""
+    try:
+        region = (getattr(selection, "region", None) or {}).get("name")
+        return [choose_windowing(v, settings.modality, settings.ct_preset, settings.window if n == 0 else None,
+                                 region=region if n == 0 else None) for n, v in enumerate([volume, *extra_volumes])]
+    except ValueError as error:
+        raise VLMError(str(error)) from None
 
 
 def make_client(settings: DescribeSettings):
@@ -238,8 +280,14 @@ def _resolve_model(client, settings, cancel=None) -> str:
     raise VLMError(f"{client.server_url} offers several models; choose one: {shown}")
 
 
-def build_request(volume, selection, settings: DescribeSettings, extra_volumes=()) -> Prompt:
-    """The prompt (with rendered images) :func:`describe` would send."""
+def build_request(volume, selection, settings: DescribeSettings, extra_volumes=(), capabilities=None) -> Prompt:
+    """The prompt (with rendered images) :func:`describe` would send, fitted to ``capabilities`` and
+    ``settings.max_images`` (contact sheets, context sheet, worked examples)."""
+    return RequestParts.prepare(volume, selection, settings, extra_volumes).fit(settings, capabilities)
+
+
+def _slice_prompt(volume, selection, settings: DescribeSettings, extra_volumes=()) -> Prompt:
+    """The prompt of the voted slices alone, one image each."""
     images = prepare_images(volume, selection, settings, extra_volumes)
     modalities = list(dict.fromkeys(image.meta["window"]["modality"] for image in images))
     recorded = getattr(selection, "settings", None) or {}
@@ -253,8 +301,137 @@ def build_request(volume, selection, settings: DescribeSettings, extra_volumes=(
         raise VLMError(str(error)) from None
 
 
+_SHEETS_INTRO = (" Some images are contact sheets: each tile is one slice with its ID, plane and position burnt "
+                 "into its corner, and the text after the sheet lists its tiles in order; cite the tiles' IDs.")
+_CONTEXT_INTRO = (" The image labelled context shows evenly spaced slices of the whole volume for orientation "
+                  "only: do not cite it.")
+_EXAMPLE_INTRO = ("Worked example {number} (another patient, for the form of the report): representative slices of "
+                  "a {modality} examination, each image followed by its ID, plane and position.")
+_EXAMPLE_QUESTION = "Now the examination to report, in the same way."
+
+
+@dataclass
+class RequestParts:
+    """Everything a request may carry before it is fitted to a server: the voted slices, the context
+    sheet and the worked examples' slices (each rendered once, fitted as often as needed)."""
+
+    prompt: Prompt
+    context: object = None
+    examples: list = field(default_factory=list)  # (ExampleCase, its PromptImages, distance)
+
+    @classmethod
+    def prepare(cls, volume, selection, settings: DescribeSettings, extra_volumes=()) -> "RequestParts":
+        prompt = _slice_prompt(volume, selection, settings, extra_volumes)
+        context = None
+        if int(settings.context):
+            windowing = _windowings(volume, selection, settings)[0]
+            context = context_sheet(volume, int(settings.context), windowing, int(settings.long_side))
+        examples = _example_sets(volume, selection, settings, prompt) if settings.examples_dir else []
+        return cls(prompt, context, examples)
+
+    def fit(self, settings: DescribeSettings, capabilities=None) -> Prompt:
+        """The prompt within the images per request allowed (``settings.max_images`` and the server's limit).
+
+        Raises
+        ------
+        VLMError
+            Before anything is sent: a text-only model, or a request that cannot fit (``pack`` "none", too
+            many examples for the limit).
+        """
+        budget = image_budget(settings, capabilities)
+        if budget == 0:  # only a probe says 0: the model is text-only
+            seen = [note for note in capabilities.notes if "image" in note or "vision" in note][:1]
+            raise VLMError(f"{capabilities.server}: the model {capabilities.model or '(default)'} takes no images "
+                           f"(text-only{': ' + seen[0] if seen else ''}); nothing was sent; choose a vision model, "
+                           "or load its vision projector (mmproj) on the server")
+        fixed = 1 if self.context is not None else 0
+        groups = len(self.examples) + 1
+        query_budget = example_budget = None
+        if budget is not None:
+            room = budget - fixed
+            if room < groups:
+                parts = [f"{len(self.examples)} example(s)"] * bool(self.examples) + ["the context sheet"] * fixed
+                remedies = ["lower --examples-k"] * bool(self.examples) + ["leave out --context"] * fixed
+                raise VLMError(f"the server takes {budget} image(s) per request: too few for "
+                               f"{' and '.join(parts)} and the slices; {' or '.join(remedies)}")
+            example_budget = room // groups
+            query_budget = room - example_budget * len(self.examples)
+        prompt = self.prompt
+        attachments = fit_images(prompt.images, query_budget, settings.pack, int(settings.long_side))
+        intro = prompt.intro + (_SHEETS_INTRO if len(attachments) != len(prompt.images) or
+                                settings.pack == "grid" else "")
+        if self.context is not None:
+            attachments = [self.context, *attachments]
+            intro += _CONTEXT_INTRO
+        turns = []
+        for number, (case, images, distance) in enumerate(self.examples, 1):
+            shown = fit_images(images, example_budget, settings.pack, int(settings.long_side),
+                               what=f"the slices of example {case.name}")
+            modality = images[0].meta["window"]["modality"]
+            turns.append(Turn(_EXAMPLE_INTRO.format(number=number, modality=modality), shown, case.report,
+                              {"name": case.name, "distance": round(float(distance), 4), "images": len(shown)}))
+        if turns:
+            intro = f"{_EXAMPLE_QUESTION} {intro}"
+        fitted = replace(prompt, intro=intro, attachments=attachments, turns=turns)
+        return spread_over_turns(fitted) if settings.pack == "turns" else fitted
+
+
+def image_budget(settings: DescribeSettings, capabilities=None) -> int | None:
+    """Images per request allowed: the smaller of ``settings.max_images`` and the server's known limit
+    (for ``pack`` "turns", its limit with one image per message)."""
+    limits = [int(settings.max_images)] if settings.max_images else []
+    known = None
+    if capabilities is not None:
+        known = capabilities.turns_limit if settings.pack == "turns" else capabilities.image_limit
+    if known is not None:
+        limits.append(int(known))
+    return min(limits) if limits else None
+
+
+def _example_sets(volume, selection, settings: DescribeSettings, prompt: Prompt) -> list:
+    """The closest worked examples with their slices, selected the way the query's were."""
+    from ..selection import select_slices
+    from .examples import load_cases, nearest_cases
+
+    recorded = getattr(selection, "settings", None) or {}
+    planes = tuple(dict.fromkeys(image.plane for image in prompt.images))
+    top_k = max(int(image.meta.get("rank", 1)) for image in prompt.images)
+    seed = int(recorded.get("seed", 0) or 0)
+    mode = recorded.get("mode") or "findings"
+    chosen = nearest_cases(volume, load_cases(settings.examples_dir), int(settings.examples_k), seed)
+    sets = []
+    for case, example, distance in chosen:
+        try:
+            picked = select_slices(example, planes=planes, top_k=top_k, seed=seed, mode=mode)
+        except ValueError as error:
+            raise VLMError(f"example {case.name}: {error}") from None
+        images = prepare_images(example, picked, replace(settings, window=None, planes=planes, top_k=top_k))
+        sets.append((case, images, distance))
+    return sets
+
+
+def sent_meta(prompt: Prompt, settings: DescribeSettings, capabilities=None) -> dict:
+    """What was attached, for the report metadata: slices or sheets, context, examples, and why."""
+    def describe_attachment(item):
+        kind = item.meta.get("kind", "slice")
+        entry = {"kind": kind, "width": item.meta.get("width"), "height": item.meta.get("height")}
+        entry["ids"] = item.meta.get("ids", [item.meta.get("id")] if kind == "slice" else [])
+        if kind == "context":
+            entry.update(plane=item.meta["plane"], count=item.meta["count"], positions_mm=item.meta["positions_mm"])
+        return entry
+
+    spread = [turn for turn in prompt.turns if turn.meta.get("kind") == "image turn"]
+    attachments = [*prompt.attachments, *(item for turn in spread for item in turn.attachments)]
+    return {"pack": settings.pack, "images_per_request": prompt.image_count(),
+            "limit": image_budget(settings, capabilities),
+            "attachments": [describe_attachment(item) for item in attachments],
+            "image_turns": len(spread),
+            "examples": [dict(turn.meta) for turn in prompt.turns if turn.meta.get("kind") != "image turn"],
+            "capabilities": capabilities.to_dict() if capabilities is not None else None}
+
+
 def describe(volume, selection_result, settings: DescribeSettings | None = None, extra_volumes=(), on_text=None,
-             cancel=None) -> Report:
+             cancel=None, parts: RequestParts | None = None) -> Report:
     """Draft a report of the voted slices with a vision-language model.
 
     Parameters
@@ -270,6 +447,9 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
     cancel : callable() -> bool, optional
         Return True to stop. Polled about 20 times a second, possibly from a helper thread, so it
         must be cheap and thread-safe (``threading.Event().is_set`` is ideal).
+    parts : RequestParts, optional
+        The request already prepared with these arguments (:meth:`RequestParts.prepare`), so that
+        worked examples are not selected twice.
 
     Returns
     -------
@@ -291,7 +471,8 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
     settings.validate()
     started = time.monotonic()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    prompt = build_request(volume, selection_result, settings, extra_volumes)
+    parts = parts or RequestParts.prepare(volume, selection_result, settings, extra_volumes)
+    prompt = parts.prompt
     client = make_client(settings)
     meta = {
         "notice": NOTICE,
@@ -320,10 +501,32 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         model = _resolve_model(client, settings, cancel)
         if settings.protocol != "inprocess":  # the in-process model is named by its folder
             meta["model"] = model
+        capabilities = capabilities_for(client, model, settings, settings.probe, cancel)
+        prompt = parts.fit(settings, capabilities)
+        _record_sent(meta, prompt, settings, capabilities)
         options = GenerationOptions(max_tokens=int(settings.max_tokens), temperature=float(settings.temperature),
                                     seed=settings.seed, num_ctx=settings.num_ctx, stream=bool(settings.stream))
-        result = _chat(client, prompt, model, options, structured, ids, shown, cancel,
-                       default_prompt=not (settings.prompt_template or "").strip())
+
+        def chat(asked, known):
+            return _chat(client, asked, model, options, structured, ids, shown, cancel,
+                         default_prompt=not (settings.prompt_template or "").strip(), schema_known=known)
+
+        try:
+            result = chat(prompt, capabilities)
+        except VLMError as error:
+            if isinstance(error, VLMCancelled) or settings.protocol == "inprocess" or not is_image_refusal(error):
+                raise
+            # The server refused the images: what was known about it is out of date (or was never found out).
+            forget(client.protocol, client.server_url, model)
+            capabilities = probe(client, model, settings.num_ctx, cancel)
+            store(capabilities)
+            refit = parts.fit(settings, capabilities)
+            if refit.image_count() >= prompt.image_count():
+                raise  # the probe does not explain the refusal
+            prompt = refit
+            _record_sent(meta, prompt, settings, capabilities)
+            meta["sent"]["refitted_after"] = str(error)
+            result = chat(prompt, capabilities)
         if not result.text.strip():
             why = f" ({result.incomplete_reason})" if result.incomplete_reason else "; check that it accepts images"
             raise VLMError(f"{client.server_url}: the model returned an empty answer{why}")
@@ -345,18 +548,32 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
     return Report(text, meta, complete=result.complete, findings=findings)
 
 
+def _record_sent(meta: dict, prompt: Prompt, settings: DescribeSettings, capabilities) -> None:
+    meta["prompt"]["intro"] = prompt.intro
+    meta["sent"] = sent_meta(prompt, settings, capabilities)
+
+
 def _show(piece, on_text):
     if piece:
         on_text(piece)
 
 
-def _chat(client, prompt, model, options, structured, ids, on_text, cancel, default_prompt=True):
-    """Ask with the findings schema if wanted; once more without it if the server refuses the schema."""
+def _chat(client, prompt, model, options, structured, ids, on_text, cancel, default_prompt=True, schema_known=None):
+    """Ask with the findings schema if wanted; once more without it if the server refuses the schema.
+
+    ``schema_known`` (:class:`~.capabilities.Capabilities`) saves the refused request when a probe
+    found that the server takes no JSON schema.
+    """
     if not structured["requested"]:
+        return client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
+    if schema_known is not None and schema_known.json_schema is False:
+        structured.update(sent=False, note="the server takes no JSON schema (found by its probe); asked for free "
+                                           "text with image tags")
+        structured.pop("instruction_added", None)
         return client.chat(prompt, model, options, on_text=on_text, cancel=cancel)
     asked = prompt
     if default_prompt:  # a user's own template is sent as written; the schema still binds the answer
-        asked = Prompt(prompt.intro, prompt.images, f"{prompt.instruction}\n{STRUCTURED_INSTRUCTION}")
+        asked = replace(prompt, instruction=f"{prompt.instruction}\n{STRUCTURED_INSTRUCTION}")
         structured["instruction_added"] = STRUCTURED_INSTRUCTION
     try:
         structured["sent"] = True

@@ -4,12 +4,16 @@ A prompt is sent as one user turn: a short fixed introduction, then every image 
 followed by its label (``A1: axial, S 12.5 mm, sequence T1``), then the instruction made from the
 template. Protocols that cannot interleave text and images (Ollama's native API) receive the
 labels as an ordered list instead, see :meth:`Prompt.label_list`.
+
+What is attached may differ from the slices cited (:attr:`Prompt.attachments`): contact sheets of
+several slices when the server takes fewer images (:mod:`.packing`), and a context sheet of the
+whole volume. Worked examples go before the question as earlier turns (:class:`Turn`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..names import DEFAULT_LANGUAGE
 
@@ -83,20 +87,91 @@ class PromptImage:
 
 
 @dataclass
+class Attachment:
+    """An image sent that is not one slice: a contact sheet of several slices, or the context sheet.
+
+    Attributes
+    ----------
+    label : str
+        Text placed right after the image (what it shows, tile by tile).
+    png : bytes
+    meta : dict
+        Kind ("sheet" or "context"), the IDs of its tiles, size, ...
+    """
+
+    label: str
+    png: bytes = field(repr=False)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Turn:
+    """An earlier exchange sent before the question (a worked example): images with their labels, and the
+    answer the model is shown as its own (the example's report)."""
+
+    intro: str
+    attachments: list
+    answer: str
+    meta: dict = field(default_factory=dict)
+
+    def label_list(self) -> str:
+        return _label_list(self.attachments)
+
+    def flat_text(self) -> str:
+        return f"{self.intro}\nThe images, in the order attached:\n{self.label_list()}"
+
+
+@dataclass
 class Prompt:
-    """A complete request: introduction, labelled images (in order) and instruction."""
+    """A complete request: introduction, labelled images (in order) and instruction.
+
+    ``images`` are the slices the report may cite; ``attachments`` what is attached to the question
+    (the slices themselves, or contact sheets of them, and a context sheet), in order; ``turns`` the
+    worked examples sent before it.
+    """
 
     intro: str
     images: list
     instruction: str
+    attachments: list | None = None
+    turns: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.attachments is None:
+            self.attachments = list(self.images)
 
     def label_list(self) -> str:
         """The image labels as numbered lines, for protocols that cannot interleave them."""
-        return "\n".join(f"Image {n}: {image.label}" for n, image in enumerate(self.images, 1))
+        return _label_list(self.attachments)
 
     def flat_text(self) -> str:
         """Introduction, label list and instruction as one text (images attached separately, in order)."""
         return f"{self.intro}\nThe images, in the order attached:\n{self.label_list()}\n\n{self.instruction}"
+
+    def image_count(self) -> int:
+        """Images attached to the whole request, examples included."""
+        return len(self.attachments) + sum(len(turn.attachments) for turn in self.turns)
+
+
+#: The assistant's answer after each image sent over several turns.
+ACKNOWLEDGEMENT = "Noted."
+
+
+def spread_over_turns(prompt: Prompt) -> Prompt:
+    """``prompt`` with its attachments one per user message (each acknowledged), the question last.
+
+    The first message keeps the introduction; earlier turns (worked examples) stay first.
+    """
+    count = len(prompt.attachments)
+    turns = [Turn((f"{prompt.intro}\n" if n == 1 else "") + f"Image {n} of {count}:", [attachment], ACKNOWLEDGEMENT,
+                  {"kind": "image turn"})
+             for n, attachment in enumerate(prompt.attachments, 1)]
+    intro = f"The {count} images of this examination are in the messages above."
+    return replace(prompt, intro=intro, attachments=[], turns=[*prompt.turns, *turns])
+
+
+def _label_list(attachments) -> str:
+    return "\n".join(f"Image {n}: {image.label}" for n, image in enumerate(attachments, 1))
 
 
 def format_position(plane: str, position_mm: float) -> str:

@@ -55,6 +55,25 @@ class Report:
                 + (f", sequence {image['sequence']}" if image.get("sequence") else "")
                 for image in self.meta.get("images", [])]
 
+    def _sent_lines(self) -> list:
+        """How the images went, when not one image per slice: sheets, turns, context, examples."""
+        sent = self.meta.get("sent") or {}
+        kinds = [item.get("kind") for item in sent.get("attachments", [])]
+        parts = []
+        if "sheet" in kinds:
+            parts.append(f"{kinds.count('sheet')} contact sheet(s)")
+        if sent.get("image_turns"):
+            parts.append(f"one image per message over {sent['image_turns']} turns")
+        if "context" in kinds:
+            context = next(item for item in sent["attachments"] if item.get("kind") == "context")
+            parts.append(f"a context sheet of {context['count']} {context['plane']} slices")
+        if sent.get("examples"):
+            parts.append(f"{len(sent['examples'])} worked example(s) ({', '.join(e['name'] for e in sent['examples'])})")
+        if not parts:
+            return []
+        limit = f" (at most {sent['limit']} image(s) per request)" if sent.get("limit") else ""
+        return [f"Sent as {', '.join(parts)}{limit}"]
+
     def _review_lines(self) -> list:
         return [f"Review: {self.findings.summary_line()}"] if self.findings is not None and self.findings.items else []
 
@@ -66,7 +85,7 @@ class Report:
             lines += [f"[Incomplete report: {self.incomplete_reason}]", ""]
         images = self._image_lines()
         if images:
-            lines += ["Images sent:", *(f"  {line}" for line in images)]
+            lines += ["Images sent:", *(f"  {line}" for line in images), *self._sent_lines()]
         return "\n".join(lines).rstrip() + "\n"
 
     def to_markdown(self) -> str:
@@ -77,7 +96,8 @@ class Report:
             lines += [f"> **Incomplete report:** {self.incomplete_reason}", ""]
         images = self._image_lines()
         if images:
-            lines += ["### Images sent", "", *(f"- {line}" for line in images)]
+            sent = self._sent_lines()
+            lines += ["### Images sent", "", *(f"- {line}" for line in images), *([""] + sent if sent else [])]
         return "\n".join(lines).rstrip() + "\n"
 
     def to_dict(self) -> dict:

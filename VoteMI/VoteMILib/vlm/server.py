@@ -128,6 +128,32 @@ class ServeLimits:
         return int(self.max_request_mb * 2**20)
 
 
+@dataclass(frozen=True)
+class ServeFeatures:
+    """What the server accepts beyond text, each switchable off to stand in for more limited servers.
+
+    Attributes
+    ----------
+    images : bool
+        False: requests with images are refused (400, code ``images_not_supported``), as a text-only
+        model (a GGUF without its vision projector) would be (``votemi serve --text-only``).
+    json_schema : bool
+        False: ``response_format`` json_schema is refused (400), as servers without structured
+        output do (``votemi serve --no-json-schema``).
+    images_per_message : int or None
+        Most images in one message (400 beyond), as Ollama's vision models that take "a single image
+        per message" (``votemi serve --max-images-per-message``); None: only ``max_images`` per request.
+    drop_images : bool
+        True: images are accepted and left out of what the model sees, as llama-cpp-python started
+        without its vision projector does (``votemi serve --drop-images``).
+    """
+
+    images: bool = True
+    json_schema: bool = True
+    images_per_message: int | None = None
+    drop_images: bool = False
+
+
 class RequestError(Exception):
     """A request the server refuses; becomes an OpenAI-shaped error answer."""
 
@@ -156,7 +182,7 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
 
 
-def parse_chat_request(data, limits: ServeLimits) -> dict:
+def parse_chat_request(data, limits: ServeLimits, features: ServeFeatures = ServeFeatures()) -> dict:
     """Validate a chat completion request and turn it into generation arguments.
 
     Everything is checked before any image is decoded: the structure, the number of parts and
@@ -168,6 +194,8 @@ def parse_chat_request(data, limits: ServeLimits) -> dict:
         The parsed JSON body.
     limits : ServeLimits
         Resolved for the model (:meth:`ServeLimits.for_model`).
+    features : ServeFeatures
+        Whether images and JSON-schema output are accepted.
 
     Returns
     -------
@@ -183,7 +211,7 @@ def parse_chat_request(data, limits: ServeLimits) -> dict:
     """
     if not isinstance(data, dict):
         raise RequestError(400, "the request body must be a JSON object")
-    messages, images = _convert_messages(data.get("messages"), limits)
+    messages, images = _convert_messages(data.get("messages"), limits, features)
     _check_pixels(images, limits)
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens", 1024))
     if max_tokens is None:
@@ -207,10 +235,10 @@ def parse_chat_request(data, limits: ServeLimits) -> dict:
         raise RequestError(400, "'stream' must be true or false", "stream")
     return {"messages": messages, "images": images, "max_new_tokens": min(max_tokens, limits.max_tokens_cap),
             "temperature": float(temperature), "top_p": top_p, "seed": seed, "stream": stream,
-            "response_schema": parse_response_format(data.get("response_format"))}
+            "response_schema": parse_response_format(data.get("response_format"), features)}
 
 
-def parse_response_format(value) -> dict | None:
+def parse_response_format(value, features: ServeFeatures = ServeFeatures()) -> dict | None:
     """The JSON schema of ``response_format`` (``{"type": "json_schema", "json_schema": {"schema": ...}}``).
 
     ``None`` and ``{"type": "text"}`` mean free text. Schemas outside the subset decoding can
@@ -223,6 +251,9 @@ def parse_response_format(value) -> dict | None:
                            "\"json_schema\": {\"name\": ..., \"schema\": {...}}}", "response_format")
     if value["type"] == "text":
         return None
+    if not features.json_schema:
+        raise RequestError(400, "response_format json_schema is not supported by this server (it was started "
+                           "with --no-json-schema); ask for free text", "response_format")
     if value["type"] == "json_object":
         raise RequestError(400, "response_format json_object is not supported; send json_schema with a schema",
                            "response_format")
@@ -237,7 +268,7 @@ def parse_response_format(value) -> dict | None:
     return spec["schema"]
 
 
-def _convert_messages(messages, limits: ServeLimits) -> tuple:
+def _convert_messages(messages, limits: ServeLimits, features: ServeFeatures) -> tuple:
     """Messages in transformers chat format and their (where, image part) pairs, counted first."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list", "messages")
@@ -263,8 +294,17 @@ def _convert_messages(messages, limits: ServeLimits) -> tuple:
             raise RequestError(400, f"{where}.content must be a string or a list of parts", f"{where}.content")
         pending.append((role, parts))
     image_count = sum(part["type"] == "image_url" for _, parts in pending for part in parts)
+    if image_count and not features.images:
+        raise RequestError(400, "this model is text-only: it takes no images (the server was started with "
+                           "--text-only)", "messages", "images_not_supported")
     if image_count > limits.max_images:
         raise RequestError(400, f"too many images ({image_count}); the limit is {limits.max_images}", "messages")
+    if features.images_per_message is not None:
+        for n, (_, parts) in enumerate(pending):
+            count = sum(part["type"] == "image_url" for part in parts)
+            if count > features.images_per_message:
+                raise RequestError(400, f"messages[{n}] has {count} images; this model takes "
+                                   f"{features.images_per_message} image(s) per message", f"messages[{n}]")
     characters = sum(len(part["text"]) for _, parts in pending for part in parts if part["type"] == "text")
     if characters > limits.max_prompt_chars:
         raise RequestError(400, f"the prompt has {characters} characters of text; the limit is "
@@ -273,6 +313,8 @@ def _convert_messages(messages, limits: ServeLimits) -> tuple:
     for role, parts in pending:
         content = []
         for part in parts:
+            if part["type"] == "image_url" and features.drop_images:
+                continue
             if part["type"] == "image_url":
                 where = part["where"]
                 part = {"type": "image", "image": _open_image(part["url"], where)}
@@ -419,6 +461,8 @@ class VLMServer(ThreadingHTTPServer):
         Required as ``Authorization: Bearer <key>`` when set.
     limits : ServeLimits
         The resource limits (prompt caps resolved from the model when not given).
+    features : ServeFeatures
+        Whether images and JSON-schema output are accepted.
     log : file-like or None
         Where to write one line per request; None for silence.
     """
@@ -427,10 +471,11 @@ class VLMServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, model, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str = "",
-                 limits: ServeLimits | None = None, log=sys.stderr):
+                 limits: ServeLimits | None = None, log=sys.stderr, features: ServeFeatures | None = None):
         self.model = model
         self.api_key = api_key or ""
         self.limits = (limits or ServeLimits()).for_model(model)
+        self.features = features or ServeFeatures()
         self.log = log
         self.created = int(time.time())
         self.queue = GenerationQueue()
@@ -700,7 +745,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send_json(200, {"object": "list", "data": [
                 {"id": self.server.model.name, "object": "model", "created": self.server.created,
-                 "owned_by": "votemi"}]})
+                 "owned_by": "votemi", "max_model_len": getattr(self.server.model, "context_length", None)
+                 or self.server.limits.max_prompt_tokens}]})
         elif path == "/v1/chat/completions":
             self._send_error(RequestError(405, "use POST for /v1/chat/completions"), {"Allow": "POST"})
         else:
@@ -728,7 +774,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if "json" not in self.headers.get("Content-Type", "application/json").lower():
                 raise RequestError(415, "send the request as application/json")
-            request = parse_chat_request(self._read_json(), self.server.limits)
+            request = parse_chat_request(self._read_json(), self.server.limits, self.server.features)
         except RequestError as error:
             if error.status in (411, 413, 415):
                 self._refuse_unread(error)
@@ -832,12 +878,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def create_server(model, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str = "", log=sys.stderr,
-                  **limits) -> VLMServer:
+                  features: ServeFeatures | None = None, **limits) -> VLMServer:
     """A :class:`VLMServer` bound and ready; call ``serve_forever()`` (e.g. in a thread) and ``shutdown()``.
 
     ``limits`` are :class:`ServeLimits` fields (``max_request_mb=1.0``, ``queue_timeout_s=5``, ...).
     """
-    return VLMServer(model, host=host, port=port, api_key=api_key, limits=ServeLimits(**limits), log=log)
+    return VLMServer(model, host=host, port=port, api_key=api_key, limits=ServeLimits(**limits), log=log,
+                     features=features)
 
 
 def is_loopback(host: str) -> bool:
