@@ -78,6 +78,7 @@ def test_eval_closed_questions_against_votemi_serve(tmp_path, datasets, server):
     code, stdout, stderr = _eval(closed, "--server", server, "--out", out, "--budgets", "1,2", *COMMON)
     assert code == 0, stderr
     assert "2/2 cases (0 failed, 0 skipped)" in stderr and "| voted |" in stdout
+    assert "images: 9 or more per request" in stderr  # the server's probe: no budget left out
     answers = _rows(out / "answers.csv")
     assert len(answers) == 2 * 4 * 2  # cases x strategies x budgets
     assert {(a["strategy"], a["budget"]) for a in answers} == {(s, b) for s in STRATEGIES for b in ("1", "2")}
@@ -128,6 +129,11 @@ def test_eval_reports_with_a_user_scorer(tmp_path, datasets, server):
     assert metrics == {"rouge_l", "bleu", "meteor", "user"}
     voted = next(a for a in records[0]["answers"] if a["strategy"] == "voted")
     assert [s.split()[0] for s in voted["slices"]] == ["axial", "coronal", "sagittal"]  # rank 1 of each plane
+
+
+def test_no_server_is_one_line(tmp_path, datasets):
+    code, _, stderr = _eval(datasets[0], "--server", "http://127.0.0.1:9", "--out", tmp_path / "out")
+    assert code == 1 and stderr.count("\n") == 1 and stderr.startswith("votemi: error: ")
 
 
 def test_a_bad_dataset_is_one_line(tmp_path):

@@ -375,7 +375,8 @@ def add_eval_command(commands) -> None:
     group.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per answer (default: 300)")
     group.add_argument("--device", default="auto", help="in-process model device (default: auto)")
     group.add_argument("--max-images", type=positive_int, metavar="N",
-                       help="the most images the server takes in one request: larger budgets are left out")
+                       help="the most images the server takes in one request: larger budgets are left out "
+                            "(default: what a probe of the server finds, see docs/servers.md)")
     group = parser.add_argument_group("evaluation")
     group.add_argument("--budgets", type=parse_budgets, default=DEFAULT_BUDGETS, metavar="N,M",
                        help=f"slice budgets (default: {','.join(map(str, DEFAULT_BUDGETS))})")
@@ -409,6 +410,33 @@ def _model_bytes(settings: EvalSettings) -> int:
     return 2 ** 30 + 2 * weights
 
 
+def probed_image_limit(server: str, protocol: str, model: str, api_key: str, timeout_s: float) -> tuple:
+    """(images the server takes per request or None when no limit was found, where that came from), from the
+    stored or a new probe of the server (:mod:`VoteMILib.vlm.capabilities`).
+
+    Raises
+    ------
+    BatchError
+        When the server cannot be reached or its model takes no images.
+    """
+    from .vlm.capabilities import capabilities_for
+    from .vlm.errors import VLMError
+    from .vlm.pipeline import DescribeSettings, _resolve_model, make_client
+
+    settings = DescribeSettings(server_url=server or DescribeSettings.server_url, protocol=protocol, model=model,
+                                api_key=api_key, timeout_s=timeout_s)
+    try:
+        client = make_client(settings)
+        name = _resolve_model(client, settings)
+        found = capabilities_for(client, name, settings, True)
+    except VLMError as error:  # a one-line reason: unreachable, refused, no such model
+        raise BatchError(str(error)) from None
+    print(f"votemi eval: {found.server} {name}: {found.summary()}", file=sys.stderr)
+    if found.image_limit == 0:
+        raise BatchError(f"{found.server}: the model {name or '(default)'} takes no images")
+    return found.image_limit, f"the {found.image_limit} images per request the server takes (probed)"
+
+
 def run_eval_command(args) -> int:
     from .batch import dask_client, prepare_out, run_cases, worker_memory_limit
     from .cli import window_settings
@@ -416,15 +444,18 @@ def run_eval_command(args) -> int:
 
     kind, cases = load_dataset(args.dataset)
     out = prepare_out(args.out)
-    budgets = args.budgets
-    if args.max_images:
-        dropped = [b for b in budgets if b > args.max_images]
-        budgets = tuple(b for b in budgets if b <= args.max_images)
-        if dropped:
-            print(f"votemi eval: warning: budgets {', '.join(map(str, dropped))} exceed --max-images "
-                  f"{args.max_images} and are left out", file=sys.stderr)
-        if not budgets:
-            raise BatchError(f"every budget exceeds --max-images {args.max_images}")
+    limit = args.max_images
+    if limit is None and args.protocol != "inprocess":
+        limit, where = probed_image_limit(args.server, args.protocol, args.model, _api_key(args), args.timeout)
+    else:
+        where = f"--max-images {limit}"
+    budgets = tuple(b for b in args.budgets if limit is None or b <= limit)
+    dropped = [b for b in args.budgets if b not in budgets]
+    if dropped:
+        print(f"votemi eval: warning: budgets {', '.join(map(str, dropped))} exceed {where} and are left out",
+              file=sys.stderr)
+    if not budgets:
+        raise BatchError(f"every budget exceeds {where}")
     template = ""
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as handle:
@@ -440,10 +471,10 @@ def run_eval_command(args) -> int:
         api_key=_api_key(args))
     if kind == "report":
         eval_scores.wordnet_folder()  # refuse at once, not after the first case, when METEOR cannot run
-    limit = None if args.scheduler else worker_memory_limit(cases, args.workers, extra_bytes=_model_bytes(settings))
+    memory = None if args.scheduler else worker_memory_limit(cases, args.workers, extra_bytes=_model_bytes(settings))
     print(f"votemi eval: {len(cases)} cases ({kind}), budgets {','.join(map(str, budgets))}, strategies "
           f"{','.join(settings.strategies)} -> {out}", file=sys.stderr)
-    with dask_client(args.workers, args.scheduler, limit) as client:
+    with dask_client(args.workers, args.scheduler, memory) as client:
         records = run_cases(client, cases, eval_case, settings, out, store_answers, label="eval")
     rows = write_results(out, records, settings, args.bootstrap)
     print(eval_scores.results_markdown(rows, metrics_of(settings), settings.budgets), end="")
