@@ -217,3 +217,12 @@ def test_an_organ_lesion_is_written_at_its_density_and_scored_beside_the_baselin
     core = ndimage.binary_erosion(sphere, iterations=2)
     assert abs(float(np.median(work[core])) - value) < 5.0
     assert float(np.median(host.base.array[core])) - value > 30.0, "darker than the parenchyma it replaced"
+
+
+def test_a_liver_cyst_in_the_design_host_is_found_in_every_plane_by_organ_lesion():
+    """A 2 cm cyst inside the liver of the design host (crlm_1004, a chest CT down to the kidneys): no
+    fat plane, no bright blob and no lung around it; the ``organ_lesion`` cue decides every plane and
+    marks the cyst."""
+    host = abdomen_host()
+    site = named_site(host, "organ", 20.0, "cyst right 1")
+    assert_found_in_every_plane(synthetic.try_site(host, site), "organ_lesion", site)
