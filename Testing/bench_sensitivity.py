@@ -8,6 +8,10 @@ take an upper bound (``:1``) and stop there. A tuple scale is scaled element by 
 
     python Testing/bench_sensitivity.py [DATA_DIR ...] [--scale cues.lung_nodule.BULK_MM] [--factors 0.7,1.3]
         [--regions body|all|head,chest,...]
+
+With ``--synthetic KIND`` the cases are synthetic lesions put into every case of the folders instead (the
+hosts of ``votemi bench --synthetic``, e.g. ``../shared/data/abdomen`` for organ lesions), the first site
+of each site class and size, scored per host; sites are drawn once, with the scales as shipped.
 """
 
 from __future__ import annotations
@@ -117,6 +121,37 @@ def hit_half(cases) -> dict:
     return out
 
 
+def load_synthetic(folders, kind: str):
+    """(host name, prepared scan, sites) per case of the folders: one site per site class and size."""
+    from VoteMILib import synthetic
+
+    hosts = []
+    for case in bench_cases(folders):
+        scan = synthetic.prepare_scan(case)
+        sites = []
+        for diameter in synthetic.DIAMETERS_MM[kind]:
+            first = {}
+            for site in synthetic.scan_sites(scan, kind, diameter):
+                first.setdefault(site.name.split()[0], site)
+            sites += first.values()
+        hosts.append((case.name, scan, sites))
+    return hosts
+
+
+def synthetic_hit_half(hosts) -> dict:
+    """Per host: per lesion and plane, (hit_half of the top findings slice, cue)."""
+    from VoteMILib import synthetic
+
+    out = {}
+    for name, scan, sites in hosts:
+        for site in sites:
+            row = synthetic.try_site(scan, site)
+            out[f"{name} {2 * site.radius_mm:.0f} mm "
+                f"{site.name}"] = {plane: (row["planes"][plane]["hit_half"], row["planes"][plane]["cue"])
+                                   for plane in PLANES}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dirs", nargs="*", default=[str(SHARED), str(SHARED / "sarcoma")],
@@ -126,25 +161,44 @@ def main(argv=None) -> int:
     parser.add_argument("--factors", default="0.7,1.3")
     parser.add_argument("--regions", default="body",
                         help="body (every region but the head, default), all, or scanned regions comma-separated")
+    parser.add_argument("--synthetic", metavar="KIND",
+                        help="score synthetic lesions of KIND put into the folders' cases instead, per host")
     args = parser.parse_args(argv)
     factors = [float(f) for f in args.factors.split(",")]
     regions = args.regions if args.regions in ("all", "body") else tuple(args.regions.split(","))
     scales = [(resolve(name), name, upper) for name, upper in (args.scales or SCALES)]
 
     started = time.perf_counter()
-    cases = load_cases(args.data_dirs, regions)
-    names = {half: [name for name, h, _, _ in cases if h == half] for half in HALVES}
-    for half in HALVES:
-        print(f"{half}: {len(names[half])} cases: {', '.join(names[half]) or 'none'}")
-    reference = hit_half(cases)
-    columns = [f"{half} {plane}" for half in HALVES for plane in PLANES]
+    if args.synthetic:
+        hosts = load_synthetic(args.data_dirs, args.synthetic)
+        groups = [name for name, _, _ in hosts]
+        names = {name: [] for name in groups}
+        for name, _, sites in hosts:
+            print(f"{name}: {len(sites)} {args.synthetic} lesions")
+
+        def score():
+            scores = synthetic_hit_half(hosts)
+            for name in groups:
+                names[name] = [key for key in scores if key.startswith(name + " ")]
+            return scores
+    else:
+        cases = load_cases(args.data_dirs, regions)
+        groups = HALVES
+        names = {half: [name for name, h, _, _ in cases if h == half] for half in HALVES}
+        for half in HALVES:
+            print(f"{half}: {len(names[half])} cases: {', '.join(names[half]) or 'none'}")
+
+        def score():
+            return hit_half(cases)
+    reference = score()
+    columns = [f"{group} {plane}" for group in groups for plane in PLANES]
     print("\nhit_half of the findings top pick per half and plane; the picks whose hit_half or cue changed:")
     print("| scale | value | " + " | ".join(columns) + " | hit_half or cue changed |")
     print("|" + "---|" * (len(columns) + 3))
 
     def row(label, value, scores):
-        means = [np.mean([scores[n][p][0] for n in names[half]]) if names[half] else float("nan")
-                 for half in HALVES for p in PLANES]
+        means = [np.mean([scores[n][p][0] for n in names[group]]) if names[group] else float("nan")
+                 for group in groups for p in PLANES]
         changed = [f"{n} {p} ({scores[n][p][1]})" for n in scores for p in PLANES if scores[n][p] != reference[n][p]]
         print(f"| {label} | {value} | " + " | ".join(f"{m:.2f}" for m in means)
               + f" | {', '.join(changed) or 'none'} |", flush=True)
@@ -158,7 +212,7 @@ def main(argv=None) -> int:
                 setattr(module, attribute, value)
                 shown = (", ".join(f"{v:g}" for v in np.round(value, 2)) if isinstance(value, tuple)
                          else f"{value:.4g}")
-                row(f"{name} x{factor:g}", shown, hit_half(cases))
+                row(f"{name} x{factor:g}", shown, score())
         finally:
             setattr(module, attribute, original)
     print(f"{time.perf_counter() - started:.0f} s")

@@ -103,3 +103,26 @@ def test_enhanced_organs_and_fluid_are_no_mass(tmp_path):
     organ = deep & (hu > SOLID_TISSUE_HU[1] + 20.0)
     assert organ.sum() * np.prod(grid.spacing_mm) > 20_000, "the liver is deep inside fat-free tissue"
     assert not found.map[organ].any()
+
+
+def test_paired_trunk_muscles_are_no_mass_in_an_abdomen_without_lungs(tmp_path):
+    """The abdomen below the lungs (design host crlm_1004): the psoas and back muscles are centimetres
+    deep in fat-free tissue, so the depth alone reads them as a mass; their partners across the midline
+    are as deep, so nothing stands out. A crop of one limb (no partner in view) keeps its mass."""
+    from VoteMILib.cues import CueInput, mass
+
+    image = sitk.ReadImage(str(ef.DATA / "abdomen" / "crlm_1004" / "image.nii.gz"))
+    path = tmp_path / "abdomen_below_lungs.nii.gz"
+    sitk.WriteImage(image[:, :, 0:18], str(path))
+    grid = make_working_grid(load_volume(path))
+    scan = CueInput(grid, detect_region(grid, "CT"))
+    depth_alone, _ = mass.mass_map(grid, scan.body, True)
+    assert depth_alone.max() >= 1.0, "without its partner a paraspinal muscle or psoas would stand out"
+    assert mass.find(scan).map.max() < 1.0
+
+    crop = load_volume(SARCOMA / "sts005_ct" / "image.nii.gz")
+    grid = make_working_grid(crop)
+    scan = CueInput(grid, detect_region(grid, "CT"))
+    depth_alone, _ = mass.mass_map(grid, scan.body, True)
+    assert np.array_equal(mass.find(scan).map, depth_alone), "no mirror partner in a crop of one limb"
+    assert depth_alone.max() >= 1.0

@@ -162,3 +162,67 @@ def test_no_body_cue_points_at_the_couch_the_skin_or_the_faces_of_the_scan(case)
         voxel = [int(np.argmin(np.abs(grid.positions_mm[p] - c)))
                  for p, c in zip(("sagittal", "coronal", "axial"), pick.mark_ras)]
         assert body[tuple(voxel)], (pick.label, pick.mark_ras)
+
+
+@functools.lru_cache(maxsize=None)
+def abdomen_host(case: str = "crlm_1004") -> synthetic.Scan:
+    """A real abdominal CT without a mask, prepared as a host for organ lesions (nothing erased)."""
+    return synthetic.prepare_scan({c.name: c for c in find_cases(ef.DATA / "abdomen")}[case])
+
+
+def test_organ_sites_lie_in_enhanced_parenchyma_of_a_host_without_mask():
+    """The seeded organ sites of the design host: every lesion kind at every size, each centred in
+    contrast-enhanced parenchyma (not the heart between the lungs), and the lesion's density set
+    against the parenchyma around it."""
+    host = abdomen_host()
+    assert not host.lesion.any() and not host.avoid.any(), "no mask: no real lesion to erase or avoid"
+    grid = host.grid
+    hu = grid.original_intensities()
+    heart = synthetic.between_lungs(host.region.masks["lungs"])
+    for diameter in synthetic.DIAMETERS_MM["organ"]:
+        sites = synthetic.scan_sites(host, "organ", diameter)
+        assert {site.name.split()[0] for site in sites} == set(synthetic.ORGAN_LESIONS), (diameter, sites)
+        for site in sites:
+            voxel = synthetic.grid_index(grid, site.centre_ras)
+            near = hu[tuple(slice(max(v - 1, 0), v + 2) for v in voxel)]
+            low, high = synthetic.PARENCHYMA_HU
+            assert low <= np.median(near) <= high, (site, np.median(near))
+            assert not heart[voxel], site
+            value = synthetic.organ_lesion_value(grid, site)
+            kind = site.name.split()[0]
+            if kind == "cyst":
+                assert value == synthetic.ORGAN_LESIONS["cyst"][1]
+            else:
+                parenchyma = value - synthetic.ORGAN_LESIONS[kind][0]
+                assert low <= parenchyma <= high, (site, value)
+    assert synthetic.scan_sites(host, "organ", 20.0) == synthetic.scan_sites(host, "organ", 20.0), "seeded"
+
+
+def test_an_organ_lesion_is_written_at_its_density_and_scored_beside_the_baselines():
+    host = abdomen_host()
+    site = synthetic.scan_sites(host, "organ", 30.0)[0]
+    assert site.name.startswith("hypodense")
+    row = synthetic.try_site(host, site)
+    assert row["kind"] == "organ" and row["diameter_mm"] == 30.0
+    for plane in PLANES:
+        scores = row["planes"][plane]
+        assert set(scores["baselines"]) == {"random", "middle", "largest_section"}
+        assert 0.0 <= scores["baselines"]["random"] < 1.0, "a 3 cm sphere is not in most slices of the abdomen"
+        assert scores["hit_half"] in (0.0, 1.0) and "real_hit_half" not in scores
+    # The sphere as written: the lesion's density (parenchyma - 50 HU) with the host's voxel noise.
+    work = host.base.array.copy()
+    value = synthetic.organ_lesion_value(host.grid, site)
+    sphere = synthetic.insert_sphere(work, host.volume.ijk_to_ras, site, value, synthetic.ORGAN_NOISE_HU,
+                                     np.random.default_rng(0))
+    core = ndimage.binary_erosion(sphere, iterations=2)
+    assert abs(float(np.median(work[core])) - value) < 5.0
+    assert float(np.median(host.base.array[core])) - value > 30.0, "darker than the parenchyma it replaced"
+
+
+def test_a_liver_cyst_in_the_design_host_is_found_in_every_plane_by_organ_lesion():
+    """A 2 cm cyst inside the liver of the design host (crlm_1004, a chest CT down to the kidneys): no
+    fat plane, no bright blob and no lung around it; the ``organ_lesion`` cue decides every plane and
+    marks the cyst."""
+    host = abdomen_host()
+    site = named_site(host, "organ", 20.0, "cyst right 1")
+    assert_found_in_every_plane(synthetic.try_site(host, site), "organ_lesion", site)

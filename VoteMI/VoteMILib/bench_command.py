@@ -30,9 +30,10 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder to use")
     parser.add_argument("--json", metavar="OUT", help="write every number as JSON")
     parser.add_argument("--synthetic", nargs="?", const="all", choices=("all", *SYNTHETIC_KINDS),
-                        metavar="KIND", help="put synthetic lesions into every body case with a mask instead (its own "
-                                             "lesion erased), one at a time, and score the findings picks: lung "
-                                             "nodules, soft-tissue masses (CT), bright lesions (MRI), or all")
+                        metavar="KIND", help="put synthetic lesions into every body case instead (its own lesion "
+                                             "erased where it has a mask), one at a time, and score the findings "
+                                             "picks: lung nodules, soft-tissue masses (CT), bright lesions (MRI), "
+                                             "lesions in enhanced organs (CT), or all")
     parser.add_argument("--keep-lesion", action="store_true",
                         help="with --synthetic: leave each case's own lesion in place")
     parser.add_argument("--diameters", type=_diameters, metavar="MM,...",
@@ -60,22 +61,25 @@ def _diameters(text) -> tuple:
 
 
 def run_synthetic(args) -> dict:
-    """``bench --synthetic``: every case with a mask whose region takes synthetic lesions of the kind."""
+    """``bench --synthetic``: every case whose region takes synthetic lesions of the kind (a case without
+    a mask is a host as read, its own lesions unscored)."""
     from . import synthetic
 
     kinds = SYNTHETIC_KINDS if args.synthetic == "all" else (args.synthetic,)
     diameters = {kind: args.diameters for kind in kinds} if args.diameters else None
     rows = []
     for case in bench_cases(args.data_dirs, "all"):
-        if case.mask:
-            rows += synthetic.evaluate_synthetic(case, kinds, args.seed, args.keep_lesion, diameters,
-                                                 progress=lambda line: print(line, flush=True))
+        rows += synthetic.evaluate_synthetic(case, kinds, args.seed, args.keep_lesion, diameters,
+                                             progress=lambda line: print(line, flush=True))
     table = synthetic.summarise_synthetic(rows, args.planes)
     print(f"\nSynthetic lesions ({len(rows)}; hit_half of the top slice per plane, share of all three planes, "
           "share held by any of the 3 picks, share of picks that fell back to representative, share of "
           "picks that missed where the scan without the lesion is picked):")
     print(synthetic.format_synthetic_table(table, args.planes))
-    return {"synthetic": rows, "summary": table, "settings": {"seed": args.seed, "keep_lesion": args.keep_lesion}}
+    baselines = synthetic.synthetic_baselines(rows, args.planes)
+    print("\nThe same lesions: hit_half of the findings top pick beside the bench's baseline slices:")
+    print(synthetic.format_synthetic_baselines(baselines))
+    return {"synthetic": rows, "summary": table, "baselines": baselines, "settings": {"seed": args.seed, "keep_lesion": args.keep_lesion}}
 
 
 def bench_cases(folders, half: str = "all") -> list:

@@ -90,7 +90,7 @@ class PlaneResult:
     ijk_indices: np.ndarray
     scores: np.ndarray
     selected: list
-    #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast", "mass" or
+    #: What decided the plane's picks: "asymmetry", "lung_nodule", "tissue_contrast", "mass", "organ_lesion" or
     #: "representative"; for guided picks "segmentation", "point" or "segmentation+point".
     cue: str = "representative"
     #: How far the best slice's score stands above the best separate summit of the curve (0..1).

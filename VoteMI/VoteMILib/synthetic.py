@@ -13,7 +13,10 @@ Sites are drawn by a seeded rule from the scan's own tissue on the working grid,
 - ``tissue`` (CT outside the lungs and the mediastinum: an extremity, the chest wall, the upper
   abdomen): an enhancing soft-tissue mass in fat and in soft tissue (muscle or a solid organ), deep
   inside the body and away from the faces of the field of view;
-- ``bright`` (body MRI): a lesion as bright as the brightest tissue, anywhere in the foreground.
+- ``bright`` (body MRI): a lesion as bright as the brightest tissue, anywhere in the foreground;
+- ``organ`` (CT with contrast-enhanced solid organs: liver, spleen, kidneys): a hypodense lesion (a
+  metastasis), a cyst and a hyperdense lesion, each mostly inside the parenchyma of a large organ, its
+  density set against the parenchyma around it. Hosts need no mask (nothing is erased).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import numpy as np
 from scipy import ndimage
 
 from .names import PLANES, SYNTHETIC_KINDS
-from .cues.morphology import ball_closing, depth_mm
-from .cues.regions import AERATED_HU, lung_envelopes, lung_mask, thoracic_cavity
+from .cues.morphology import ball_closing, ball_opening, depth_mm
+from .preprocess import labels_in
+from .cues.regions import AERATED_HU, ct_body_mask, lung_envelopes, lung_mask, thoracic_cavity
 
 #: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
 KINDS = SYNTHETIC_KINDS
-DIAMETERS_MM = {"lung": (15.0, 20.0, 30.0, 45.0, 60.0), "tissue": (20.0, 30.0, 50.0), "bright": (6.0, 10.0)}
+DIAMETERS_MM = {"lung": (15.0, 20.0, 30.0, 45.0, 60.0), "tissue": (20.0, 30.0, 50.0), "bright": (6.0, 10.0),
+                "organ": (12.0, 20.0, 30.0, 40.0)}
 #: A solid nodule or mass in non-contrast CT (about 30 HU, voxel noise of a routine chest CT).
 NODULE_HU, NODULE_NOISE_HU = 30.0, 20.0
 #: An enhancing soft-tissue mass (the real sarcoma of the shared data averages 59 HU, its upper decile
@@ -41,6 +46,20 @@ MASS_HU, MASS_NOISE_HU = 100.0, 20.0
 LUNG_WRITE_BELOW_HU = -300.0
 #: Fat and soft tissue (muscle and solid organs) in CT (Hounsfield units).
 FAT_HU, SOFT_TISSUE_HU = (-190.0, -30.0), (-30.0, 150.0)
+#: Contrast-enhanced organ parenchyma in portal-phase CT (HU): liver and spleen 100-130, renal cortex
+#: 150-250; unenhanced muscle (40-60) and fluid lie below, bone and excreted contrast above.
+PARENCHYMA_HU = (80.0, 250.0)
+#: An organ a lesion is put into holds a ball of this radius (mm) and this volume (mL): liver, spleen and
+#: kidneys (5 cm thick, 150 mL and more) do, the aorta, the IVC and contrast-filled bowel loops do not.
+ORGAN_CORE_MM, ORGAN_MIN_ML = 12.0, 50.0
+#: Organ lesions, as (HU against the parenchyma around them, absolute HU or None): a hypodense
+#: metastasis in the portal phase lies about 50 HU below liver, a simple cyst at water density, a
+#: hypervascular lesion (haemangioma, HCC, neuroendocrine metastasis) about 50 HU above.
+ORGAN_LESIONS = {"hypodense": (-50.0, None), "cyst": (None, 5.0), "hyperdense": (50.0, None)}
+#: Voxel noise of a portal-phase abdominal CT at 5 mm slices (HU).
+ORGAN_NOISE_HU = 15.0
+#: Sites per organ lesion and size.
+ORGAN_SITES = 2
 #: Around a real lesion, the ring its surroundings are read from when it is erased.
 SHELL_MM = (3.0, 15.0)
 #: A synthetic lesion keeps at least this distance (mm, beyond its radius) from the real one.
@@ -219,8 +238,85 @@ def bright_sites(grid, radius_mm: float, rng, avoid=None, count: int = 6) -> lis
     return sites
 
 
+def organ_parenchyma(grid) -> np.ndarray:
+    """Working voxels of large contrast-enhanced organs (:data:`PARENCHYMA_HU`, holding a ball of
+    :data:`ORGAN_CORE_MM`, parts of :data:`ORGAN_MIN_ML` or more), not between the lungs (the heart's
+    blood pool is as dense)."""
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    hu = grid.original_intensities()
+    low, high = PARENCHYMA_HU
+    body = ct_body_mask(hu, spacing)
+    parenchyma = ball_closing((hu >= low) & (hu <= high) & body, spacing, 5.0)  # vessels inside closed
+    parenchyma &= ~between_lungs(lung_mask(hu, body, spacing))
+    core = ball_opening(parenchyma, spacing, ORGAN_CORE_MM)
+    labels, count = ndimage.label(core)
+    if count == 0:
+        return core
+    sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0)
+    sizes[0] = 0
+    return labels_in(labels, count, np.flatnonzero(sizes >= ORGAN_MIN_ML))
+
+
+def between_lungs(lungs: np.ndarray) -> np.ndarray:
+    """Voxels with lung on both sides along patient left-right (working axis 0) in their axial row:
+    the heart and the mediastinum, not the liver dome or the spleen beside one lung base."""
+    to_right = np.maximum.accumulate(lungs[::-1], axis=0)[::-1]
+    return to_right & np.maximum.accumulate(lungs, axis=0) & ~lungs
+
+
+def organ_sites(grid, radius_mm: float, rng, avoid=None) -> list:
+    """Sites of each organ lesion (:data:`ORGAN_LESIONS`), :data:`ORGAN_SITES` each: the centre in a
+    large enhanced organ (:func:`organ_parenchyma`) at least 0.75 radius from its surface, at least 70 %
+    of the sphere in it, one radius and 5 mm from the faces of the field of view. Named by lesion
+    and the side of the body (patient right or left of the body's centre) it lies on."""
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    organ = organ_parenchyma(grid)
+    if not organ.any():
+        return []
+    depth = ndimage.distance_transform_edt(organ, sampling=spacing)
+    share = ndimage.gaussian_filter(organ.astype(np.float32), radius_mm / spacing / 2.0)
+    where = ((depth >= 0.75 * radius_mm) & (share >= 0.7) & _away_from_faces(organ.shape, spacing, radius_mm + 5.0)
+             & _free_of(avoid, spacing, radius_mm))
+    middle = float(np.mean(np.nonzero(grid.mask)[0]))
+    sites = []
+    for lesion in ORGAN_LESIONS:
+        for number in range(ORGAN_SITES):
+            centre = _draw(where, grid, rng)
+            if centre is not None:
+                voxel = grid_index(grid, centre)
+                side = "right" if voxel[0] > middle else "left"  # working axis 0 points to patient right
+                sites.append(Site("organ", f"{lesion} {side} {number + 1}", centre, radius_mm))
+    return sites
+
+
+def grid_index(grid, centre_ras) -> tuple:
+    """The working voxel nearest to a RAS point (of a site drawn by :func:`_draw`)."""
+    return tuple(int(np.argmin(np.abs(grid.positions_mm[plane] - c)))
+                 for plane, c in zip(("sagittal", "coronal", "axial"), centre_ras))
+
+
+def organ_lesion_value(grid, site: Site) -> float:
+    """HU of an organ lesion at its site: the median parenchyma (:data:`PARENCHYMA_HU`) within 3-15 mm
+    of the sphere plus the lesion's contrast, or its absolute density."""
+    relative, absolute = ORGAN_LESIONS[site.name.split()[0]]
+    if absolute is not None:
+        return absolute
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    hu = grid.original_intensities()
+    index = np.indices(hu.shape, dtype=np.float32)
+    centre = np.asarray(grid_index(grid, site.centre_ras), dtype=np.float32)
+    distance = np.sqrt(sum(((index[a] - centre[a]) * spacing[a]) ** 2 for a in range(3)))
+    low, high = PARENCHYMA_HU
+    ring = hu[(distance >= site.radius_mm + SHELL_MM[0]) & (distance <= site.radius_mm + SHELL_MM[1])
+              & (hu >= low) & (hu <= high)]
+    return float(np.median(ring)) + relative
+
+
 def lesion_value(kind: str, volume) -> tuple:
-    """(value, noise, write_below) of a synthetic lesion of ``kind`` in a scan (a Volume)."""
+    """(value, noise, write_below) of a synthetic lesion of ``kind`` in a scan (a Volume); organ
+    lesions take their value from the site (:func:`organ_lesion_value`)."""
+    if kind == "organ":
+        return None, ORGAN_NOISE_HU, None
     if kind == "lung":
         return NODULE_HU, NODULE_NOISE_HU, LUNG_WRITE_BELOW_HU
     if kind == "tissue":
@@ -233,17 +329,18 @@ def lesion_value(kind: str, volume) -> tuple:
 
 
 def sites_for(kind: str, grid, radius_mm: float, rng, avoid=None) -> list:
-    rule = {"lung": lung_sites, "tissue": tissue_sites, "bright": bright_sites}[kind]
+    rule = {"lung": lung_sites, "tissue": tissue_sites, "bright": bright_sites, "organ": organ_sites}[kind]
     return rule(grid, radius_mm, rng, avoid)
 
 
 def kinds_for(region) -> tuple:
     """Which synthetic lesions a scan's region takes: lung nodules and chest-wall masses in a chest
-    CT, masses in any other CT, bright lesions in a body MRI; none in a head."""
+    CT, masses in any other CT, organ lesions in any CT with large enhanced organs (the upper abdomen of
+    a chest CT too), bright lesions in a body MRI; none in a head."""
     if region.name == "head":
         return ()
     if region.modality == "CT":
-        return ("lung", "tissue") if region.name == "chest" else ("tissue",)
+        return ("lung", "tissue", "organ") if region.name == "chest" else ("tissue", "organ")
     return ("bright",)
 
 
@@ -302,29 +399,32 @@ class Scan:
     avoid: np.ndarray  # the real lesion on the working grid
     reference: object  # the selection of ``base`` itself
     keep_lesion: bool
+    foreground: np.ndarray  # the body or head of ``base`` (K, J, I), for the baselines
 
 
 def prepare_scan(case, seed: int = 0, keep_lesion: bool = False) -> Scan:
-    """Read a case with a lesion mask, erase its lesion (unless ``keep_lesion``) and select on the
-    result once (the picks a miss may have been lost to)."""
+    """Read a case, erase its lesion (unless ``keep_lesion``, or the case has no mask: a host as read)
+    and select on the result once (the picks a miss may have been lost to)."""
     from .bench import load_mask
-    from .preprocess import make_working_grid
+    from .preprocess import foreground_mask, make_working_grid
     from .cues import detect_region
     from .modality import detect_modality
     from .selection import select_slices
     from .volumes import load_volume, volume_from_array
 
     volume = load_volume(case.image)
-    lesion = load_mask(case.mask, volume)
+    lesion = load_mask(case.mask, volume) if case.mask else np.zeros(volume.array.shape, bool)
+    keep_lesion = keep_lesion and bool(case.mask)  # no real lesion to score
     ct = detect_modality(volume) == "CT"
     voxels = volume.array
-    if not keep_lesion:
+    if case.mask and not keep_lesion:
         rng = np.random.default_rng([int(seed), zlib.crc32(case.name.encode())])
         voxels = erase_lesion(voxels, lesion, np.asarray(volume.spacing_mm)[::-1], ct, rng)
     base = volume_from_array(voxels, volume.ijk_to_ras, name=case.name)
     grid = make_working_grid(base)
     return Scan(case.name, volume, base, grid, detect_region(grid, "CT" if ct else "MRI"), lesion,
-                working_mask(grid, volume, lesion), select_slices(base, seed=seed), keep_lesion)
+                working_mask(grid, volume, lesion), select_slices(base, seed=seed), keep_lesion,
+                foreground_mask(base.array))
 
 
 def scan_sites(scan: Scan, kind: str, diameter_mm: float, seed: int = 0) -> list:
@@ -342,15 +442,17 @@ def try_site(scan: Scan, site: Site, seed: int = 0) -> dict:
         case, kind, site, diameter_mm, centre_ras and per plane: hit_any, hit_half, distance_mm
         (of the top slice), hit_top3 (any of the three picks holds half the sphere's largest section),
         cue, focus_mm (from the top pick's mark to the sphere's centre), as_without (the top pick is
-        within a radius of the scan's own pick without the lesion) and, when the real lesion was
-        kept, real_hit_half.
+        within a radius of the scan's own pick without the lesion), baselines (hit_half of the random,
+        middle and largest-section slices of the bench) and, when the real lesion was kept, real_hit_half.
     """
-    from .bench import score_slice, section_areas
+    from .bench import baseline_scores, score_slice, section_areas
     from .selection import select_slices
     from .volumes import volume_from_array
 
     base, volume = scan.base, scan.volume
     value, noise, write_below = lesion_value(site.kind, base)
+    if value is None:
+        value = organ_lesion_value(scan.grid, site)
     rng = np.random.default_rng([int(seed), zlib.crc32(f"{scan.name}/{site.name}".encode()),
                                  int(round(site.radius_mm * 10))])
     work = base.array.copy()
@@ -369,6 +471,8 @@ def try_site(scan: Scan, site: Site, seed: int = 0) -> dict:
         scores["focus_mm"] = float(np.linalg.norm(np.subtract(top.mark_ras, site.centre_ras)))
         before = scan.reference.planes[plane].selected[0].position_mm
         scores["as_without"] = bool(abs(top.position_mm - before) <= site.radius_mm)
+        baselines = baseline_scores(areas, section_areas(volume, scan.foreground, plane), positions)
+        scores["baselines"] = {name: found["hit_half"] for name, found in baselines.items()}
         if scan.keep_lesion:
             scores["real_hit_half"] = score_slice(top.index, section_areas(volume, scan.lesion, plane),
                                                   positions)["hit_half"]
@@ -414,16 +518,21 @@ def format_synthetic_row(row) -> str:
 
 def site_class(row) -> str:
     """The place of a site without its side, height or number: central, wall, mediastinum, fat, muscle, ..."""
-    return row["site"].split()[-1] if row["kind"] == "lung" else row["site"].rsplit(" ", 1)[0]
+    if row["kind"] == "lung":
+        return row["site"].split()[-1]
+    return row["site"].split()[0] if row["kind"] == "organ" else row["site"].rsplit(" ", 1)[0]
 
 
 def summarise_synthetic(rows: list, planes=PLANES) -> list:
-    """hit_half rate per kind, by diameter and by site class, per plane (and all planes at once)."""
+    """hit_half rate per kind, by case (when several), diameter and site class, per plane (and all
+    planes at once)."""
     table = []
     for kind in dict.fromkeys(row["kind"] for row in rows):
         mine = [row for row in rows if row["kind"] == kind]
-        groups = [(f"{d:.0f} mm", [r for r in mine if r["diameter_mm"] == d])
-                  for d in dict.fromkeys(r["diameter_mm"] for r in mine)]
+        cases = list(dict.fromkeys(r["case"] for r in mine))
+        groups = [(case, [r for r in mine if r["case"] == case]) for case in cases] if len(cases) > 1 else []
+        groups += [(f"{d:.0f} mm", [r for r in mine if r["diameter_mm"] == d])
+                   for d in dict.fromkeys(r["diameter_mm"] for r in mine)]
         groups += [(c, [r for r in mine if site_class(r) == c]) for c in dict.fromkeys(map(site_class, mine))]
         groups.append(("all", mine))
         for name, group in groups:
@@ -446,4 +555,26 @@ def format_synthetic_table(table: list, planes=PLANES) -> str:
         cells = " | ".join(f"{entry[p]:.2f}" for p in planes)
         rates = " | ".join(f"{entry[key]:.2f}" for key in ("all_planes", "top3", "fallback", "as_without"))
         lines.append(f"| {entry['kind']} | {entry['group']} | {entry['lesions']} | {cells} | {rates} |")
+    return "\n".join(lines)
+
+
+def synthetic_baselines(rows: list, planes=PLANES) -> list:
+    """hit_half of the findings top pick and of the bench's baseline slices per kind and plane."""
+    table = []
+    for kind in dict.fromkeys(row["kind"] for row in rows):
+        mine = [row for row in rows if row["kind"] == kind]
+        for plane in planes:
+            picks = [row["planes"][plane] for row in mine]
+            entry = {"kind": kind, "plane": plane, "findings": float(np.mean([p["hit_half"] for p in picks]))}
+            for name in picks[0]["baselines"]:
+                entry[name] = float(np.mean([p["baselines"][name] for p in picks]))
+            table.append(entry)
+    return table
+
+
+def format_synthetic_baselines(table: list) -> str:
+    names = [key for key in table[0] if key not in ("kind", "plane")] if table else []
+    lines = ["| kind | plane | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for entry in table:
+        lines.append(f"| {entry['kind']} | {entry['plane']} | " + " | ".join(f"{entry[n]:.2f}" for n in names) + " |")
     return "\n".join(lines)

@@ -9,15 +9,18 @@ threshold of what stands out, and what the votes need. A new cue is one new modu
 
 from __future__ import annotations
 
-from . import asymmetry, lung_nodule, mass, tissue_contrast
+from . import asymmetry, lung_nodule, mass, organ_lesion, tissue_contrast
 from .evidence import Abnormality, CueInput, patch_votes, ranked
 from .regions import Region, detect_region
 
 #: Cues per region, in rank order (:func:`~.evidence.ranked`): in a body scan a mass that parts the fat
-#: planes over centimetres is the finding to show first, a bright blob second.
-CUES_BY_REGION = {"head": (asymmetry,), "chest": (lung_nodule,), "body": (mass, tissue_contrast)}
+#: planes over centimetres is the finding to show first, a lesion inside an enhanced organ second, a
+#: bright blob third; in a chest CT a lung nodule first, then a lesion in the organs of the upper abdomen
+#: that a chest CT shows.
+CUES_BY_REGION = {"head": (asymmetry,), "chest": (lung_nodule, organ_lesion),
+                  "body": (mass, organ_lesion, tissue_contrast)}
 #: Every name a plane's ``cue`` can take.
-CUES = ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "representative")
+CUES = ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", "representative")
 
 __all__ = ["Abnormality", "CUES", "CUES_BY_REGION", "CueInput", "Region", "detect_region", "find_abnormality",
            "patch_votes"]

@@ -13,7 +13,8 @@ from .morphology import bounding_box
 BLOB_ANSWER = 0.18
 
 
-def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, compact: bool = False) -> np.ndarray:
+def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, compact: bool = False,
+                  either_sign: bool = False) -> np.ndarray:
     """Bright-blob strength at (n, 3) voxel ``points``, the largest over lesion radii.
 
     At each radius the image is smoothed at sigma = radius / sqrt(3), at which a sphere of that
@@ -22,7 +23,9 @@ def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, co
     ``compact`` l3^2 / |l1|, which also weighs down blobs that are much longer than wide (the
     junctions of vessels; the "dot" filter of Li, Sone and Doi, 2003). Strengths are scale-
     normalised (times sigma^2) so that radii compare: a Gaussian blob of contrast C answers about
-    0.18 C at its own scale (:data:`BLOB_ANSWER`). Coarser scales run on block-averaged copies
+    0.18 C at its own scale (:data:`BLOB_ANSWER`). With ``either_sign`` a dark blob (curving up in
+    all three directions) answers as a bright one of the same contrast: the strength of ``-data`` from
+    the same eigenvalues. Coarser scales run on block-averaged copies
     (two voxels per sigma); within one sigma of a face of the field of view, which cuts what a
     blob is compared with, a scale gives nothing.
     """
@@ -49,14 +52,20 @@ def blob_strength(data: np.ndarray, spacing_mm, radii_mm, points: np.ndarray, co
         voxels = np.flatnonzero(wanted)
         smooth = smoothed_near(level, sigma / step, wanted)
         low, _, high = hessian_eigenvalues(smooth, step, voxels)
-        if compact:
-            strength = np.where(high < 0, high ** 2 / np.minimum(low, -1e-12) * -1.0, 0.0)
-        else:
-            strength = np.maximum(-high, 0.0)
+        strength = _bright(low, high, compact)
+        if either_sign:  # -data has the eigenvalues -high <= ... <= -low
+            np.maximum(strength, _bright(-high, -low, compact), out=strength)
         answer = np.zeros(level.size, np.float32)
         answer[voxels] = strength * sigma ** 2
         np.maximum(best, answer[at], out=best)
     return best
+
+
+def _bright(low: np.ndarray, high: np.ndarray, compact: bool) -> np.ndarray:
+    """Bright-blob strength from the least and largest Hessian eigenvalues (see :func:`blob_strength`)."""
+    if compact:
+        return np.where(high < 0, high ** 2 / np.minimum(low, -1e-12) * -1.0, 0.0)
+    return np.maximum(-high, 0.0)
 
 
 def smoothed_near(level: np.ndarray, sigma, wanted: np.ndarray) -> np.ndarray:

@@ -196,21 +196,24 @@ def ranked(findings) -> Abnormality:
     """Several cues' evidence on one grid (each in units of what stands out: threshold 1), in order of
     rank: where an earlier cue stands out anywhere, a later one counts only where it exceeds the earlier
     one's peak, so that many lesser blobs cannot outvote one clear finding. Each voxel's label says
-    which cue its value comes from."""
+    which cue its value comes from (a finding that joins cues itself keeps its own labels)."""
     findings = list(findings)
     if len(findings) == 1:
         return findings[0]
     combined = np.zeros(findings[0].map.shape, np.float32)
     labels = np.zeros(combined.shape, np.int8)
+    names = []
     bar = 0.0
-    for index, found in enumerate(findings):
+    for found in findings:
         value = found.map / np.float32(found.threshold)
         value = np.where(value > bar, value, 0.0).astype(np.float32)
-        labels[value > combined] = index
+        own = np.int8(len(names)) + (found.labels if found.labels is not None else np.int8(0))
+        names += list(found.cues) if found.labels is not None else [found.cue]
+        np.copyto(labels, own, where=value > combined)
         np.maximum(combined, value, out=combined)
         peak = float(value.max()) if value.size else 0.0
         if peak >= 1.0:
             bar = max(bar, peak)
     first = findings[0]
     return Abnormality(combined, first.spacing_mm, first.cue, threshold=1.0, at_lesion_scale=True, labels=labels,
-                       cues=tuple(found.cue for found in findings))
+                       cues=tuple(names))

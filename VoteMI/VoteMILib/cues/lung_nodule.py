@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from .blobs import BLOB_ANSWER, blob_strength
 from .evidence import LESION_SCALE_MM, Abnormality, CueInput
-from .mirror import fit_midsagittal_plane, mirrored_values
+from .mirror import fit_midsagittal_plane, mirror_maximum
 from .morphology import ball_opening
 from .regions import AERATED_HU, BONE_HU, ct_body_mask, lung_envelopes, lung_mask, thoracic_cavity
 from .tissue_contrast import MIN_CONTRAST_HU, SOFT_TISSUE_HU, SOFT_TISSUE_MAX_HU, tissue_contrast_map
@@ -112,34 +112,14 @@ def lung_nodule_map(hu: np.ndarray, body: np.ndarray, lungs: np.ndarray, envelop
     # The midline of the chest from its outline, spine and lungs at lesion scale (air to soft tissue).
     outline = ndimage.gaussian_filter(np.clip(hu, -1000.0, SOFT_TISSUE_MAX_HU), LESION_SCALE_MM / spacing)
     plane = fit_midsagittal_plane(outline, body, seed=seed)
-    excess = strength - mirror_strength(strength, points, hu.shape, plane, spacing)
+    excess = strength - mirror_maximum(strength, points, hu.shape, plane, spacing, MIRROR_MM)
     low, high = NODULE_STRENGTH
     nodule = np.clip((excess - low) / (high - low), 0.0, 1.0)
     bulk = ball_opening(solid, spacing, BULK_MM)[tuple(points.T)].astype(np.float32)
     if bulk.any():
-        bulk = np.clip(bulk - mirror_strength(bulk, points, hu.shape, plane, spacing), 0.0, 1.0)
+        bulk = np.clip(bulk - mirror_maximum(bulk, points, hu.shape, plane, spacing, MIRROR_MM), 0.0, 1.0)
     out[tuple(points.T)] = np.maximum(nodule, bulk)
     return out
-
-
-def mirror_strength(strength: np.ndarray, points: np.ndarray, shape, plane, spacing) -> np.ndarray:
-    """The strongest blob near each point's mirror image on the other side of the midline.
-
-    Near the midline the mirror image falls on the point's own neighbourhood, so its weight fades
-    from 1 (at :data:`MIRROR_MM` from the plane) to 0 (at half of that).
-    """
-    size = np.maximum(1, np.round(2.0 * MIRROR_MM / spacing)).astype(int) | 1
-    nearby = np.zeros(shape, np.float32)
-    # 0 away from the points: the filter runs on their bounding box and its reach only.
-    low = np.maximum(points.min(axis=0) - size // 2, 0)
-    high = np.minimum(points.max(axis=0) + size // 2 + 1, shape)
-    volume = np.zeros(tuple(high - low), np.float32)
-    volume[tuple((points - low).T)] = strength
-    nearby[tuple(slice(a, b) for a, b in zip(low, high))] = ndimage.maximum_filter(volume, size=size)
-    coordinates = points.astype(float)
-    offset_mm = ((coordinates - np.asarray(plane.centre)) @ plane.normal) * float(np.mean(spacing))
-    weight = np.clip((2.0 * np.abs(offset_mm) - MIRROR_MM) / MIRROR_MM, 0.0, 1.0)
-    return weight * mirrored_values(nearby, plane, coordinates)
 
 
 def find(scan: CueInput) -> Abnormality:
