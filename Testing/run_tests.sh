@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 # X11 client libraries, a font); the Colin27 brain of the README example; venv support for Debian's python3.
 REQUIRED_APT="python3-venv libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libxt6 libgl1 libglib2.0-0 \
 libfontconfig1 libfreetype6 libx11-6 libxext6 fonts-dejavu-core mricron-data"
-# Independent DICOM validators for the exported objects (dcmtk, dicom3tools) and Chromium for the HTML report.
-OPTIONAL_APT="dcmtk dicom3tools chromium"
-EXTRAS="vlm,mrml,dicom,test"
+# Independent DICOM validators for the exported objects (dcmtk, dicom3tools), Chromium for the HTML report and
+# WordNet for the METEOR score of `votemi eval`.
+OPTIONAL_APT="dcmtk dicom3tools chromium wordnet-base"
+EXTRAS="vlm,mrml,dicom,batch,eval,test"
 
 apt_install() {
     local runner=()

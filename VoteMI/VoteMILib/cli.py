@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench_command import add_bench_command
 
     add_bench_command(commands)
+    from .batch import add_batch_command
+
+    add_batch_command(commands)
+    from .evaluate import add_eval_command
+
+    add_eval_command(commands)
     # Commands defined beside the parts they drive are registered here (VLM: describe, serve).
     from .encoder_commands import add_train_encoder_command
 

@@ -1,0 +1,726 @@
+"""``votemi batch``: the selection of many cases on a Dask cluster, resumable.
+
+Cases come from folders (a folder holding ``image.*``, a DICOM series, loose image files, sub-folders),
+tables (``cases.tsv`` of ``votemi bench``, any CSV with an ``image`` column) or single image files.
+Each case runs as one Dask task on a worker process, which returns the selection document (and the
+PNGs, as bytes); the driver writes every output, so workers need to read the inputs but never write.
+
+A journal, ``summary.jsonl`` in the output folder, gets one line per finished case as soon as it
+finishes. A later run with the same output folder skips every case whose input files and settings
+are unchanged and whose JSON is still there; failed cases are tried again.
+
+The same runner (:func:`run_cases`) drives ``votemi eval`` with another task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from . import __version__
+
+#: Image files a folder may hold (DICOM series are recognised by content).
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Names of files that are labels of an image, never cases of their own.
+LABEL_PREFIXES = ("mask", "label", "seg")
+JOURNAL = "summary.jsonl"
+SUMMARY_CSV = "summary.csv"
+#: Memory of one selection per voxel of its volume, and the worker's own footprint: Testing/bench_batch.py
+#: measured a worker's peak growing by about 13 bytes per voxel of its largest volume over ~320 MiB; three
+#: times that leaves room for volumes the selection resamples less.
+BYTES_PER_VOXEL = 40
+WORKER_BASE_BYTES = 600 * 2 ** 20
+_HASH_CHUNK = 1 << 20
+
+
+class BatchError(ValueError):
+    """A batch that cannot start (bad input list, unusable output folder, no Dask); one line for the user."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+
+
+@dataclass
+class BatchCase:
+    """One scan to process.
+
+    Attributes
+    ----------
+    name : str
+        Unique within the batch; names the output files (``cases/<name>.json``), so it may hold ``/``.
+    image : str
+        Image file or DICOM folder (absolute).
+    extras : list of str
+        Other sequences of the same patient to vote with (``votemi select --extra``).
+    fields : dict
+        The other columns of the case's table row (``votemi eval`` reads its questions from them).
+    """
+
+    name: str
+    image: str
+    extras: list = field(default_factory=list)
+    fields: dict = field(default_factory=dict)
+
+    def input_files(self) -> list:
+        """Every file the case reads (the files of a DICOM folder, then the extras)."""
+        return [*_files_of(self.image), *(path for extra in self.extras for path in _files_of(extra))]
+
+
+def _files_of(path) -> list:
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, name) for name in os.listdir(path)
+                      if os.path.isfile(os.path.join(path, name)))
+    return [path]
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _is_label(name: str) -> bool:
+    return os.path.basename(name).lower().startswith(LABEL_PREFIXES)
+
+
+def _is_dicom_file(path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_series_folder(folder) -> bool:
+    """Whether ``folder`` holds at least two DICOM files (one file alone is an RTSTRUCT or a report)."""
+    found = 0
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and _is_dicom_file(path):
+            found += 1
+            if found == 2:
+                return True
+    return False
+
+
+def _case_name(text: str) -> str:
+    """A safe relative name: path separators kept as ``/``, no ``..``, nothing outside ``[\\w.-]``."""
+    parts = [re.sub(r"[^\w.-]", "_", part) for part in re.split(r"[\\/]+", text) if part not in ("", ".")]
+    parts = ["_" if part == ".." else part for part in parts]
+    return "/".join(parts) or "case"
+
+
+def _strip_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def read_case_table(path) -> list:
+    """Cases of a CSV/TSV with an ``image`` column (optional ``case``, ``extra``; other columns kept).
+
+    Paths are relative to the table's folder; in a ``cases.tsv`` of ``votemi bench`` (a ``case``
+    column naming a sub-folder) they are relative to that sub-folder. Several extras are separated by
+    ``|`` or ``,``.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle, delimiter=delimiter))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise BatchError(f"cannot read the case table {path}: {getattr(error, 'strerror', None) or error}") from None
+    if not rows or "image" not in rows[0]:
+        raise BatchError(f"{path} has no 'image' column (columns: {', '.join(rows[0]) if rows else 'none'})")
+    cases = []
+    for number, row in enumerate(rows, 2):
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise BatchError(f"{path} line {number}: the image column is empty")
+        base = _row_folder(folder, row, image)
+        extras = [os.path.join(base, e.strip()) for e in re.split(r"[|,]", row.get("extra") or "") if e.strip()]
+        name = (row.get("case") or "").strip() or _name_of_image(os.path.join(base, image))
+        others = {key: value for key, value in row.items() if key not in ("case", "image", "extra") and key}
+        cases.append(BatchCase(_case_name(name), os.path.join(base, image), extras, others))
+    return cases
+
+
+def _name_of_image(path) -> str:
+    """``brain1`` for ``.../brain1.nii.gz``, and for ``.../brain1/image.nii.gz`` (or a DICOM folder) too."""
+    stem = _strip_suffix(os.path.basename(os.path.normpath(path)))
+    generic = stem.lower() in ("image", "series", "dicom")
+    return os.path.basename(os.path.dirname(os.path.normpath(path))) if generic else stem
+
+
+def _row_folder(folder, row, image) -> str:
+    """The folder a row's paths are relative to: the table's, or its case sub-folder (bench's cases.tsv)."""
+    case = (row.get("case") or "").strip()
+    if case and not os.path.exists(os.path.join(folder, image)) and os.path.isdir(os.path.join(folder, case)):
+        return os.path.join(folder, case)
+    return folder
+
+
+def _walk(root, folder) -> list:
+    """Cases under ``folder``: itself if it is a DICOM series or holds ``image.*``, else its loose images,
+    then its sub-folders."""
+    relative = os.path.relpath(folder, root)
+    name = _case_name(_name_of_image(root) if relative == "." else relative)
+    if is_dicom_series_folder(folder):
+        return [BatchCase(name, folder)]
+    entries = sorted(os.listdir(folder))
+    images = [e for e in entries if os.path.isfile(os.path.join(folder, e)) and is_image_file(e)]
+    main = [e for e in images if _strip_suffix(e).lower() == "image"]
+    if main:
+        return [BatchCase(name, os.path.join(folder, main[0]))]
+    prefix = "" if relative == "." else relative + "/"
+    cases = [BatchCase(_case_name(prefix + _strip_suffix(e)), os.path.join(folder, e))
+             for e in images if not _is_label(e)]
+    for entry in entries:
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path) and not entry.startswith("."):
+            cases.extend(_walk(root, path))
+    return cases
+
+
+def discover_cases(inputs) -> list:
+    """The cases of every INPUT of ``votemi batch``, in order.
+
+    Raises
+    ------
+    BatchError
+        For an input that does not exist, holds no case, or two cases of the same name.
+    """
+    cases = []
+    for item in inputs:
+        path = os.path.abspath(item)
+        if os.path.isdir(path):
+            table = os.path.join(path, "cases.tsv")
+            found = read_case_table(table) if os.path.isfile(table) else _walk(path, path)
+        elif os.path.isfile(path) and path.lower().endswith((".csv", ".tsv")):
+            found = read_case_table(path)
+        elif os.path.isfile(path) and is_image_file(path):
+            found = [BatchCase(_case_name(_name_of_image(path)), path)]
+        else:
+            raise BatchError(f"{item}: no such folder, case table (.csv, .tsv) or image file")
+        if not found:
+            raise BatchError(f"{item} holds no case (no cases.tsv, DICOM series or image file)")
+        cases.extend(found)
+    seen = {}
+    for case in cases:
+        if case.name in seen:
+            raise BatchError(f"two cases are named '{case.name}' ({seen[case.name]} and {case.image}); "
+                             "give them a 'case' column in a CSV")
+        seen[case.name] = case.image
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints (what makes a finished case worth keeping)
+
+
+def file_digest(path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint_files(paths) -> list:
+    """``[{path, size, mtime_ns, digest}]`` of the files (content digest, and the stat that vouches for it)."""
+    entries = []
+    for path in paths:
+        stat = os.stat(path)
+        entries.append({"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                        "digest": file_digest(path)})
+    return entries
+
+
+def inputs_unchanged(recorded: list, paths) -> bool:
+    """Whether the files are those of ``recorded``: same list, and each the same size and modification
+    time, or else the same content (a copied or touched file is not a changed one)."""
+    paths = [os.path.abspath(p) for p in paths]
+    if [entry.get("path") for entry in recorded] != paths:
+        return False
+    for entry, path in zip(recorded, paths):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return False
+        if stat.st_size != entry.get("size"):
+            return False
+        if stat.st_mtime_ns != entry.get("mtime_ns") and file_digest(path) != entry.get("digest"):
+            return False
+    return True
+
+
+def settings_key(settings) -> str:
+    """A digest of everything that changes a case's result (the settings and the votemi version; never
+    an API key)."""
+    data = asdict(settings)
+    data.pop("api_key", None)
+    text = json.dumps({"settings": data, "version": __version__}, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The selection task (runs on a worker)
+
+
+@dataclass
+class SelectSettings:
+    """The ``votemi select`` options a batch applies to every case."""
+
+    planes: tuple = ("axial", "coronal", "sagittal")
+    top: int = 3
+    seed: int = 0
+    mode: str | None = None
+    encoder: str | None = None
+    pngs: bool = False
+    modality: str = "auto"
+    ct_preset: str | None = None
+    window: tuple | None = None
+    #: Digest of the encoder file, so that a retrained encoder re-runs the cases.
+    encoder_digest: str = ""
+
+    def select_args(self, case: BatchCase) -> argparse.Namespace:
+        """The parsed ``votemi select`` command line of one case."""
+        return argparse.Namespace(
+            image=case.image, series=None, extra=list(case.extras), encoder=self.encoder, planes=tuple(self.planes),
+            top=self.top, seed=self.seed, mode=self.mode, mask=None, labels=None, label_name=[], point=[],
+            modality=self.modality, ct_preset=self.ct_preset, window=list(self.window) if self.window else None,
+            json=None, png_dir=None)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2 ** 20 if sys.platform == "darwin" else 1024), 1)
+
+
+def select_case(case: BatchCase, settings: SelectSettings) -> dict:
+    """Run ``votemi select`` on one case; returns its record, with ``document`` and ``png_bytes`` for the driver.
+
+    Whatever goes wrong becomes ``status: failed`` with the one-line error, so that the batch goes on.
+    """
+    from .cli import run_selection, selection_document
+
+    started = time.perf_counter()
+    record = new_record(case)
+    try:
+        record["inputs"] = fingerprint_files(case.input_files())
+        args = settings.select_args(case)
+        volume, extras, result = run_selection(args, progress=lambda fraction, message="": None)
+        record["warnings"] = [w for v in (volume, *extras) for w in v.metadata.get("warnings", [])]
+        document = selection_document(args, volume, result)
+        record["png_bytes"] = _render_pngs(volume, result, args, document) if settings.pngs else {}
+        record.update(status="ok", document=document, region=result.region.get("name", ""),
+                      modality=result.region.get("modality", ""),
+                      picks={plane: [s.index for s in plane_result.selected]
+                             for plane, plane_result in result.planes.items()})
+    except Exception as error:  # noqa: BLE001 - a failing case is recorded and the batch goes on
+        record.update(status="failed", error=one_line(error))
+    return finish_record(record, started)
+
+
+def _render_pngs(volume, result, args, document) -> dict:
+    """The PNGs ``votemi select --png-dir`` writes, as {file name: bytes}; records the windowing."""
+    import tempfile
+
+    from .cli import window_settings
+    from .render import choose_windowing, save_selection_pngs
+
+    modality, preset, window = window_settings(args)
+    windowing = choose_windowing(volume, modality, preset, window, region=result.region.get("name"))
+    document["windowing"] = windowing.to_dict()
+    with tempfile.TemporaryDirectory(prefix="votemi-batch-") as folder:
+        pngs = {}
+        for path in save_selection_pngs(volume, result, folder, windowing):
+            with open(path, "rb") as handle:
+                pngs[os.path.basename(path)] = handle.read()
+    return pngs
+
+
+def new_record(case: BatchCase) -> dict:
+    return {"case": case.name, "status": "failed", "error": "", "image": case.image, "extras": list(case.extras)}
+
+
+def finish_record(record: dict, started: float) -> dict:
+    record.update(seconds=round(time.perf_counter() - started, 3), peak_memory_mb=peak_memory_mb(),
+                  worker_pid=os.getpid(), finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return record
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message, with its kind when the message alone would be unclear."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, (ValueError, OSError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal and the outputs (driver side)
+
+
+class Journal:
+    """``summary.jsonl``: one JSON line per finished case, appended (and flushed) as each finishes."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def load(self) -> dict:
+        """The latest record of each case (lines cut off by a crash are ignored)."""
+        records = {}
+        if not os.path.exists(self.path):
+            return records
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and "case" in record:
+                    records[record["case"]] = record
+        return records
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def rewrite(self, records: list) -> None:
+        """Keep one line per case (the latest), in the given order."""
+        from .outputs import write_atomic
+
+        write_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records), what="journal")
+
+
+def is_done(record: dict | None, case: BatchCase, key: str, out: str) -> bool:
+    """Whether a journal record still stands for ``case``: finished, same settings, same input, outputs there."""
+    if not record or record.get("status") != "ok" or record.get("settings_key") != key:
+        return False
+    if any(not os.path.exists(os.path.join(out, path)) for path in record.get("outputs", [])):
+        return False
+    try:
+        return inputs_unchanged(record.get("inputs", []), case.input_files())
+    except OSError:
+        return False
+
+
+class Progress:
+    """Cases done, failed and skipped, the rate and the time left, on one line of stderr."""
+
+    def __init__(self, total: int, skipped: int, label: str = "batch", stream=None):
+        self.total, self.skipped, self.label = total, skipped, label
+        self.done = self.failed = 0
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, record: dict) -> None:
+        self.done += 1
+        self.failed += record.get("status") != "ok"
+        if record.get("status") != "ok":
+            self._write(f"votemi {self.label}: {record['case']} failed: {record.get('error', '')}", final=True)
+        self.show()
+
+    def show(self) -> None:
+        self._write(self.line())
+
+    def line(self) -> str:
+        finished = self.done + self.skipped
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
+        left = self.total - finished
+        eta = f", ETA {format_duration(left / rate * 60)}" if rate > 0 and left else ""
+        return (f"votemi {self.label}: {finished}/{self.total} cases ({self.failed} failed, {self.skipped} skipped), "
+                f"{rate:.1f} cases/min{eta}")
+
+    def _write(self, text: str, final: bool = False) -> None:
+        if self._tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dask
+
+
+def estimate_voxels(case: BatchCase) -> int:
+    """Voxels of the case's volumes, from the file headers (a DICOM series: one slice times the count)."""
+    import SimpleITK as sitk
+
+    total = 0
+    for path in (case.image, *case.extras):
+        files = _files_of(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue  # unreadable: the case fails on its worker with the reader's message
+        size = reader.GetSize()
+        total += math.prod(size[:3]) * (len(files) if os.path.isdir(path) else 1)
+    return total
+
+
+def worker_memory_limit(cases, workers: int, total_bytes: int | None = None, extra_bytes: int = 0) -> int:
+    """Memory limit per worker (bytes): what the largest case needs (plus ``extra_bytes``, e.g. an in-process
+    model), capped by a fair share of the machine."""
+    largest = max((estimate_voxels(case) for case in cases), default=0)
+    wanted = WORKER_BASE_BYTES + BYTES_PER_VOXEL * largest + extra_bytes
+    total = total_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(min(wanted, 0.9 * total / max(workers, 1)))
+
+
+@contextlib.contextmanager
+def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: int | None = None):
+    """A Dask client: of the cluster at ``scheduler``, or of a new local cluster of ``workers`` processes."""
+    try:
+        import dask
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise BatchError("this command needs Dask: pip install 'votemi[batch]'") from None
+    import logging
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=30)
+        except (OSError, TimeoutError) as error:
+            raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(error)}") from None
+        with client:
+            yield client
+        return
+    # One thread per process: the selection holds the GIL in places, and processes keep memory apart.
+    # A worker over its limit is restarted and its case recorded as failed (after one more try), never
+    # paused: a paused worker waits for memory that a running selection does not give back.
+    memory = {"distributed.worker.memory.pause": False, "distributed.worker.memory.target": False,
+              "distributed.worker.memory.spill": False, "distributed.worker.memory.terminate": 0.95,
+              "distributed.scheduler.allowed-failures": 1}
+    with dask.config.set(memory), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit or "auto",
+            dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_cases(client, cases, task, settings, out: str, store, label: str = "batch", stream=None) -> list:
+    """Run ``task(case, settings)`` on the cluster for every case not already done; returns all records.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    cases : list of BatchCase
+    task : callable(BatchCase, settings) -> dict
+        A record (``status`` "ok" or "failed"); importable by the workers.
+    settings : dataclass
+        Passed to every task; its digest decides which finished cases still stand.
+    out : str
+        Output folder (holds the journal).
+    store : callable(dict) -> dict
+        Writes a finished record's outputs (driver side) and returns the record as journaled, with
+        ``outputs`` (paths relative to ``out``) that must exist for the case to count as done.
+    """
+    from dask.distributed import as_completed
+
+    journal = Journal(os.path.join(out, JOURNAL))
+    previous = journal.load()
+    key = settings_key(settings)
+    todo = [case for case in cases if not is_done(previous.get(case.name), case, key, out)]
+    progress = Progress(len(cases), len(cases) - len(todo), label, stream)
+    if progress.skipped:
+        progress.show()
+    latest = dict(previous)
+    # A few tasks ahead of the workers, not the whole archive: memory stays flat and Ctrl-C is prompt.
+    threads = sum(client.nthreads().values())
+    if not threads:
+        print(f"votemi {label}: the cluster has no workers yet; waiting for them", file=progress.stream)
+    window = max(2, 2 * threads)
+    pending = iter(todo)
+    futures, running = {}, as_completed()
+    try:
+        for case in _take(pending, window):
+            _submit(client, task, case, settings, futures, running)
+        for future in running:
+            case = futures.pop(future)
+            try:
+                record = future.result()
+            except Exception as error:  # noqa: BLE001 - a worker that died (memory, signal) fails its case only
+                record = {**new_record(case), "error": f"worker lost: {one_line(error)}",
+                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            record["settings_key"] = key
+            record = store(record)
+            journal.append(record)
+            latest[case.name] = record
+            progress.update(record)
+            for case in _take(pending, 1):
+                _submit(client, task, case, settings, futures, running)
+    finally:
+        progress.close()
+    order = [latest[case.name] for case in cases if case.name in latest]
+    others = [record for name, record in latest.items() if name not in {c.name for c in cases}]
+    journal.rewrite(order + others)
+    return order
+
+
+def _take(iterator, count):
+    for _ in range(count):
+        item = next(iterator, None)
+        if item is None:
+            return
+        yield item
+
+
+def _submit(client, task, case, settings, futures, running):
+    future = client.submit(task, case, settings, pure=False, key=f"votemi-{_case_name(case.name)}-{time.time_ns()}")
+    futures[future] = case
+    running.add(future)
+
+
+# ---------------------------------------------------------------------------------------------
+# votemi batch
+
+
+def store_selection(out: str):
+    """The ``store`` of :func:`run_cases` for selections: ``cases/<name>.json`` and ``png/<name>/*.png``."""
+    from .outputs import write_atomic, write_json_atomic
+
+    def store(record: dict) -> dict:
+        document = record.pop("document", None)
+        pngs = record.pop("png_bytes", {}) or {}
+        if record["status"] != "ok":
+            return record
+        outputs = []
+        if pngs:
+            folder = os.path.join(out, "png", record["case"])
+            paths = [write_atomic(os.path.join(folder, name), data, what="PNG") for name, data in pngs.items()]
+            document["pngs"] = [os.path.abspath(path) for path in paths]
+            outputs += [os.path.relpath(path, out) for path in paths]
+        json_path = os.path.join(out, "cases", record["case"] + ".json")
+        write_json_atomic(json_path, document, what="selection JSON")
+        record["json"] = os.path.relpath(json_path, out)
+        record["outputs"] = [record["json"], *outputs]
+        return record
+
+    return store
+
+
+SUMMARY_COLUMNS = ("case", "status", "image", "region", "modality", "picks", "seconds", "peak_memory_mb", "json",
+                   "error")
+
+
+def write_summary_csv(path, records) -> None:
+    """One row per case: status, what was found, where the JSON is, the error of a failed case."""
+    from .outputs import write_atomic
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for record in records:
+        picks = "; ".join(f"{plane} {','.join(map(str, indices))}" for plane, indices in
+                          (record.get("picks") or {}).items())
+        writer.writerow([record.get("case"), record.get("status"), record.get("image"), record.get("region", ""),
+                         record.get("modality", ""), picks, record.get("seconds", ""),
+                         record.get("peak_memory_mb", ""), record.get("json", ""), record.get("error", "")])
+    write_atomic(path, buffer.getvalue(), what="summary CSV")
+
+
+def add_cluster_arguments(parser, default_workers: int = 2) -> None:
+    """--workers and --scheduler (``votemi batch`` and ``votemi eval``)."""
+    from .cli import positive_int
+
+    group = parser.add_argument_group("cluster", "a local Dask cluster of worker processes, or an existing one")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=default_workers, metavar="N",
+                       help="worker processes of the local cluster (default: %(default)s)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="use the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786) instead; its "
+                            "workers must have votemi installed and read the inputs at the same paths")
+
+
+def add_batch_command(commands) -> None:
+    from .cli import add_mode_argument, add_window_arguments, positive_int
+    from .names import PLANES, parse_planes
+
+    parser = commands.add_parser(
+        "batch", help="select slices of many scans on a Dask cluster, resumable",
+        description="Run 'votemi select' on every case of the inputs, in parallel on Dask. Each case gets "
+                    "OUT/cases/<case>.json (the JSON of 'votemi select --json'); OUT/summary.jsonl and "
+                    "OUT/summary.csv list every case. Run it again to do only what is missing or changed.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="folder of cases (cases.tsv, DICOM series, image.* or loose images; searched "
+                             "recursively), case table (.csv/.tsv with an 'image' column) or image file")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
+    parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes,
+                        help="comma-separated planes (default: %(default)s)")
+    parser.add_argument("--top", type=positive_int, default=3, metavar="K", help="slices per plane (default: 3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_mode_argument(parser)
+    parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder (.npz); default: PCA")
+    parser.add_argument("--pngs", action="store_true", help="also write each selected slice as a PNG "
+                                                            "(OUT/png/<case>/)")
+    add_window_arguments(parser)
+    add_cluster_arguments(parser)
+    parser.set_defaults(func=run_batch_command)
+
+
+def prepare_out(out: str) -> str:
+    from .outputs import check_output_folder
+
+    return check_output_folder(out, "--out folder")
+
+
+def run_batch_command(args) -> int:
+    from .cli import window_settings
+
+    cases = discover_cases(args.inputs)
+    out = prepare_out(args.out)
+    modality, preset, window = window_settings(args)
+    settings = SelectSettings(planes=tuple(args.planes), top=args.top, seed=args.seed, mode=args.mode,
+                              encoder=os.path.abspath(args.encoder) if args.encoder else None, pngs=args.pngs,
+                              modality=modality, ct_preset=args.ct_preset, window=tuple(window) if window else None,
+                              encoder_digest=file_digest(args.encoder) if args.encoder else "")
+    limit = None if args.scheduler else worker_memory_limit(cases, args.workers)
+    print(f"votemi batch: {len(cases)} cases -> {out}" +
+          (f" on {args.scheduler}" if args.scheduler else
+           f" on {args.workers} local workers ({limit / 2 ** 30:.1f} GiB each)"), file=sys.stderr)
+    with dask_client(args.workers, args.scheduler, limit) as client:
+        records = run_cases(client, cases, select_case, settings, out, store_selection(out))
+    write_summary_csv(os.path.join(out, SUMMARY_CSV), records)
+    failed = [r for r in records if r.get("status") != "ok"]
+    print(f"votemi batch: {len(records) - len(failed)} cases done, {len(failed)} failed; summary in "
+          f"{os.path.join(out, SUMMARY_CSV)}", file=sys.stderr)
+    return 1 if failed else 0

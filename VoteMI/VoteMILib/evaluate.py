@@ -1,0 +1,485 @@
+"""``votemi eval``: the same model, asked about the same scans with slices chosen four ways, by slice budget.
+
+For every case of a dataset (a CSV of closed questions, ``image, question, choices, answer``, or of
+reference reports, ``image, report``) and every slice budget, the model sees:
+
+* ``voted``: the Vote-MI picks, best rank of each plane first (axial, coronal, sagittal in turn);
+* ``uniform``: evenly spaced axial slices (today's practice, e.g. MedGemma's 85 axial slices);
+* ``random``: axial slices drawn at random (seeded per case and budget);
+* ``middle``: the middle axial slice, and its neighbours for a budget above 1.
+
+Each case is one task of the batch runner (:func:`VoteMILib.batch.run_cases`): resumable, parallel
+on Dask, a failing case recorded with its error. Scores and summaries are in :mod:`VoteMILib.eval_scores`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import eval_scores
+from .batch import BatchCase, BatchError, finish_record, fingerprint_files, new_record, one_line
+
+STRATEGIES = ("voted", "uniform", "random", "middle")
+DEFAULT_BUDGETS = (1, 3, 9, 16, 32, 85)
+ANSWERS_JSONL = "summary.jsonl"
+
+CLOSED_TEMPLATE = """\
+The {image_count} images above are slices of one {modality} examination; each image is followed by its ID.
+Question: {question}
+Options:
+{options}
+Answer with the letter of one option followed by its text, and nothing else."""
+
+REPORT_TEMPLATE = """\
+The {image_count} images above are slices of one {modality} examination; each image is followed by its ID.
+Write a concise radiology report in English with a Findings and an Impression section. Describe only what is \
+visible in these images."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+def load_dataset(path) -> tuple:
+    """(kind, cases) of a dataset CSV: kind "closed" (question, choices, answer) or "report" (report).
+
+    Raises
+    ------
+    BatchError
+        Naming the line of a row that cannot be scored (no choices, an answer that is not one of them).
+    """
+    from .batch import read_case_table
+
+    if not os.path.isfile(path):
+        raise BatchError(f"no such dataset file: {path}")
+    cases = read_case_table(path)
+    columns = set(cases[0].fields)
+    if {"question", "choices", "answer"} <= columns:
+        kind = "closed"
+    elif "report" in columns:
+        kind = "report"
+    else:
+        raise BatchError(f"{path}: give the columns image, question, choices, answer (closed questions) or "
+                         f"image, report (reference reports); found {', '.join(sorted(columns | {'image'}))}")
+    names = [case.name for case in cases]
+    for number, case in enumerate(cases, 2):
+        if names.count(case.name) > 1:  # several questions about one scan
+            case.name = f"{case.name}-{number - 1}"
+        _check_row(kind, case, path, number)
+    return kind, cases
+
+
+def _check_row(kind, case, path, number):
+    if kind == "report":
+        if not (case.fields.get("report") or "").strip():
+            raise BatchError(f"{path} line {number}: the report is empty")
+        return
+    choices = eval_scores.split_choices(case.fields.get("choices"))
+    if len(choices) < 2:
+        raise BatchError(f"{path} line {number}: give at least two choices separated by '|'")
+    if len(choices) > len(eval_scores.LETTERS):
+        raise BatchError(f"{path} line {number}: at most {len(eval_scores.LETTERS)} choices")
+    normal = [" ".join(re.findall(r"\w+", c.lower())) for c in choices]
+    if " ".join(re.findall(r"\w+", (case.fields.get("answer") or "").lower())) not in normal:
+        raise BatchError(f"{path} line {number}: the answer '{case.fields.get('answer')}' is not one of the "
+                         f"choices {' | '.join(choices)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which slices each strategy sends
+
+
+def voted_slices(selection, planes, budget: int) -> list:
+    """The best ``budget`` voted slices: rank 1 of each plane, then rank 2, ... (fewer if the selection has fewer)."""
+    by_rank = sorted((s for s in selection.selected(planes)), key=lambda s: (s.rank, planes.index(s.plane)))
+    return [(s.plane, s.index, s.label) for s in by_rank[:budget]]
+
+
+def axial_indices(strategy: str, count: int, budget: int, rng=None) -> list:
+    """Axial slice numbers (ascending) for uniform, random or middle, out of ``count`` slices."""
+    budget = min(budget, count)
+    if strategy == "uniform":  # the centres of ``budget`` equal parts of the stack
+        return sorted({int((n + 0.5) * count / budget) for n in range(budget)})
+    if strategy == "random":
+        return sorted(int(i) for i in rng.choice(count, size=budget, replace=False))
+    if strategy == "middle":
+        start = (count - budget) // 2
+        return list(range(start, start + budget))
+    raise ValueError(f"unknown strategy '{strategy}'; choose {', '.join(STRATEGIES)}")
+
+
+def strategy_rng(seed: int, case: str, budget: int):
+    """The random strategy's draws: fixed by the seed, the case and the budget, nothing else."""
+    return np.random.default_rng([seed, zlib.crc32(case.encode()), budget])
+
+
+# ---------------------------------------------------------------------------------------------
+# The task (runs on a worker)
+
+
+class EvalCaseError(ValueError):
+    """Every request of a case failed (its message is the first one's)."""
+
+
+@dataclass
+class EvalSettings:
+    """Everything a case's answers depend on (the API key is sent, never digested into the journal)."""
+
+    kind: str = "closed"
+    server_url: str = ""
+    protocol: str = "openai"
+    model: str = ""
+    budgets: tuple = DEFAULT_BUDGETS
+    strategies: tuple = STRATEGIES
+    planes: tuple = ("axial", "coronal", "sagittal")
+    mode: str | None = None
+    seed: int = 0
+    long_side: int = 896
+    max_tokens: int = 512
+    timeout_s: float = 300.0
+    device: str = "auto"
+    modality: str = "auto"
+    ct_preset: str | None = None
+    window: tuple | None = None
+    template: str = ""
+    scorer: str = ""
+    api_key: str = field(default="", repr=False)
+
+
+def eval_case(case: BatchCase, settings: EvalSettings) -> dict:
+    """Select, then ask the model once per strategy and budget, and score each answer.
+
+    A model error on one question is recorded on that answer (its scores are missing); an error
+    before any question (unreadable image) or on every question (unreachable server) fails the case.
+    """
+    from .selection import select_slices
+    from .volumes import load_volume
+
+    started = time.perf_counter()
+    record = new_record(case)
+    try:
+        record["inputs"] = fingerprint_files(case.input_files())
+        volume = load_volume(case.image)
+        top = math.ceil(max(settings.budgets) / len(settings.planes))
+        selection = select_slices(volume, planes=settings.planes, top_k=top, seed=settings.seed,
+                                  mode=settings.mode or "findings",
+                                  extra_volumes=[load_volume(path) for path in case.extras])
+        asker = _Asker(volume, selection, settings)
+        record["answers"] = [asker.answer(case, strategy, budget)
+                             for budget in settings.budgets for strategy in settings.strategies]
+        if all(item.get("error") for item in record["answers"]):  # e.g. no server: try the case again next time
+            raise EvalCaseError(record["answers"][0]["error"])
+        record.update(status="ok", model=asker.model or settings.model, region=selection.region.get("name", ""),
+                      modality=selection.region.get("modality", ""))
+    except Exception as error:  # noqa: BLE001 - recorded; the evaluation goes on with the other cases
+        record.update(status="failed", error=one_line(error))
+    return finish_record(record, started)
+
+
+class _Asker:
+    """Renders slices (once each), asks the model, scores the answer."""
+
+    def __init__(self, volume, selection, settings: EvalSettings):
+        from .geometry import plane_geometry
+        from .vlm.imaging import choose_windowing
+        from .vlm.pipeline import DescribeSettings, _resolve_model, make_client
+
+        self.volume, self.selection, self.settings = volume, selection, settings
+        self.axial_count = plane_geometry(volume.ijk_to_ras, volume.size_ijk, "axial").count
+        self.windowing = choose_windowing(volume, settings.modality, settings.ct_preset, settings.window,
+                                          region=selection.region.get("name"))
+        describe = DescribeSettings(server_url=settings.server_url or DescribeSettings.server_url,
+                                    protocol=settings.protocol, model=settings.model, api_key=settings.api_key,
+                                    timeout_s=settings.timeout_s, device=settings.device, stream=False)
+        self.client = make_client(describe)
+        self.model = _resolve_model(self.client, describe)
+        self._pngs = {}
+
+    def slices(self, case_name: str, strategy: str, budget: int) -> list:
+        """[(plane, index, ID)] in the order sent."""
+        if strategy == "voted":
+            return voted_slices(self.selection, list(self.settings.planes), budget)
+        rng = strategy_rng(self.settings.seed, case_name, budget) if strategy == "random" else None
+        indices = axial_indices(strategy, self.axial_count, budget, rng)
+        return [("axial", index, f"A{n}") for n, index in enumerate(indices, 1)]
+
+    def image(self, plane, index, label):
+        from .geometry import plane_geometry
+        from .vlm.imaging import render_png
+        from .vlm.prompts import PromptImage, format_position
+
+        if (plane, index) not in self._pngs:
+            self._pngs[plane, index] = render_png(self.volume, plane, index, self.windowing, self.settings.long_side)
+        png, _ = self._pngs[plane, index]
+        position = float(plane_geometry(self.volume.ijk_to_ras, self.volume.size_ijk, plane).positions_mm[index])
+        return PromptImage(label, plane, position, "", png, {"index": int(index),
+                                                              "position": format_position(plane, position)})
+
+    def answer(self, case: BatchCase, strategy: str, budget: int) -> dict:
+        from .vlm.clients import GenerationOptions
+
+        chosen = self.slices(case.name, strategy, budget)
+        item = {"strategy": strategy, "budget": budget, "images": len(chosen),
+                "slices": [f"{plane} {index}" for plane, index, _ in chosen]}
+        started = time.perf_counter()
+        try:
+            prompt = self.prompt(case, [self.image(*c) for c in chosen])
+            options = GenerationOptions(max_tokens=self.settings.max_tokens, temperature=0.0, seed=self.settings.seed,
+                                        stream=False)
+            result = self.client.chat(prompt, self.model, options)
+            item["text"] = result.text
+            item.update(self.score(case, strategy, budget, result.text))
+        except Exception as error:  # noqa: BLE001 - this answer has no score; the others go on
+            item["error"] = one_line(error)
+        item["seconds"] = round(time.perf_counter() - started, 3)
+        return item
+
+    def prompt(self, case: BatchCase, images: list):
+        from .vlm.prompts import build_prompt
+
+        fields = case.fields
+        options = "\n".join(f"{eval_scores.LETTERS[n]}) {c}"
+                            for n, c in enumerate(eval_scores.split_choices(fields.get("choices"))))
+        template = self.settings.template or (CLOSED_TEMPLATE if self.settings.kind == "closed" else REPORT_TEMPLATE)
+        # The case's own text may hold braces: they must reach the model as written.
+        for name, value in (("question", fields.get("question", "")), ("options", options)):
+            template = template.replace("{" + name + "}", value.replace("{", "{{").replace("}", "}}"))
+        return build_prompt(images, template, modality=self.windowing.modality)
+
+    def score(self, case: BatchCase, strategy: str, budget: int, text: str) -> dict:
+        fields = case.fields
+        if self.settings.kind == "closed":
+            scores = eval_scores.closed_scores(text, eval_scores.split_choices(fields["choices"]), fields["answer"])
+        else:
+            scores = eval_scores.report_scores(text, fields["report"])
+        if self.settings.scorer:
+            scores[eval_scores.USER_METRIC] = eval_scores.user_score(self.settings.scorer, {
+                "case": case.name, "strategy": strategy, "budget": budget, "prediction": text, **fields})
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs (driver side)
+
+
+def store_answers(record: dict) -> dict:
+    """Answers stay in the journal itself; nothing else must exist for the case to count as done."""
+    record["outputs"] = []
+    return record
+
+
+def metrics_of(settings: EvalSettings) -> tuple:
+    metrics = eval_scores.CLOSED_METRICS if settings.kind == "closed" else eval_scores.REPORT_METRICS
+    return (*metrics, eval_scores.USER_METRIC) if settings.scorer else metrics
+
+
+ANSWER_COLUMNS = ("case", "strategy", "budget", "images", "slices", "prediction", "parsed", "accuracy", "rouge_l",
+                  "bleu", "meteor", "user", "seconds", "error", "text")
+
+
+def answers_csv(records: list) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ANSWER_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        if record.get("status") != "ok":
+            writer.writerow({"case": record["case"], "error": record.get("error", "")})
+        for item in record.get("answers", []):
+            writer.writerow({"case": record["case"], **item, "slices": "; ".join(item.get("slices", []))})
+    return buffer.getvalue()
+
+
+def write_results(out: str, records: list, settings: EvalSettings, resamples: int) -> list:
+    """answers.csv, results.csv, results.md and results.png; returns the result rows."""
+    from .outputs import write_atomic
+
+    metrics = metrics_of(settings)
+    rows = eval_scores.summarise(records, metrics, list(settings.strategies), list(settings.budgets), resamples,
+                                 settings.seed)
+    model = next((r["model"] for r in records if r.get("model")), settings.model or settings.protocol)
+    title = f"{os.path.basename(os.path.normpath(model))}: {len(records)} cases"
+    write_atomic(os.path.join(out, "answers.csv"), answers_csv(records), what="answers CSV")
+    write_atomic(os.path.join(out, "results.csv"), eval_scores.results_csv(rows), what="results CSV")
+    write_atomic(os.path.join(out, "results.md"),
+                 eval_scores.results_markdown(rows, metrics, settings.budgets, title), what="results table")
+    write_atomic(os.path.join(out, "results.png"),
+                 eval_scores.results_plot(rows, metrics, settings.strategies, settings.budgets, title),
+                 what="results plot")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# votemi eval
+
+
+def parse_budgets(text) -> tuple:
+    import argparse
+
+    try:
+        budgets = tuple(sorted({int(item) for item in str(text).split(",") if item.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of whole numbers") from None
+    if not budgets or budgets[0] < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': budgets are whole numbers of at least 1")
+    return budgets
+
+
+def parse_strategies(text) -> tuple:
+    import argparse
+
+    chosen = tuple(dict.fromkeys(item.strip().lower() for item in str(text).split(",") if item.strip()))
+    unknown = [s for s in chosen if s not in STRATEGIES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown strategy {', '.join(unknown) or text!r}; choose from "
+                                         f"{', '.join(STRATEGIES)}")
+    return chosen
+
+
+def add_eval_command(commands) -> None:
+    from .batch import add_cluster_arguments
+    from .cli import add_mode_argument, add_window_arguments, int_at_least, positive_int
+    from .names import PLANES, parse_planes
+    from .vlm.commands import _add_key_arguments
+    from .vlm.pipeline import PROTOCOL_CHOICES
+
+    parser = commands.add_parser(
+        "eval", help="compare voted, evenly spaced, random and middle slices with one model, by slice budget",
+        description="Ask a vision-language model about every case of DATASET with slices chosen four ways and "
+                    "several slice budgets; score the answers and write OUT/results.csv, results.md, results.png "
+                    "and answers.csv. Run it again to do only what is missing.")
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="CSV: image, question, choices (separated by '|'), answer; or image, report "
+                             "(paths relative to the CSV; optional case column)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
+    group = parser.add_argument_group("model")
+    group.add_argument("--server", default="", metavar="URL",
+                       help="server URL (vLLM, llama.cpp, Ollama, votemi serve; default: votemi describe's)")
+    group.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="openai",
+                       help="openai, ollama, or inprocess (run --model, a folder, on each worker) "
+                            "(default: %(default)s)")
+    group.add_argument("--model", default="", help="model name (default: the server's only model)")
+    _add_key_arguments(group)
+    group.add_argument("--max-tokens", type=positive_int, default=None,
+                       help="longest answer (default: 32 for questions, 512 for reports)")
+    group.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per answer (default: 300)")
+    group.add_argument("--device", default="auto", help="in-process model device (default: auto)")
+    group.add_argument("--max-images", type=positive_int, metavar="N",
+                       help="the most images the server takes in one request: larger budgets are left out "
+                            "(default: what a probe of the server finds, see docs/servers.md)")
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--budgets", type=parse_budgets, default=DEFAULT_BUDGETS, metavar="N,M",
+                       help=f"slice budgets (default: {','.join(map(str, DEFAULT_BUDGETS))})")
+    group.add_argument("--strategies", type=parse_strategies, default=STRATEGIES, metavar="NAMES",
+                       help=f"comma-separated, from {','.join(STRATEGIES)} (default: all)")
+    group.add_argument("--planes", default=",".join(PLANES), type=parse_planes,
+                       help="planes of the voted slices (default: %(default)s)")
+    add_mode_argument(group)
+    group.add_argument("--seed", type=int, default=0, help="seed of the selection, the random slices, the "
+                                                           "model and the bootstrap (default: 0)")
+    group.add_argument("--long-side", type=int_at_least(32), default=896, metavar="PX",
+                       help="image size (default: 896)")
+    group.add_argument("--prompt-file", metavar="FILE",
+                       help="instruction template; placeholders {question}, {options} and those of votemi describe")
+    group.add_argument("--scorer", metavar="COMMAND",
+                       help="also score each answer with COMMAND: it reads the answer and the case's columns as "
+                            "JSON on stdin and prints one number")
+    group.add_argument("--bootstrap", type=positive_int, default=1000, metavar="N",
+                       help="bootstrap resamples of the cases (default: 1000)")
+    add_window_arguments(parser)
+    add_cluster_arguments(parser, default_workers=1)
+    parser.set_defaults(func=run_eval_command)
+
+
+def _model_bytes(settings: EvalSettings) -> int:
+    """Memory an in-process model takes on each worker: torch itself, then the weights about twice over."""
+    if settings.protocol != "inprocess" or not os.path.isdir(settings.model):
+        return 0
+    weights = sum(os.path.getsize(os.path.join(folder, name))
+                  for folder, _, names in os.walk(settings.model) for name in names)
+    return 2 ** 30 + 2 * weights
+
+
+def probed_image_limit(server: str, protocol: str, model: str, api_key: str, timeout_s: float) -> tuple:
+    """(images the server takes per request or None when no limit was found, where that came from), from the
+    stored or a new probe of the server (:mod:`VoteMILib.vlm.capabilities`).
+
+    Raises
+    ------
+    BatchError
+        When the server cannot be reached or its model takes no images.
+    """
+    from .vlm.capabilities import capabilities_for
+    from .vlm.errors import VLMError
+    from .vlm.pipeline import DescribeSettings, _resolve_model, make_client
+
+    settings = DescribeSettings(server_url=server or DescribeSettings.server_url, protocol=protocol, model=model,
+                                api_key=api_key, timeout_s=timeout_s)
+    try:
+        client = make_client(settings)
+        name = _resolve_model(client, settings)
+        found = capabilities_for(client, name, settings, True)
+    except VLMError as error:  # a one-line reason: unreachable, refused, no such model
+        raise BatchError(str(error)) from None
+    print(f"votemi eval: {found.server} {name}: {found.summary()}", file=sys.stderr)
+    if found.image_limit == 0:
+        raise BatchError(f"{found.server}: the model {name or '(default)'} takes no images")
+    return found.image_limit, f"the {found.image_limit} images per request the server takes (probed)"
+
+
+def run_eval_command(args) -> int:
+    from .batch import dask_client, prepare_out, run_cases, worker_memory_limit
+    from .cli import window_settings
+    from .vlm.commands import _api_key
+
+    kind, cases = load_dataset(args.dataset)
+    out = prepare_out(args.out)
+    limit = args.max_images
+    if limit is None and args.protocol != "inprocess":
+        limit, where = probed_image_limit(args.server, args.protocol, args.model, _api_key(args), args.timeout)
+    else:
+        where = f"--max-images {limit}"
+    budgets = tuple(b for b in args.budgets if limit is None or b <= limit)
+    dropped = [b for b in args.budgets if b not in budgets]
+    if dropped:
+        print(f"votemi eval: warning: budgets {', '.join(map(str, dropped))} exceed {where} and are left out",
+              file=sys.stderr)
+    if not budgets:
+        raise BatchError(f"every budget exceeds {where}")
+    template = ""
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as handle:
+            template = handle.read()
+    modality, preset, window = window_settings(args)
+    settings = EvalSettings(
+        kind=kind, server_url=args.server, protocol=args.protocol,
+        model=os.path.abspath(args.model) if args.protocol == "inprocess" else args.model, budgets=budgets,
+        strategies=args.strategies, planes=tuple(args.planes), mode=args.mode, seed=args.seed,
+        long_side=args.long_side, max_tokens=args.max_tokens or (32 if kind == "closed" else 512),
+        timeout_s=args.timeout, device=args.device, modality=modality, ct_preset=preset,
+        window=tuple(window) if window else None, template=template, scorer=args.scorer or "",
+        api_key=_api_key(args))
+    if kind == "report":
+        eval_scores.wordnet_folder()  # refuse at once, not after the first case, when METEOR cannot run
+    memory = None if args.scheduler else worker_memory_limit(cases, args.workers, extra_bytes=_model_bytes(settings))
+    print(f"votemi eval: {len(cases)} cases ({kind}), budgets {','.join(map(str, budgets))}, strategies "
+          f"{','.join(settings.strategies)} -> {out}", file=sys.stderr)
+    with dask_client(args.workers, args.scheduler, memory) as client:
+        records = run_cases(client, cases, eval_case, settings, out, store_answers, label="eval")
+    rows = write_results(out, records, settings, args.bootstrap)
+    print(eval_scores.results_markdown(rows, metrics_of(settings), settings.budgets), end="")
+    failed = [r for r in records if r.get("status") != "ok"]
+    unanswered = sum(1 for r in records for item in r.get("answers", []) if item.get("error"))
+    print(f"votemi eval: {len(records) - len(failed)} cases scored, {len(failed)} failed, {unanswered} answers "
+          f"missing; results in {os.path.join(out, 'results.md')}", file=sys.stderr)
+    return 1 if failed or unanswered else 0
