@@ -53,3 +53,10 @@ def test_every_relative_link_and_anchor_resolves():
             elif anchor and target.suffix == ".md" and anchor not in anchors.get(target, set()):
                 broken.append(f"{page.name}: {link} (no such heading)")
     assert not broken, broken
+
+
+def test_the_readme_is_a_front_page_the_rest_is_in_docs():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 250, f"README has {len(lines)} lines: move detail into docs/"
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings[:3] == ["## Install in 3D Slicer", "## Use it", "## Command line"]
