@@ -189,6 +189,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VoteMI.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        self._exportDicomToolTip = self.ui.exportDicomButton.toolTip  # a reason is added while export is off
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = VoteMILogic()
@@ -873,9 +874,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         fromDicom = self.logic.dicomInstanceUIDs(volumeNode) if volumeNode else []
         self.ui.exportDicomButton.enabled = hasText and bool(fromDicom)
-        self.ui.exportDicomButton.toolTip = (self.ui.exportDicomButton.toolTip.split("\n")[0] if fromDicom else
-                                             self.ui.exportDicomButton.toolTip.split("\n")[0] + "\n" + _(
-                                                 "The input volume was not loaded from the DICOM database."))
+        self.ui.exportDicomButton.toolTip = self._exportDicomToolTip + ("" if fromDicom else "\n" + _(
+            "The input volume was not loaded from the DICOM database."))
 
     # ----------------------------------------------------------------------------------------
     # Findings: citations and review

@@ -134,6 +134,21 @@ def contiguous_float32(view: np.ndarray, tile: int = 32) -> np.ndarray:
     return out
 
 
+def part_volumes_ml(labels: np.ndarray, spacing_mm) -> np.ndarray:
+    """Volume in mL of each label of ``labels`` (from ``ndimage.label``); the background's is 0."""
+    volumes = np.bincount(labels.ravel()) * (float(np.prod(spacing_mm)) / 1000.0)
+    volumes[0] = 0.0
+    return volumes
+
+
+def parts_of_at_least(mask: np.ndarray, spacing_mm, min_ml: float) -> np.ndarray:
+    """The connected parts of ``mask`` (face connectivity) of ``min_ml`` millilitres or more."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    return labels_in(labels, count, np.flatnonzero(part_volumes_ml(labels, spacing_mm) >= min_ml))
+
+
 def labels_in(labels: np.ndarray, count: int, wanted) -> np.ndarray:
     """Where ``labels`` (from ``ndimage.label``, ``count`` labels) is one of ``wanted``: the same
     mask as ``np.isin`` by a lookup table, which reads each voxel once instead of sorting them."""

@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from .names import PLANES, SYNTHETIC_KINDS
 from .cues.morphology import ball_closing, ball_opening, depth_mm
-from .preprocess import labels_in
+from .preprocess import parts_of_at_least
 from .cues.regions import AERATED_HU, ct_body_mask, lung_envelopes, lung_mask, thoracic_cavity
 
 #: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
@@ -248,13 +248,7 @@ def organ_parenchyma(grid) -> np.ndarray:
     body = ct_body_mask(hu, spacing)
     parenchyma = ball_closing((hu >= low) & (hu <= high) & body, spacing, 5.0)  # vessels inside closed
     parenchyma &= ~between_lungs(lung_mask(hu, body, spacing))
-    core = ball_opening(parenchyma, spacing, ORGAN_CORE_MM)
-    labels, count = ndimage.label(core)
-    if count == 0:
-        return core
-    sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0)
-    sizes[0] = 0
-    return labels_in(labels, count, np.flatnonzero(sizes >= ORGAN_MIN_ML))
+    return parts_of_at_least(ball_opening(parenchyma, spacing, ORGAN_CORE_MM), spacing, ORGAN_MIN_ML)
 
 
 def between_lungs(lungs: np.ndarray) -> np.ndarray:

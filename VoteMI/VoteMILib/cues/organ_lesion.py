@@ -21,6 +21,7 @@ from .evidence import Abnormality, CueInput
 from .morphology import ball_closing, ball_opening, bounding_box, fill_holes_in_plane, otsu_threshold
 from .regions import BONE_HU
 from .tissues import FAT_PLANE_HU
+from ..preprocess import part_volumes_ml
 
 #: Contrast-enhanced parenchyma is at least this dense (HU): portal-phase liver and spleen 100-130 HU,
 #: renal cortex 150-250 HU, while unenhanced muscle and organs lie at 40-70 HU. Below it (a non-contrast
@@ -88,9 +89,7 @@ def organs(parenchyma: np.ndarray, spacing_mm):
     labels, count = ndimage.label(core)
     if count == 0:
         return labels, 0
-    sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0)
-    sizes[0] = 0
-    keep = np.flatnonzero(sizes >= ORGAN_MIN_ML)
+    keep = np.flatnonzero(part_volumes_ml(labels, spacing) >= ORGAN_MIN_ML)
     table = np.zeros(count + 1, labels.dtype)
     table[keep] = np.arange(1, len(keep) + 1)
     return table[labels], len(keep)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import labels_in
+from ..preprocess import labels_in, part_volumes_ml, parts_of_at_least
 from .morphology import (ball_closing, ball_opening, deeper_than, fill_holes_in_plane, full_resolution,
                          half_resolution, inside_distance)
 
@@ -154,12 +154,7 @@ def lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
     """Aerated spaces of at least :data:`LUNG_MIN_ML` lying deeper than :data:`CHEST_WALL_MM` inside
     the body (the lungs; air trapped between skin folds or under the body on the table is shallow)."""
     aerated = (hu < AERATED_HU) & deeper_than(body, spacing_mm, CHEST_WALL_MM)
-    labels, count = ndimage.label(aerated)
-    if count == 0:
-        return aerated
-    sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing_mm)) / 1000.0)
-    sizes[0] = 0
-    return labels_in(labels, count, np.flatnonzero(sizes >= LUNG_MIN_ML))
+    return parts_of_at_least(aerated, spacing_mm, LUNG_MIN_ML)
 
 
 def cut_lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
@@ -174,7 +169,7 @@ def cut_lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
     labels, count = ndimage.label(parenchyma)
     if count == 0:
         return parenchyma
-    sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0)
+    sizes = part_volumes_ml(labels, spacing)
     faces = np.zeros(count + 1, bool)
     for axis in range(3):
         for end in (0, -1):
