@@ -20,7 +20,7 @@ from .regions import Region, detect_region
 CUES_BY_REGION = {"head": (asymmetry,), "chest": (lung_nodule, organ_lesion),
                   "body": (mass, organ_lesion, tissue_contrast)}
 #: Every name a plane's ``cue`` can take.
-CUES = ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", "representative")
+CUES = ("asymmetry", "focal", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", "representative")
 
 __all__ = ["Abnormality", "CUES", "CUES_BY_REGION", "CueInput", "Region", "detect_region", "find_abnormality",
            "patch_votes"]
