@@ -2,8 +2,8 @@
 
 The panel builds its :class:`DescribeRequest` with :func:`describe_request` (empty settings take VoteMI's
 defaults here, once), fills a :class:`ChildRun` (the volumes already written to files, the prompt by
-:func:`write_prompt_file`), and :func:`child_arguments` turns it into the arguments of ``python -m VoteMILib.cli select|describe ... --events``; the CLI's own parser reads them
-back, so the panel and ``votemi`` cannot drift apart (a test parses every field back).
+:func:`write_prompt_file`), and :func:`child_arguments` turns it into the arguments of
+``python -m VoteMILib.cli select|describe ... --events``; the CLI's own parser reads them back, so the panel and ``votemi`` cannot drift apart (a test parses every field back).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class DescribeRequest:
 
 
 def describe_request(server: str = "", protocol: str = "openai", model: str = "", language: str = "",
-                     timeout_s: float = 300.0, prompt: str = "", window=None, examples_dir: str = "") -> DescribeRequest:
+                     timeout_s: float = 300.0, prompt: str = "", window=None,
+                     examples_dir: str = "") -> DescribeRequest:
     """A :class:`DescribeRequest` from settings as the panel holds them: text stripped, an empty server or
     language taking VoteMI's default, an empty prompt or examples folder meaning none."""
     return DescribeRequest(server=server.strip() or DEFAULT_SERVER_URL, protocol=protocol, model=model.strip(),

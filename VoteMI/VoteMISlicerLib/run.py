@@ -19,8 +19,6 @@ from slicer.i18n import tr as _
 
 #: Run folders (the input written for the child) older than this are left by a crash and removed (hours).
 STALE_RUN_HOURS = 24
-#: The folder holding VoteMI.py, VoteMILib and this package: first on the child's PYTHONPATH.
-MODULE_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def describeRequest(volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=300, prompt="",
@@ -84,7 +82,8 @@ def startChild(arguments, apiKey=""):
     from VoteMILib.events import ChildProcess
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([MODULE_FOLDER] + [p for p in [env.get("PYTHONPATH", "")] if p])
+    moduleFolder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds VoteMI.py and VoteMILib
+    env["PYTHONPATH"] = os.pathsep.join([moduleFolder] + [p for p in [env.get("PYTHONPATH", "")] if p])
     env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", VOTEMI_API_KEY=apiKey)
     argv = [pythonExecutable(), "-m", "VoteMILib.cli", *arguments]
     logging.info("VoteMI: starting %s", " ".join(argv))
