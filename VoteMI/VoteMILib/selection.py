@@ -13,7 +13,7 @@ from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
 from .names import canonical_mode
 from .preprocess import make_working_grid
-from .cues import CueInput, detect_region, find_abnormality, patch_votes
+from .cues import FALLBACK_CUE, CueInput, detect_region, find_abnormality, patch_votes
 from .modality import detect_modality
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, plane_confidence,
@@ -127,8 +127,9 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     size_ijk = volume.size_ijk
     for plane in planes:
         geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
-        cue, plane_finding = "representative", found
-        # Each cue in turn (a head's small lesions after its asymmetry), until one stands out in the plane.
+        # Each cue in turn (a head's small lesions after its asymmetry), until one stands out in the
+        # plane; representative mode, or findings mode where nothing does (FALLBACK_CUE): the representative vote.
+        cue, plane_finding = FALLBACK_CUE, found
         while plane_finding is not None:
             if id(plane_finding) not in weights:
                 weights[id(plane_finding)] = patch_votes(plane_finding.evidence, patches, PLANES)
@@ -138,7 +139,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
                 cue = plane_finding.cue_at(NORMAL_INDEX[plane], work_index)
                 break
             plane_finding = plane_finding.following()
-        if cue == "representative":
+        fell_back = cue == FALLBACK_CUE
+        if fell_back:
             scores = vote.scores(plane, geometry, None)
         spacing = settings.min_spacing_mm
         if spacing is None:
@@ -156,7 +158,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
                                            positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
                                            scores=scores, selected=selected, cue=cue,
                                            confidence=plane_confidence(scores, geometry.positions_mm, picks[0], spacing),
-                                           stood_out=None if found is None else cue != "representative")
+                                           stood_out=None if found is None else not fell_back)
     report(1.0, "Done")
 
     recorded = asdict(settings)
