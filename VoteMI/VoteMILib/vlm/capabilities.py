@@ -23,7 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
-from .clients import GenerationOptions, redact_url
+from .options import GenerationOptions
+from .urls import redact_url
 from .errors import VLMCancelled, VLMError
 from .prompts import Attachment, Prompt, spread_over_turns
 

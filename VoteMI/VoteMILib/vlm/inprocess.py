@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .clients import ChatResult, GenerationOptions, token_limit_message
+from .options import ChatResult, GenerationOptions, token_limit_message
 from .constrained import TokenTable, is_complete, make_logits_processor, min_length
 from .errors import VLMCancelled, VLMError
 

@@ -16,8 +16,9 @@ from ..findings import STRUCTURED_INSTRUCTION, findings_from_answer, findings_sc
     StructuredStream
 from ..geometry import PLANES, parse_planes
 from ..names import DEFAULT_LANGUAGE
-from .clients import (DEFAULT_SERVER, GenerationOptions, Timeouts, check_authorization, make_http_client,
-                      parse_server_url, redact_url)
+from .clients import make_http_client
+from .options import GenerationOptions, Timeouts
+from .urls import DEFAULT_SERVER, check_authorization, parse_server_url, redact_url
 from .errors import VLMCancelled, VLMError
 from .capabilities import capabilities_for, forget, is_image_refusal, probe, store
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
@@ -48,7 +49,7 @@ class DescribeSettings:
     api_key : str
         Sent as ``Authorization: Bearer``; never recorded in the report metadata. A user name and
         password in ``server_url`` are sent as Basic authentication instead (not both), and the
-        URL is recorded without them (:func:`~VoteMILib.vlm.clients.redact_url`).
+        URL is recorded without them (:func:`~VoteMILib.vlm.urls.redact_url`).
     prompt_template : str or None
         Instruction template (see :data:`VoteMILib.vlm.prompts.PLACEHOLDERS`); None for the default.
     language : str
