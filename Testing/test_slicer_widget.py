@@ -44,15 +44,15 @@ def _click_select_describe(panel, server, model="tiny-vlm"):
 def _runs(panel, monkeypatch):
     """Every VoteMIRun the panel starts, in order."""
     started = []
-    if not hasattr(panel.module, "VoteMIRun"):  # an older VoteMI.py (VOTEMI_HARNESS_MODULE_DIR)
+    if panel.run_class is None:  # an older VoteMI.py (VOTEMI_HARNESS_MODULE_DIR)
         return started
-    original = panel.module.VoteMIRun.start
+    original = panel.run_class.start
 
     def start(run, *args, **kwargs):
         started.append(run)
         return original(run, *args, **kwargs)
 
-    monkeypatch.setattr(panel.module.VoteMIRun, "start", start)
+    monkeypatch.setattr(panel.run_class, "start", start)
     return started
 
 
