@@ -17,7 +17,8 @@ DEFAULT_LANGUAGE = "English"
 HTTP_BACKENDS = ("openai", "ollama")
 #: Every backend a report can be drafted with: an HTTP server, or "inprocess" (a transformers model folder
 #: run in this process, no server).
-BACKENDS = (*HTTP_BACKENDS, "inprocess")
+INPROCESS = "inprocess"
+BACKENDS = (*HTTP_BACKENDS, INPROCESS)
 #: The backend when none is given.
 DEFAULT_BACKEND = "openai"
 #: RAS axis each plane is normal to.
