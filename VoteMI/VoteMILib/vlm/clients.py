@@ -68,6 +68,11 @@ class _HTTPClient:
         """The wire protocol, "openai" or "ollama"."""
         return self.dialect.protocol
 
+    @property
+    def backend(self) -> str:
+        """The backend this client is (:data:`VoteMILib.names.BACKENDS`): its wire protocol."""
+        return self.dialect.protocol
+
     def hint(self, status: int, detail: str, path: str) -> str:
         """Advice appended to an HTTP error message."""
         advice = self.dialect.hint(status, detail)

@@ -563,7 +563,7 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
             if isinstance(error, VLMCancelled) or settings.backend == INPROCESS or not is_image_refusal(error):
                 raise
             # The server refused the images: what was known about it is out of date (or was never found out).
-            forget(client.protocol, client.server_url, model)
+            forget(client.backend, client.server_url, model)
             capabilities = probe(client, model, settings.num_ctx, cancel)
             store(capabilities)
             refit = parts.fit(settings, capabilities)
