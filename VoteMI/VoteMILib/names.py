@@ -12,6 +12,8 @@ PLANES = ("axial", "coronal", "sagittal")
 DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
 #: Report language when none is given.
 DEFAULT_LANGUAGE = "English"
+#: Longest time a report may take when none is given (seconds).
+DEFAULT_TIMEOUT_S = 300
 #: RAS axis each plane is normal to.
 NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
 
