@@ -27,7 +27,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
-from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL
+from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S
 
 #: Where panel settings are remembered across sessions.
 SETTINGS_PREFIX = "VoteMI/"
@@ -132,7 +132,7 @@ class VoteMIParameterNode:
     model: str = ""
     promptTemplate: str = ""
     language: str = DEFAULT_LANGUAGE
-    timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = 300
+    timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = DEFAULT_TIMEOUT_S
     switchLayoutForChart: bool = True
     guideSegmentation: slicer.vtkMRMLSegmentationNode
     guidePoints: slicer.vtkMRMLMarkupsFiducialNode
@@ -276,9 +276,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onReload(self) -> None:
-        """Reload the engine too: Slicer's reload re-reads VoteMI.py only."""
+        """Reload the packages beside the module too: Slicer's reload re-reads VoteMI.py only."""
         self.onCancel()
-        for name in [name for name in sys.modules if name.split(".")[0] in ("VoteMILib", "VoteMISlicerLib")]:
+        packages = ("VoteMILib", "VoteMISlicerLib", "VoteMISelfTestLib")
+        for name in [name for name in sys.modules if name.split(".")[0] in packages]:
             del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
@@ -1123,8 +1124,8 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return run
 
     @staticmethod
-    def describeOptions(volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=300,
-                        prompt="", examples=""):
+    def describeOptions(volumeNode, server="", protocol="openai", model="", language="",
+                        timeoutSeconds=DEFAULT_TIMEOUT_S, prompt="", examples=""):
         """The :class:`~VoteMILib.child_run.DescribeRequest` :meth:`run` hands to the child; empty values take
         VoteMI's defaults, the window is the one ``volumeNode`` is displayed with."""
         from VoteMISlicerLib.run import describeRequest

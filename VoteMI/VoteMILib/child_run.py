@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from .names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, PLANES
+from .names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, PLANES
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DescribeRequest:
     protocol: str = "openai"
     model: str = ""
     language: str = DEFAULT_LANGUAGE
-    timeout_s: float = 300.0
+    timeout_s: float = float(DEFAULT_TIMEOUT_S)
     prompt_file: str | None = None
     window: tuple | None = None
     examples_dir: str | None = None
@@ -53,7 +53,7 @@ class DescribeRequest:
 
 
 def describe_request(server: str = "", protocol: str = "openai", model: str = "", language: str = "",
-                     timeout_s: float = 300.0, prompt: str = "", window=None,
+                     timeout_s: float = DEFAULT_TIMEOUT_S, prompt: str = "", window=None,
                      examples_dir: str = "") -> DescribeRequest:
     """A :class:`DescribeRequest` from settings as the panel holds them: text stripped, an empty server or
     language taking VoteMI's default, an empty prompt or examples folder meaning none."""

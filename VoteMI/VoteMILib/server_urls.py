@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from .vlm.clients import redact_url, url_has_credentials
+from .vlm.urls import redact_url, url_has_credentials
 
 __all__ = ["url_has_credentials", "storable_server_url", "server_host", "is_loopback", "is_unencrypted_remote",
            "remote_host"]

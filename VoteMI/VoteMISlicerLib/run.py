@@ -16,13 +16,14 @@ import time
 
 import slicer
 from slicer.i18n import tr as _
+from VoteMILib.names import DEFAULT_TIMEOUT_S
 
 #: Run folders (the input written for the child) older than this are left by a crash and removed (hours).
 STALE_RUN_HOURS = 24
 
 
-def describeRequest(volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=300, prompt="",
-                    examples=""):
+def describeRequest(volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=DEFAULT_TIMEOUT_S,
+                    prompt="", examples=""):
     """The :class:`~VoteMILib.child_run.DescribeRequest` of these settings; empty values take VoteMI's defaults.
 
     The window is the one ``volumeNode`` is displayed with, so the model sees what the radiologist sees.
