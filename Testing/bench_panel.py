@@ -66,9 +66,9 @@ def panel_seconds(image, module_dir=None):
         try:
             panel.run_until(panel.idle, 60)  # the server check of a new panel
             runs = []
-            if hasattr(panel.module, "VoteMIRun"):
-                original = panel.module.VoteMIRun.start
-                monkeypatch.setattr(panel.module.VoteMIRun, "start",
+            if panel.run_class is not None:
+                original = panel.run_class.start
+                monkeypatch.setattr(panel.run_class, "start",
                                     lambda run, *a, **k: (runs.append(run), original(run, *a, **k))[1])
             started = time.perf_counter()
             panel.click(panel.ui.selectButton)

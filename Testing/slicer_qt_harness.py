@@ -771,6 +771,16 @@ class SlicerPanel:
         self.module_panel.resize(420, 980)
         self.widget = self.module.VoteMIWidget(self.module_panel)
 
+    @property
+    def run_class(self):
+        """The class of the panel's runs (``VoteMISlicerLib.run.VoteMIRun``; ``VoteMI.VoteMIRun`` in a copy from
+        before the split), or None in a copy older than both."""
+        if (MODULE_DIR / "VoteMISlicerLib" / "run.py").is_file():
+            from VoteMISlicerLib.run import VoteMIRun
+
+            return VoteMIRun
+        return getattr(self.module, "VoteMIRun", None)
+
     def _save_dialog(self, args):
         self.save_dialog_args = args
         return self.saved_path or ""  # PythonQt returns the chosen path only

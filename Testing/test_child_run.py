@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from VoteMILib.child_run import ChildRun, DescribeRequest, child_arguments
+from VoteMILib.child_run import (ChildRun, DescribeRequest, child_arguments, describe_request,
+                                 write_prompt_file)
 from VoteMILib.cli import build_parser
 from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL
 
@@ -14,8 +15,8 @@ def _parsed(run):
 
 
 def test_a_select_run_round_trips_through_the_parser():
-    run = ChildRun(image="/tmp/run-1/0/MRHead.nrrd", planes=("axial", "sagittal"), top_k=5, mode="representative",
-                   extras=("/tmp/run-1/1/FLAIR.nrrd", "/tmp/run-1/2/T2.nrrd"))
+    run = ChildRun(image="/tmp/run-1/0/MRHead.nrrd", planes=("axial", "sagittal"), slices_per_plane=5,
+                   mode="representative", extras=("/tmp/run-1/1/FLAIR.nrrd", "/tmp/run-1/2/T2.nrrd"))
     args = _parsed(run)
     assert args.func.__name__ == "run_select" and args.image == run.image
     assert tuple(args.planes) == run.planes and args.top == 5 and args.mode == "representative"
@@ -27,8 +28,8 @@ def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points(
     request = DescribeRequest(server="http://10.0.0.5:8000/v1", protocol="ollama", model="medgemma:4b",
                               language="Deutsch", timeout_s=45.5, prompt_file="/tmp/run-2/prompt.txt",
                               window=(-160.25, 240.125), examples_dir="/data/worked examples")
-    run = ChildRun(image="/tmp/run-2/0/CT.nrrd", top_k=2, mode=None, mask="/tmp/run-2/guide-segments.nrrd",
-                   label_names=((1, "lung nodule 1"), (2, "liver = lesion")),
+    run = ChildRun(image="/tmp/run-2/0/CT.nrrd", slices_per_plane=2, mode=None,
+                   mask="/tmp/run-2/guide-segments.nrrd", label_names=((1, "lung nodule 1"), (2, "liver = lesion")),
                    points=((-12.345678901234, 30.0, -0.000001), (1e-9, -250.5, 41.0)), describe=request)
     args = _parsed(run)
     assert args.func.__name__ == "run_describe" and args.mode is None  # guided slices only
@@ -49,7 +50,27 @@ def test_defaults_are_the_command_lines_defaults():
     assert args.mode == "findings" and args.server == DEFAULT_SERVER_URL and args.language == DEFAULT_LANGUAGE
 
 
-@pytest.mark.parametrize("field, value", [("top_k", 0), ("planes", ("axial", "oblique")), ("mode", "loudest")])
+@pytest.mark.parametrize("field, value", [("slices_per_plane", 0), ("planes", ("axial", "oblique")),
+                                          ("mode", "loudest")])
 def test_settings_the_child_would_refuse_are_refused_by_its_parser(field, value):
     with pytest.raises(SystemExit):
         _parsed(ChildRun(image="a.nrrd", **{field: value}))
+
+
+def test_empty_panel_settings_take_the_defaults_once():
+    request = describe_request(server="  ", model=" llava ", language="", timeout_s=60, prompt="  ", examples_dir=" ",
+                               window=[-100.0, 300.0])
+    assert request == DescribeRequest(server=DEFAULT_SERVER_URL, model="llava", language=DEFAULT_LANGUAGE,
+                                      timeout_s=60.0, window=(-100.0, 300.0))
+
+
+def test_a_prompt_template_reaches_the_child_as_a_file(tmp_path):
+    template = "Describe {image_count} slices.\n" + "x" * 40_000  # longer than a Windows command line
+    request = describe_request(server="http://127.0.0.1:8000", prompt=template)
+    with pytest.raises(ValueError, match="write_prompt_file"):
+        child_arguments(ChildRun(image="a.nrrd", describe=request))
+    written = write_prompt_file(request, str(tmp_path))
+    args = _parsed(ChildRun(image="a.nrrd", describe=written))
+    assert args.prompt_file == str(tmp_path / "prompt.txt") and not written.prompt
+    assert (tmp_path / "prompt.txt").read_text() == template.strip()
+    assert write_prompt_file(describe_request(), str(tmp_path / "none")) == describe_request()

@@ -88,20 +88,22 @@ def test_without_any_python_to_run_the_child_the_user_is_told_how_to_start_slice
 
 def test_run_folders_are_in_slicers_temporary_path_and_crash_leftovers_are_removed(panel, headless_slicer,
                                                                                     monkeypatch):
+    from VoteMISlicerLib.run import STALE_RUN_HOURS
+
     base = os.path.join(panel.app.temporaryPath, "VoteMI")
     stale, recent = os.path.join(base, "run-stale"), os.path.join(base, "run-recent")
-    for folder, age_h in ((stale, panel.module.STALE_RUN_HOURS + 1), (recent, 1)):
+    for folder, age_h in ((stale, STALE_RUN_HOURS + 1), (recent, 1)):
         os.makedirs(folder)
         then = time.time() - age_h * 3600
         os.utime(folder, (then, then))
     folders = []
-    original = panel.module.VoteMIRun.start
+    original = panel.run_class.start
 
     def start(run, *args, **kwargs):
         original(run, *args, **kwargs)
         folders.append(run.folder)
 
-    monkeypatch.setattr(panel.module.VoteMIRun, "start", start)
+    monkeypatch.setattr(panel.run_class, "start", start)
     _blob_volume(headless_slicer)
     panel.setup()
     panel.click(panel.ui.selectButton)

@@ -113,7 +113,7 @@ def test_logic_jumps_to_clicked_plot_point(votemi_module, headless_slicer):
     phantom = mrml_selftest.blob_phantom()
     volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")
     logic = votemi_module.VoteMILogic()
-    result = logic.select(volume, planes=("axial", "coronal"), topK=1)
+    result = logic.select(volume, planes=("axial", "coronal"), slicesPerPlane=1)
     series, = mrml.votemi_nodes(headless_slicer.scene, volume, role="series", plane="coronal")
     row = 10
     assert logic.jumpToSeriesPoint(series, row)
@@ -121,3 +121,14 @@ def test_logic_jumps_to_clicked_plot_point(votemi_module, headless_slicer):
     assert abs(mrml.slice_offset_mm(headless_slicer.slice_node("Green"), center)) < 1e-6
     assert not logic.jumpToSeriesPoint(series, 10_000)
     assert result.planes["axial"].selected
+
+
+def test_scripts_calling_with_the_old_name_top_k_still_get_their_slices(votemi_module, headless_slicer):
+    import VoteMISelfTestLib as mrml_selftest
+    from VoteMILib import mrml
+
+    phantom = mrml_selftest.blob_phantom()
+    volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")
+    with pytest.warns(DeprecationWarning, match="slicesPerPlane"):
+        result = votemi_module.VoteMILogic().select(volume, planes=("axial",), topK=2, apply=False)
+    assert len(result.planes["axial"].selected) == 2

@@ -169,24 +169,17 @@ def test_license_is_apache_2():
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
 
 
-def test_module_source_compiles_for_python_310_and_imports_only_slicer_at_file_scope():
-    source = MODULE_SOURCE.read_text()
-    tree = ast.parse(source, filename=str(MODULE_SOURCE), feature_version=(3, 10))
-    compile(tree, str(MODULE_SOURCE), "exec")
-    stdlib = set(sys.stdlib_module_names)
+def _file_scope_imports(tree):
+    """(line, module) of every import at file scope; a relative import as ``.name``."""
     for statement in tree.body:
         if isinstance(statement, ast.Import):
-            roots = [alias.name.split(".")[0] for alias in statement.names]
+            yield from ((statement.lineno, alias.name) for alias in statement.names)
         elif isinstance(statement, ast.ImportFrom):
-            if statement.module == SHARED_NAMES_MODULE:
-                continue  # checked below: as light and as old-Python-proof as the module file itself
-            roots = [(statement.module or "").split(".")[0]]
-        else:
-            continue
-        for root in roots:
-            assert root in stdlib or root in SLICER_MODULES, (
-                f"line {statement.lineno}: '{root}' imported at file scope; import it where it is used")
-    # No work at file scope: only imports, constants, classes and functions.
+            yield statement.lineno, "." * statement.level + (statement.module or "")
+
+
+def _check_no_work_at_file_scope(tree):
+    """Only imports, constants, classes and functions at file scope: loading the file does nothing."""
     for statement in tree.body:
         allowed = (ast.Import, ast.ImportFrom, ast.ClassDef, ast.FunctionDef, ast.Assign, ast.AnnAssign, ast.Expr)
         assert isinstance(statement, allowed), f"line {statement.lineno}: statement at file scope"
@@ -197,6 +190,63 @@ def test_module_source_compiles_for_python_310_and_imports_only_slicer_at_file_s
             literal = value is None or isinstance(value, ast.Constant) or (
                 isinstance(value, ast.Tuple) and all(isinstance(item, ast.Constant) for item in value.elts))
             assert literal, f"line {statement.lineno}: computed constant"
+
+
+def test_module_source_compiles_for_python_310_and_imports_only_slicer_at_file_scope():
+    source = MODULE_SOURCE.read_text()
+    tree = ast.parse(source, filename=str(MODULE_SOURCE), feature_version=(3, 10))
+    compile(tree, str(MODULE_SOURCE), "exec")
+    stdlib = set(sys.stdlib_module_names)
+    for line, module in _file_scope_imports(tree):
+        if module == SHARED_NAMES_MODULE:
+            continue  # checked below: as light and as old-Python-proof as the module file itself
+        root = module.split(".")[0]
+        assert root in stdlib or root in SLICER_MODULES, (
+            f"line {line}: '{root}' imported at file scope; import it where it is used")
+    _check_no_work_at_file_scope(tree)
+
+
+SLICER_LIB = MODULE_DIR / "VoteMISlicerLib"
+
+
+@pytest.mark.parametrize("path", sorted(SLICER_LIB.glob("*.py")), ids=lambda path: path.name)
+def test_slicer_side_package_imports_only_slicer_the_engine_and_itself_at_file_scope(path):
+    """VoteMISlicerLib is imported when the panel or a script first needs it, in a Slicer new enough to run
+    VoteMI (so Python 3.10 syntax); at file scope it may import Slicer, the engine and itself, never a package
+    installed on first use (highdicom, transformers, ...) or the module file VoteMI.py (no import circle)."""
+    tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
+    allowed = set(sys.stdlib_module_names) | SLICER_MODULES | {"VoteMILib", "VoteMISlicerLib", ""}
+    for line, module in _file_scope_imports(tree):
+        assert module.lstrip(".").split(".")[0] in allowed, f"{path.name} line {line}: '{module}' at file scope"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            assert "VoteMI" not in [name.split(".")[0] for name in names], f"{path.name} imports the module file"
+    _check_no_work_at_file_scope(tree)
+
+
+def test_the_engine_never_imports_the_slicer_side():
+    for path in sorted((MODULE_DIR / "VoteMILib").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            assert not {"VoteMI", "VoteMISlicerLib", "VoteMISelfTestLib"} & set(roots), f"{path}:{node.lineno}"
+
+
+#: What only the MRML layer (VoteMILib/mrml.py) may know of the report node: its attributes and its text.
+REPORT_FORMAT = re.compile(r"report_attribute|mrml\.\w+_ATTRIBUTE\b|_ATTRIBUTE_PREFIX|[\"']VoteMI\.(Report|Findings|"
+                           r"WrittenSHA1)|\.(Get|Set)Text\(")
+
+
+@pytest.mark.parametrize("path", [MODULE_SOURCE, *sorted(SLICER_LIB.glob("*.py"))], ids=lambda path: path.name)
+def test_the_report_node_format_lives_only_in_the_mrml_layer(path):
+    found = [f"line {number}: {line.strip()}" for number, line in enumerate(path.read_text().splitlines(), 1)
+             if REPORT_FORMAT.search(line)]
+    assert not found, f"{path.name} reads or writes the report node itself (use VoteMILib.mrml): {found}"
 
 
 def test_module_file_reads_on_python_39_so_old_slicers_can_say_why_it_does_not_run():

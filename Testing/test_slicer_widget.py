@@ -44,15 +44,15 @@ def _click_select_describe(panel, server, model="tiny-vlm"):
 def _runs(panel, monkeypatch):
     """Every VoteMIRun the panel starts, in order."""
     started = []
-    if not hasattr(panel.module, "VoteMIRun"):  # an older VoteMI.py (VOTEMI_HARNESS_MODULE_DIR)
+    if panel.run_class is None:  # an older VoteMI.py (VOTEMI_HARNESS_MODULE_DIR)
         return started
-    original = panel.module.VoteMIRun.start
+    original = panel.run_class.start
 
     def start(run, *args, **kwargs):
         started.append(run)
         return original(run, *args, **kwargs)
 
-    monkeypatch.setattr(panel.module.VoteMIRun, "start", start)
+    monkeypatch.setattr(panel.run_class, "start", start)
     return started
 
 
@@ -481,21 +481,26 @@ def test_the_chart_is_shown_without_switching_layout_when_the_user_says_so(panel
     assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView
 
 
-def test_reload_reloads_the_engine(panel):
+def test_reload_reloads_the_engine_and_the_slicer_side(panel):
     import VoteMILib.mrml
+    import VoteMISelfTestLib
+    import VoteMISlicerLib.run
 
+    packages = ("VoteMILib", "VoteMISlicerLib", "VoteMISelfTestLib")
     panel.setup()
-    before = VoteMILib.mrml
-    engine = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "VoteMILib"}
+    before = (VoteMILib.mrml, VoteMISlicerLib.run, VoteMISelfTestLib)
+    engine = {name: module for name, module in sys.modules.items() if name.split(".")[0] in packages}
     try:
         panel.widget.onReload()
         assert panel.widget.reloaded == 1
-        assert not [name for name in sys.modules if name.split(".")[0] == "VoteMILib"]
-        import VoteMILib.mrml as reloaded
+        assert not [name for name in sys.modules if name.split(".")[0] in packages]
+        import VoteMILib.mrml as mrml
+        import VoteMISelfTestLib as selftest
+        import VoteMISlicerLib.run as run
 
-        assert reloaded is not before
+        assert not {id(mrml), id(run), id(selftest)} & {id(module) for module in before}
     finally:  # the other tests hold the engine's classes: put them back
-        for name in [name for name in sys.modules if name.split(".")[0] == "VoteMILib"]:
+        for name in [name for name in sys.modules if name.split(".")[0] in packages]:
             del sys.modules[name]
         sys.modules.update(engine)
 

@@ -11,7 +11,8 @@ import pytest
 from vlm_fixtures import (complete_json, decode_png, error_answer, make_selection, make_volume,
                           openai_images_and_texts, position_pattern, streamed)
 from VoteMILib.vlm import DescribeSettings, NOTICE, VLMCancelled, VLMError, describe, list_models
-from VoteMILib.vlm.clients import error_message_from_body, parse_server_url
+from VoteMILib.vlm.error_bodies import error_message_from_body
+from VoteMILib.vlm.urls import parse_server_url
 
 LONG_SIDE = 72
 

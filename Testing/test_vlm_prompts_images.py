@@ -121,7 +121,7 @@ def test_flat_prompt_lists_labels_in_image_order():
 
 
 def test_settings_validation_and_public_dict():
-    with pytest.raises(VLMError, match="unknown protocol"):
+    with pytest.raises(VLMError, match="unknown backend"):
         DescribeSettings(protocol="grpc").validate()
     with pytest.raises(VLMError, match="model folder"):
         DescribeSettings(protocol="inprocess").validate()
@@ -132,6 +132,21 @@ def test_settings_validation_and_public_dict():
     public = DescribeSettings(api_key="secret").public_dict()
     assert "api_key" not in public and public["api_key_set"] is True
     json.dumps(public)
+
+
+def test_backend_keeps_its_earlier_name_protocol():
+    from dataclasses import replace
+
+    settings = DescribeSettings(protocol="ollama")
+    assert settings.backend == settings.protocol == "ollama"
+    assert replace(settings, backend="inprocess").protocol == "inprocess"
+    settings.protocol = "openai"
+    assert settings.backend == "openai"
+    with pytest.raises(TypeError, match="not both"):
+        DescribeSettings(backend="ollama", protocol="openai")
+    # Saved reports keep the backend under the key they always had, in the same place.
+    assert list(settings.public_dict())[:2] == ["server_url", "protocol"]
+    assert "backend" not in settings.public_dict()
 
 
 def test_report_keeps_notice_apart_and_exports(tmp_path):

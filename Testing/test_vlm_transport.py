@@ -12,7 +12,8 @@ import pytest
 from vlm_fixtures import complete_json, error_answer, make_selection, redirect, send_json, streamed
 from VoteMILib.cli import main
 from VoteMILib.vlm import DescribeSettings, VLMError, build_request, describe, list_models
-from VoteMILib.vlm.clients import OpenAIClient, parse_server_url, redact_url
+from VoteMILib.vlm.clients import OpenAIClient
+from VoteMILib.vlm.urls import parse_server_url, redact_url
 
 SECRET = "pa/ss-s3cret"  # a "/" must be percent-encoded in a URL: pa%2Fss-s3cret
 QUERY_SECRET = "q-t0ken"

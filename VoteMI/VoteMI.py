@@ -1,11 +1,13 @@
 """VoteMI: pick the representative slices of a 3D MRI or CT (Vote-MI) and draft a report with a local VLM.
 
 The heavy lifting lives in the ``VoteMILib`` package next to this file: selection (numpy/scipy),
-the MRML layer (``VoteMILib.mrml``, no Qt) and the vision-language model clients
-(``VoteMILib.vlm``, standard library HTTP). This file holds the Slicer module, its panel and the
-self-test. Selection, describing and the in-process model run in a child process
-(``VoteMILib.cli ... --events``): Slicer's GUI thread holds Python's GIL while it waits for events,
-so a Python thread would barely run. The panel reads the child's events from a QTimer.
+the MRML layer (``VoteMILib.mrml``, no Qt; the only code that knows the report node's format) and the
+vision-language model clients (``VoteMILib.vlm``, standard library HTTP). What needs the Slicer
+application besides the panel is in ``VoteMISlicerLib`` (the child process run, marks and views,
+server messages, report export, package installs). This file holds the Slicer module, its panel,
+``VoteMILogic`` (a facade over those) and the self-test. Selection, describing and the in-process model
+run in a child process (``VoteMILib.cli ... --events``): Slicer's GUI thread holds Python's GIL while
+it waits for events, so a Python thread would barely run. The panel reads the child's events from a QTimer.
 
 This file must stay readable by Python 3.9 (Slicer 5.8), so that older Slicers show why the
 module cannot run instead of failing to load it.
@@ -25,7 +27,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
-from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL
+from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S
 
 #: Where panel settings are remembered across sessions.
 SETTINGS_PREFIX = "VoteMI/"
@@ -43,8 +45,6 @@ REVIEWER_SETTING = "VoteMI/reviewer"
 #: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
 MINIMUM_SLICER = (5, 10)
 MINIMUM_PYTHON = (3, 10)
-#: Run folders (the input written for the child) older than this are left by a crash and removed (hours).
-STALE_RUN_HOURS = 24
 
 
 def unsupportedReason():
@@ -132,7 +132,7 @@ class VoteMIParameterNode:
     model: str = ""
     promptTemplate: str = ""
     language: str = DEFAULT_LANGUAGE
-    timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = 300
+    timeoutSeconds: Annotated[int, WithinRange(10, 3600)] = DEFAULT_TIMEOUT_S
     switchLayoutForChart: bool = True
     guideSegmentation: slicer.vtkMRMLSegmentationNode
     guidePoints: slicer.vtkMRMLMarkupsFiducialNode
@@ -276,9 +276,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onReload(self) -> None:
-        """Reload the engine too: Slicer's reload re-reads VoteMI.py only."""
+        """Reload the packages beside the module too: Slicer's reload re-reads VoteMI.py only."""
         self.onCancel()
-        for name in [name for name in sys.modules if name == "VoteMILib" or name.startswith("VoteMILib.")]:
+        packages = ("VoteMILib", "VoteMISlicerLib", "VoteMISelfTestLib")
+        for name in [name for name in sys.modules if name.split(".")[0] in packages]:
             del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
@@ -533,14 +534,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             problem = self._serverUrlProblem()
             if problem:
                 raise ValueError(problem)
-        if describe and not self._confirmDescribe(volumeNode):
+        request = self.logic.describeRequest(node) if describe else None
+        if describe and not self._confirmDescribe(volumeNode, request):
             return
         guide = self._guide()
         with slicer.util.WaitCursor():
-            run = self.logic.run(volumeNode, describe, planes=planes, topK=int(node.slicesPerPlane),
+            run = self.logic.run(volumeNode, describe, planes=planes, slicesPerPlane=int(node.slicesPerPlane),
                                  mode=node.selectionMode, extraVolumeNodes=self._extraVolumes(),
-                                 describeOptions=self._describeOptions() if describe else None,
-                                 apiKey=self.ui.apiKeyLineEdit.text.strip(), guide=guide,
+                                 describeOptions=request, apiKey=self.ui.apiKeyLineEdit.text.strip(), guide=guide,
                                  switchLayout=node.switchLayoutForChart)
         self._run = run
         self.ui.reportTextEdit.readOnly = describe
@@ -548,9 +549,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                       else _("Selecting slices..."))
         self._timer.start()
 
-    def _confirmDescribe(self, volumeNode) -> bool:
+    def _confirmDescribe(self, volumeNode, request) -> bool:
         """Ask before replacing an edited report, before images leave this machine, and for missing packages."""
-        node = self._parameterNode
         if self.logic.reportEdited(self.logic.reportNode(volumeNode)) and not slicer.util.confirmYesNoDisplay(
                 _("The report of {name} was edited. Replace it with a new draft?").format(name=volumeNode.GetName()),
                 windowTitle="VoteMI"):
@@ -561,18 +561,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   "Continue?").format(name=volumeNode.GetName(), review=findings.summary_line()),
                 windowTitle="VoteMI"):
             return False
-        if node.protocol != "inprocess":
-            warning = self.logic.remoteServerWarning(node.serverUrl.strip() or DEFAULT_SERVER_URL)
+        if request.protocol != "inprocess":
+            warning = self.logic.remoteServerWarning(request.server)
             if warning and not slicer.util.confirmOkCancelDisplay(warning, windowTitle="VoteMI"):
                 return False
-        return node.protocol != "inprocess" or self.logic.ensureInProcessDependencies()
-
-    def _describeOptions(self):
-        node = self._parameterNode
-        return self.logic.describeOptions(node.inputVolume, server=node.serverUrl, protocol=node.protocol,
-                                          model=node.model, language=node.language,
-                                          timeoutSeconds=node.timeoutSeconds, prompt=node.promptTemplate,
-                                          examples=node.examplesFolder)
+        return request.protocol != "inprocess" or self.logic.ensureInProcessDependencies()
 
     def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
@@ -834,7 +827,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onReportNodeModified()
 
     def _onReportNodeModified(self, caller=None, event=None):
-        text = self._reportNode.GetText() or "" if self._reportNode is not None else ""
+        text = self.logic.reportText(self._reportNode)
         box = self.ui.reportTextEdit
         if box.toPlainText() != text:
             self._updatingReport = True
@@ -855,15 +848,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._reportNode is None:
             if volumeNode is None or not text:
                 return
-            self.logic.reportNode(volumeNode, create=True).SetText(text)  # the user started a report
+            self.logic.editReportText(self.logic.reportNode(volumeNode, create=True), text)  # the user started one
             self._observeReport(self.logic.reportNode(volumeNode))
             return
-        if self._reportNode.GetText() != text:
-            self._updatingReport = True
-            try:
-                self._reportNode.SetText(text)
-            finally:
-                self._updatingReport = False
+        self._updatingReport = True
+        try:
+            self.logic.editReportText(self._reportNode, text)
+        finally:
+            self._updatingReport = False
         self._showReportInfo()
 
     def _showReportInfo(self):
@@ -1032,202 +1024,28 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# VoteMIRun
-#
-
-
-class VoteMIRun:
-    """One Select / Select & Describe run of the panel: its child process, its temporary files and its report.
-
-    The volumes go to the child as NRRD files in a temporary folder; the child is
-    ``python -m VoteMILib.cli select|describe ... --events`` and its events are read by :meth:`poll`.
-    """
-
-    def __init__(self, logic, volumeNode, extraVolumeNodes, describe, switchLayout=True):
-        from VoteMILib import mrml
-
-        self.logic = logic
-        self.volumeNode = volumeNode
-        self.extraVolumeNodes = list(extraVolumeNodes)
-        self.describe = describe
-        self.switchLayout = switchLayout
-        self.report = mrml.ReportStream(slicer.mrmlScene, volumeNode)
-        self.child = None
-        self.folder = None
-        self.target = ""
-        self.selected = False
-        self.result = None  # the SelectionResult, once the child sent it
-        self.summary = ""
-        self.reported = False
-        self.findings = None  # the "findings" event of the child, applied with the report
-        self.error = None
-        self.cancelled = False
-        self.timings = {}
-        self.startedAt = None
-        self.guidedBy = ""
-
-    def start(self, planes, topK, mode, describeOptions=None, apiKey="", guide=None):
-        """Write the inputs and start the child; ``guide`` as :meth:`VoteMIWidget._guide` returns it."""
-        import time
-
-        from VoteMILib import mrml
-        from VoteMILib.child_run import ChildRun, child_arguments
-
-        self.startedAt = time.perf_counter()
-        self.folder = self.logic.newRunFolder()
-        try:
-            paths = []
-            for number, node in enumerate([self.volumeNode, *self.extraVolumeNodes]):
-                # One folder per volume: the file is named after its node, and names may repeat.
-                folder = os.path.join(self.folder, str(number))
-                os.mkdir(folder)
-                paths.append(mrml.write_volume_file(node, os.path.join(folder, mrml.file_name_for(node))))
-            self.timings["write_s"] = time.perf_counter() - self.startedAt
-            mask, labelNames, points = self._writeGuide(guide) if guide is not None else (None, (), ())
-            request = ChildRun(
-                image=paths[0], planes=tuple(planes), top_k=int(topK), extras=tuple(paths[1:]),
-                mode=mode if guide is None or guide["thenUnsupervised"] else None,  # None: the guided slices only
-                mask=mask, label_names=labelNames, points=points,
-                describe=self._describeRequest(describeOptions) if describeOptions is not None else None)
-            self.child = self.logic.startChild(child_arguments(request), apiKey=apiKey)
-        except BaseException:
-            self.close()
-            raise
-
-    def _writeGuide(self, guide):
-        """The chosen segments as a named label map on the input volume's grid, and the points (RAS mm)."""
-        from VoteMILib import mrml
-
-        mask, labelNames, names = None, (), []
-        if guide["segmentation"] is not None:
-            mask = os.path.join(self.folder, "guide-segments.nrrd")
-            labels = mrml.write_segments_file(guide["segmentation"], guide["segmentIDs"], self.volumeNode, mask)
-            labelNames = tuple(labels.items())
-            names = list(labels.values())
-        points = tuple(mrml.guide_points(guide["points"]))
-        self.guidedBy = mrml.guide_description(names, len(points))
-        return mask, labelNames, points
-
-    def _describeRequest(self, options):
-        from VoteMILib.child_run import DescribeRequest
-        from VoteMILib.outputs import write_atomic
-
-        promptFile = None
-        if options["prompt"]:
-            promptFile = os.path.join(self.folder, "prompt.txt")
-            write_atomic(promptFile, options["prompt"], what="prompt file")
-        self.target = options["model"] if options["protocol"] == "inprocess" else options["server"]
-        return DescribeRequest(server=options["server"], protocol=options["protocol"], model=options["model"],
-                               language=options["language"], timeout_s=float(options["timeout"]),
-                               prompt_file=promptFile, window=options["window"],
-                               examples_dir=options.get("examples") or None)
-
-    def poll(self):
-        """The child's new events; errors are kept for :meth:`failure`."""
-        events = self.child.poll()
-        for event in events:
-            if event.get("event") == "error":
-                self.error = event.get("message", "")
-        return events
-
-    @property
-    def finished(self):
-        return self.child.finished
-
-    def handle(self, event):
-        """Apply one event of the child to the scene: the selection's marks, the report as it streams."""
-        kind = event.get("event")
-        if kind == "selection":
-            self.applySelection(event["selection"])
-        elif kind == "text":
-            self.report.append(event.get("text", ""))
-        elif kind == "findings":
-            self.findings = event.get("findings")
-        elif kind == "report":
-            self.finishReport(event)
-        elif kind == "log":
-            logging.info("VoteMI child: %s", event.get("text", ""))
-
-    def wait(self, timeoutSeconds=None):
-        """Handle the child's events until it ends (Slicer's events processed meanwhile); return :meth:`failure`.
-
-        After ``timeoutSeconds`` the run is cancelled and TimeoutError raised.
-        """
-        import time
-
-        began = time.monotonic()
-        try:
-            while True:
-                for event in self.poll():
-                    self.handle(event)
-                if self.finished:
-                    return self.failure()
-                if timeoutSeconds is not None and time.monotonic() - began > timeoutSeconds:
-                    self.cancel()
-                    raise TimeoutError(_("VoteMI did not finish within {seconds} s").format(seconds=timeoutSeconds))
-                slicer.app.processEvents()
-                time.sleep(POLL_INTERVAL_MS / 1000.0)
-        finally:
-            self.close()
-
-    def applySelection(self, document):
-        import time
-
-        from VoteMILib.results import SelectionResult
-
-        if slicer.mrmlScene.GetNodeByID(self.volumeNode.GetID()) is not self.volumeNode:
-            raise RuntimeError(_("the input volume was removed from the scene"))
-        result = SelectionResult.from_dict(document)
-        self.logic.applySelection(self.volumeNode, result, switchLayout=self.switchLayout)
-        self.result = result
-        self.selected = True
-        self.summary = result.cue_summary()
-        self.timings["marks_s"] = time.perf_counter() - self.startedAt
-
-    def finishReport(self, event):
-        from VoteMILib.findings import Findings
-        from VoteMILib.vlm import Report
-
-        findings = Findings.from_dict(self.findings) if self.findings else None
-        self.report.finish(Report(event.get("report", ""), event.get("report_meta", {}),
-                                  complete=bool(event.get("complete", True)), findings=findings))
-        self.reported = True
-
-    def failure(self):
-        """None if the run succeeded (an incomplete report was already shown as a warning), else its one-line error."""
-        if self.cancelled or self.child.exit_code == 0 or (self.reported and not self.error):
-            return None
-        if self.error:
-            return self.error
-        return self.child.stderr_tail() or _("the VoteMI process ended with exit code {code}").format(
-            code=self.child.exit_code)
-
-    def cancel(self):
-        self.cancelled = True
-        if self.child is not None:
-            self.child.kill()
-        self.report.cancel()
-
-    def close(self):
-        import shutil
-
-        if self.child is not None and not self.child.finished:
-            self.child.kill()
-        if self.folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
-
-
-#
 # VoteMILogic
 #
+
+
+def _slicesPerPlane(slicesPerPlane, topK):
+    """``slicesPerPlane``, or the value a script passed under the old name ``topK`` (with a warning)."""
+    if topK is None:
+        return int(slicesPerPlane)
+    import warnings
+
+    warnings.warn("VoteMILogic: topK= is now slicesPerPlane=", DeprecationWarning, stacklevel=3)
+    return int(topK)
 
 
 class VoteMILogic(ScriptedLoadableModuleLogic):
     """Selection, scene updates and reports; usable without the panel (scripts, tests).
 
-    The methods that take nodes must run on the GUI thread; :meth:`select` and :meth:`describe`
-    are synchronous versions of what the panel runs in a child process (:meth:`startChild`).
+    A facade: the work is done by the engine (``VoteMILib``) and the Slicer-side package ``VoteMISlicerLib``
+    (``run``: the child process; ``marks``: the scene and views; ``servers``: server URLs; ``reports``: export;
+    ``packages``: first-use installs). The methods that take nodes must run on the GUI thread; :meth:`run`
+    starts the child process the panel's buttons start, :meth:`select` and :meth:`describe` are synchronous
+    in-process versions for scripts.
     """
 
     def __init__(self) -> None:
@@ -1248,6 +1066,8 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
                 raw.SetParameter("selectionMode", canonical)
         return VoteMIParameterNode(raw)
 
+    # Volumes
+
     @staticmethod
     def isImageVolume(node):
         """True for the volumes the input selector lists: plain scalar volumes.
@@ -1267,8 +1087,6 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
                 return node
         return None
 
-    # Volumes
-
     @staticmethod
     def volumeFromNode(volumeNode):
         from VoteMILib import mrml
@@ -1281,77 +1099,88 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
         return mrml.display_window(volumeNode)
 
-    # Selection
+    # Runs in a child process, as the panel's buttons
 
-    def select(self, volumeNode, planes=("axial", "coronal", "sagittal"), topK=3, mode="findings",
-               extraVolumeNodes=(), apply=True, progress=None, cancel=None):
+    def run(self, volumeNode, describe=False, planes=("axial", "coronal", "sagittal"), slicesPerPlane=3,
+            mode="findings", extraVolumeNodes=(), describeOptions=None, apiKey="", guide=None, switchLayout=True,
+            wait=False, timeoutSeconds=None, topK=None):
+        """Select (and describe) ``volumeNode`` in a child process, as the panel's buttons do; return the VoteMIRun.
+
+        With ``wait`` the call returns when the child has ended, its selection marked and its report in the
+        report node (``run.failure()`` says why not, None if it succeeded); otherwise the caller polls
+        ``run.poll()``/``run.handle(event)`` (the panel does, from a timer) and may ``run.cancel()``.
+        ``describeOptions``: the DescribeRequest :meth:`describeOptions` returns (its defaults if None).
+        ``topK`` is the old name of ``slicesPerPlane``.
+        """
+        from VoteMISlicerLib.run import VoteMIRun
+
+        if describe and describeOptions is None:
+            describeOptions = self.describeOptions(volumeNode)
+        run = VoteMIRun(self, volumeNode, extraVolumeNodes, describe, switchLayout)
+        run.start(planes, _slicesPerPlane(slicesPerPlane, topK), mode, describeOptions if describe else None,
+                  apiKey=apiKey, guide=guide)
+        if wait:
+            run.wait(timeoutSeconds, pollSeconds=POLL_INTERVAL_MS / 1000.0)
+        return run
+
+    @staticmethod
+    def describeOptions(volumeNode, server="", protocol="openai", model="", language="",
+                        timeoutSeconds=DEFAULT_TIMEOUT_S, prompt="", examples=""):
+        """The :class:`~VoteMILib.child_run.DescribeRequest` :meth:`run` hands to the child; empty values take
+        VoteMI's defaults, the window is the one ``volumeNode`` is displayed with."""
+        from VoteMISlicerLib.run import describeRequest
+
+        return describeRequest(volumeNode, server=server, protocol=protocol, model=model, language=language,
+                               timeoutSeconds=timeoutSeconds, prompt=prompt, examples=examples)
+
+    @staticmethod
+    def describeRequest(parameterNode):
+        """The panel's describe settings (a VoteMIParameterNode) as the DescribeRequest of its input volume."""
+        from VoteMISlicerLib.run import describeRequestFromParameterNode
+
+        return describeRequestFromParameterNode(parameterNode)
+
+    @staticmethod
+    def newRunFolder():
+        """A new folder for one run's input under Slicer's temporary path (crash leftovers removed)."""
+        from VoteMISlicerLib.run import newRunFolder
+
+        return newRunFolder()
+
+    @staticmethod
+    def pythonExecutable():
+        """Slicer's Python, which runs the child processes; RuntimeError with what to do if there is none."""
+        from VoteMISlicerLib.run import pythonExecutable
+
+        return pythonExecutable()
+
+    def startChild(self, arguments, apiKey=""):
+        """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``); return its ChildProcess.
+
+        Every child of the module starts here (runs and server checks); the API key goes in its environment.
+        """
+        from VoteMISlicerLib.run import startChild
+
+        return startChild(arguments, apiKey=apiKey)
+
+    # In this process, for scripts
+
+    def select(self, volumeNode, planes=("axial", "coronal", "sagittal"), slicesPerPlane=3, mode="findings",
+               extraVolumeNodes=(), apply=True, progress=None, cancel=None, topK=None):
         """Select slices of ``volumeNode`` in this process and (if ``apply``) mark them; return the SelectionResult.
 
         For scripts that want the result object at once; the panel and the self-test use :meth:`run`
-        (a child process, so Slicer's GUI stays responsive).
+        (a child process, so Slicer's GUI stays responsive). ``topK`` is the old name of ``slicesPerPlane``.
         """
         from VoteMILib.selection import select_slices
 
         volume = self.volumeFromNode(volumeNode)
         extras = [self.volumeFromNode(node) for node in extraVolumeNodes]
-        result = select_slices(volume, planes=planes, top_k=topK, mode=mode, extra_volumes=extras,
-                               progress=progress, cancel=cancel)
+        result = select_slices(volume, planes=planes, top_k=_slicesPerPlane(slicesPerPlane, topK), mode=mode,
+                               extra_volumes=extras, progress=progress, cancel=cancel)
         if apply:
             self.applySelection(volumeNode, result)
         return result
-
-    def applySelection(self, volumeNode, result, jump=True, switchLayout=True):
-        """Marks, score tables, plot and view jumps for a selection (replacing VoteMI's earlier ones).
-
-        The score plot goes into the layout's plot views; if ``switchLayout`` and the layout has
-        none, Slicer switches to a layout with one. Otherwise the user's layout is kept.
-        """
-        from VoteMILib import mrml
-
-        nodes = mrml.apply_selection(slicer.mrmlScene, volumeNode, result, jump=jump)
-        if switchLayout and hasattr(slicer.modules, "plots") and slicer.app.layoutManager() is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(nodes.chart)
-            # Showing the chart may switch the layout; the views of the new layout jump too.
-            mrml.jump_to_best_slices(slicer.mrmlScene, result)
-        else:
-            plotViews = slicer.mrmlScene.GetNodesByClass("vtkMRMLPlotViewNode")
-            for index in range(plotViews.GetNumberOfItems()):
-                plotViews.GetItemAsObject(index).SetPlotChartNodeID(nodes.chart.GetID())
-        return nodes
-
-    def clearResults(self, volumeNode):
-        """Remove every node VoteMI made for ``volumeNode``; return how many."""
-        from VoteMILib import mrml
-
-        return mrml.clear_results(slicer.mrmlScene, volumeNode)
-
-    def votedSlices(self, volumeNode):
-        from VoteMILib import mrml
-
-        return mrml.voted_slices(slicer.mrmlScene, volumeNode)
-
-    def jumpToSlice(self, plane, centerRAS):
-        from VoteMILib import mrml
-
-        moved = mrml.jump_to_slice(slicer.mrmlScene, plane, centerRAS)
-        if not moved:  # no view shows this plane: centre all views on the point
-            slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *centerRAS, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
-        return moved
-
-    def jumpToSeriesPoint(self, seriesNode, row):
-        """Jump to the slice of a clicked point of a VoteMI score series; False if not a VoteMI series."""
-        from VoteMILib import mrml
-
-        if seriesNode.GetAttribute(mrml.ROLE_ATTRIBUTE) != "series":
-            return False
-        table = seriesNode.GetTableNode()
-        rows = mrml.table_rows(table) if table is not None else []
-        if not 0 <= row < len(rows):
-            return False
-        self.jumpToSlice(seriesNode.GetAttribute(mrml.PLANE_ATTRIBUTE), rows[row]["center_ras"])
-        return True
-
-    # Reports
 
     def describe(self, volumeNode, result, settings, extraVolumeNodes=(), onText=None, cancel=None, write=True):
         """Ask the model for a report of ``result``; stream it into the report node if ``write``.
@@ -1376,149 +1205,88 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             stream.finish(report)
         return report
 
-    # Child processes
-
-    def run(self, volumeNode, describe=False, planes=("axial", "coronal", "sagittal"), topK=3, mode="findings",
-            extraVolumeNodes=(), describeOptions=None, apiKey="", guide=None, switchLayout=True, wait=False,
-            timeoutSeconds=None):
-        """Select (and describe) ``volumeNode`` in a child process, as the panel's buttons do; return the VoteMIRun.
-
-        With ``wait`` the call returns when the child has ended, its selection marked and its report in the
-        report node (``run.failure()`` says why not, None if it succeeded); otherwise the caller polls
-        ``run.poll()``/``run.handle(event)`` (the panel does, from a timer) and may ``run.cancel()``.
-        ``describeOptions``: server, protocol, model, language, timeout, prompt and window, as
-        :meth:`describeOptions` returns them.
-        """
-        run = VoteMIRun(self, volumeNode, extraVolumeNodes, describe, switchLayout)
-        run.start(planes, topK, mode, describeOptions, apiKey=apiKey, guide=guide)
-        if wait:
-            run.wait(timeoutSeconds)
-        return run
+    # Marks, plot and views
 
     @staticmethod
-    def newRunFolder():
-        """A new folder for one run's input, under Slicer's temporary path; removes the ones a crash left.
+    def applySelection(volumeNode, result, jump=True, switchLayout=True):
+        """Marks, score tables, plot and view jumps for a selection (replacing VoteMI's earlier ones)."""
+        from VoteMISlicerLib.marks import applySelection
 
-        The child reads patient voxels from here, so they stay where Slicer keeps its temporary files
-        (which the user may have moved to an encrypted or private disk), never in the system's temp folder.
-        """
-        import shutil
-        import tempfile
-        import time
-
-        base = os.path.join(slicer.app.temporaryPath, "VoteMI")
-        os.makedirs(base, exist_ok=True)
-        oldest = time.time() - STALE_RUN_HOURS * 3600
-        for name in os.listdir(base):
-            path = os.path.join(base, name)
-            if name.startswith("run-") and os.path.isdir(path) and os.path.getmtime(path) < oldest:
-                shutil.rmtree(path, ignore_errors=True)
-        return tempfile.mkdtemp(prefix="run-", dir=base)
-
-    @classmethod
-    def describeOptions(cls, volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=300,
-                        prompt="", examples=""):
-        """The describe settings :meth:`run` hands to the child; empty values take VoteMI's defaults.
-
-        The window is the one ``volumeNode`` is displayed with, so the model sees what the radiologist sees.
-        """
-        return {"server": server.strip() or DEFAULT_SERVER_URL, "protocol": protocol, "model": model.strip(),
-                "language": language.strip() or DEFAULT_LANGUAGE, "timeout": int(timeoutSeconds),
-                "prompt": prompt.strip(), "window": cls.displayWindow(volumeNode), "examples": examples.strip()}
+        return applySelection(volumeNode, result, jump=jump, switchLayout=switchLayout)
 
     @staticmethod
-    def pythonExecutable():
-        """The Python that runs the child processes: Slicer's own (PythonSlicer inside Slicer).
+    def clearResults(volumeNode):
+        """Remove every node VoteMI made for ``volumeNode``; return how many."""
+        from VoteMILib import mrml
 
-        ``sys.executable`` is empty when Slicer was started without its launcher; PythonSlicer on the PATH is
-        the same interpreter then.
-        """
-        import shutil
+        return mrml.clear_results(slicer.mrmlScene, volumeNode)
 
-        executable = sys.executable or shutil.which("PythonSlicer")
-        if not executable:
-            raise RuntimeError(_("VoteMI cannot find Slicer's Python to run in the background (sys.executable is "
-                                 "empty and PythonSlicer is not on the PATH). Start Slicer with its launcher "
-                                 "(the Slicer executable in the install folder)."))
-        return executable
+    @staticmethod
+    def votedSlices(volumeNode):
+        from VoteMILib import mrml
 
-    def startChild(self, arguments, apiKey=""):
-        """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``); return its ChildProcess.
+        return mrml.voted_slices(slicer.mrmlScene, volumeNode)
 
-        The module folder goes first on PYTHONPATH, so the child runs this very engine; the API key
-        reaches the child in its environment, never on its command line.
-        """
-        from VoteMILib.events import ChildProcess
+    @staticmethod
+    def jumpToSlice(plane, centerRAS):
+        from VoteMISlicerLib.marks import jumpToSlice
 
-        moduleFolder = os.path.dirname(os.path.abspath(__file__))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([moduleFolder] + [p for p in [env.get("PYTHONPATH", "")] if p])
-        env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", VOTEMI_API_KEY=apiKey)
-        argv = [self.pythonExecutable(), "-m", "VoteMILib.cli", *arguments]
-        logging.info("VoteMI: starting %s", " ".join(argv))
-        return ChildProcess(argv, env=env)
+        return jumpToSlice(plane, centerRAS)
+
+    @staticmethod
+    def jumpToSeriesPoint(seriesNode, row):
+        """Jump to the slice of a clicked point of a VoteMI score series; False if not a VoteMI series."""
+        from VoteMISlicerLib.marks import jumpToSeriesPoint
+
+        return jumpToSeriesPoint(seriesNode, row)
+
+    @staticmethod
+    def jumpToCitation(volumeNode, imageId):
+        """Show a cited slice in the slice views; {} if the report holds no such image."""
+        from VoteMILib import mrml
+
+        return mrml.jump_to_citation(slicer.mrmlScene, volumeNode, imageId)
+
+    # Server
 
     def startServerCheck(self, url, protocol, apiKey="", probe=False, model=""):
-        """Ask the server for its models in a child process (``votemi models --events``); with ``probe``, also
-        what the model accepts (``--probe``: images, images per request, context length, JSON schema)."""
-        arguments = ["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"]
-        if probe:
-            arguments += ["--probe"] + (["--model", model] if model else [])
-        return self.startChild(arguments, apiKey=apiKey)
+        """Ask the server for its models in a child process; with ``probe``, also what the model accepts."""
+        from VoteMISlicerLib.servers import serverCheckArguments
+
+        return self.startChild(serverCheckArguments(url, protocol, probe=probe, model=model), apiKey=apiKey)
 
     @staticmethod
     def serverUrlProblem(url):
-        """Why the panel cannot use ``url``, or None.
+        """Why the panel cannot use ``url`` (a password in it would be saved with the scene), or None."""
+        from VoteMISlicerLib.servers import serverUrlProblem
 
-        The panel keeps its settings in the scene and in Slicer's settings, so a password in the URL
-        would be saved there; it is refused (the command line sends such URLs as Basic auth).
-        """
-        from VoteMILib.vlm.clients import url_has_credentials
-
-        if url_has_credentials(url):
-            return _("The server URL holds a user name and password, which the panel would save in the scene. "
-                     "Remove them from the URL and enter the server's key as API key.")
-        return None
+        return serverUrlProblem(url)
 
     @staticmethod
     def storableServerUrl(url):
         """``url`` as the scene and the settings may keep it: without a user name and password."""
-        from VoteMILib.vlm.clients import redact_url, url_has_credentials
+        from VoteMILib.server_urls import storable_server_url
 
-        return redact_url(url) if url_has_credentials(url) else url
-
-    @staticmethod
-    def _serverHost(url):
-        """(scheme, host) of a server URL; host "" if it has none."""
-        from urllib.parse import urlparse
-
-        parsed = urlparse(url if "://" in url else "http://" + url)
-        return parsed.scheme, (parsed.hostname or "").lower()
+        return storable_server_url(url)
 
     @staticmethod
-    def _isLoopback(host):
-        return host in ("localhost", "::1") or host.startswith("127.")
-
-    @classmethod
-    def isUnencryptedRemote(cls, url):
+    def isUnencryptedRemote(url):
         """True for a plain-http server on another machine."""
-        scheme, host = cls._serverHost(url)
-        return scheme != "https" and not cls._isLoopback(host)
+        from VoteMILib.server_urls import is_unencrypted_remote
 
-    @classmethod
-    def remoteServerWarning(cls, url):
+        return is_unencrypted_remote(url)
+
+    @staticmethod
+    def remoteServerWarning(url):
         """A warning to confirm before images go to ``url``, or None for a server on this machine."""
-        scheme, host = cls._serverHost(url)
-        if cls._isLoopback(host):
-            return None
-        warning = _("The slice images of this volume will be sent to {host}, a server on another machine.").format(
-            host=host or url)
-        if scheme != "https":
-            warning += " " + _("The connection is plain HTTP: the images and the report cross the network "
-                               "unencrypted. Use https:// for servers beyond this machine.")
-        return warning + " " + _("Send them?")
+        from VoteMISlicerLib.servers import remoteServerWarning
 
-    def reportNode(self, volumeNode, create=False):
+        return remoteServerWarning(url)
+
+    # Reports
+
+    @staticmethod
+    def reportNode(volumeNode, create=False):
         from VoteMILib import mrml
 
         return mrml.report_node(slicer.mrmlScene, volumeNode, create=create) if volumeNode else None
@@ -1530,45 +1298,39 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return mrml.report_edited(reportNode)
 
     @staticmethod
-    def reportSummary(reportNode):
-        """One line on where the report came from, for the panel."""
+    def reportText(reportNode):
         from VoteMILib import mrml
 
-        def attribute(key):
-            return mrml.report_attribute(reportNode, key)
+        return mrml.report_text(reportNode)
 
-        if not attribute("model") and not (reportNode.GetText() or "").strip():
-            return ""
-        parts = [part for part in (attribute("model"), attribute("created")) if part]
-        if attribute("complete") == "false":
-            parts.append(_("incomplete: {reason}").format(reason=attribute("incomplete_reason") or _("not finished")))
-        if mrml.report_edited(reportNode):
-            parts.append(_("edited by the user"))
-        return "; ".join(parts)
+    @staticmethod
+    def editReportText(reportNode, text):
+        """Keep text the user typed in the report node; the report counts as edited."""
+        from VoteMILib import mrml
+
+        mrml.edit_report_text(reportNode, text)
+
+    @staticmethod
+    def reportSummary(reportNode):
+        """One line on where the report came from, for the panel."""
+        from VoteMISlicerLib.reports import reportSummary
+
+        return reportSummary(reportNode)
 
     @staticmethod
     def reportExport(reportNode, fmt="text"):
         """The report as text, Markdown or JSON, with the notice, the source and the review, as the user left it."""
-        from VoteMILib import mrml
+        from VoteMISlicerLib.reports import reportExport
 
-        return mrml.report_from_node(reportNode).export(fmt) if reportNode is not None else ""
+        return reportExport(reportNode, fmt)
 
-    def saveReport(self, reportNode, path, volumeNode=None, extraVolumeNodes=()):
-        """Save the report by extension: HTML with the key images (re-rendered from the volumes), PDF (that
-        page printed by Qt), Markdown, JSON or text; atomically. OSError names the file."""
-        from VoteMILib.outputs import write_atomic
+    @staticmethod
+    def saveReport(reportNode, path, volumeNode=None, extraVolumeNodes=()):
+        """Save the report by extension (HTML with the key images, PDF, Markdown, JSON or text); OSError names the
+        file."""
+        from VoteMISlicerLib.reports import saveReport
 
-        extension = os.path.splitext(path)[1].lower()
-        if extension in (".html", ".htm", ".pdf"):
-            from VoteMILib.vlm.html_export import report_html
-
-            report = self.reportObject(reportNode)
-            page = report_html(report, self.reportImages(report.meta, volumeNode, extraVolumeNodes))
-            if extension == ".pdf":
-                return self.savePdf(page, path)
-            return write_atomic(path, page, what="HTML report")
-        fmt = {".md": "markdown", ".json": "json"}.get(extension, "text")
-        return write_atomic(path, self.reportExport(reportNode, fmt), what="report")
+        return saveReport(reportNode, path, volumeNode, extraVolumeNodes)
 
     @staticmethod
     def reportObject(reportNode):
@@ -1578,112 +1340,18 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return mrml.report_from_node(reportNode)
 
     @staticmethod
-    def dicomInstanceUIDs(volumeNode):
-        """SOP Instance UIDs of the DICOM files the volume was loaded from (Slicer's DICOM module sets them)."""
-        return (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split() if volumeNode is not None else []
-
-    def dicomSourceFiles(self, volumeNode):
-        """The DICOM database's files of the volume's instances; ValueError says why there are none."""
-        uids = self.dicomInstanceUIDs(volumeNode)
-        if not uids:
-            raise ValueError(_("'{name}' was not loaded from the DICOM database, so there is no study for key images "
-                               "and a report to belong to. Load the series with the DICOM module, or save the report "
-                               "as HTML instead.").format(name=volumeNode.GetName() if volumeNode else ""))
-        database = getattr(slicer, "dicomDatabase", None)
-        if database is None or not database.isOpen:
-            raise ValueError(_("Slicer's DICOM database is not open: open it in the DICOM module first."))
-        files = [database.fileForInstance(uid) for uid in uids]
-        missing = [uid for uid, path in zip(uids, files) if not path or not os.path.isfile(path)]
-        if missing:
-            raise ValueError(_("{count} of the {total} source files of '{name}' are no longer in the DICOM "
-                               "database (first: instance {uid}).").format(
-                count=len(missing), total=len(uids), name=volumeNode.GetName(), uid=missing[0]))
-        return files
-
-    def exportReportToDicomDatabase(self, reportNode, volumeNode, extraVolumeNodes=()):
-        """Write the KOS, the Secondary Captures and the SR of the report and add them to the DICOM database.
-
-        Returns the :class:`~VoteMILib.dicom_export.DicomExport`, or None if the user declined to install
-        what the export needs (pydicom, highdicom). Raises ValueError (or DicomExportError) with the reason.
-        """
-        import shutil
-
-        from VoteMILib import mrml
-        from VoteMILib.dicom_export import export_dicom
-
-        files = self.dicomSourceFiles(volumeNode)
-        if not self.ensureDicomExportDependencies():
-            return None
-        volume = mrml.volume_from_node(volumeNode)
-        volume.metadata["dicom_files"] = files
-        report = mrml.report_from_node(reportNode)
-        pngs = self.reportImages(report.meta, volumeNode, extraVolumeNodes)
-        folder = self.newRunFolder()
-        try:
-            written = export_dicom(volume, report, pngs, folder)
-            from DICOMLib import DICOMUtils
-
-            # Copied into the database: the run folder goes away below.
-            if not DICOMUtils.importDicom(folder, copyFiles=True):
-                raise ValueError(_("Slicer's DICOM database did not accept the exported files (see the error log)."))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return written
-
-    @staticmethod
     def reportImages(meta, volumeNode, extraVolumeNodes=()):
         """Image ID -> PNG of the report's images, rendered again from the volumes as they were sent."""
-        from VoteMILib import mrml
-        from VoteMILib.render import Windowing
-        from VoteMILib.vlm.imaging import render_png
+        from VoteMISlicerLib.reports import reportImages
 
-        nodes = {1: volumeNode, **{node.GetName(): node for node in extraVolumeNodes if node is not None}}
-        volumes, pngs = {}, {}
-        for image in meta.get("images") or []:
-            key = 1 if image.get("sequence_number", 1) == 1 else image.get("sequence")
-            node = nodes.get(key)
-            if node is None or "window" not in image:
-                continue
-            if key not in volumes:
-                volumes[key] = mrml.volume_from_node(node)
-            window = image["window"]
-            windowing = Windowing(window["modality"], tuple(tuple(w) for w in window["windows"]), window["source"])
-            pngs[image["id"]], _size = render_png(volumes[key], image["plane"], int(image["index"]), windowing,
-                                                  max(int(image.get("width", 896)), int(image.get("height", 896))))
-        return pngs
+        return reportImages(meta, volumeNode, extraVolumeNodes)
 
     @staticmethod
     def savePdf(page, path):
-        """Print an HTML page to PDF with Qt (images registered as resources: Qt's rich text reads no data URLs)."""
-        import base64
-        import re
-        import tempfile
+        """Print an HTML page to a PDF file with Qt."""
+        from VoteMISlicerLib.reports import savePdf
 
-        from VoteMILib.outputs import OutputError, check_output_file
-
-        path = check_output_file(path, "PDF report")
-        document = qt.QTextDocument()
-        for source in set(re.findall(r'src="(data:image/png;base64,[^"]+)"', page)):
-            image = qt.QImage()
-            image.loadFromData(qt.QByteArray(base64.b64decode(source.split(",", 1)[1])), "PNG")
-            document.addResource(qt.QTextDocument.ImageResource, qt.QUrl(source), image)
-        document.setHtml(page)
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".pdf",
-                                             dir=os.path.dirname(path))
-        os.close(handle)
-        try:
-            printer = qt.QPrinter(qt.QPrinter.HighResolution)
-            printer.setOutputFormat(qt.QPrinter.PdfFormat)
-            printer.setOutputFileName(temporary)
-            (getattr(document, "print_", None) or getattr(document, "print"))(printer)
-            if os.path.getsize(temporary) == 0:
-                raise OutputError(f"cannot write PDF report {path}: Qt printed nothing")
-            os.replace(temporary, path)
-            temporary = None
-        finally:
-            if temporary is not None and os.path.exists(temporary):
-                os.remove(temporary)
-        return path
+        return savePdf(page, path)
 
     @staticmethod
     def reportFindings(reportNode):
@@ -1697,80 +1365,49 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
         mrml.store_findings(reportNode, findings)
 
-    def jumpToCitation(self, volumeNode, imageId):
-        """Show a cited slice in the slice views; {} if the report holds no such image."""
-        from VoteMILib import mrml
+    @staticmethod
+    def dicomInstanceUIDs(volumeNode):
+        """SOP Instance UIDs of the DICOM files the volume was loaded from."""
+        from VoteMISlicerLib.reports import dicomInstanceUIDs
 
-        return mrml.jump_to_citation(slicer.mrmlScene, volumeNode, imageId)
+        return dicomInstanceUIDs(volumeNode)
 
-    # Optional in-process model
+    @staticmethod
+    def dicomSourceFiles(volumeNode):
+        """The DICOM database's files of the volume's instances; ValueError says why there are none."""
+        from VoteMISlicerLib.reports import dicomSourceFiles
+
+        return dicomSourceFiles(volumeNode)
+
+    @staticmethod
+    def exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes=()):
+        """Add the report (KOS, Secondary Captures, SR) to the DICOM database; the DicomExport, or None if the user
+        declined to install what it needs."""
+        from VoteMISlicerLib.reports import exportReportToDicomDatabase
+
+        return exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes)
+
+    # Optional packages
 
     @staticmethod
     def _installPackage(requirement, moduleName, purpose):
-        """Install ``requirement`` with Slicer's own tools, after the user agreed; True if ``moduleName`` is
-        importable then. ``purpose`` completes "... needs the Python package" in the question."""
-        import importlib.util
+        from VoteMISlicerLib.packages import installPackage
 
-        try:  # a submodule: not an attribute of ``slicer`` until someone imports it
-            import slicer.packaging as slicerPackaging
-        except ImportError:
-            slicerPackaging = None
-        if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):  # 5.12+: asks, shows progress
-            from packaging.requirements import Requirement
-
-            slicerPackaging.pip_ensure([Requirement(requirement)], requester="VoteMI")
-        else:
-            if slicer.app.testingEnabled():
-                return False
-            if not slicer.util.confirmOkCancelDisplay(
-                    _("{purpose} needs the Python package '{package}'. Install it now?").format(
-                        purpose=purpose, package=requirement), windowTitle="VoteMI"):
-                return False
-            progress = slicer.util.createProgressDialog(
-                labelText=_("Installing {package}...").format(package=requirement), maximum=0, windowTitle="VoteMI")
-            try:
-                slicer.app.processEvents()
-                slicer.util.pip_install(requirement)
-            finally:
-                progress.close()
-        importlib.invalidate_caches()
-        return importlib.util.find_spec(moduleName) is not None
+        return installPackage(requirement, moduleName, purpose)
 
     @staticmethod
     def ensureInProcessDependencies():
-        """Install torch (through the PyTorch extension) and transformers when the user asks for an in-process model.
+        """Install torch (through the PyTorch extension) and transformers for an in-process model; False if not."""
+        from VoteMISlicerLib.packages import ensureInProcessDependencies
 
-        Returns False if the user declined or something is missing; nothing is installed while testing.
-        """
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                slicer.util.errorDisplay(
-                    _("An in-process model needs PyTorch. Install the 'PyTorch' extension from the Extensions "
-                      "Manager, restart Slicer, and try again; or run the model in a server (Ollama, vLLM, "
-                      "'votemi serve') and choose the openai or ollama protocol."), windowTitle="VoteMI")
-                return False
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.2") is None:
-                    return False
-        if importlib.util.find_spec("transformers") is None:
-            return VoteMILogic._installPackage("transformers>=5.0", "transformers", _("The in-process model"))
-        return True
+        return ensureInProcessDependencies()
 
     @staticmethod
     def ensureDicomExportDependencies():
-        """pydicom (shipped with Slicer) and highdicom, installed on first use after the user agreed."""
-        import importlib.util
+        """pydicom and highdicom, installed on first use after the user agreed; False if not."""
+        from VoteMISlicerLib.packages import ensureDicomExportDependencies
 
-        for requirement, moduleName in (("pydicom>=2.4", "pydicom"), ("highdicom>=0.23", "highdicom")):
-            if importlib.util.find_spec(moduleName) is None and not VoteMILogic._installPackage(
-                    requirement, moduleName, _("DICOM export")):
-                return False
-        return True
+        return ensureDicomExportDependencies()
 
 
 #
@@ -1809,11 +1446,12 @@ class VoteMITest(ScriptedLoadableModuleTest):
         volumeNode, phantom = self._blobVolume()
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
         logic = VoteMILogic()
-        run = logic.run(volumeNode, topK=2, wait=True, timeoutSeconds=300)
+        run = logic.run(volumeNode, slicesPerPlane=2, wait=True, timeoutSeconds=300)
         self.assertEqual(run.failure(), None)
         check_axial_pick_through_blob(run.result, phantom)
         check_scene(slicer.mrmlScene, volumeNode, run.result)
-        again = logic.run(volumeNode, topK=2, wait=True, timeoutSeconds=300)  # a re-run replaces VoteMI's nodes
+        # A re-run replaces VoteMI's nodes.
+        again = logic.run(volumeNode, slicesPerPlane=2, wait=True, timeoutSeconds=300)
         check_scene(slicer.mrmlScene, volumeNode, again.result)
         self.assertEqual(len(mrml.voted_slices(slicer.mrmlScene, volumeNode)), 6)
         self.delayDisplay("Test passed")
@@ -1827,9 +1465,9 @@ class VoteMITest(ScriptedLoadableModuleTest):
         self.delayDisplay("Cancelling a run")
         volumeNode, _phantom = self._blobVolume()
         logic = VoteMILogic()
-        logic.run(volumeNode, planes=("axial",), topK=1, wait=True, timeoutSeconds=300)
+        logic.run(volumeNode, planes=("axial",), slicesPerPlane=1, wait=True, timeoutSeconds=300)
         marked = mrml.voted_slices(slicer.mrmlScene, volumeNode)
-        run = logic.run(volumeNode, topK=3)
+        run = logic.run(volumeNode, slicesPerPlane=3)
         began = time.monotonic()
         while not any(event.get("event") == "progress" for event in run.poll()):  # the child is at work
             self.assertTrue(time.monotonic() - began < 120)
@@ -1855,15 +1493,15 @@ class VoteMITest(ScriptedLoadableModuleTest):
         with LoopbackServer() as server:
             options = logic.describeOptions(volumeNode, server=server.url, protocol="openai", model=server.model,
                                             timeoutSeconds=60)
-            run = logic.run(volumeNode, describe=True, planes=("axial",), topK=2, describeOptions=options,
+            run = logic.run(volumeNode, describe=True, planes=("axial",), slicesPerPlane=2, describeOptions=options,
                             wait=True, timeoutSeconds=300)
             self.assertEqual(run.failure(), None)
             self.assertEqual(server.images_received(), 2)
         reportNode = logic.reportNode(volumeNode)
-        self.assertTrue(reportNode is not None and reportNode.GetText().strip() != "")
-        self.assertEqual(mrml.report_attribute(reportNode, "model"), server.model)
-        self.assertEqual(mrml.report_attribute(reportNode, "complete"), "true")
-        self.assertTrue(not logic.reportEdited(reportNode))
-        reportNode.SetText(reportNode.GetText() + "\nReviewed.")
+        status = mrml.report_status(reportNode)
+        self.assertTrue(reportNode is not None and status.has_text)
+        self.assertEqual(status.model, server.model)
+        self.assertTrue(status.complete and not status.edited)
+        logic.editReportText(reportNode, logic.reportText(reportNode) + "\nReviewed.")
         self.assertTrue(logic.reportEdited(reportNode))
         self.delayDisplay("Test passed")

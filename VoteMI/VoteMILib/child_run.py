@@ -1,15 +1,17 @@
 """What the Slicer panel asks of its child process, as one object, and the command line that carries it.
 
-The panel fills a :class:`ChildRun` (the volumes already written to files), :func:`child_arguments` turns it
-into the arguments of ``python -m VoteMILib.cli select|describe ... --events``; the CLI's own parser reads them
-back, so the panel and ``votemi`` cannot drift apart (a test parses every field back).
+The panel builds its :class:`DescribeRequest` with :func:`describe_request` (empty settings take VoteMI's
+defaults here, once), fills a :class:`ChildRun` (the volumes already written to files, the prompt by
+:func:`write_prompt_file`), and :func:`child_arguments` turns it into the arguments of
+``python -m VoteMILib.cli select|describe ... --events``; the CLI's own parser reads them back, so the panel and ``votemi`` cannot drift apart (a test parses every field back).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 
-from .names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, PLANES
+from .names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, PLANES
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class DescribeRequest:
         Longest time the report may take.
     prompt_file : str or None
         A prompt template file; None for VoteMI's prompt.
+    prompt : str
+        A prompt template not yet written to a file (:func:`write_prompt_file` writes it before the run starts;
+        the command line carries files only, so a long template never meets a command-line length limit).
     window : tuple of float or None
         (low, high) intensity window the slices are rendered with; None for VoteMI's choice.
     examples_dir : str or None
@@ -40,10 +45,32 @@ class DescribeRequest:
     protocol: str = "openai"
     model: str = ""
     language: str = DEFAULT_LANGUAGE
-    timeout_s: float = 300.0
+    timeout_s: float = float(DEFAULT_TIMEOUT_S)
     prompt_file: str | None = None
     window: tuple | None = None
     examples_dir: str | None = None
+    prompt: str = ""
+
+
+def describe_request(server: str = "", protocol: str = "openai", model: str = "", language: str = "",
+                     timeout_s: float = DEFAULT_TIMEOUT_S, prompt: str = "", window=None,
+                     examples_dir: str = "") -> DescribeRequest:
+    """A :class:`DescribeRequest` from settings as the panel holds them: text stripped, an empty server or
+    language taking VoteMI's default, an empty prompt or examples folder meaning none."""
+    return DescribeRequest(server=server.strip() or DEFAULT_SERVER_URL, protocol=protocol, model=model.strip(),
+                           language=language.strip() or DEFAULT_LANGUAGE, timeout_s=float(timeout_s),
+                           window=None if window is None else tuple(window), examples_dir=examples_dir.strip() or None,
+                           prompt=prompt.strip())
+
+
+def write_prompt_file(request: DescribeRequest, folder: str) -> DescribeRequest:
+    """``request`` with its prompt template written to ``folder``/prompt.txt (unchanged if it has none)."""
+    if not request.prompt:
+        return request
+    from .outputs import write_atomic
+
+    path = write_atomic(os.path.join(folder, "prompt.txt"), request.prompt, what="prompt file")
+    return replace(request, prompt_file=path, prompt="")
 
 
 @dataclass(frozen=True)
@@ -55,8 +82,8 @@ class ChildRun:
     image : str
         The input volume's file.
     planes : tuple of str
-    top_k : int
-        Slices per plane.
+    slices_per_plane : int
+        Voted slices per plane (``--top`` of the command line).
     mode : str or None
         Selection mode; None with a guide means the guided slices only.
     extras : tuple of str
@@ -73,7 +100,7 @@ class ChildRun:
 
     image: str
     planes: tuple = PLANES
-    top_k: int = 3
+    slices_per_plane: int = 3
     mode: str | None = "findings"
     extras: tuple = ()
     mask: str | None = None
@@ -85,7 +112,7 @@ class ChildRun:
 def child_arguments(run: ChildRun) -> list:
     """The ``votemi`` arguments of ``run``, with ``--events --quiet`` (machine-readable events, no summaries)."""
     arguments = ["describe" if run.describe is not None else "select", run.image, "--planes", ",".join(run.planes),
-                 "--top", str(int(run.top_k)), "--events", "--quiet"]
+                 "--top", str(int(run.slices_per_plane)), "--events", "--quiet"]
     if run.mode is not None:
         arguments += ["--mode", run.mode]
     for path in run.extras:
@@ -102,6 +129,8 @@ def child_arguments(run: ChildRun) -> list:
 
 
 def _describe_arguments(request: DescribeRequest) -> list:
+    if request.prompt:
+        raise ValueError("the prompt template goes to the child as a file: write_prompt_file(request, folder) first")
     arguments = ["--server", request.server, "--protocol", request.protocol, "--language", request.language,
                  "--timeout", repr(float(request.timeout_s))]
     if request.model:

@@ -224,7 +224,7 @@ class _Asker:
                                                               "position": format_position(plane, position)})
 
     def answer(self, case: BatchCase, strategy: str, budget: int) -> dict:
-        from .vlm.clients import GenerationOptions
+        from .vlm.options import GenerationOptions
 
         chosen = self.slices(case.name, strategy, budget)
         item = {"strategy": strategy, "budget": budget, "images": len(chosen),

@@ -746,6 +746,18 @@ def table_rows(table) -> list:
             for row in range(len(slices))]
 
 
+def series_point(series_node, row: int):
+    """``(plane, slice centre RAS)`` of point ``row`` of a VoteMI score series, or None (not a VoteMI series, no such
+    row)."""
+    if series_node.GetAttribute(ROLE_ATTRIBUTE) != "series":
+        return None
+    table = series_node.GetTableNode()
+    rows = table_rows(table) if table is not None else []
+    if not 0 <= row < len(rows):
+        return None
+    return series_node.GetAttribute(PLANE_ATTRIBUTE), rows[row]["center_ras"]
+
+
 def voted_slices(scene, volume_node) -> list:
     """Voted slices of ``volume_node`` as stored in the scene, plane by plane, best first.
 
@@ -956,6 +968,49 @@ def jump_to_citation(scene, volume_node, image_id: str) -> dict:
 def report_attribute(node, key: str) -> str:
     """One of the attributes :func:`finish_report` writes (``model``, ``created``, ``complete``, ...), or ""."""
     return (node.GetAttribute(REPORT_ATTRIBUTE_PREFIX + key) or "") if node is not None else ""
+
+
+@dataclass(frozen=True)
+class ReportStatus:
+    """Where a report node's text came from, for a one-line summary.
+
+    Attributes
+    ----------
+    model, created : str
+        The model that drafted it and when ("" if VoteMI never wrote it).
+    complete : bool
+        False for a report broken off (cancelled, timed out, the model stopped).
+    incomplete_reason : str
+    edited : bool
+        The user changed the text since VoteMI wrote it (:func:`report_edited`).
+    has_text : bool
+    """
+
+    model: str
+    created: str
+    complete: bool
+    incomplete_reason: str
+    edited: bool
+    has_text: bool
+
+
+def report_status(node) -> ReportStatus:
+    """The :class:`ReportStatus` of a report node (an empty one for None)."""
+    return ReportStatus(model=report_attribute(node, "model"), created=report_attribute(node, "created"),
+                        complete=report_attribute(node, "complete") != "false",
+                        incomplete_reason=report_attribute(node, "incomplete_reason"), edited=report_edited(node),
+                        has_text=bool(report_text(node).strip()))
+
+
+def report_text(node) -> str:
+    """The report's text as the user sees it ("" for None)."""
+    return (node.GetText() or "") if node is not None else ""
+
+
+def edit_report_text(node, text: str) -> None:
+    """Store text the user typed; the report counts as edited (:func:`report_edited`) from then on."""
+    if (node.GetText() or "") != text:
+        node.SetText(text)
 
 
 def report_from_node(node):

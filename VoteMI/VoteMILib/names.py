@@ -1,6 +1,7 @@
 """Names the command line shares with the engine and the Slicer panel, with nothing heavier than argparse
-imported: planes, the default server and report language, selection modes, synthetic lesion kinds and CT window
-presets. ``votemi --help`` and ``votemi --version`` build their parser from these without loading numpy or scipy."""
+imported: planes, the default server, report language and time limit, model backends, selection modes, synthetic
+lesion kinds and CT window presets. ``votemi --help`` and ``votemi --version`` build their parser from these
+without loading numpy or scipy."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ PLANES = ("axial", "coronal", "sagittal")
 DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
 #: Report language when none is given.
 DEFAULT_LANGUAGE = "English"
+#: Longest time a report may take when none is given (seconds).
+DEFAULT_TIMEOUT_S = 300
+#: Backends reached over HTTP, each a wire protocol: "openai" (``/v1/chat/completions``, spoken by Ollama,
+#: vLLM, llama.cpp, LM Studio and ``votemi serve``) and "ollama" (Ollama's native ``/api/chat``).
+HTTP_BACKENDS = ("openai", "ollama")
+#: The backend that runs a transformers model folder in this process (no server, so no wire protocol).
+INPROCESS = "inprocess"
+#: Every backend a report can be drafted with.
+BACKENDS = (*HTTP_BACKENDS, INPROCESS)
+#: The backend when none is given.
+DEFAULT_BACKEND = "openai"
 #: RAS axis each plane is normal to.
 NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
 

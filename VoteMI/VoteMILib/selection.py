@@ -13,7 +13,7 @@ from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
 from .names import canonical_mode
 from .preprocess import make_working_grid
-from .cues import CueInput, detect_region, find_abnormality, patch_votes
+from .cues import FALLBACK_CUE, CueInput, detect_region, find_abnormality, patch_votes
 from .modality import detect_modality
 from .results import PlaneResult, SelectedSlice, SelectionResult
 from .voting import (GRAPH_NEIGHBOURS, count_votes, greedy_coverage, pick_top_slices, plane_confidence,
@@ -127,17 +127,19 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     size_ijk = volume.size_ijk
     for plane in planes:
         geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
-        cue = "representative" if found is None else found.cue
+        # Representative mode, or findings mode where nothing stands out (FALLBACK_CUE): the representative vote.
+        cue = FALLBACK_CUE if found is None else found.cue
         if found is not None:
             scores = vote.scores(plane, geometry, weights)
             work_index = _working_slice(grid, plane, geometry.positions_mm[int(np.argmax(scores))])
             if not found.stands_out(NORMAL_INDEX[plane], work_index):
-                cue = "representative"
+                cue = FALLBACK_CUE
             else:
                 cue = found.cue_at(NORMAL_INDEX[plane], work_index)
-        if cue == "representative":
+        fell_back = cue == FALLBACK_CUE
+        if fell_back:
             scores = vote.scores(plane, geometry, None)
-        plane_finding = found if cue != "representative" else None
+        plane_finding = None if fell_back else found
         spacing = settings.min_spacing_mm
         if spacing is None:
             step = abs(geometry.positions_mm[-1] - geometry.positions_mm[0]) / max(geometry.count - 1, 1)
@@ -154,7 +156,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
                                            positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
                                            scores=scores, selected=selected, cue=cue,
                                            confidence=plane_confidence(scores, geometry.positions_mm, picks[0], spacing),
-                                           stood_out=None if found is None else cue != "representative")
+                                           stood_out=None if found is None else not fell_back)
     report(1.0, "Done")
 
     recorded = asdict(settings)

@@ -19,11 +19,14 @@ from .regions import Region, detect_region
 #: that a chest CT shows.
 CUES_BY_REGION = {"head": (asymmetry,), "chest": (lung_nodule, organ_lesion),
                   "body": (mass, organ_lesion, tissue_contrast)}
+#: The ``cue`` of a findings-mode plane where nothing stood out: its picks come from the representative vote,
+#: the vote of the "representative" selection mode, hence the same word (kept: saved selections hold it).
+FALLBACK_CUE = "representative"
 #: Every name a plane's ``cue`` can take.
-CUES = ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", "representative")
+CUES = ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", FALLBACK_CUE)
 
-__all__ = ["Abnormality", "CUES", "CUES_BY_REGION", "CueInput", "Region", "detect_region", "find_abnormality",
-           "patch_votes"]
+__all__ = ["Abnormality", "CUES", "CUES_BY_REGION", "CueInput", "FALLBACK_CUE", "Region", "detect_region",
+           "find_abnormality", "patch_votes"]
 
 
 def find_abnormality(scan: CueInput) -> Abnormality:

@@ -12,13 +12,15 @@ Only the standard library is needed for the HTTP clients; the in-process model a
 ``votemi serve`` need torch and transformers (``pip install votemi[vlm]``).
 """
 
-from .clients import DEFAULT_SERVER, PROTOCOLS, ChatResult, GenerationOptions, OllamaClient, OpenAIClient, Timeouts
+from .clients import PROTOCOLS, OllamaClient, OpenAIClient
 from .errors import VLMCancelled, VLMError
 from .imaging import CT_PRESET_NAMES, CT_PRESETS, THREE_WINDOWS, choose_windowing, detect_modality
+from .options import ChatResult, GenerationOptions, Timeouts
 from .pipeline import (PROTOCOL_CHOICES, DescribeSettings, build_request, describe, list_models, make_client,
                        prepare_images)
 from .prompts import DEFAULT_TEMPLATE, PLACEHOLDERS, Prompt, PromptImage, build_prompt
 from .report import NOTICE, Report
+from .urls import DEFAULT_SERVER
 
 __all__ = [
     "CT_PRESETS", "CT_PRESET_NAMES", "ChatResult", "DEFAULT_SERVER", "DEFAULT_TEMPLATE", "DescribeSettings",

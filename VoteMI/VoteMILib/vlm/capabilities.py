@@ -8,7 +8,7 @@ JSON schema as ``response_format`` (Ollama: ``format``). A model whose prompt do
 image (llama-cpp-python started without ``--clip_model_path`` accepts images and drops them) is taken
 as text-only even though its server accepts the request.
 
-Results are cached per protocol, server and model with a time stamp in ``capabilities.json`` under
+Results are cached per backend, server and model with a time stamp in ``capabilities.json`` under
 ``$VOTEMI_CACHE_DIR`` (default: the user's cache folder, e.g. ``~/.cache/votemi``), reused for
 :data:`CACHE_MAX_AGE_S`, and refreshed when a request fails in a way a probe can explain.
 """
@@ -23,9 +23,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
-from .clients import GenerationOptions, redact_url
+from ..names import INPROCESS
 from .errors import VLMCancelled, VLMError
+from .options import GenerationOptions
 from .prompts import Attachment, Prompt, spread_over_turns
+from .urls import redact_url
 
 #: Images per request tried by the probe, in order.
 PROBE_COUNTS = (1, 2, 4, 9)
@@ -47,6 +49,8 @@ class Capabilities:
 
     Attributes
     ----------
+    protocol : str
+        The backend (:data:`VoteMILib.names.BACKENDS`), under the name stored results have always had.
     images : bool or None
         Whether images reach the model (None: not found out).
     max_images : int or None
@@ -151,8 +155,8 @@ def cache_path() -> str:
     return os.path.join(cache_dir(), CACHE_FILE)
 
 
-def cache_key(protocol: str, server: str, model: str) -> str:
-    return f"{protocol} {redact_url(server)} {model}"
+def cache_key(backend: str, server: str, model: str) -> str:
+    return f"{backend} {redact_url(server)} {model}"
 
 
 def _read_cache() -> dict:
@@ -174,9 +178,9 @@ def _write_cache(data: dict) -> None:
         pass  # a cache that cannot be written only costs a probe next time
 
 
-def cached(protocol: str, server: str, model: str, max_age_s: float = CACHE_MAX_AGE_S) -> Capabilities | None:
+def cached(backend: str, server: str, model: str, max_age_s: float = CACHE_MAX_AGE_S) -> Capabilities | None:
     """The stored probe result for this server and model, if younger than ``max_age_s``."""
-    entry = _read_cache().get(cache_key(protocol, server, model))
+    entry = _read_cache().get(cache_key(backend, server, model))
     if not isinstance(entry, dict):
         return None
     try:
@@ -192,10 +196,10 @@ def store(found: Capabilities) -> None:
     _write_cache(data)
 
 
-def forget(protocol: str, server: str, model: str) -> None:
+def forget(backend: str, server: str, model: str) -> None:
     """Drop a stored result (after a failure a probe may explain)."""
     data = _read_cache()
-    if data.pop(cache_key(protocol, server, model), None) is not None:
+    if data.pop(cache_key(backend, server, model), None) is not None:
         _write_cache(data)
 
 
@@ -230,7 +234,7 @@ def _ask(client, model, count: int, options, cancel, schema=None, spread=False):
 def _reported(client, model: str) -> dict:
     """What the server says about the model without being asked to generate: context length, vision."""
     found = {}
-    if client.protocol == "openai":
+    if client.backend == "openai":
         try:
             listing = client.request_json("GET", "/v1/models")
             for entry in listing.get("data", []) if isinstance(listing, dict) else []:
@@ -276,7 +280,7 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
     VLMCancelled
         When ``cancel`` returned True.
     """
-    found = Capabilities(client.protocol, client.server_url, model,
+    found = Capabilities(client.backend, client.server_url, model,
                          probed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     reported = _reported(client, model)
     found.context_length = reported.get("context_length")
@@ -313,7 +317,7 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
         found.prompt_tokens_per_image = round((tokens[accepted] - baseline) / accepted, 1) \
             if tokens.get(accepted) is not None else None
         # Ollama's native API lists image labels in the text, so only OpenAI requests compare like for like.
-        if tokens[1] <= baseline and client.protocol == "openai":
+        if tokens[1] <= baseline and client.backend == "openai":
             found.images = False
             found.notes.append(f"the prompt did not grow with an image ({baseline} tokens either way): the model "
                                "ignores images (no vision projector loaded?)")
@@ -361,16 +365,16 @@ def _try_schema(client, model, options, cancel, notes) -> bool:
 
 def inprocess_capabilities(model, max_images: int | None) -> Capabilities:
     """What the in-process backend accepts: images, ``max_images`` (its option) per request, JSON schema."""
-    return Capabilities("inprocess", "in-process", model.name, images=True, max_images=max_images,
+    return Capabilities(INPROCESS, "in-process", model.name, images=True, max_images=max_images,
                         max_images_exact=max_images is not None, context_length=model.context_length,
                         json_schema=True, probed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def capabilities_for(client, model: str, settings, probe_missing: bool, cancel=None) -> Capabilities | None:
     """The capabilities to fit a request to: the cached ones, a new probe when wanted, else None."""
-    if client.protocol == "inprocess":
+    if client.backend == INPROCESS:
         return inprocess_capabilities(client.model(), settings.max_images)
-    found = cached(client.protocol, client.server_url, model)
+    found = cached(client.backend, client.server_url, model)
     if found is None and probe_missing:
         started = time.monotonic()
         found = probe(client, model, settings.num_ctx, cancel)

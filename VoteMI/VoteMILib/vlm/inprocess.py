@@ -2,7 +2,7 @@
 
 Loads ``AutoProcessor`` + ``AutoModelForImageTextToText`` from a model folder (e.g. MedGemma 4B,
 LLaVA, Gemma 3), on the GPU when there is one, and streams tokens with ``TextIteratorStreamer``.
-Loading never reaches a model hub unless ``allow_hub`` is set. Used by ``protocol="inprocess"``
+Loading never reaches a model hub unless ``allow_hub`` is set. Used by the ``"inprocess"`` backend
 and by ``votemi serve``.
 """
 
@@ -13,9 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .clients import ChatResult, GenerationOptions, token_limit_message
+from ..names import INPROCESS
 from .constrained import TokenTable, is_complete, make_logits_processor, min_length
 from .errors import VLMCancelled, VLMError
+from .options import ChatResult, GenerationOptions, token_limit_message
 
 _MODELS = {}
 _MODELS_LOCK = threading.Lock()
@@ -318,9 +319,11 @@ def prompt_messages(prompt) -> list:
 
 
 class InProcessClient:
-    """The describe backend for ``protocol="inprocess"``: same interface as the HTTP clients."""
+    """The describe backend ``"inprocess"``: same interface as the HTTP clients."""
 
-    protocol = "inprocess"
+    backend = INPROCESS
+    #: Earlier name of :attr:`backend` (no wire protocol: nothing leaves the process).
+    protocol = INPROCESS
 
     def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", allow_hub: bool = False,
                  timeout_s: float = 300.0):

@@ -6,6 +6,7 @@ the primary volume first, then each extra sequence in the order given.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -15,9 +16,10 @@ from .. import __version__
 from ..findings import STRUCTURED_INSTRUCTION, findings_from_answer, findings_schema, render_partial_json, \
     StructuredStream
 from ..geometry import PLANES, parse_planes
-from ..names import DEFAULT_LANGUAGE
-from .clients import (DEFAULT_SERVER, GenerationOptions, Timeouts, check_authorization, make_http_client,
-                      parse_server_url, redact_url)
+from ..names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, INPROCESS
+from .clients import make_http_client
+from .options import GenerationOptions, Timeouts
+from .urls import DEFAULT_SERVER, check_authorization, parse_server_url, redact_url
 from .errors import VLMCancelled, VLMError
 from .capabilities import capabilities_for, forget, is_image_refusal, probe, store
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
@@ -25,7 +27,8 @@ from .packing import PACK_CHOICES, context_sheet, fit_images
 from .prompts import Prompt, PromptImage, Turn, build_prompt, format_position, spread_over_turns
 from .report import NOTICE, Report
 
-PROTOCOL_CHOICES = ("openai", "ollama", "inprocess")
+#: Earlier name of :data:`VoteMILib.names.BACKENDS`.
+PROTOCOL_CHOICES = BACKENDS
 #: Most slices of a context sheet (MedGemma's CT recipe goes up to 85; more would be unreadable tiles).
 MAX_CONTEXT_SLICES = 64
 STRUCTURED_CHOICES = ("auto", "off")
@@ -33,6 +36,23 @@ STRUCTURED_CHOICES = ("auto", "off")
 _STRUCTURED_REFUSAL = ("response_format", "json_schema", "format", "schema", "grammar", "structured")
 
 
+def _accepting_protocol(cls):
+    """Let ``cls(protocol=...)``, the earlier name of ``backend``, build the settings as before."""
+    generated = cls.__init__
+
+    @functools.wraps(generated)
+    def __init__(self, *args, protocol=None, **kwargs):
+        if protocol is not None:
+            if kwargs.get("backend", protocol) != protocol:
+                raise TypeError("give backend or protocol (its earlier name), not both")
+            kwargs["backend"] = protocol
+        generated(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_accepting_protocol
 @dataclass
 class DescribeSettings:
     """Everything that controls a describe run; every field has a default.
@@ -41,14 +61,15 @@ class DescribeSettings:
     ----------
     server_url : str
         Server address (Ollama's default port 11434, vLLM 8000, llama.cpp 8080, LM Studio 1234).
-    protocol : {"openai", "ollama", "inprocess"}
-        Wire protocol, or "inprocess" to run a transformers model folder (``model``) in this process.
+    backend : {"openai", "ollama", "inprocess"}
+        A server's wire protocol, or "inprocess" to run a transformers model folder (``model``) in this
+        process. ``protocol``, its earlier name, is accepted as a keyword and an attribute.
     model : str
         Model name on the server (empty: the server's only model), or the model folder for "inprocess".
     api_key : str
         Sent as ``Authorization: Bearer``; never recorded in the report metadata. A user name and
         password in ``server_url`` are sent as Basic authentication instead (not both), and the
-        URL is recorded without them (:func:`~VoteMILib.vlm.clients.redact_url`).
+        URL is recorded without them (:func:`~VoteMILib.vlm.urls.redact_url`).
     prompt_template : str or None
         Instruction template (see :data:`VoteMILib.vlm.prompts.PLACEHOLDERS`); None for the default.
     language : str
@@ -102,7 +123,7 @@ class DescribeSettings:
     """
 
     server_url: str = DEFAULT_SERVER
-    protocol: str = "openai"
+    backend: str = DEFAULT_BACKEND
     model: str = ""
     api_key: str = ""
     prompt_template: str | None = None
@@ -133,14 +154,28 @@ class DescribeSettings:
     examples_dir: str = ""
     examples_k: int = 1
 
+    @property
+    def protocol(self) -> str:
+        """Earlier name of :attr:`backend`."""
+        return self.backend
+
+    @protocol.setter
+    def protocol(self, value: str):
+        self.backend = value
+
     def validate(self):
-        """Raise :class:`VLMError` with a one-line reason for an unusable setting."""
-        if self.protocol not in PROTOCOL_CHOICES:
-            raise VLMError(f"unknown protocol '{self.protocol}'; choose {', '.join(PROTOCOL_CHOICES)}")
-        if self.protocol == "inprocess" and not (self.model or "").strip():
-            raise VLMError("the in-process protocol needs the model folder as the model setting")
-        if self.protocol != "inprocess":
-            check_authorization(parse_server_url(self.server_url, self.protocol), self.api_key)
+        """Raise :class:`VLMError` with a one-line reason for an unusable setting.
+
+        The one check of a run's settings: :func:`describe`, :func:`build_request` and :func:`make_client`
+        call it on the settings they are given, and ``votemi describe`` before its selection, handing
+        :func:`describe` the request it prepared (``parts``) so that it is not checked again.
+        """
+        if self.backend not in BACKENDS:
+            raise VLMError(f"unknown backend '{self.backend}'; choose {', '.join(BACKENDS)}")
+        if self.backend == INPROCESS and not (self.model or "").strip():
+            raise VLMError("the in-process backend needs the model folder as the model setting")
+        if self.backend != INPROCESS:
+            check_authorization(parse_server_url(self.server_url, self.backend), self.api_key)
         if not 32 <= int(self.long_side) <= 4096:
             raise VLMError(f"image long side {self.long_side} px is outside 32..4096")
         if self.planes:
@@ -172,8 +207,11 @@ class DescribeSettings:
             raise VLMError(f"examples folder not found: {self.examples_dir}")
 
     def public_dict(self) -> dict:
-        """The settings for the report metadata, without the API key."""
-        data = asdict(self)
+        """The settings for the report metadata, without the API key.
+
+        The backend is stored as ``protocol``, the key saved reports and scenes have always had.
+        """
+        data = {("protocol" if key == "backend" else key): value for key, value in asdict(self).items()}
         data.pop("api_key")
         data["api_key_set"] = bool(self.api_key)
         data["server_url"] = redact_url(self.server_url)
@@ -245,15 +283,20 @@ def _windowings(volume, selection, settings: DescribeSettings, extra_volumes=())
 
 
 def make_client(settings: DescribeSettings):
-    """The backend for ``settings.protocol``: an HTTP client or the in-process model."""
+    """The client of ``settings.backend``: an HTTP client or the in-process model (settings validated first)."""
     settings.validate()
-    if settings.protocol == "inprocess":
+    return _client(settings)
+
+
+def _client(settings: DescribeSettings):
+    """:func:`make_client` of settings already validated."""
+    if settings.backend == INPROCESS:
         from .inprocess import InProcessClient
 
         return InProcessClient(settings.model, device=settings.device, allow_hub=settings.allow_hub,
                                timeout_s=settings.timeout_s)
     timeouts = Timeouts(settings.connect_timeout_s, settings.idle_timeout_s, settings.timeout_s)
-    return make_http_client(settings.protocol, settings.server_url, settings.api_key, timeouts,
+    return make_http_client(settings.backend, settings.server_url, settings.api_key, timeouts,
                             settings.retries, settings.retry_backoff_s)
 
 
@@ -269,7 +312,7 @@ def list_models(settings: DescribeSettings) -> list:
 
 
 def _resolve_model(client, settings, cancel=None) -> str:
-    if settings.protocol == "inprocess" or settings.model.strip():
+    if settings.backend == INPROCESS or settings.model.strip():
         return settings.model.strip()
     models = client.list_models(cancel=cancel)
     if len(models) == 1:
@@ -283,6 +326,7 @@ def _resolve_model(client, settings, cancel=None) -> str:
 def build_request(volume, selection, settings: DescribeSettings, extra_volumes=(), capabilities=None) -> Prompt:
     """The prompt (with rendered images) :func:`describe` would send, fitted to ``capabilities`` and
     ``settings.max_images`` (contact sheets, context sheet, worked examples)."""
+    settings.validate()
     return RequestParts.prepare(volume, selection, settings, extra_volumes).fit(settings, capabilities)
 
 
@@ -448,8 +492,9 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         Return True to stop. Polled about 20 times a second, possibly from a helper thread, so it
         must be cheap and thread-safe (``threading.Event().is_set`` is ideal).
     parts : RequestParts, optional
-        The request already prepared with these arguments (:meth:`RequestParts.prepare`), so that
-        worked examples are not selected twice.
+        The request already prepared with these arguments and validated settings
+        (:meth:`RequestParts.prepare` after :meth:`DescribeSettings.validate`, as ``votemi describe``
+        does), so that its images are not rendered and its settings not checked again.
 
     Returns
     -------
@@ -468,17 +513,18 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         message as ``incomplete_reason`` (for saving what was asked, as ``votemi describe`` does).
     """
     settings = settings or DescribeSettings()
-    settings.validate()
     started = time.monotonic()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    parts = parts or RequestParts.prepare(volume, selection_result, settings, extra_volumes)
+    if parts is None:
+        settings.validate()
+        parts = RequestParts.prepare(volume, selection_result, settings, extra_volumes)
     prompt = parts.prompt
-    client = make_client(settings)
+    client = _client(settings)
     meta = {
         "notice": NOTICE,
-        "model": settings.model.strip() if settings.protocol != "inprocess" else client.model_path,
+        "model": settings.model.strip() if settings.backend != INPROCESS else client.model_path,
         "server": client.server_url,
-        "protocol": settings.protocol,
+        "protocol": settings.backend,  # the key saved reports have always had
         "created": created,
         "volume": volume.name,
         "sequences": [v.name for v in (volume, *extra_volumes)],
@@ -499,7 +545,7 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         if cancel is not None and cancel():
             raise VLMCancelled()
         model = _resolve_model(client, settings, cancel)
-        if settings.protocol != "inprocess":  # the in-process model is named by its folder
+        if settings.backend != INPROCESS:  # the in-process model is named by its folder
             meta["model"] = model
         capabilities = capabilities_for(client, model, settings, settings.probe, cancel)
         prompt = parts.fit(settings, capabilities)
@@ -514,10 +560,10 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         try:
             result = chat(prompt, capabilities)
         except VLMError as error:
-            if isinstance(error, VLMCancelled) or settings.protocol == "inprocess" or not is_image_refusal(error):
+            if isinstance(error, VLMCancelled) or settings.backend == INPROCESS or not is_image_refusal(error):
                 raise
             # The server refused the images: what was known about it is out of date (or was never found out).
-            forget(client.protocol, client.server_url, model)
+            forget(client.backend, client.server_url, model)
             capabilities = probe(client, model, settings.num_ctx, cancel)
             store(capabilities)
             refit = parts.fit(settings, capabilities)

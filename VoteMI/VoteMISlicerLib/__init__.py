@@ -1,0 +1,16 @@
+"""The Slicer side of the VoteMI module: the parts of ``VoteMILogic`` that need the Slicer application.
+
+``VoteMI.py`` holds the module, its panel, a thin ``VoteMILogic`` and the self-test; the engine
+(``VoteMILib``) holds everything that runs without Slicer. What is left needs ``slicer`` (its scene,
+its application, its DICOM database and package tools) and lives here, one concern per module:
+
+* :mod:`.run` - one Select / Select & Describe run in a child process (``VoteMIRun``), the run folder,
+  starting the child and the describe settings it receives;
+* :mod:`.marks` - the selection's marks, score plot and slice-view jumps in the scene;
+* :mod:`.servers` - the panel's messages about the server URL, and the server check in a child;
+* :mod:`.reports` - the report's summary line, export to text, HTML, PDF and the DICOM database;
+* :mod:`.packages` - installing the optional Python packages on first use.
+
+``VoteMI.py`` imports these only inside its functions: it must load (and say why it cannot run) in
+Slicers whose Python is too old for them.
+"""
