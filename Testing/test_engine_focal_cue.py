@@ -75,3 +75,27 @@ def test_the_cue_is_not_used_in_ct(colin27):
     grid = make_working_grid(colin27)
     scan = CueInput(grid, Region("CT", "head"), [grid.data])
     assert focal.find(scan, grid.mask, None) is None
+
+
+def test_brain_sites_lie_deep_in_tissue_and_follow_the_seed(colin27):
+    from VoteMILib.cues.morphology import depth_mm
+
+    grid = make_working_grid(colin27)
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    depth = depth_mm(grid.mask, spacing)
+    sites = synthetic.brain_sites(grid, 5.0, np.random.default_rng(3))
+    again = synthetic.brain_sites(grid, 5.0, np.random.default_rng(3))
+    assert [s.centre_ras for s in sites] == [s.centre_ras for s in again]
+    assert sorted({s.name.split()[0] for s in sites}) == ["bright", "dark"] and len(sites) == 2 * synthetic.BRAIN_SITES
+    fluid = np.percentile(grid.data[depth >= synthetic.BRAIN_DEPTH_MM], 10.0)
+    for site in sites:
+        voxel = synthetic.grid_index(grid, site.centre_ras)
+        assert depth[voxel] >= 5.0 + synthetic.BRAIN_DEPTH_MM - 2.0  # a working voxel of rounding
+        assert grid.data[voxel] > fluid
+
+
+def test_head_mri_takes_brain_lesions_and_head_ct_none():
+    from VoteMILib.cues.regions import Region
+
+    assert synthetic.kinds_for(Region("MRI", "head")) == ("brain",)
+    assert synthetic.kinds_for(Region("CT", "head")) == ()
