@@ -16,7 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "VoteMI"))
 
-from VoteMILib.bench import find_cases, load_mask, score_slice, section_areas  # noqa: E402
+from VoteMILib.bench import score_slice, section_areas  # noqa: E402
+from VoteMILib.datasets import find_cases, load_mask  # noqa: E402
 from VoteMILib.geometry import PLANES  # noqa: E402
 from VoteMILib.guided import guided_selection, load_label_map, make_guide  # noqa: E402
 from VoteMILib.preprocess import make_working_grid  # noqa: E402

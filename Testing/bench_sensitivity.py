@@ -27,9 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "VoteMI"))
 
-from VoteMILib.bench import load_mask, score_slice, section_areas  # noqa: E402
-from VoteMILib.bench_command import bench_cases  # noqa: E402
+from VoteMILib.bench import score_slice, section_areas  # noqa: E402
 from VoteMILib.bench_split import HALVES, half_of, region_of  # noqa: E402
+from VoteMILib.datasets import bench_cases, load_mask  # noqa: E402
 from VoteMILib.geometry import PLANES, plane_geometry  # noqa: E402
 from VoteMILib.selection import select_slices  # noqa: E402
 from VoteMILib.volumes import load_volume  # noqa: E402

@@ -327,7 +327,7 @@ def test_cli_select_with_bad_model_is_one_line(tmp_path, capsys):
 def test_encoder_module_does_not_import_torch():
     import subprocess
 
-    code = ("import sys, VoteMILib.encoders, VoteMILib.encoder_commands, VoteMILib.cli; "
+    code = ("import sys, VoteMILib.encoders, VoteMILib.cli.train_encoder, VoteMILib.cli; "
             "VoteMILib.cli.build_parser(); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
                             check=True)

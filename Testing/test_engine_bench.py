@@ -12,9 +12,9 @@ import pytest
 
 import engine_fixtures as ef
 from VoteMILib import bench_split, cli
-from VoteMILib.bench import (BASELINES, FOV_CUT_SHARE, METRICS, TOP3, evaluate_case, find_cases, fov_cut,
-                             score_slice, section_areas)
-from VoteMILib.bench_command import bench_cases
+from VoteMILib.bench import (BASELINES, FOV_CUT_SHARE, METRICS, TOP3, evaluate_case, fov_cut, score_slice,
+                             section_areas)
+from VoteMILib.datasets import bench_cases, find_cases
 from VoteMILib.geometry import PLANES, plane_geometry
 from VoteMILib.volumes import VolumeError, volume_from_array
 

@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 import engine_fixtures as ef
-from VoteMILib.bench import load_mask, section_areas
+from VoteMILib.bench import section_areas
+from VoteMILib.datasets import load_mask
 from VoteMILib.cues.tissues import FAT_PLANE_HU
 from VoteMILib.geometry import PLANES
 from VoteMILib.preprocess import block_reduce, make_working_grid

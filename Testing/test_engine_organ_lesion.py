@@ -11,7 +11,7 @@ import numpy as np
 
 import engine_fixtures as ef
 from VoteMILib import synthetic
-from VoteMILib.bench import find_cases
+from VoteMILib.datasets import find_cases
 from VoteMILib.cues import CueInput, detect_region, organ_lesion
 from VoteMILib.preprocess import make_working_grid
 from VoteMILib.volumes import load_volume, volume_from_array

@@ -62,7 +62,8 @@ def test_every_case_gives_finite_scores_and_names_its_cue():
                                        ("mirp_sts002_ct", "tissue_contrast"), ("pyrad_breast1_mr", "tissue_contrast")])
 def test_body_cue_finds_the_real_lesion(case, cue):
     """On the non-brain cases the top slice of every plane holds at least half the lesion's largest section."""
-    from VoteMILib.bench import load_mask, plane_profiles, score_slice
+    from VoteMILib.bench import plane_profiles, score_slice
+    from VoteMILib.datasets import load_mask
     from VoteMILib.preprocess import foreground_mask
 
     volume, result = ef.volume(case), ef.selection(case)

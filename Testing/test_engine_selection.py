@@ -264,7 +264,7 @@ def test_focus_points_at_the_lesion():
     """On a glioma with a clear mass, the best slice's focus of every plane lies on the lesion."""
     case = ef.MAIN_CASE
     volume, result = ef.volume(case), ef.selection(case)
-    from VoteMILib.bench import load_mask
+    from VoteMILib.datasets import load_mask
 
     lesion = np.argwhere(load_mask(ef.cases()[case]["mask"], volume))[:, ::-1]  # (i, j, k)
     lesion_ras = lesion @ volume.ijk_to_ras[:3, :3].T + volume.ijk_to_ras[:3, 3]

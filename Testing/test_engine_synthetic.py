@@ -15,7 +15,7 @@ from scipy import ndimage
 
 import engine_fixtures as ef
 from VoteMILib import synthetic
-from VoteMILib.bench import find_cases
+from VoteMILib.datasets import find_cases
 from VoteMILib.geometry import PLANES
 from VoteMILib.cues.regions import lung_mask
 

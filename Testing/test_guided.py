@@ -11,7 +11,8 @@ import pytest
 
 import engine_fixtures as ef
 from VoteMILib import cli, synthetic
-from VoteMILib.bench import find_cases, load_mask, score_slice, section_areas
+from VoteMILib.bench import score_slice, section_areas
+from VoteMILib.datasets import find_cases, load_mask
 from VoteMILib.geometry import NORMAL_INDEX, PLANES
 from VoteMILib.guided import GuideError, guided_selection, load_label_map, make_guide, select_guided
 from VoteMILib.volumes import load_volume, volume_from_array

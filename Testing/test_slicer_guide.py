@@ -52,7 +52,8 @@ def test_guide_section_selects_the_chosen_segment_and_the_point(panel, headless_
     of each plane holds at least half of the tumour's largest section, its mark inside the tumour; a pick passes
     through the point with its mark on it; the status line and the scene's tables say "guided by"."""
     from VoteMILib import mrml
-    from VoteMILib.bench import load_mask, score_slice, section_areas
+    from VoteMILib.bench import score_slice, section_areas
+    from VoteMILib.datasets import load_mask
 
     case = ef.cases()[CASE]
     volume = headless_slicer.load_volume(case["image"], CASE)
@@ -132,7 +133,7 @@ def test_chosen_segments_are_written_on_the_volume_grid(headless_slicer, tmp_pat
     """``mrml.write_segments_file``: segment n of the chosen ones is label n on the input volume's grid, the
     tumour voxel for voxel the case's mask; a segment ID the segmentation does not hold is refused."""
     from VoteMILib import mrml
-    from VoteMILib.bench import load_mask
+    from VoteMILib.datasets import load_mask
     from VoteMILib.guided import load_label_map
 
     case = ef.cases()[CASE]

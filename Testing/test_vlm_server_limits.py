@@ -480,7 +480,7 @@ def test_sigterm_during_generation_exits_cleanly(tiny_vlm_dir):
 
 def test_serve_limit_options(tmp_path, capsys):
     from VoteMILib.cli import build_parser
-    from VoteMILib.vlm.commands import _serve_limits
+    from VoteMILib.cli.serve import serve_limits
 
     args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--max-prompt-tokens", "2048",
                                       "--max-prompt-chars", "9000", "--max-images", "12",
@@ -488,7 +488,7 @@ def test_serve_limit_options(tmp_path, capsys):
                                       "--max-new-tokens", "512", "--queue-timeout", "15",
                                       "--generation-timeout", "120", "--max-connections", "8",
                                       "--max-request-mb", "16"])
-    limits = _serve_limits(args)
+    limits = serve_limits(args)
     assert (limits.max_prompt_tokens, limits.max_prompt_chars, limits.max_images, limits.max_image_megapixels,
             limits.max_total_megapixels, limits.max_tokens_cap, limits.queue_timeout_s, limits.generation_timeout_s,
             limits.max_connections, limits.max_request_mb) == (2048, 9000, 12, 4, 20, 512, 15, 120, 8, 16)

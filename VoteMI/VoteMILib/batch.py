@@ -317,7 +317,7 @@ def select_case(case: BatchCase, settings: SelectSettings) -> dict:
 
     Whatever goes wrong becomes ``status: failed`` with the one-line error, so that the batch goes on.
     """
-    from .cli import run_selection, selection_document
+    from .run import run_selection, selection_document
 
     started = time.perf_counter()
     record = new_record(case)
@@ -341,15 +341,11 @@ def _render_pngs(volume, result, args, document) -> dict:
     """The PNGs ``votemi select --png-dir`` writes, as {file name: bytes}; records the windowing."""
     import tempfile
 
-    from .cli import window_settings
-    from .render import choose_windowing, save_selection_pngs
+    from .run import save_pngs
 
-    modality, preset, window = window_settings(args)
-    windowing = choose_windowing(volume, modality, preset, window, region=result.region.get("name"))
-    document["windowing"] = windowing.to_dict()
     with tempfile.TemporaryDirectory(prefix="votemi-batch-") as folder:
         pngs = {}
-        for path in save_selection_pngs(volume, result, folder, windowing):
+        for path in save_pngs(args, volume, result, folder, document):
             with open(path, "rb") as handle:
                 pngs[os.path.basename(path)] = handle.read()
     return pngs
@@ -658,69 +654,7 @@ def write_summary_csv(path, records) -> None:
     write_atomic(path, buffer.getvalue(), what="summary CSV")
 
 
-def add_cluster_arguments(parser, default_workers: int = 2) -> None:
-    """--workers and --scheduler (``votemi batch`` and ``votemi eval``)."""
-    from .cli import positive_int
-
-    group = parser.add_argument_group("cluster", "a local Dask cluster of worker processes, or an existing one")
-    where = group.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=positive_int, default=default_workers, metavar="N",
-                       help="worker processes of the local cluster (default: %(default)s)")
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="use the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786) instead; its "
-                            "workers must have votemi installed and read the inputs at the same paths")
-
-
-def add_batch_command(commands) -> None:
-    from .cli import add_mode_argument, add_window_arguments, positive_int
-    from .names import PLANES, parse_planes
-
-    parser = commands.add_parser(
-        "batch", help="select slices of many scans on a Dask cluster, resumable",
-        description="Run 'votemi select' on every case of the inputs, in parallel on Dask. Each case gets "
-                    "OUT/cases/<case>.json (the JSON of 'votemi select --json'); OUT/summary.jsonl and "
-                    "OUT/summary.csv list every case. Run it again to do only what is missing or changed.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="folder of cases (cases.tsv, DICOM series, image.* or loose images; searched "
-                             "recursively), case table (.csv/.tsv with an 'image' column) or image file")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
-    parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes,
-                        help="comma-separated planes (default: %(default)s)")
-    parser.add_argument("--top", type=positive_int, default=3, metavar="K", help="slices per plane (default: 3)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    add_mode_argument(parser)
-    parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder (.npz); default: PCA")
-    parser.add_argument("--pngs", action="store_true", help="also write each selected slice as a PNG "
-                                                            "(OUT/png/<case>/)")
-    add_window_arguments(parser)
-    add_cluster_arguments(parser)
-    parser.set_defaults(func=run_batch_command)
-
-
 def prepare_out(out: str) -> str:
     from .outputs import check_output_folder
 
     return check_output_folder(out, "--out folder")
-
-
-def run_batch_command(args) -> int:
-    from .cli import window_settings
-
-    cases = discover_cases(args.inputs)
-    out = prepare_out(args.out)
-    modality, preset, window = window_settings(args)
-    settings = SelectSettings(planes=tuple(args.planes), top=args.top, seed=args.seed, mode=args.mode,
-                              encoder=os.path.abspath(args.encoder) if args.encoder else None, pngs=args.pngs,
-                              modality=modality, ct_preset=args.ct_preset, window=tuple(window) if window else None,
-                              encoder_digest=file_digest(args.encoder) if args.encoder else "")
-    limit = None if args.scheduler else worker_memory_limit(cases, args.workers)
-    print(f"votemi batch: {len(cases)} cases -> {out}" +
-          (f" on {args.scheduler}" if args.scheduler else
-           f" on {args.workers} local workers ({limit / 2 ** 30:.1f} GiB each)"), file=sys.stderr)
-    with dask_client(args.workers, args.scheduler, limit) as client:
-        records = run_cases(client, cases, select_case, settings, out, store_selection(out))
-    write_summary_csv(os.path.join(out, SUMMARY_CSV), records)
-    failed = [r for r in records if r.get("status") != "ok"]
-    print(f"votemi batch: {len(records) - len(failed)} cases done, {len(failed)} failed; summary in "
-          f"{os.path.join(out, SUMMARY_CSV)}", file=sys.stderr)
-    return 1 if failed else 0

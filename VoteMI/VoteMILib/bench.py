@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import gc
-import glob
 import os
 import statistics
 import tempfile
 import time
 import tracemalloc
 import zlib
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from .datasets import Case, load_mask
 from .geometry import NORMAL_INDEX, PLANES, canonical_array, plane_geometry
 from .preprocess import foreground_mask
 from .volumes import VolumeError, load_volume
@@ -37,59 +35,6 @@ FOV_STABLE_SLICES, FOV_STABLE_MM = 2, 5.0
 #: cut removes (drawn uniformly per case): enough to move the centre of the field of view by several cm on
 #: a full-field scan, never touching the lesion.
 FOV_CUT_SHARE = (0.3, 0.5)
-
-
-@dataclass
-class Case:
-    name: str
-    image: str
-    mask: str | None = None
-    extras: list = field(default_factory=list)
-
-
-def find_cases(folder) -> list:
-    """Cases of a folder: rows of its ``cases.tsv`` (case, image, mask, extra), or sub-folders holding
-    ``image.*`` and optional ``mask.*`` and other sequences."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise VolumeError(f"no such folder: {folder}")
-    table = os.path.join(folder, "cases.tsv")
-    cases = []
-    if os.path.exists(table):
-        with open(table, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                base = os.path.join(folder, row["case"])
-                extras = [os.path.join(base, e) for e in (row.get("extra") or "").split(",") if e.strip()]
-                mask = os.path.join(base, row["mask"]) if (row.get("mask") or "").strip() else None
-                cases.append(Case(row["case"], os.path.join(base, row["image"]), mask, extras))
-        return cases
-    for sub in sorted(os.listdir(folder)):
-        images = sorted(glob.glob(os.path.join(folder, sub, "image.*")))
-        if not images:
-            continue
-        masks = sorted(glob.glob(os.path.join(folder, sub, "mask.*")))
-        others = sorted(p for p in glob.glob(os.path.join(folder, sub, "*.*")) if p not in images + masks)
-        cases.append(Case(sub, images[0], masks[0] if masks else None, others))
-    if not cases:
-        raise VolumeError(f"{folder} holds no cases (no cases.tsv and no sub-folder with an image.* file)")
-    return cases
-
-
-def load_mask(path, volume) -> np.ndarray:
-    """A lesion mask (label > 0) on the voxel grid of ``volume``, in (K, J, I) order."""
-    import SimpleITK as sitk
-
-    from .volumes import ijk_to_ras_from_image
-
-    image = sitk.ReadImage(os.fspath(path))
-    same_grid = (tuple(image.GetSize()) == tuple(volume.size_ijk)
-                 and np.allclose(ijk_to_ras_from_image(image), volume.ijk_to_ras, atol=1e-3))
-    if not same_grid:
-        reference = sitk.ReadImage(volume.path) if volume.path else None
-        if reference is None:
-            raise VolumeError(f"mask {path} is not on the image grid and the image has no file to resample to")
-        image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(image) > 0
 
 
 def section_areas(volume, mask_kji: np.ndarray, plane: str) -> np.ndarray:

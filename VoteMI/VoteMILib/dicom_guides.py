@@ -18,6 +18,10 @@ CONVERTERS = ("load it in Slicer's DICOM module (the QuantitativeReporting exten
               "`plastimatch convert`")
 
 
+class GuideError(ValueError):
+    """A mask, label or point that cannot guide the selection; the message is one line for the user."""
+
+
 def dicom_modality(path) -> str:
     """Modality (0008,0060) of a DICOM file, "" if it is not one."""
     try:
@@ -68,8 +72,6 @@ def read_dicom_guide(path, volume):
     GuideError
         For a DICOM SEG, an RTSTRUCT without contours, or one that cannot be read (no pydicom).
     """
-    from .guided import GuideError
-
     found = find_dicom_guide(os.fspath(path))
     if found is None:
         return None
@@ -92,7 +94,7 @@ def rasterise_rtstruct(dataset, volume, name: str = "RTSTRUCT") -> np.ndarray:
     """
     from PIL import Image, ImageDraw
 
-    from .guided import GuideError, ras_to_ijk
+    from .geometry import ras_to_ijk
 
     rois = {int(item.ROINumber): str(getattr(item, "ROIName", "") or f"ROI {item.ROINumber}")
             for item in getattr(dataset, "StructureSetROISequence", [])}

@@ -94,6 +94,13 @@ def canonical_spacing(ijk_to_ras) -> np.ndarray:
     return spacing[ijk_axis]
 
 
+def ras_to_ijk(ijk_to_ras, ras) -> np.ndarray:
+    """Continuous voxel indices (i, j, k) of a RAS point, or of each row of an (n, 3) array of them."""
+    matrix = np.asarray(ijk_to_ras, dtype=float)
+    inverse = np.linalg.inv(matrix[:3, :3])
+    return (np.asarray(ras, dtype=float) - matrix[:3, 3]) @ inverse.T
+
+
 def display_slice(canonical: np.ndarray, plane: str, index: int) -> np.ndarray:
     """One slice of a canonical (R, A, S) array as Slicer shows it, row 0 at the top.
 

@@ -21,17 +21,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry, ras_axis_assignment
+# GuideError is defined beside the DICOM reader that raises it too, so that neither module imports the other.
+from .dicom_guides import GuideError, read_dicom_guide
+from .geometry import (NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry, ras_axis_assignment,
+                       ras_to_ijk)
 from .results import PlaneResult, SelectedSlice, SelectionResult
 
 #: Unsupervised picks of combined mode keep at least this distance (mm) from a guided segment or point.
 OUTSIDE_MARGIN_MM = 10.0
 #: Cue of planes picked from segments, from points, or from both.
 CUE_SEGMENTATION, CUE_POINT = "segmentation", "point"
-
-
-class GuideError(ValueError):
-    """A mask, label or point that cannot guide the selection; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +160,6 @@ def load_label_map(path, volume) -> np.ndarray:
         DICOM SEG or RTSTRUCT that cannot be read here, or no overlap with the volume's field of view.
     """
     import SimpleITK as sitk
-
-    from .dicom_guides import read_dicom_guide
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -312,13 +309,6 @@ def check_point(volume, point) -> tuple:
 
 def _format_point(ras) -> str:
     return ",".join(f"{c:g}" for c in ras)
-
-
-def ras_to_ijk(ijk_to_ras, ras) -> np.ndarray:
-    """Continuous voxel indices (i, j, k) of a RAS point, or of each row of an (n, 3) array of them."""
-    matrix = np.asarray(ijk_to_ras, dtype=float)
-    inverse = np.linalg.inv(matrix[:3, :3])
-    return (np.asarray(ras, dtype=float) - matrix[:3, 3]) @ inverse.T
 
 
 def volume_extent_ras(volume):

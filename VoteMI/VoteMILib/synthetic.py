@@ -385,7 +385,7 @@ class Scan:
     """A case made ready for synthetic lesions (see :func:`prepare_scan`)."""
 
     name: str
-    volume: object  # the case as read (bench.Case's image)
+    volume: object  # the case as read (datasets.Case's image)
     base: object  # the scan lesions are put into: its lesion erased, or as read
     grid: object  # working grid of ``base``, where sites are drawn
     region: object
@@ -399,7 +399,7 @@ class Scan:
 def prepare_scan(case, seed: int = 0, keep_lesion: bool = False) -> Scan:
     """Read a case, erase its lesion (unless ``keep_lesion``, or the case has no mask: a host as read)
     and select on the result once (the picks a miss may have been lost to)."""
-    from .bench import load_mask
+    from .datasets import load_mask
     from .preprocess import foreground_mask, make_working_grid
     from .cues import detect_region
     from .modality import detect_modality
@@ -480,7 +480,7 @@ def evaluate_synthetic(case, kinds=KINDS, seed: int = 0, keep_lesion: bool = Fal
 
     Parameters
     ----------
-    case : bench.Case
+    case : datasets.Case
         Needs a lesion mask (erased unless ``keep_lesion``).
     kinds : sequence of str
         Kinds to try, of those the case's region takes (:func:`kinds_for`).

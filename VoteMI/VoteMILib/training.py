@@ -82,11 +82,11 @@ class TrainingResult:
 def find_training_scans(folder) -> list:
     """Image files to train on: a cases folder's images and extra sequences, or every volume file.
 
-    A folder with ``cases.tsv`` or case sub-folders (see :func:`VoteMILib.bench.find_cases`) gives
+    A folder with ``cases.tsv`` or case sub-folders (see :func:`VoteMILib.datasets.find_cases`) gives
     each case's image and extra sequences, never its mask. Any other folder is searched recursively
     for files SimpleITK reads (NIfTI, NRRD, MHA/MHD, MGZ); label maps are dropped when loaded.
     """
-    from .bench import find_cases
+    from .datasets import find_cases
 
     folder = os.fspath(folder)
     if not os.path.isdir(folder):

@@ -1,4 +1,4 @@
-"""``votemi describe`` and ``votemi serve``, registered by :mod:`VoteMILib.cli`."""
+"""``votemi describe``: select slices, then draft a report with a local vision-language model."""
 
 from __future__ import annotations
 
@@ -6,43 +6,20 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import replace
 
 from .. import events
 from ..names import DEFAULT_LANGUAGE
-from .clients import DEFAULT_SERVER, redact_url
-from .errors import VLMCancelled, VLMError
-from .packing import PACK_CHOICES
-from .pipeline import PROTOCOL_CHOICES, DescribeSettings, RequestParts, describe
-from .report import NOTICE, Report
-from .server import DEFAULT_HOST, DEFAULT_PORT
-
-API_KEY_ENV = "VOTEMI_API_KEY"
-
-
-def _fail(message: str, code: int = 1) -> int:
-    events.print_error(message)
-    return code
-
-
-def _api_key(args) -> str:
-    """--api-key, else the variable named by --api-key-env (default VOTEMI_API_KEY)."""
-    if args.api_key:
-        return args.api_key
-    return os.environ.get(args.api_key_env or API_KEY_ENV, "")
-
-
-def _add_key_arguments(parser):
-    keys = parser.add_mutually_exclusive_group()
-    keys.add_argument("--api-key", default="", help="API key (visible in the process list; prefer --api-key-env)")
-    keys.add_argument("--api-key-env", metavar="VAR", default=API_KEY_ENV,
-                      help="environment variable holding the API key (default: %(default)s)")
+from ..run import check_outputs, format_summary, run_selection, selection_document, window_settings
+from ..vlm.clients import DEFAULT_SERVER, redact_url
+from ..vlm.errors import VLMCancelled, VLMError
+from ..vlm.packing import PACK_CHOICES
+from ..vlm.pipeline import PROTOCOL_CHOICES, DescribeSettings, RequestParts, describe
+from ..vlm.report import NOTICE, Report
+from .arguments import add_key_arguments, add_selection_arguments, api_key, fail, positive_int
 
 
 def add_describe_command(commands) -> None:
     """Register ``votemi describe``."""
-    from ..cli import add_selection_arguments, positive_int
-
     parser = commands.add_parser(
         "describe", help="select slices, then draft a report with a local vision-language model",
         description="Run the selection, send the voted slices to a locally hosted vision-language model and "
@@ -55,7 +32,7 @@ def add_describe_command(commands) -> None:
                             "ollama: Ollama's /api/chat; inprocess: run --model (a folder) here (default: %(default)s)")
     group.add_argument("--model", default="", help="model name (default: the server's only model); a folder for "
                                                    "--protocol inprocess")
-    _add_key_arguments(group)
+    add_key_arguments(group)
     group.add_argument("--timeout", type=float, default=300.0, metavar="S", help="total time limit (default: 300)")
     group.add_argument("--max-tokens", type=int, default=1024, help="longest report in tokens (default: 1024)")
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
@@ -102,8 +79,6 @@ def add_describe_command(commands) -> None:
 
 def settings_from_args(args) -> DescribeSettings:
     """The :class:`DescribeSettings` of a parsed ``votemi describe`` command line."""
-    from ..cli import window_settings
-
     modality, preset, window = window_settings(args)
     template = None
     if args.prompt_file:
@@ -114,7 +89,7 @@ def settings_from_args(args) -> DescribeSettings:
             reason = getattr(error, "strerror", None) or "not UTF-8 text"
             raise VLMError(f"cannot read prompt file {args.prompt_file}: {reason}") from None
     return DescribeSettings(
-        server_url=args.server, protocol=args.protocol, model=args.model, api_key=_api_key(args),
+        server_url=args.server, protocol=args.protocol, model=args.model, api_key=api_key(args),
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
         long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
@@ -125,8 +100,8 @@ def settings_from_args(args) -> DescribeSettings:
 
 def _stored_capabilities(settings):
     """The stored probe result of the named model, for a dry run to fit as the real run would (None if none)."""
-    from .capabilities import cached
-    from .clients import parse_server_url
+    from ..vlm.capabilities import cached
+    from ..vlm.clients import parse_server_url
 
     if settings.protocol == "inprocess" or not settings.model.strip():
         return None
@@ -175,17 +150,15 @@ def run_describe(args) -> int:
     selection is done, ``--json`` is written whatever happens next (``report_meta.complete`` false and
     ``incomplete_reason`` on failure), and ``--report`` whenever some text arrived.
     """
-    from ..cli import check_outputs, format_summary, run_selection, selection_document
-
     try:
         settings = settings_from_args(args)
         settings.validate()
     except VLMError as error:
-        return _fail(str(error), 2)
+        return fail(str(error), 2)
     check_outputs(args, **{"--report": args.report, "--html": args.html})
     problem = _dicom_out_problem(args)
     if problem:
-        return _fail(problem)
+        return fail(problem)
     volume, extras, result = run_selection(args)
     document = selection_document(args, volume, result)
     events.emit("selection", selection=document)
@@ -225,7 +198,7 @@ def run_describe(args) -> int:
         print(file=sys.stdout)
         cancelled = isinstance(error, VLMCancelled)
         _save_unfinished(args, document, error, "interrupted by Ctrl-C" if cancelled else str(error), prompt)
-        return _fail("interrupted" if cancelled else str(error), 130 if cancelled else 1)
+        return fail("interrupted" if cancelled else str(error), 130 if cancelled else 1)
     if not settings.stream:
         show(report.text)
     print()
@@ -240,7 +213,7 @@ def run_describe(args) -> int:
         report.save(args.report)
     _write_html(args, report, prompt)
     if dicom_error:
-        return _fail(dicom_error)
+        return fail(dicom_error)
     return 0 if report.complete else 3
 
 
@@ -304,7 +277,7 @@ def _write_html(args, report, prompt):
     """``--html``: the page with the images that were sent."""
     if not args.html or prompt is None:
         return
-    from .html_export import save_html
+    from ..vlm.html_export import save_html
 
     save_html(args.html, report, {image.id: image.png for image in prompt.images})
     if not args.quiet:
@@ -323,192 +296,3 @@ def _write_json(path, document):
     from ..outputs import write_json_atomic
 
     write_json_atomic(path, document, what="describe JSON")
-
-
-def add_models_command(commands) -> None:
-    """Register ``votemi models`` (the server check of Slicer's status line)."""
-    from ..cli import add_events_argument
-
-    parser = commands.add_parser("models", help="list the models a server offers (a health check)",
-                                 description="Ask a model server which models it offers.")
-    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
-    parser.add_argument("--protocol", choices=PROTOCOL_CHOICES[:2], default="openai",
-                        help="openai or ollama (default: %(default)s)")
-    _add_key_arguments(parser)
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="time limit (default: 10)")
-    parser.add_argument("--probe", action="store_true",
-                        help="also find out what the model accepts (images, images per request, context length, "
-                             "JSON schema) with a few one-token requests, and store it for describe")
-    parser.add_argument("--model", default="", help="model to probe (default: the server's only model)")
-    add_events_argument(parser)
-    parser.set_defaults(func=run_models)
-
-
-def run_models(args) -> int:
-    """``votemi models``: one model name a line; 1 if the server cannot be asked."""
-    from .pipeline import list_models
-
-    settings = DescribeSettings(server_url=args.server, protocol=args.protocol, api_key=_api_key(args),
-                                timeout_s=args.timeout, connect_timeout_s=min(args.timeout, 10.0),
-                                idle_timeout_s=args.timeout, retries=0)
-    try:
-        models = list_models(settings)
-    except VLMError as error:
-        return _fail(str(error))
-    events.emit("models", server=redact_url(args.server), models=list(models))
-    for model in models:
-        print(model)
-    if args.probe:
-        return _run_probe(args, settings, models)
-    return 0
-
-
-def _run_probe(args, settings, models) -> int:
-    """``votemi models --probe``: probe the chosen model, store and print the result (one line, then notes)."""
-    from .capabilities import probe, store
-    from .pipeline import make_client
-
-    model = args.model.strip() or (models[0] if len(models) == 1 else "")
-    if not model:
-        return _fail(f"{redact_url(args.server)} offers {len(models)} models; choose the one to probe with --model")
-    client = make_client(replace(settings, timeout_s=max(args.timeout, 60.0), idle_timeout_s=max(args.timeout, 60.0)))
-    try:
-        found = probe(client, model, settings.num_ctx)
-    except VLMError as error:
-        return _fail(f"probing {model}: {error}")
-    store(found)
-    events.emit("capabilities", capabilities=found.to_dict(), summary=found.summary())
-    print(f"{model}: {found.summary()}")
-    for note in found.notes:
-        print(f"  {note}")
-    return 0
-
-
-def add_serve_command(commands) -> None:
-    """Register ``votemi serve``."""
-    import argparse
-
-    from ..cli import positive_int
-    from .server import CHARS_PER_TOKEN, ServeLimits
-
-    def positive(text) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parser = commands.add_parser(
-        "serve", help="serve a local model folder over an OpenAI-compatible API",
-        description="Load a transformers vision-language model folder and serve it with /v1/chat/completions, "
-                    "/v1/models and /health, so Slicer on other machines can use it. Every request is bounded "
-                    "by the limits below; what is refused gets an OpenAI-shaped JSON error.")
-    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. a MedGemma download)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
-    _add_key_arguments(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights type (default: bfloat16/float16 on GPU, float32 on CPU)")
-    parser.add_argument("--allow-hub", action="store_true", help="let transformers download missing files")
-    parser.add_argument("--quiet", action="store_true", help="do not log requests")
-    parser.add_argument("--text-only", action="store_true",
-                        help="refuse requests with images (400), as a model without its vision projector would; "
-                             "for checking clients")
-    parser.add_argument("--no-json-schema", action="store_true",
-                        help="refuse response_format json_schema (400), as servers without structured output do")
-    parser.add_argument("--drop-images", action="store_true",
-                        help="accept images but leave them out of the prompt, as a server without its vision "
-                             "projector may (llama-cpp-python without --clip_model_path)")
-    parser.add_argument("--max-images-per-message", type=positive_int, metavar="N",
-                        help="refuse messages with more images (400), as Ollama vision models taking a single image "
-                             "per message do (default: only --max-images per request)")
-    defaults = ServeLimits()
-    limits = parser.add_argument_group("limits (answered 400 unless said otherwise)")
-    limits.add_argument("--max-request-mb", type=positive, default=defaults.max_request_mb, metavar="MB",
-                        help="largest request body, refused unread with 413 (default: %(default)g)")
-    limits.add_argument("--max-prompt-tokens", type=positive_int, metavar="N",
-                        help="longest prompt in tokens after the chat template, images included "
-                             "(default: the model's context length)")
-    limits.add_argument("--max-prompt-chars", type=positive_int, metavar="N",
-                        help="most characters of prompt text, counted before tokenising "
-                             f"(default: {CHARS_PER_TOKEN} x --max-prompt-tokens)")
-    limits.add_argument("--max-images", type=positive_int, default=defaults.max_images, metavar="N",
-                        help="most images per request (default: %(default)s)")
-    limits.add_argument("--max-image-megapixels", type=positive, default=defaults.max_image_megapixels, metavar="MP",
-                        help="largest image, read from its header before decoding (default: %(default)g)")
-    limits.add_argument("--max-total-megapixels", type=positive, default=defaults.max_total_megapixels, metavar="MP",
-                        help="most pixels of all images of a request (default: %(default)g)")
-    limits.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_tokens_cap, metavar="N",
-                        help="most tokens generated per answer; larger max_tokens are lowered (default: %(default)s)")
-    limits.add_argument("--queue-timeout", type=positive, default=defaults.queue_timeout_s, metavar="S",
-                        help="longest wait for the model behind other requests, then 503 with Retry-After "
-                             "(default: %(default)g)")
-    limits.add_argument("--generation-timeout", type=positive, default=defaults.generation_timeout_s, metavar="S",
-                        help="generation stops after this long and the answer is cut (default: %(default)g)")
-    limits.add_argument("--max-connections", type=positive_int, default=defaults.max_connections, metavar="N",
-                        help="connections served at once; more are answered 503 at once (default: %(default)s)")
-    parser.set_defaults(func=run_serve)
-
-
-def _serve_limits(args):
-    """The limits given on the command line (argparse has checked each)."""
-    from .server import ServeLimits
-
-    return ServeLimits(max_request_mb=args.max_request_mb, max_prompt_tokens=args.max_prompt_tokens,
-                       max_prompt_chars=args.max_prompt_chars, max_images=args.max_images,
-                       max_image_megapixels=args.max_image_megapixels,
-                       max_total_megapixels=args.max_total_megapixels, max_tokens_cap=args.max_new_tokens,
-                       queue_timeout_s=args.queue_timeout, generation_timeout_s=args.generation_timeout,
-                       max_connections=args.max_connections)
-
-
-def run_serve(args) -> int:
-    """``votemi serve``: blocks until Ctrl-C; 0 after a clean stop."""
-    from .inprocess import load_model
-    from .server import ServeFeatures, VLMServer, is_loopback
-
-    api_key = _api_key(args)
-    if not 0 <= args.port <= 65535:
-        return _fail(f"invalid port {args.port}", 2)
-    try:
-        print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-        model = load_model(args.model, device=args.device, dtype=args.dtype, allow_hub=args.allow_hub)
-        server = VLMServer(model, args.host, args.port, api_key=api_key, limits=_serve_limits(args),
-                           log=None if args.quiet else sys.stderr,
-                           features=ServeFeatures(images=not args.text_only, json_schema=not args.no_json_schema,
-                                                  images_per_message=args.max_images_per_message,
-                                                  drop_images=args.drop_images))
-    except VLMError as error:
-        return _fail(str(error))
-    except OSError as error:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
-    if not is_loopback(args.host) and not api_key:
-        print("votemi: warning: listening beyond this machine without an API key; anyone who can reach "
-              f"{args.host}:{args.port} can use the model", file=sys.stderr)
-    print(f"serving {model.name} on {server.url} (device {model.device}); OpenAI-compatible API at "
-          f"{server.url}/v1; Ctrl-C to stop", file=sys.stderr, flush=True)
-    # Ctrl-C and SIGTERM ask the serving loop to finish: no KeyboardInterrupt can then land in the
-    # middle of answering a request or of closing the socket.
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        def stop(signum, frame):
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-        handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.serve_forever()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        finished = server.server_close()
-    print("votemi: stopped", file=sys.stderr, flush=True)
-    if not finished:
-        # Interpreter shutdown beside a thread still inside torch aborts the process; leave without it.
-        sys.stdout.flush()
-        os._exit(0)
-    return 0
-

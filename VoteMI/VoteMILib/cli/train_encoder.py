@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
+from .arguments import comma_separated, int_at_least, positive_int
 
-def _widths(text: str) -> tuple:
-    try:
-        widths = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of widths, e.g. 128,64") from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a list of positive widths, e.g. 128,64")
-    return widths
+#: argparse type for --hidden: layer widths of at least 1.
+_widths = comma_separated(int, 1, "'{}' is not a comma-separated list of widths, e.g. 128,64",
+                          "'{}' is not a list of positive widths, e.g. 128,64")
 
 
 def add_train_encoder_command(commands) -> None:
     """Register ``train-encoder`` on an ``argparse`` sub-parser collection."""
-    from .cli import int_at_least, positive_int
-
     # Defaults are repeated from training.py rather than imported, so that building the parser never
     # imports the training module; test_encoder checks that they agree.
     parser = commands.add_parser(
@@ -47,13 +40,13 @@ def add_train_encoder_command(commands) -> None:
 
 def run_train_encoder(args) -> int:
     """Run training for parsed arguments; errors surface as one-line ``ValueError``s."""
-    from .training import train_encoder
+    from ..training import train_encoder
 
     if os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a folder; give the model file to write, e.g. {args.out}/encoder.npz")
     if not args.out.lower().endswith(".npz"):
         raise ValueError(f"--out {args.out}: the model file name must end in .npz")
-    from .outputs import check_output_file
+    from ..outputs import check_output_file
 
     check_output_file(args.out, "--out model file")
     train_encoder(args.folder, args.out, epochs=args.epochs, latent=args.latent, seed=args.seed, hidden=args.hidden,

@@ -1,16 +1,17 @@
-"""The ``votemi bench`` command: options and what each runs (``VoteMILib.bench`` does the work and is
-imported only when the command runs, so that building the command line loads neither numpy nor scipy)."""
+"""``votemi bench``: options and what each runs (:mod:`VoteMILib.bench` does the work and is imported only
+when the command runs, so that building the command line loads neither numpy nor scipy)."""
 
 from __future__ import annotations
 
-import argparse
+from ..names import MODES, PLANES, SYNTHETIC_KINDS, parse_planes
+from .arguments import comma_separated, parse_mode, positive_int
 
-from .names import MODES, PLANES, SYNTHETIC_KINDS, parse_planes
+#: argparse type for --diameters: positive millimetres, comma-separated.
+_diameters = comma_separated(float, 0, "'{}' is not a comma-separated list of millimetres",
+                             "'{}': give one or more positive diameters in mm", strictly_above=True)
 
 
 def add_bench_command(commands) -> None:
-    from .cli import parse_mode, positive_int
-
     parser = commands.add_parser("bench", help="score selection on cases with lesion masks, and speed",
                                  description="Run selection on every case of a folder and score the top slice "
                                              "of each plane against the lesion mask, beside naive baselines.")
@@ -49,21 +50,11 @@ def add_bench_command(commands) -> None:
     parser.set_defaults(func=run_bench)
 
 
-def _diameters(text) -> tuple:
-    """argparse type for --diameters: positive millimetres, comma-separated."""
-    try:
-        values = tuple(float(item) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of millimetres") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}': give one or more positive diameters in mm")
-    return values
-
-
 def run_synthetic(args) -> dict:
     """``bench --synthetic``: every case whose region takes synthetic lesions of the kind (a case without
     a mask is a host as read, its own lesions unscored)."""
-    from . import synthetic
+    from .. import synthetic
+    from ..datasets import bench_cases
 
     kinds = SYNTHETIC_KINDS if args.synthetic == "all" else (args.synthetic,)
     diameters = {kind: args.diameters for kind in kinds} if args.diameters else None
@@ -82,27 +73,14 @@ def run_synthetic(args) -> dict:
     return {"synthetic": rows, "summary": table, "baselines": baselines, "settings": {"seed": args.seed, "keep_lesion": args.keep_lesion}}
 
 
-def bench_cases(folders, half: str = "all") -> list:
-    """The cases of every folder, of one half of the split (or all); a scan met twice (mirp_sts002_ct is
-    sarcoma/sts002_ct) is scored once."""
-    from .bench import find_cases
-    from .bench_split import SAME_SCAN, half_of
-
-    cases = [case for folder in folders for case in find_cases(folder)]
-    names = {case.name for case in cases}
-    cases = [case for case in cases if SAME_SCAN.get(case.name) not in names]
-    if half != "all":
-        cases = [case for case in cases if half_of(case.name) == half]
-    return cases
-
-
 def run_bench(args) -> int:
-    from .bench import (BASELINES, evaluate_case, format_case_table, format_fov_table, format_headline_table,
-                        format_quality_table, format_speed_table, speed_benchmark, summarise)
-    from .volumes import VolumeError
+    from ..bench import (BASELINES, evaluate_case, format_case_table, format_fov_table, format_headline_table,
+                         format_quality_table, format_speed_table, speed_benchmark, summarise)
+    from ..datasets import bench_cases
+    from ..volumes import VolumeError
 
     if args.json:  # before hours of work, not after
-        from .outputs import check_output_file
+        from ..outputs import check_output_file
 
         check_output_file(args.json, "--json file")
     modes = (args.mode,) if args.mode else MODES
@@ -122,7 +100,7 @@ def run_bench(args) -> int:
             raise VolumeError(f"no case of {', '.join(args.data_dirs)} is in the {args.half} half of the split")
         encoder = None
         if args.encoder:
-            from .encoders import load_patch_encoder
+            from ..encoders import load_patch_encoder
 
             encoder = load_patch_encoder(args.encoder)
         rows = []
@@ -154,7 +132,7 @@ def run_bench(args) -> int:
                                  "encoder": args.encoder, "half": args.half, "fov_check": args.fov_check,
                                  "data": list(args.data_dirs)}}
     if args.json:
-        from .outputs import write_json_atomic
+        from ..outputs import write_json_atomic
 
         write_json_atomic(args.json, document, what="bench JSON")
     return 0
