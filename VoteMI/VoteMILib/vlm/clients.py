@@ -23,7 +23,7 @@ from .options import ChatResult, GenerationOptions, Timeouts, token_limit_messag
 from .transport import MAX_ANSWER_BYTES, POLL_S, Exchange, StreamBroken, declared_format, sniffed_format
 from .urls import DEFAULT_SERVER, check_authorization, parse_server_url
 
-# Imported from here by the Slicer module and the command line, from before these moved out.
+# These lived here before they moved out: scripts written then still import them from here.
 from .error_bodies import error_message_from_body  # noqa: E402,F401
 from .urls import redact_url, url_has_credentials  # noqa: E402,F401
 
