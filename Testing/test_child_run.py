@@ -35,7 +35,7 @@ def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points(
     assert args.func.__name__ == "run_describe" and args.mode is None  # guided slices only
     assert args.mask == run.mask and args.label_name == [(1, "lung nodule 1"), (2, "liver = lesion")]
     assert [tuple(point) for point in args.point] == list(run.points)
-    assert (args.server, args.protocol, args.model, args.language) == (request.server, "ollama", "medgemma:4b",
+    assert (args.server, args.backend, args.model, args.language) == (request.server, "ollama", "medgemma:4b",
                                                                        "Deutsch")
     assert args.timeout == 45.5 and args.prompt_file == request.prompt_file
     assert tuple(args.window) == request.window and args.examples == request.examples_dir
@@ -44,7 +44,7 @@ def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points(
 def test_defaults_are_the_command_lines_defaults():
     args = _parsed(ChildRun(image="a.nrrd", describe=DescribeRequest()))
     defaults = build_parser().parse_args(["describe", "a.nrrd"])
-    for name in ("planes", "top", "mode", "server", "protocol", "model", "language", "timeout", "window",
+    for name in ("planes", "top", "mode", "server", "backend", "model", "language", "timeout", "window",
                  "examples"):
         assert getattr(args, name) == getattr(defaults, name) or name == "mode", name
     assert args.mode == "findings" and args.server == DEFAULT_SERVER_URL and args.language == DEFAULT_LANGUAGE
@@ -74,3 +74,16 @@ def test_a_prompt_template_reaches_the_child_as_a_file(tmp_path):
     assert args.prompt_file == str(tmp_path / "prompt.txt") and not written.prompt
     assert (tmp_path / "prompt.txt").read_text() == template.strip()
     assert write_prompt_file(describe_request(), str(tmp_path / "none")) == describe_request()
+
+
+@pytest.mark.parametrize("command", [["describe", "a.nrrd"], ["models"], ["eval", "cases.csv", "--out", "out"]])
+def test_backend_takes_its_earlier_name_protocol(command, capsys):
+    parser = build_parser()
+    assert parser.parse_args([*command, "--backend", "ollama"]).backend == "ollama"
+    assert parser.parse_args([*command, "--protocol", "ollama"]).backend == "ollama"
+    assert parser.parse_args(command).backend == "openai"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # help lines wrap with the terminal width
+    assert "--backend" in shown and "--protocol is its earlier name" in shown
+    assert "--protocol {" not in shown  # accepted, not listed as a second option

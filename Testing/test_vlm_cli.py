@@ -40,7 +40,7 @@ def test_describe_options_reach_the_request(scripted_server, image_path, tmp_pat
     template.write_text("List {image_ids} in {language}.")
     monkeypatch.setenv("MY_KEY", "k-1")
     scripted_server.script.append(complete_json("ok", protocol="ollama"))
-    code = main(["describe", image_path, "--server", scripted_server.url, "--protocol", "ollama", "--model", "m",
+    code = main(["describe", image_path, "--server", scripted_server.url, "--backend", "ollama", "--model", "m",
                  "--planes", "axial", "--top", "1", "--prompt-file", str(template), "--api-key-env", "MY_KEY",
                  "--no-stream", "--quiet", "--long-side", "64"])
     assert code == 0

@@ -149,6 +149,16 @@ def test_backend_keeps_its_earlier_name_protocol():
     assert "backend" not in settings.public_dict()
 
 
+def test_one_list_of_backends():
+    from VoteMILib.names import BACKENDS, HTTP_BACKENDS, INPROCESS
+    from VoteMILib.vlm.clients import _CLIENTS
+    from VoteMILib.vlm.inprocess import InProcessClient
+    from VoteMILib.vlm.pipeline import PROTOCOL_CHOICES
+
+    assert tuple(_CLIENTS) == HTTP_BACKENDS and BACKENDS == (*HTTP_BACKENDS, INPROCESS) == PROTOCOL_CHOICES
+    assert InProcessClient.backend == INPROCESS
+
+
 def test_report_keeps_notice_apart_and_exports(tmp_path):
     meta = {"notice": NOTICE, "model": "m", "server": "http://x", "created": "now",
             "images": [{"id": "A1", "plane": "axial", "position": "S 1.0 mm", "sequence": "T1"}]}

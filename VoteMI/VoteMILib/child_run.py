@@ -131,7 +131,7 @@ def child_arguments(run: ChildRun) -> list:
 def _describe_arguments(request: DescribeRequest) -> list:
     if request.prompt:
         raise ValueError("the prompt template goes to the child as a file: write_prompt_file(request, folder) first")
-    arguments = ["--server", request.server, "--protocol", request.protocol, "--language", request.language,
+    arguments = ["--server", request.server, "--backend", request.protocol, "--language", request.language,
                  "--timeout", repr(float(request.timeout_s))]
     if request.model:
         arguments += ["--model", request.model]

@@ -10,7 +10,7 @@ import argparse
 import os
 
 from .. import events
-from ..names import CT_PRESET_NAMES, PLANES, canonical_mode, parse_planes
+from ..names import BACKENDS, CT_PRESET_NAMES, DEFAULT_BACKEND, PLANES, canonical_mode, parse_planes
 
 API_KEY_ENV = "VOTEMI_API_KEY"
 
@@ -184,6 +184,15 @@ def add_key_arguments(parser) -> None:
     keys.add_argument("--api-key", default="", help="API key (visible in the process list; prefer --api-key-env)")
     keys.add_argument("--api-key-env", metavar="VAR", default=API_KEY_ENV,
                       help="environment variable holding the API key (default: %(default)s)")
+
+
+def add_backend_argument(parser, what: str, backends=BACKENDS) -> None:
+    """``--backend`` (``what`` says what each choice is) and ``--protocol``, its earlier name, still accepted but
+    not shown: scripts and the Slicer panels of earlier versions pass it."""
+    parser.add_argument("--backend", choices=backends, default=DEFAULT_BACKEND,
+                        help=f"{what} (default: %(default)s; --protocol is its earlier name)")
+    parser.add_argument("--protocol", dest="backend", choices=backends, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
 
 
 def api_key(args) -> str:

@@ -8,14 +8,14 @@ import sys
 import threading
 
 from .. import events
-from ..names import DEFAULT_LANGUAGE
+from ..names import DEFAULT_LANGUAGE, INPROCESS
 from ..run import check_outputs, format_summary, run_selection, selection_document, window_settings
-from ..vlm.clients import DEFAULT_SERVER, redact_url
 from ..vlm.errors import VLMCancelled, VLMError
 from ..vlm.packing import PACK_CHOICES
-from ..vlm.pipeline import PROTOCOL_CHOICES, DescribeSettings, RequestParts, describe
+from ..vlm.pipeline import DescribeSettings, RequestParts, describe
 from ..vlm.report import NOTICE, Report
-from .arguments import add_key_arguments, add_selection_arguments, api_key, fail, positive_int
+from ..vlm.urls import DEFAULT_SERVER, parse_server_url, redact_url
+from .arguments import add_backend_argument, add_key_arguments, add_selection_arguments, api_key, fail, positive_int
 
 
 def add_describe_command(commands) -> None:
@@ -27,11 +27,10 @@ def add_describe_command(commands) -> None:
     add_selection_arguments(parser)
     group = parser.add_argument_group("model")
     group.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
-    group.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="openai",
-                       help="openai: /v1/chat/completions (Ollama, vLLM, llama.cpp, LM Studio, votemi serve); "
-                            "ollama: Ollama's /api/chat; inprocess: run --model (a folder) here (default: %(default)s)")
+    add_backend_argument(group, "openai: /v1/chat/completions (Ollama, vLLM, llama.cpp, LM Studio, votemi serve); "
+                                "ollama: Ollama's /api/chat; inprocess: run --model (a folder) here")
     group.add_argument("--model", default="", help="model name (default: the server's only model); a folder for "
-                                                   "--protocol inprocess")
+                                                   "--backend inprocess")
     add_key_arguments(group)
     group.add_argument("--timeout", type=float, default=300.0, metavar="S", help="total time limit (default: 300)")
     group.add_argument("--max-tokens", type=int, default=1024, help="longest report in tokens (default: 1024)")
@@ -89,7 +88,7 @@ def settings_from_args(args) -> DescribeSettings:
             reason = getattr(error, "strerror", None) or "not UTF-8 text"
             raise VLMError(f"cannot read prompt file {args.prompt_file}: {reason}") from None
     return DescribeSettings(
-        server_url=args.server, protocol=args.protocol, model=args.model, api_key=api_key(args),
+        server_url=args.server, backend=args.backend, model=args.model, api_key=api_key(args),
         prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
         long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
@@ -101,11 +100,11 @@ def settings_from_args(args) -> DescribeSettings:
 def _stored_capabilities(settings):
     """The stored probe result of the named model, for a dry run to fit as the real run would (None if none)."""
     from ..vlm.capabilities import cached
-    from ..vlm.clients import parse_server_url
 
-    if settings.protocol == "inprocess" or not settings.model.strip():
+    if settings.backend == INPROCESS or not settings.model.strip():
         return None
-    return cached(settings.protocol, parse_server_url(settings.server_url, settings.protocol).url, settings.model.strip())
+    server = parse_server_url(settings.server_url, settings.backend).url
+    return cached(settings.backend, server, settings.model.strip())
 
 
 def _write_pngs(prompt, folder) -> list:
@@ -182,8 +181,8 @@ def run_describe(args) -> int:
             _write_json(args.json, document)
             return 0
         if not args.quiet:
-            target = settings.model if settings.protocol == "inprocess" else redact_url(settings.server_url)
-            print(f"sending {len(prompt.images)} slices to {target} ({settings.protocol})", file=log)
+            target = settings.model if settings.backend == INPROCESS else redact_url(settings.server_url)
+            print(f"sending {len(prompt.images)} slices to {target} ({settings.backend})", file=log)
         print(f"[{NOTICE}]\n", flush=True)
 
         def show(text):

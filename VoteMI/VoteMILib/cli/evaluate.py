@@ -11,11 +11,10 @@ from .. import eval_scores
 from ..batch import BatchError, dask_client, prepare_out, run_cases, worker_memory_limit
 from ..evaluate import (DEFAULT_BUDGETS, STRATEGIES, EvalSettings, eval_case, load_dataset, metrics_of, model_bytes,
                         probed_image_limit, store_answers, write_results)
-from ..names import PLANES, parse_planes
+from ..names import INPROCESS, PLANES, parse_planes
 from ..run import window_settings
-from ..vlm.pipeline import PROTOCOL_CHOICES
-from .arguments import (add_cluster_arguments, add_key_arguments, add_mode_argument, add_window_arguments, api_key,
-                        comma_separated, int_at_least, positive_int)
+from .arguments import (add_backend_argument, add_cluster_arguments, add_key_arguments, add_mode_argument,
+                        add_window_arguments, api_key, comma_separated, int_at_least, positive_int)
 
 _budgets = comma_separated(int, 1, "'{}' is not a comma-separated list of whole numbers",
                            "'{}': budgets are whole numbers of at least 1")
@@ -49,9 +48,7 @@ def add_eval_command(commands) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--server", default="", metavar="URL",
                        help="server URL (vLLM, llama.cpp, Ollama, votemi serve; default: votemi describe's)")
-    group.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="openai",
-                       help="openai, ollama, or inprocess (run --model, a folder, on each worker) "
-                            "(default: %(default)s)")
+    add_backend_argument(group, "openai, ollama, or inprocess (run --model, a folder, on each worker)")
     group.add_argument("--model", default="", help="model name (default: the server's only model)")
     add_key_arguments(group)
     group.add_argument("--max-tokens", type=positive_int, default=None,
@@ -89,8 +86,8 @@ def run_eval_command(args) -> int:
     kind, cases = load_dataset(args.dataset)
     out = prepare_out(args.out)
     limit = args.max_images
-    if limit is None and args.protocol != "inprocess":
-        limit, where = probed_image_limit(args.server, args.protocol, args.model, api_key(args), args.timeout)
+    if limit is None and args.backend != INPROCESS:
+        limit, where = probed_image_limit(args.server, args.backend, args.model, api_key(args), args.timeout)
     else:
         where = f"--max-images {limit}"
     budgets = tuple(b for b in args.budgets if limit is None or b <= limit)
@@ -106,8 +103,8 @@ def run_eval_command(args) -> int:
             template = handle.read()
     modality, preset, window = window_settings(args)
     settings = EvalSettings(
-        kind=kind, server_url=args.server, protocol=args.protocol,
-        model=os.path.abspath(args.model) if args.protocol == "inprocess" else args.model, budgets=budgets,
+        kind=kind, server_url=args.server, protocol=args.backend,
+        model=os.path.abspath(args.model) if args.backend == INPROCESS else args.model, budgets=budgets,
         strategies=args.strategies, planes=tuple(args.planes), mode=args.mode, seed=args.seed,
         long_side=args.long_side, max_tokens=args.max_tokens or (32 if kind == "closed" else 512),
         timeout_s=args.timeout, device=args.device, modality=modality, ct_preset=preset,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import events
-from ..vlm.clients import DEFAULT_SERVER, redact_url
+from ..names import HTTP_BACKENDS
 from ..vlm.errors import VLMError
-from ..vlm.pipeline import PROTOCOL_CHOICES, DescribeSettings, list_models, make_client
-from .arguments import add_events_argument, add_key_arguments, api_key, fail
+from ..vlm.pipeline import DescribeSettings, list_models, make_client
+from ..vlm.urls import DEFAULT_SERVER, redact_url
+from .arguments import add_backend_argument, add_events_argument, add_key_arguments, api_key, fail
 
 
 def add_models_command(commands) -> None:
@@ -16,8 +17,7 @@ def add_models_command(commands) -> None:
     parser = commands.add_parser("models", help="list the models a server offers (a health check)",
                                  description="Ask a model server which models it offers.")
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
-    parser.add_argument("--protocol", choices=PROTOCOL_CHOICES[:2], default="openai",
-                        help="openai or ollama (default: %(default)s)")
+    add_backend_argument(parser, "openai or ollama", HTTP_BACKENDS)
     add_key_arguments(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="time limit (default: 10)")
     parser.add_argument("--probe", action="store_true",
@@ -30,7 +30,7 @@ def add_models_command(commands) -> None:
 
 def run_models(args) -> int:
     """``votemi models``: one model name a line; 1 if the server cannot be asked."""
-    settings = DescribeSettings(server_url=args.server, protocol=args.protocol, api_key=api_key(args),
+    settings = DescribeSettings(server_url=args.server, backend=args.backend, api_key=api_key(args),
                                 timeout_s=args.timeout, connect_timeout_s=min(args.timeout, 10.0),
                                 idle_timeout_s=args.timeout, retries=0)
     try:

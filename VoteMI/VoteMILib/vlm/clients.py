@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..names import HTTP_BACKENDS
+from ..names import BACKENDS, HTTP_BACKENDS
 from .dialects import OllamaDialect, OpenAIDialect
 from .error_bodies import message_from_json, one_line
 from .errors import VLMCancelled, VLMError
@@ -23,7 +23,7 @@ from .options import ChatResult, GenerationOptions, Timeouts, token_limit_messag
 from .transport import MAX_ANSWER_BYTES, POLL_S, Exchange, StreamBroken, declared_format, sniffed_format
 from .urls import DEFAULT_SERVER, check_authorization, parse_server_url
 
-# Imported from here by the Slicer module and the command line, from before these moved out.
+# These lived here before they moved out: scripts written then still import them from here.
 from .error_bodies import error_message_from_body  # noqa: E402,F401
 from .urls import redact_url, url_has_credentials  # noqa: E402,F401
 
@@ -288,10 +288,13 @@ class OllamaClient(_HTTPClient):
     dialect = OllamaDialect()
 
 
-def make_http_client(protocol: str, server_url: str, api_key: str = "", timeouts: Timeouts | None = None,
+#: The client of each HTTP backend (:data:`PROTOCOLS`).
+_CLIENTS = {client.dialect.protocol: client for client in (OpenAIClient, OllamaClient)}
+
+
+def make_http_client(backend: str, server_url: str, api_key: str = "", timeouts: Timeouts | None = None,
                      retries: int = 2, backoff_s: float = 1.0) -> _HTTPClient:
-    """The client for ``protocol`` ("openai" or "ollama")."""
-    classes = {"openai": OpenAIClient, "ollama": OllamaClient}
-    if protocol not in classes:
-        raise VLMError(f"unknown protocol '{protocol}'; choose openai, ollama or inprocess")
-    return classes[protocol](server_url, api_key=api_key, timeouts=timeouts, retries=retries, backoff_s=backoff_s)
+    """The client of an HTTP ``backend`` ("openai" or "ollama")."""
+    if backend not in _CLIENTS:
+        raise VLMError(f"unknown backend '{backend}'; choose {', '.join(BACKENDS)}")
+    return _CLIENTS[backend](server_url, api_key=api_key, timeouts=timeouts, retries=retries, backoff_s=backoff_s)

@@ -16,7 +16,7 @@ from .. import __version__
 from ..findings import STRUCTURED_INSTRUCTION, findings_from_answer, findings_schema, render_partial_json, \
     StructuredStream
 from ..geometry import PLANES, parse_planes
-from ..names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, INPROCESS
+from ..names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, INPROCESS
 from .clients import make_http_client
 from .options import GenerationOptions, Timeouts
 from .urls import DEFAULT_SERVER, check_authorization, parse_server_url, redact_url
@@ -134,7 +134,7 @@ class DescribeSettings:
     window: tuple | None = None
     modality: str = "auto"
     ct_preset: str | None = "auto"
-    timeout_s: float = 300.0
+    timeout_s: float = float(DEFAULT_TIMEOUT_S)
     connect_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
     retries: int = 2
