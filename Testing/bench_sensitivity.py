@@ -128,6 +128,8 @@ def load_synthetic(folders, kind: str):
     hosts = []
     for case in bench_cases(folders):
         scan = synthetic.prepare_scan(case)
+        if kind not in synthetic.kinds_for(scan.region):
+            continue
         sites = []
         for diameter in synthetic.DIAMETERS_MM[kind]:
             first = {}

@@ -34,7 +34,7 @@ MODES = ("findings", "representative")
 MODE_ALIASES = {"votemi": "findings", "plain": "representative"}
 
 #: Kinds of synthetic lesion ``votemi bench --synthetic`` puts into scans (:mod:`VoteMILib.synthetic`).
-SYNTHETIC_KINDS = ("lung", "tissue", "bright", "organ")
+SYNTHETIC_KINDS = ("lung", "tissue", "bright", "organ", "brain")
 
 #: CT window presets as (level, width) in Hounsfield units.
 CT_PRESETS = {

@@ -116,30 +116,32 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     region = detect_region(grid, detect_modality(volume))
     vote = _Votes(patches, features, grid.positions_mm, settings, report)
 
-    found = weights = None
+    found = None
     if mode == "findings":
         report(0.5, "Comparing both sides of the head" if region.name == "head" else "Looking for what stands out")
         found = find_abnormality(CueInput(grid, region, channels, patches, features, settings.seed))
-        weights = patch_votes(found.evidence, patches, PLANES)
+    weights = {}  # patch vote weights of each cue's evidence, computed when a plane first needs them
 
     report(0.9, "Counting votes")
     plane_results = {}
     size_ijk = volume.size_ijk
     for plane in planes:
         geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
-        # Representative mode, or findings mode where nothing stands out (FALLBACK_CUE): the representative vote.
-        cue = FALLBACK_CUE if found is None else found.cue
-        if found is not None:
-            scores = vote.scores(plane, geometry, weights)
+        # Each cue in turn (a head's small lesions after its asymmetry), until one stands out in the
+        # plane; representative mode, or findings mode where nothing does (FALLBACK_CUE): the representative vote.
+        cue, plane_finding = FALLBACK_CUE, found
+        while plane_finding is not None:
+            if id(plane_finding) not in weights:
+                weights[id(plane_finding)] = patch_votes(plane_finding.evidence, patches, PLANES)
+            scores = vote.scores(plane, geometry, weights[id(plane_finding)])
             work_index = _working_slice(grid, plane, geometry.positions_mm[int(np.argmax(scores))])
-            if not found.stands_out(NORMAL_INDEX[plane], work_index):
-                cue = FALLBACK_CUE
-            else:
-                cue = found.cue_at(NORMAL_INDEX[plane], work_index)
+            if plane_finding.stands_out(NORMAL_INDEX[plane], work_index):
+                cue = plane_finding.cue_at(NORMAL_INDEX[plane], work_index)
+                break
+            plane_finding = plane_finding.following()
         fell_back = cue == FALLBACK_CUE
         if fell_back:
             scores = vote.scores(plane, geometry, None)
-        plane_finding = None if fell_back else found
         spacing = settings.min_spacing_mm
         if spacing is None:
             step = abs(geometry.positions_mm[-1] - geometry.positions_mm[0]) / max(geometry.count - 1, 1)

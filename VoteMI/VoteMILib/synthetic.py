@@ -16,7 +16,10 @@ Sites are drawn by a seeded rule from the scan's own tissue on the working grid,
 - ``bright`` (body MRI): a lesion as bright as the brightest tissue, anywhere in the foreground;
 - ``organ`` (CT with contrast-enhanced solid organs: liver, spleen, kidneys): a hypodense lesion (a
   metastasis), a cyst and a hyperdense lesion, each mostly inside the parenchyma of a large organ, its
-  density set against the parenchyma around it. Hosts need no mask (nothing is erased).
+  density set against the parenchyma around it. Hosts need no mask (nothing is erased);
+- ``brain`` (head MRI): a small enhancing lesion (a metastasis, as bright as the brightest brain
+  tissue) and a small dark one (a cyst, necrosis or an infarct, at the level of the cerebrospinal
+  fluid), deep in the brain, away from the skull and from the ventricles.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .cues.regions import AERATED_HU, ct_body_mask, lung_envelopes, lung_mask, t
 #: Kinds of synthetic lesion, and the diameters (mm) each is tried at.
 KINDS = SYNTHETIC_KINDS
 DIAMETERS_MM = {"lung": (15.0, 20.0, 30.0, 45.0, 60.0), "tissue": (20.0, 30.0, 50.0), "bright": (6.0, 10.0),
-                "organ": (12.0, 20.0, 30.0, 40.0)}
+                "organ": (12.0, 20.0, 30.0, 40.0), "brain": (6.0, 10.0, 15.0, 20.0)}
 #: A solid nodule or mass in non-contrast CT (about 30 HU, voxel noise of a routine chest CT).
 NODULE_HU, NODULE_NOISE_HU = 30.0, 20.0
 #: An enhancing soft-tissue mass (the real sarcoma of the shared data averages 59 HU, its upper decile
@@ -60,6 +63,15 @@ ORGAN_LESIONS = {"hypodense": (-50.0, None), "cyst": (None, 5.0), "hyperdense": 
 ORGAN_NOISE_HU = 15.0
 #: Sites per organ lesion and size.
 ORGAN_SITES = 2
+#: Brain lesions (head MRI), as an intensity percentile: an enhancing metastasis as bright as the
+#: brightest tissue of the head (fat and enhancing vessels: the 99th percentile of the foreground), a dark
+#: lesion at the level of cerebrospinal fluid (the 2nd percentile of the deep head: the ventricles).
+BRAIN_LESIONS = {"bright": ("foreground", 99.0), "dark": ("deep", 2.0)}
+#: Sites per brain lesion and size.
+BRAIN_SITES = 3
+#: A brain lesion lies this far (mm, beyond its radius) inside the head's surface: the scalp and the skull
+#: (about 12 mm in adults) and a few millimetres of cortex.
+BRAIN_DEPTH_MM = 16.0
 #: Around a real lesion, the ring its surroundings are read from when it is erased.
 SHELL_MM = (3.0, 15.0)
 #: A synthetic lesion keeps at least this distance (mm, beyond its radius) from the real one.
@@ -238,6 +250,30 @@ def bright_sites(grid, radius_mm: float, rng, avoid=None, count: int = 6) -> lis
     return sites
 
 
+def brain_sites(grid, radius_mm: float, rng, avoid=None) -> list:
+    """Sites of each brain lesion (:data:`BRAIN_LESIONS`), :data:`BRAIN_SITES` each: the centre
+    :data:`BRAIN_DEPTH_MM` plus a radius inside the head, in brain tissue (a ball of the lesion's size
+    around it holds no fluid: the lesion replaces tissue, not a ventricle), away from the faces of the
+    field of view. Named by lesion and number."""
+    spacing = np.asarray(grid.spacing_mm, dtype=float)
+    data = grid.data
+    inside = depth_mm(grid.mask, spacing) >= radius_mm + BRAIN_DEPTH_MM
+    if not inside.any():
+        return []
+    # Fluid: darker than the 10th percentile of the deep head (ventricles, sulci, cisterns).
+    fluid = data < np.percentile(data[inside], 10.0)
+    fluid_near = ndimage.gaussian_filter(fluid.astype(np.float32), radius_mm / spacing / 2.0)
+    where = (inside & (fluid_near < 0.05) & _away_from_faces(grid.mask.shape, spacing, radius_mm + 5.0)
+             & _free_of(avoid, spacing, radius_mm))
+    sites = []
+    for lesion in BRAIN_LESIONS:
+        for number in range(BRAIN_SITES):
+            centre = _draw(where, grid, rng)
+            if centre is not None:
+                sites.append(Site("brain", f"{lesion} {number + 1}", centre, radius_mm))
+    return sites
+
+
 def organ_parenchyma(grid) -> np.ndarray:
     """Working voxels of large contrast-enhanced organs (:data:`PARENCHYMA_HU`, holding a ball of
     :data:`ORGAN_CORE_MM`, parts of :data:`ORGAN_MIN_ML` or more), not between the lungs (the heart's
@@ -309,8 +345,8 @@ def organ_lesion_value(grid, site: Site) -> float:
 def lesion_value(kind: str, volume) -> tuple:
     """(value, noise, write_below) of a synthetic lesion of ``kind`` in a scan (a Volume); organ
     lesions take their value from the site (:func:`organ_lesion_value`)."""
-    if kind == "organ":
-        return None, ORGAN_NOISE_HU, None
+    if kind in ("organ", "brain"):
+        return None, ORGAN_NOISE_HU if kind == "organ" else None, None
     if kind == "lung":
         return NODULE_HU, NODULE_NOISE_HU, LUNG_WRITE_BELOW_HU
     if kind == "tissue":
@@ -322,17 +358,35 @@ def lesion_value(kind: str, volume) -> tuple:
     return float(high), 0.05 * float(high - low), None
 
 
+def brain_lesion_value(grid, volume, site: Site) -> tuple:
+    """(value, noise) of a brain lesion in a head MRI (a Volume): its percentile of the head's foreground
+    or deep voxels (:data:`BRAIN_LESIONS`), with voxel noise of 5 % of the foreground's 25th-99th
+    percentile range."""
+    from .preprocess import foreground_mask
+
+    foreground = volume.array[foreground_mask(volume.array)]
+    where, percentile = BRAIN_LESIONS[site.name.split()[0]]
+    if where == "deep":
+        inside = depth_mm(grid.mask, np.asarray(grid.spacing_mm, dtype=float)) >= BRAIN_DEPTH_MM
+        value = float(np.percentile(grid.original_intensities()[inside], percentile))
+    else:
+        value = float(np.percentile(foreground, percentile))
+    low, high = np.percentile(foreground, (25, 99))
+    return value, 0.05 * float(high - low)
+
+
 def sites_for(kind: str, grid, radius_mm: float, rng, avoid=None) -> list:
-    rule = {"lung": lung_sites, "tissue": tissue_sites, "bright": bright_sites, "organ": organ_sites}[kind]
+    rule = {"lung": lung_sites, "tissue": tissue_sites, "bright": bright_sites, "organ": organ_sites,
+            "brain": brain_sites}[kind]
     return rule(grid, radius_mm, rng, avoid)
 
 
 def kinds_for(region) -> tuple:
     """Which synthetic lesions a scan's region takes: lung nodules and chest-wall masses in a chest
     CT, masses in any other CT, organ lesions in any CT with large enhanced organs (the upper abdomen of
-    a chest CT too), bright lesions in a body MRI; none in a head."""
+    a chest CT too), bright lesions in a body MRI, brain lesions in a head MRI (none in a head CT)."""
     if region.name == "head":
-        return ()
+        return () if region.modality == "CT" else ("brain",)
     if region.modality == "CT":
         return ("lung", "tissue", "organ") if region.name == "chest" else ("tissue", "organ")
     return ("bright",)
@@ -445,7 +499,9 @@ def try_site(scan: Scan, site: Site, seed: int = 0) -> dict:
 
     base, volume = scan.base, scan.volume
     value, noise, write_below = lesion_value(site.kind, base)
-    if value is None:
+    if site.kind == "brain":
+        value, noise = brain_lesion_value(scan.grid, base, site)
+    elif value is None:
         value = organ_lesion_value(scan.grid, site)
     rng = np.random.default_rng([int(seed), zlib.crc32(f"{scan.name}/{site.name}".encode()),
                                  int(round(site.radius_mm * 10))])
@@ -514,7 +570,7 @@ def site_class(row) -> str:
     """The place of a site without its side, height or number: central, wall, mediastinum, fat, muscle, ..."""
     if row["kind"] == "lung":
         return row["site"].split()[-1]
-    return row["site"].split()[0] if row["kind"] == "organ" else row["site"].rsplit(" ", 1)[0]
+    return row["site"].split()[0] if row["kind"] in ("organ", "brain") else row["site"].rsplit(" ", 1)[0]
 
 
 def summarise_synthetic(rows: list, planes=PLANES) -> list:

@@ -31,10 +31,11 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--encoder", metavar="MODEL", help="trained patch encoder to use")
     parser.add_argument("--json", metavar="OUT", help="write every number as JSON")
     parser.add_argument("--synthetic", nargs="?", const="all", choices=("all", *SYNTHETIC_KINDS),
-                        metavar="KIND", help="put synthetic lesions into every body case instead (its own lesion "
-                                             "erased where it has a mask), one at a time, and score the findings "
-                                             "picks: lung nodules, soft-tissue masses (CT), bright lesions (MRI), "
-                                             "lesions in enhanced organs (CT), or all")
+                        metavar="KIND", help="put synthetic lesions into every case instead (its own lesion erased "
+                                             "where it has a mask), one at a time, and score the findings picks: "
+                                             "lung nodules, soft-tissue masses (CT), bright lesions (body MRI), "
+                                             "lesions in enhanced organs (CT), small brain lesions (head MRI), or "
+                                             "all")
     parser.add_argument("--keep-lesion", action="store_true",
                         help="with --synthetic: leave each case's own lesion in place")
     parser.add_argument("--diameters", type=_diameters, metavar="MM,...",

@@ -23,7 +23,7 @@ CUES_BY_REGION = {"head": (asymmetry,), "chest": (lung_nodule, organ_lesion),
 #: the vote of the "representative" selection mode, hence the same word (kept: saved selections hold it).
 FALLBACK_CUE = "representative"
 #: Every name a plane's ``cue`` can take.
-CUES = ("asymmetry", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", FALLBACK_CUE)
+CUES = ("asymmetry", "focal", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", FALLBACK_CUE)
 
 __all__ = ["Abnormality", "CUES", "CUES_BY_REGION", "CueInput", "FALLBACK_CUE", "Region", "detect_region",
            "find_abnormality", "patch_votes"]

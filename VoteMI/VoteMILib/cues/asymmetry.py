@@ -13,6 +13,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..clustering import LEAF_SIZE
+from . import focal
 from .evidence import LESION_SCALE_MM, Abnormality, CueInput, sigma_voxels
 from .mirror import fit_midsagittal_plane, mirrored_values
 
@@ -117,9 +118,16 @@ BRAIN_WINDOW_HU = (0.0, 80.0)
 
 
 def find(scan: CueInput) -> Abnormality:
-    """The head's ``asymmetry`` evidence (in CT, of the brain window)."""
+    """The head's ``asymmetry`` evidence (in CT, of the brain window), and in MRI the :mod:`.focal`
+    evidence of small lesions to try in a plane where the asymmetry shows only anatomy."""
     channels = list(scan.channels)
     if scan.ct:
         low, high = BRAIN_WINDOW_HU
         channels[0] = (np.clip(scan.values, low, high) - np.float32(low)) / np.float32(high - low)
-    return asymmetry_map(scan.grid, channels, scan.patches, scan.features, seed=scan.seed)
+    found = asymmetry_map(scan.grid, channels, scan.patches, scan.features, seed=scan.seed)
+    def small_lesions():
+        inner = inner_region(scan.grid.mask, scan.grid.spacing_mm)
+        return focal.find(scan, inner if inner.any() else scan.grid.mask, found.plane)
+
+    found.then = small_lesions  # only computed for a plane where the asymmetry shows anatomy
+    return found

@@ -46,6 +46,10 @@ class Abnormality:
         When the map joins several cues (a chest: lung nodules and chest-wall masses), the index in
         :attr:`cues` of the cue each voxel's value comes from.
     cues : tuple of str
+    then : Abnormality, callable or None
+        Evidence of another cue to try in a plane where this one does not stand out, before the plane
+        falls back to representative slices (the head's small lesions, :mod:`.focal`), or a function
+        that computes it when first needed (:meth:`following`).
     """
 
     map: np.ndarray
@@ -57,6 +61,7 @@ class Abnormality:
     at_lesion_scale: bool = False
     labels: np.ndarray | None = None
     cues: tuple = ()
+    then: object = None
 
     @cached_property
     def smoothed(self) -> np.ndarray:
@@ -70,6 +75,12 @@ class Abnormality:
         """Vote weights per voxel: the smoothed map squared (an energy, as the squared difference
         of the head's score), so that one clear finding outweighs many faint specks."""
         return self.smoothed ** 2
+
+    def following(self) -> "Abnormality | None":
+        """The evidence to try where this one does not stand out (:attr:`then`, computed once)."""
+        if callable(self.then):
+            self.then = self.then()
+        return self.then
 
     def stands_out(self, axis: int, index: int) -> bool:
         """Whether the working slice ``index`` along ``axis`` shows a finding rather than anatomy.
