@@ -27,7 +27,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
-from VoteMILib.names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S
+from VoteMILib.names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, MODES
 
 #: Where panel settings are remembered across sessions.
 SETTINGS_PREFIX = "VoteMI/"
@@ -126,9 +126,9 @@ class VoteMIParameterNode:
     coronal: bool = True
     sagittal: bool = True
     slicesPerPlane: Annotated[int, WithinRange(1, 10)] = 3
-    selectionMode: Annotated[str, Choice(["findings", "representative"])] = "findings"
+    selectionMode: Annotated[str, Choice(list(MODES))] = MODES[0]
     serverUrl: str = DEFAULT_SERVER_URL
-    protocol: Annotated[str, Choice(["openai", "ollama", "inprocess"])] = "openai"
+    protocol: Annotated[str, Choice(list(BACKENDS))] = DEFAULT_BACKEND  # the backend; saved scenes keep this name
     model: str = ""
     promptTemplate: str = ""
     language: str = DEFAULT_LANGUAGE
