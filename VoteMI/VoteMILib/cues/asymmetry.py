@@ -39,7 +39,13 @@ def inner_region(mask: np.ndarray, spacing_mm, rim_mm: float = RIM_MM) -> np.nda
     return (_upsample(depth[1:-1, 1:-1, 1:-1], 2, mask.shape) > rim_mm) & mask
 
 
-def asymmetry_map(grid, channels, patches, features, seed: int = 0) -> Abnormality:
+def compared_region(grid) -> np.ndarray:
+    """The inner head (:func:`inner_region`), or the whole foreground of a head too small to have one."""
+    inner = inner_region(grid.mask, grid.spacing_mm)
+    return inner if inner.any() else grid.mask
+
+
+def asymmetry_map(grid, channels, patches, features, seed: int = 0, inner=None) -> Abnormality:
     """Abnormality of every working-grid voxel (0 outside the inner head).
 
     Parameters
@@ -50,6 +56,8 @@ def asymmetry_map(grid, channels, patches, features, seed: int = 0) -> Abnormali
     patches : PatchSet
     features : ndarray, shape (n, d)
     seed : int
+    inner : ndarray of bool, optional
+        Where both sides are compared (:func:`compared_region`), when the caller has it already.
 
     Returns
     -------
@@ -59,9 +67,7 @@ def asymmetry_map(grid, channels, patches, features, seed: int = 0) -> Abnormali
         ``plane``: the fitted midsagittal plane; ``rarity``: the rarity map.
     """
     spacing = grid.spacing_mm
-    inner = inner_region(grid.mask, spacing)
-    if not inner.any():
-        inner = grid.mask
+    inner = compared_region(grid) if inner is None else inner
     sigma = sigma_voxels(LESION_SCALE_MM, spacing)
     smooth = [ndimage.gaussian_filter(data, sigma, truncate=3.0) for data in channels]
     plane = fit_midsagittal_plane(smooth[0], grid.mask, seed=seed)
@@ -124,10 +130,11 @@ def find(scan: CueInput) -> Abnormality:
     if scan.ct:
         low, high = BRAIN_WINDOW_HU
         channels[0] = (np.clip(scan.values, low, high) - np.float32(low)) / np.float32(high - low)
-    found = asymmetry_map(scan.grid, channels, scan.patches, scan.features, seed=scan.seed)
+    inner = compared_region(scan.grid)
+    found = asymmetry_map(scan.grid, channels, scan.patches, scan.features, seed=scan.seed, inner=inner)
+
     def small_lesions():
-        inner = inner_region(scan.grid.mask, scan.grid.spacing_mm)
-        return focal.find(scan, inner if inner.any() else scan.grid.mask, found.plane)
+        return focal.find(scan, inner, found.plane)
 
     found.then = small_lesions  # only computed for a plane where the asymmetry shows anatomy
     return found
