@@ -169,6 +169,13 @@ class CueInput:
     patches: object = None
     features: np.ndarray | None = None
     seed: int = 0
+    _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def shared(self, function):
+        """``function(self)``, computed once per scan: evidence that two cues split between them."""
+        if function not in self._shared:
+            self._shared[function] = function(self)
+        return self._shared[function]
 
     @property
     def ct(self) -> bool:
