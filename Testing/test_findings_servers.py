@@ -108,7 +108,7 @@ def test_cli_events_and_json_carry_the_findings(image_path, tmp_path):
     with ScriptedServer() as server:
         out = tmp_path / "out.json"
         done = subprocess.run([sys.executable, "-m", "VoteMILib.cli", "describe", image_path, "--server", server.url,
-                               "--top", "1", "--long-side", "64", "--json", str(out), "--events"],
+                               "--slices-per-plane", "1", "--long-side", "64", "--json", str(out), "--events"],
                               capture_output=True, text=True, timeout=120)
     events = [json.loads(line) for line in done.stdout.splitlines()]
     kinds = [event["event"] for event in events]

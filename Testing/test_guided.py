@@ -175,7 +175,7 @@ def test_select_json_and_events_name_the_guide(tmp_path):
     case = ef.cases()["pyradiomics_brain2"]
     out = tmp_path / "guided.json"
     run = ef.run_votemi("select", case["image"], "--mask", case["mask"], "--label-name", "1=tumour", "--json", out,
-                        "--top", "2")
+                        "--slices-per-plane", "2")
     assert run.returncode == 0, run.stderr
     assert "segmentation: tumour" in run.stdout and "guided by the segment 'tumour'" in run.stdout
     document = json.loads(out.read_text())
@@ -201,7 +201,7 @@ def test_describe_prompt_names_the_guided_structure(tmp_path):
     volume = ef.volume("pyradiomics_brain2")
     point = lesion_centre_ras(volume, load_mask(case["mask"], volume))
     run = ef.run_votemi("describe", case["image"], "--mask", case["mask"], "--label-name", "1=lung nodule 1",
-                        "--top", "1", "--dry-run", "--quiet")
+                        "--slices-per-plane", "1", "--dry-run", "--quiet")
     assert run.returncode == 0, run.stderr
     assert "chosen to show the segment 'lung nodule 1'" in run.stdout
     assert "A1: axial" in run.stdout and "showing the segment 'lung nodule 1'" in run.stdout

@@ -11,7 +11,7 @@ from VoteMILib.vlm import NOTICE
 
 def test_describe_streams_report_and_writes_json(scripted_server, image_path, tmp_path, capsys):
     out = tmp_path / "out.json"
-    code = main(["describe", image_path, "--server", scripted_server.url, "--model", "tiny-vlm", "--top", "2",
+    code = main(["describe", image_path, "--server", scripted_server.url, "--model", "tiny-vlm", "--slices-per-plane", "2",
                  "--long-side", "80", "--json", str(out), "--png-dir", str(tmp_path / "png"),
                  "--report", str(tmp_path / "report.md"), "--language", "Spanish"])
     captured = capsys.readouterr()
@@ -41,7 +41,7 @@ def test_describe_options_reach_the_request(scripted_server, image_path, tmp_pat
     monkeypatch.setenv("MY_KEY", "k-1")
     scripted_server.script.append(complete_json("ok", protocol="ollama"))
     code = main(["describe", image_path, "--server", scripted_server.url, "--backend", "ollama", "--model", "m",
-                 "--planes", "axial", "--top", "1", "--prompt-file", str(template), "--api-key-env", "MY_KEY",
+                 "--planes", "axial", "--slices-per-plane", "1", "--prompt-file", str(template), "--api-key-env", "MY_KEY",
                  "--no-stream", "--quiet", "--long-side", "64"])
     assert code == 0
     method, path, headers, body = scripted_server.requests[-1]
@@ -52,7 +52,7 @@ def test_describe_options_reach_the_request(scripted_server, image_path, tmp_pat
 
 
 def test_describe_dry_run_contacts_nobody(image_path, tmp_path, capsys):
-    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--dry-run", "--top", "1", "--quiet",
+    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--dry-run", "--slices-per-plane", "1", "--quiet",
                  "--png-dir", str(tmp_path), "--long-side", "64"])
     assert code == 0
     assert "Image 3: S1: sagittal" in capsys.readouterr().out
@@ -60,7 +60,7 @@ def test_describe_dry_run_contacts_nobody(image_path, tmp_path, capsys):
 
 
 def test_describe_failures_are_one_line(image_path, capsys):
-    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--model", "m", "--quiet", "--top", "1",
+    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--model", "m", "--quiet", "--slices-per-plane", "1",
                  "--long-side", "64", "--timeout", "5"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("votemi: error: http://127.0.0.1:9: connection refused")

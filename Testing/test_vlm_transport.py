@@ -46,7 +46,7 @@ def _secret_free(*texts):
 def test_url_credentials_go_as_basic_auth_and_nowhere_else(scripted_server, image_path, tmp_path, capsys):
     out, report = tmp_path / "out.json", tmp_path / "report.md"
     url = with_credentials(scripted_server.url)
-    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--top", "1", "--long-side", "48",
+    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--slices-per-plane", "1", "--long-side", "48",
                  "--json", str(out), "--report", str(report)]) == 0
     captured = capsys.readouterr()
     method, path, headers, _ = scripted_server.requests[-1]
@@ -63,7 +63,7 @@ def test_event_mode_carries_no_secret(scripted_server, image_path, capsys):
     url = with_credentials(scripted_server.url)
     password_only = url.partition("/?")[0]  # the scripted server lists models at /v1/models without a query
     assert main(["models", "--server", password_only, "--events"]) == 0
-    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--top", "1", "--long-side", "48",
+    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--slices-per-plane", "1", "--long-side", "48",
                  "--events"]) == 0
     captured = capsys.readouterr()
     events = [json.loads(line) for line in captured.out.splitlines()]
