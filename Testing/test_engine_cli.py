@@ -100,7 +100,8 @@ def test_main_planes_top_seed_and_quiet(tmp_path, capsys):
     assert "pngs" not in document
 
     out = tmp_path / "sagittal.json"
-    assert cli.main(["select", str(image), "--planes", "s", "--slices-per-plane", "1", "--quiet", "--json", str(out)]) == 0
+    assert cli.main(["select", str(image), "--planes", "s", "--slices-per-plane", "1", "--quiet",
+                     "--json", str(out)]) == 0
     assert capsys.readouterr().out == ""
     document = json.loads(out.read_text(encoding="utf-8"))
     check_document(document, image, ("sagittal",), 1)

@@ -60,7 +60,8 @@ def _of(events, kind):
 
 def test_select_events_progress_then_the_selection(tmp_path):
     out = tmp_path / "selection.json"
-    code, events, stderr = votemi_events("select", str(main_case_image()), "--slices-per-plane", "2", "--json", str(out))
+    code, events, stderr = votemi_events("select", str(main_case_image()), "--slices-per-plane", "2",
+                                         "--json", str(out))
     assert code == 0, stderr
     kinds = [event["event"] for event in events]
     assert kinds[-2:] == ["selection", "done"] and set(kinds) == {"progress", "selection", "done"}
