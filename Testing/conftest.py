@@ -50,6 +50,14 @@ def mri_volume():
 
 
 @pytest.fixture(scope="session")
+def mri_selection(mri_volume):
+    """One slice of each plane of ``mri_volume`` (``vlm_fixtures.make_selection``); do not modify."""
+    from vlm_fixtures import make_selection
+
+    return make_selection(mri_volume, top_k=1)
+
+
+@pytest.fixture(scope="session")
 def image_path(tmp_path_factory):
     """A synthetic MRI of 40x48x48 voxels (1 x 1.2 x 2 mm) as a NIfTI file, for command-line tests."""
     import SimpleITK as sitk

@@ -22,10 +22,12 @@ def test_a_select_run_round_trips_through_the_parser():
     assert tuple(args.planes) == run.planes and args.top == 5 and args.mode == "representative"
     assert tuple(args.extra) == run.extras and args.events and args.quiet
     assert args.mask is None and args.point == [] and args.label_name == []
+    arguments = child_arguments(run)
+    assert arguments[arguments.index("--slices-per-plane") + 1] == "5" and "--top" not in arguments
 
 
 def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points():
-    request = DescribeRequest(server="http://10.0.0.5:8000/v1", protocol="ollama", model="medgemma:4b",
+    request = DescribeRequest(server="http://10.0.0.5:8000/v1", backend="ollama", model="medgemma:4b",
                               language="Deutsch", timeout_s=45.5, prompt_file="/tmp/run-2/prompt.txt",
                               window=(-160.25, 240.125), examples_dir="/data/worked examples")
     run = ChildRun(image="/tmp/run-2/0/CT.nrrd", slices_per_plane=2, mode=None,
@@ -87,3 +89,19 @@ def test_backend_takes_its_earlier_name_protocol(command, capsys):
     shown = " ".join(capsys.readouterr().out.split())  # help lines wrap with the terminal width
     assert "--backend" in shown and "--protocol is its earlier name" in shown
     assert "--protocol {" not in shown  # accepted, not listed as a second option
+
+
+@pytest.mark.parametrize("command", [["select", "a.nrrd"], ["describe", "a.nrrd"], ["batch", "cases", "--out", "out"]])
+def test_slices_per_plane_takes_its_earlier_name_top(command, capsys):
+    parser = build_parser()
+    assert parser.parse_args([*command, "--slices-per-plane", "4"]).top == 4
+    assert parser.parse_args([*command, "--top", "2"]).top == 2  # scripts of earlier versions
+    assert parser.parse_args(command).top == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--top", "0"])
+    assert "argument --top: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--slices-per-plane N" in shown and "--top is its earlier name" in shown
+    assert "--top TOP" not in shown and "--top K" not in shown  # accepted, not listed as a second option

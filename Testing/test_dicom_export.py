@@ -40,7 +40,7 @@ def _describe(folder, out, *more):
     with ScriptedServer() as server:
         server.script.append(complete_json(ANSWER))
         return subprocess.run([sys.executable, "-m", "VoteMILib.cli", "describe", folder, "--server", server.url,
-                               "--top", "1", "--long-side", "128", "--no-stream", "--quiet", *more],
+                               "--slices-per-plane", "1", "--long-side", "128", "--no-stream", "--quiet", *more],
                               capture_output=True, text=True, timeout=300)
 
 

@@ -90,7 +90,7 @@ def test_console_script_writes_json_and_pngs(tmp_path):
 def test_main_planes_top_seed_and_quiet(tmp_path, capsys):
     image = ef.cases()[CASE]["image"]
     out = tmp_path / "coronal_axial.json"
-    assert cli.main(["select", str(image), "--planes", "coronal,axial", "--top", "2", "--seed", "3",
+    assert cli.main(["select", str(image), "--planes", "coronal,axial", "--slices-per-plane", "2", "--seed", "3",
                      "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "A1" in printed and "C2" in printed and "S1" not in printed
@@ -100,7 +100,8 @@ def test_main_planes_top_seed_and_quiet(tmp_path, capsys):
     assert "pngs" not in document
 
     out = tmp_path / "sagittal.json"
-    assert cli.main(["select", str(image), "--planes", "s", "--top", "1", "--quiet", "--json", str(out)]) == 0
+    assert cli.main(["select", str(image), "--planes", "s", "--slices-per-plane", "1", "--quiet",
+                     "--json", str(out)]) == 0
     assert capsys.readouterr().out == ""
     document = json.loads(out.read_text(encoding="utf-8"))
     check_document(document, image, ("sagittal",), 1)
@@ -110,7 +111,7 @@ def test_main_on_nrrd_with_thick_slices(tmp_path, capsys):
     # A real NRRD case (6.5 mm axial slices) through the same command, with PNGs.
     image = ef.cases()["pyradiomics_brain2"]["image"]
     out = tmp_path / "brain2.json"
-    assert cli.main(["select", str(image), "--planes", "axial", "--top", "2", "--json", str(out),
+    assert cli.main(["select", str(image), "--planes", "axial", "--slices-per-plane", "2", "--json", str(out),
                      "--png-dir", str(tmp_path / "png"), "--quiet"]) == 0
     document = json.loads(out.read_text(encoding="utf-8"))
     entry = document["planes"]["axial"]

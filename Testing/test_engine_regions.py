@@ -101,7 +101,8 @@ def test_normal_brain_falls_back_to_representative_slices():
 def test_select_json_names_region_cues_and_the_window(tmp_path):
     out, pngs = tmp_path / "chest.json", tmp_path / "png"
     image = ef.cases()["mirp_sts002_ct"]["image"]
-    assert cli.main(["select", str(image), "--top", "1", "--json", str(out), "--png-dir", str(pngs), "--quiet"]) == 0
+    assert cli.main(["select", str(image), "--slices-per-plane", "1", "--json", str(out), "--png-dir", str(pngs),
+                     "--quiet"]) == 0
     document = json.loads(out.read_text(encoding="utf-8"))
     assert document["region"]["modality"] == "CT" and document["region"]["name"] == "body"
     assert {document["planes"][p]["cue"] for p in PLANES} == {"tissue_contrast"}
@@ -121,7 +122,7 @@ def test_chest_ct_pngs_are_in_the_lung_window(tmp_path):
                                   (["--window", "-1000", "400"], "display", "L"),
                                   (["--ct-preset", "three_window"], "three_window", "RGB")):
         folder, out = tmp_path / source.replace(":", "_"), tmp_path / f"{source.replace(':', '_')}.json"
-        assert cli.main(["select", str(image), "--planes", "axial", "--top", "1", "--png-dir", str(folder),
+        assert cli.main(["select", str(image), "--planes", "axial", "--slices-per-plane", "1", "--png-dir", str(folder),
                          "--json", str(out), "--quiet", *options]) == 0
         document = json.loads(out.read_text(encoding="utf-8"))
         assert document["windowing"]["source"] == source

@@ -60,7 +60,8 @@ def _of(events, kind):
 
 def test_select_events_progress_then_the_selection(tmp_path):
     out = tmp_path / "selection.json"
-    code, events, stderr = votemi_events("select", str(main_case_image()), "--top", "2", "--json", str(out))
+    code, events, stderr = votemi_events("select", str(main_case_image()), "--slices-per-plane", "2",
+                                         "--json", str(out))
     assert code == 0, stderr
     kinds = [event["event"] for event in events]
     assert kinds[-2:] == ["selection", "done"] and set(kinds) == {"progress", "selection", "done"}
@@ -86,7 +87,7 @@ def test_select_events_error_for_a_missing_file(tmp_path):
 def test_describe_events_stream_the_report_from_a_loopback_server(scripted_server, small_image):
     pieces = ["Findings: ", "mass ", "[A1].", "\nImpression: ", "tumour."]
     scripted_server.script = [streamed(pieces)]
-    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--top", "1",
+    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--slices-per-plane", "1",
                                          "--server", scripted_server.url, "--model", "tiny-vlm")
     assert code == 0, stderr
     kinds = [event["event"] for event in events]
@@ -104,7 +105,7 @@ def test_describe_events_error_for_an_unreachable_server(small_image):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--top", "1",
+    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--slices-per-plane", "1",
                                          "--server", url, "--model", "m")
     assert code == 1
     assert [event["event"] for event in events][-3:] == ["selection", "error", "done"]
@@ -113,7 +114,7 @@ def test_describe_events_error_for_an_unreachable_server(small_image):
 
 
 def test_describe_events_with_the_in_process_model_in_the_child(tiny_vlm_dir, small_image):
-    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--top", "1",
+    code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--slices-per-plane", "1",
                                          "--protocol", "inprocess", "--model", tiny_vlm_dir, "--max-tokens", "8",
                                          "--long-side", "64")
     assert code in (0, 3), stderr  # a random model may stop at its token limit (incomplete, exit 3)

@@ -6,19 +6,9 @@ import sys
 
 import pytest
 
-from vlm_fixtures import ScriptedServer, complete_json, error_answer, make_selection, make_volume, serve_process
+from vlm_fixtures import ScriptedServer, complete_json, error_answer, serve_process
 from VoteMILib.findings import findings_schema
 from VoteMILib.vlm import DescribeSettings, describe
-
-
-@pytest.fixture(scope="module")
-def volume():
-    return make_volume("mri", name="T1")
-
-
-@pytest.fixture(scope="module")
-def selection(volume):
-    return make_selection(volume, top_k=1)
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +17,9 @@ def serve_url(tiny_vlm_dir):
         yield url
 
 
-def test_votemi_serve_answers_the_findings_schema(serve_url, volume, selection):
+def test_votemi_serve_answers_the_findings_schema(serve_url, mri_volume, mri_selection):
     pieces = []
-    report = describe(volume, selection, DescribeSettings(server_url=serve_url, max_tokens=200, long_side=64),
+    report = describe(mri_volume, mri_selection, DescribeSettings(server_url=serve_url, max_tokens=200, long_side=64),
                       on_text=pieces.append)
     structured = report.meta["structured_output"]
     assert structured["sent"] and structured["used"] and not structured["note"]
@@ -58,8 +48,8 @@ def test_votemi_serve_refuses_a_schema_it_cannot_enforce(serve_url):
     assert "'pattern' is not supported" in error["message"] and error["param"].startswith("response_format")
 
 
-def test_server_ignoring_the_schema_falls_back_to_tags(scripted_server, volume, selection):
-    report = describe(volume, selection, DescribeSettings(server_url=scripted_server.url, long_side=64))
+def test_server_ignoring_the_schema_falls_back_to_tags(scripted_server, mri_volume, mri_selection):
+    report = describe(mri_volume, mri_selection, DescribeSettings(server_url=scripted_server.url, long_side=64))
     body = scripted_server.chat_requests()[-1]
     assert body["response_format"]["json_schema"]["schema"] == findings_schema([i["id"] for i in
                                                                                 report.meta["images"]])
@@ -68,10 +58,10 @@ def test_server_ignoring_the_schema_falls_back_to_tags(scripted_server, volume, 
     assert report.findings.items[0].cites == ["A1"]
 
 
-def test_server_refusing_the_schema_is_asked_again_for_tags(scripted_server, volume, selection):
+def test_server_refusing_the_schema_is_asked_again_for_tags(scripted_server, mri_volume, mri_selection):
     scripted_server.script.append(error_answer(400, {"error": {"message": "response_format is not supported"}}))
     scripted_server.script.append(complete_json("Findings: mass [A1, C9]."))
-    report = describe(volume, selection, DescribeSettings(server_url=scripted_server.url, long_side=64,
+    report = describe(mri_volume, mri_selection, DescribeSettings(server_url=scripted_server.url, long_side=64,
                                                           stream=False))
     first, second = scripted_server.chat_requests()[-2:]
     assert "response_format" in first and "response_format" not in second
@@ -81,26 +71,27 @@ def test_server_refusing_the_schema_is_asked_again_for_tags(scripted_server, vol
     assert (finding.cites, finding.unknown_cites) == (["A1"], ["C9"])
 
 
-def test_other_errors_are_not_retried(scripted_server, volume, selection):
+def test_other_errors_are_not_retried(scripted_server, mri_volume, mri_selection):
     from VoteMILib.vlm import VLMError
 
     scripted_server.script.append(error_answer(401, {"error": "invalid api key"}))
     with pytest.raises(VLMError, match="401"):
-        describe(volume, selection, DescribeSettings(server_url=scripted_server.url, long_side=64, retries=0))
+        describe(mri_volume, mri_selection, DescribeSettings(server_url=scripted_server.url, long_side=64, retries=0))
     assert len(scripted_server.chat_requests()) == 1
 
 
-def test_ollama_gets_the_schema_as_format(scripted_server, volume, selection):
+def test_ollama_gets_the_schema_as_format(scripted_server, mri_volume, mri_selection):
     answer = json.dumps({"findings": [{"text": "Blob", "images": ["C1"]}], "impression": {"text": "x", "images": []}})
     scripted_server.script.append(complete_json(answer, protocol="ollama"))
-    report = describe(volume, selection, DescribeSettings(server_url=scripted_server.url, protocol="ollama",
+    report = describe(mri_volume, mri_selection, DescribeSettings(server_url=scripted_server.url, protocol="ollama",
                                                           model="m", long_side=64, stream=False))
     assert scripted_server.chat_requests()[-1]["format"]["required"] == ["findings", "impression"]
     assert report.findings.source == "structured" and report.findings.items[0].cites == ["C1"]
 
 
-def test_structured_off_sends_no_schema(scripted_server, volume, selection):
-    describe(volume, selection, DescribeSettings(server_url=scripted_server.url, long_side=64, structured="off"))
+def test_structured_off_sends_no_schema(scripted_server, mri_volume, mri_selection):
+    describe(mri_volume, mri_selection,
+             DescribeSettings(server_url=scripted_server.url, long_side=64, structured="off"))
     assert "response_format" not in scripted_server.chat_requests()[-1]
 
 
@@ -108,7 +99,7 @@ def test_cli_events_and_json_carry_the_findings(image_path, tmp_path):
     with ScriptedServer() as server:
         out = tmp_path / "out.json"
         done = subprocess.run([sys.executable, "-m", "VoteMILib.cli", "describe", image_path, "--server", server.url,
-                               "--top", "1", "--long-side", "64", "--json", str(out), "--events"],
+                               "--slices-per-plane", "1", "--long-side", "64", "--json", str(out), "--events"],
                               capture_output=True, text=True, timeout=120)
     events = [json.loads(line) for line in done.stdout.splitlines()]
     kinds = [event["event"] for event in events]

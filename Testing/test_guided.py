@@ -125,6 +125,19 @@ def test_rtstruct_is_read_through_the_dicom_input():
     assert rtstruct_names(folder / "rtstruct.dcm") == {1: "GTV_Mass_CT"}
 
 
+def test_dicom_modality_reads_the_same_with_pydicom_and_simpleitk(tmp_path):
+    """Without pydicom the modality of a DICOM image is read by SimpleITK (``volumes.dicom_tag``, which reads
+    headers of files that hold pixels): the same value."""
+    pytest.importorskip("pydicom")
+    from VoteMILib.dicom_guides import dicom_modality
+    from VoteMILib.volumes import dicom_tag
+
+    first_slice = str(sorted((ef.DATA / "dicom" / "sts001_ct" / "series").iterdir())[0])
+    assert dicom_modality(first_slice) == dicom_tag(first_slice, "0008|0060") == "CT"
+    (tmp_path / "notes.txt").write_text("not a DICOM file")
+    assert dicom_modality(str(tmp_path / "notes.txt")) == dicom_tag(str(tmp_path / "notes.txt"), "0008|0060") == ""
+
+
 def two_lesion_scan():
     """mirp_sts002_ct with its real sarcoma kept and a 30 mm enhancing mass put into the fat elsewhere by the
     seeded rule of the synthetic benchmark: (volume, real lesion, synthetic sphere)."""
@@ -175,7 +188,7 @@ def test_select_json_and_events_name_the_guide(tmp_path):
     case = ef.cases()["pyradiomics_brain2"]
     out = tmp_path / "guided.json"
     run = ef.run_votemi("select", case["image"], "--mask", case["mask"], "--label-name", "1=tumour", "--json", out,
-                        "--top", "2")
+                        "--slices-per-plane", "2")
     assert run.returncode == 0, run.stderr
     assert "segmentation: tumour" in run.stdout and "guided by the segment 'tumour'" in run.stdout
     document = json.loads(out.read_text())
@@ -201,7 +214,7 @@ def test_describe_prompt_names_the_guided_structure(tmp_path):
     volume = ef.volume("pyradiomics_brain2")
     point = lesion_centre_ras(volume, load_mask(case["mask"], volume))
     run = ef.run_votemi("describe", case["image"], "--mask", case["mask"], "--label-name", "1=lung nodule 1",
-                        "--top", "1", "--dry-run", "--quiet")
+                        "--slices-per-plane", "1", "--dry-run", "--quiet")
     assert run.returncode == 0, run.stderr
     assert "chosen to show the segment 'lung nodule 1'" in run.stdout
     assert "A1: axial" in run.stdout and "showing the segment 'lung nodule 1'" in run.stdout

@@ -104,7 +104,8 @@ def test_folder_with_two_series_says_which_it_read_and_how_to_choose(tmp_path, a
     ef.write_dicom_series(t1, folder, number=2, description="T1 post-contrast", prefix="t1_")
     ef.write_dicom_series(flair, folder, number=3, description="FLAIR", prefix="flair_")
     out = tmp_path / "default.json"
-    assert cli.main(["select", str(folder), "--planes", "axial", "--top", "1", "--json", str(out), "--quiet"]) == 0
+    assert cli.main(["select", str(folder), "--planes", "axial", "--slices-per-plane", "1", "--json", str(out),
+                     "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"votemi: warning: {folder} holds 2 DICOM series; read {ef.dicom_series_uid(2)} "
@@ -116,8 +117,8 @@ def test_folder_with_two_series_says_which_it_read_and_how_to_choose(tmp_path, a
     assert document["size_ijk"] == [240, 240, 40]
 
     out = tmp_path / "flair.json"
-    assert cli.main(["select", str(folder), "--series", ef.dicom_series_uid(3), "--planes", "axial", "--top", "1",
-                     "--json", str(out), "--quiet"]) == 0
+    assert cli.main(["select", str(folder), "--series", ef.dicom_series_uid(3), "--planes", "axial",
+                     "--slices-per-plane", "1", "--json", str(out), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
     document = json.loads(out.read_text(encoding="utf-8"))
     assert document["dicom_series"]["description"] == "FLAIR" and document["size_ijk"] == [240, 240, 30]
@@ -162,7 +163,7 @@ def test_uneven_spacing_is_resampled_and_reported_in_one_line(tmp_path, aurora, 
     acquired = list(range(0, 21, 2)) + list(range(21, 40))
     ef.write_dicom_series(t1, tmp_path / "series", slices=acquired)
     out = tmp_path / "out.json"
-    assert cli.main(["select", str(tmp_path / "series"), "--planes", "axial", "--top", "2", "--quiet",
+    assert cli.main(["select", str(tmp_path / "series"), "--planes", "axial", "--slices-per-plane", "2", "--quiet",
                      "--json", str(out)]) == 0
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("votemi: warning: series: slices are not evenly spaced"), err

@@ -75,7 +75,7 @@ def test_model_error_still_writes_the_selection_and_keeps_an_earlier_report(scri
     out, report = tmp_path / "out.json", tmp_path / "report.md"
     report.write_text("an earlier report the user edited")
     code = main(["describe", image_path, "--server", scripted_server.url, "--model", "tiny-vlm", "--quiet",
-                 "--long-side", "64", "--top", "1", "--json", str(out), "--report", str(report)])
+                 "--long-side", "64", "--slices-per-plane", "1", "--json", str(out), "--report", str(report)])
     assert code == 1
     line = _one_error_line(capsys.readouterr())
     assert "HTTP 500" in line and "CUDA out of memory" in line
@@ -92,7 +92,7 @@ def test_ctrl_c_mid_stream_keeps_the_text_received(scripted_server, image_path, 
     out, report = tmp_path / "out.json", tmp_path / "report.md"
     process = subprocess.Popen(ef.votemi_command() + [
         "describe", image_path, "--server", scripted_server.url, "--model", "tiny-vlm", "--long-side", "64",
-        "--top", "1", "--json", str(out), "--report", str(report)],
+        "--slices-per-plane", "1", "--json", str(out), "--report", str(report)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     try:
         shown = b""

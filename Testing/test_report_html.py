@@ -28,7 +28,7 @@ def described(image_path, tmp_path_factory):
     with ScriptedServer() as server:
         server.script.append(complete_json(ANSWER))
         done = subprocess.run([sys.executable, "-m", "VoteMILib.cli", "describe", image_path, "--server", server.url,
-                               "--top", "1", "--long-side", "96", "--no-stream", "--quiet", "--html",
+                               "--slices-per-plane", "1", "--long-side", "96", "--no-stream", "--quiet", "--html",
                                str(folder / "report.html"), "--json", str(folder / "report.json")],
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

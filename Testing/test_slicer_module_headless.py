@@ -132,3 +132,27 @@ def test_scripts_calling_with_the_old_name_top_k_still_get_their_slices(votemi_m
     with pytest.warns(DeprecationWarning, match="slicesPerPlane"):
         result = votemi_module.VoteMILogic().select(volume, planes=("axial",), topK=2, apply=False)
     assert len(result.planes["axial"].selected) == 2
+
+
+def test_scripts_calling_with_the_old_name_protocol_still_get_their_backend(votemi_module, headless_slicer):
+    import VoteMISelfTestLib as mrml_selftest
+    from VoteMILib import mrml
+
+    phantom = mrml_selftest.blob_phantom()
+    volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")
+    logic = votemi_module.VoteMILogic()
+    assert logic.describeOptions(volume, backend="ollama").backend == "ollama"
+    assert logic.describeOptions(volume).backend == "openai"
+    with pytest.warns(DeprecationWarning, match="protocol= is now backend="):
+        assert logic.describeOptions(volume, protocol="ollama").backend == "ollama"
+
+
+def test_the_server_check_reaches_the_child_with_its_backend(votemi_module):
+    from VoteMILib.cli import build_parser
+    from VoteMISlicerLib.servers import serverCheckArguments
+
+    arguments = serverCheckArguments("http://127.0.0.1:11434", "ollama", probe=True, model="medgemma")
+    assert "--backend" in arguments and "--protocol" not in arguments
+    args = build_parser().parse_args(arguments)
+    assert (args.func.__name__, args.server, args.backend, args.model, args.probe, args.events) == (
+        "run_models", "http://127.0.0.1:11434", "ollama", "medgemma", True, True)

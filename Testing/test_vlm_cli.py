@@ -11,8 +11,8 @@ from VoteMILib.vlm import NOTICE
 
 def test_describe_streams_report_and_writes_json(scripted_server, image_path, tmp_path, capsys):
     out = tmp_path / "out.json"
-    code = main(["describe", image_path, "--server", scripted_server.url, "--model", "tiny-vlm", "--top", "2",
-                 "--long-side", "80", "--json", str(out), "--png-dir", str(tmp_path / "png"),
+    code = main(["describe", image_path, "--server", scripted_server.url, "--model", "tiny-vlm",
+                 "--slices-per-plane", "2", "--long-side", "80", "--json", str(out), "--png-dir", str(tmp_path / "png"),
                  "--report", str(tmp_path / "report.md"), "--language", "Spanish"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -41,8 +41,8 @@ def test_describe_options_reach_the_request(scripted_server, image_path, tmp_pat
     monkeypatch.setenv("MY_KEY", "k-1")
     scripted_server.script.append(complete_json("ok", protocol="ollama"))
     code = main(["describe", image_path, "--server", scripted_server.url, "--backend", "ollama", "--model", "m",
-                 "--planes", "axial", "--top", "1", "--prompt-file", str(template), "--api-key-env", "MY_KEY",
-                 "--no-stream", "--quiet", "--long-side", "64"])
+                 "--planes", "axial", "--slices-per-plane", "1", "--prompt-file", str(template),
+                 "--api-key-env", "MY_KEY", "--no-stream", "--quiet", "--long-side", "64"])
     assert code == 0
     method, path, headers, body = scripted_server.requests[-1]
     assert path == "/api/chat" and headers["Authorization"] == "Bearer k-1" and body["stream"] is False
@@ -52,16 +52,16 @@ def test_describe_options_reach_the_request(scripted_server, image_path, tmp_pat
 
 
 def test_describe_dry_run_contacts_nobody(image_path, tmp_path, capsys):
-    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--dry-run", "--top", "1", "--quiet",
-                 "--png-dir", str(tmp_path), "--long-side", "64"])
+    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--dry-run", "--slices-per-plane", "1",
+                 "--quiet", "--png-dir", str(tmp_path), "--long-side", "64"])
     assert code == 0
     assert "Image 3: S1: sagittal" in capsys.readouterr().out
     assert len(list(tmp_path.glob("*.png"))) == 3
 
 
 def test_describe_failures_are_one_line(image_path, capsys):
-    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--model", "m", "--quiet", "--top", "1",
-                 "--long-side", "64", "--timeout", "5"])
+    code = main(["describe", image_path, "--server", "http://127.0.0.1:9", "--model", "m", "--quiet",
+                 "--slices-per-plane", "1", "--long-side", "64", "--timeout", "5"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("votemi: error: http://127.0.0.1:9: connection refused")
     assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from vlm_fixtures import (complete_json, decode_png, error_answer, make_selection, make_volume,
+from vlm_fixtures import (complete_json, decode_png, error_answer, make_selection,
                           openai_images_and_texts, position_pattern, streamed)
 from VoteMILib.vlm import DescribeSettings, NOTICE, VLMCancelled, VLMError, describe, list_models
 from VoteMILib.vlm.error_bodies import error_message_from_body
@@ -18,13 +18,8 @@ LONG_SIDE = 72
 
 
 @pytest.fixture(scope="module")
-def volume():
-    return make_volume("mri", name="T1")
-
-
-@pytest.fixture(scope="module")
-def selection(volume):
-    return make_selection(volume, top_k=2)
+def selection(mri_volume):
+    return make_selection(mri_volume, top_k=2)
 
 
 def settings_for(server, **changes):
@@ -34,9 +29,9 @@ def settings_for(server, **changes):
     return DescribeSettings(**values)
 
 
-def test_openai_streaming_sends_labelled_pngs(scripted_server, volume, selection):
+def test_openai_streaming_sends_labelled_pngs(scripted_server, mri_volume, selection):
     pieces = []
-    report = describe(volume, selection, settings_for(scripted_server, top_k=2), on_text=pieces.append)
+    report = describe(mri_volume, selection, settings_for(scripted_server, top_k=2), on_text=pieces.append)
     assert report.complete and report.text == "".join(pieces) and len(pieces) == 3
     assert report.meta["notice"] == NOTICE and NOTICE not in report.text
     (body,) = scripted_server.chat_requests()
@@ -57,9 +52,9 @@ def test_openai_streaming_sends_labelled_pngs(scripted_server, volume, selection
     assert [image["id"] for image in report.meta["images"]] == [s.label for s in chosen]
 
 
-def test_ollama_native_streaming_and_plain(scripted_server, volume, selection):
+def test_ollama_native_streaming_and_plain(scripted_server, mri_volume, selection):
     settings = settings_for(scripted_server, protocol="ollama", top_k=1, seed=7)
-    report = describe(volume, selection, settings)
+    report = describe(mri_volume, selection, settings)
     assert report.complete and report.text.startswith("Findings")
     assert report.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
     body = scripted_server.chat_requests()[-1]
@@ -74,29 +69,29 @@ def test_ollama_native_streaming_and_plain(scripted_server, volume, selection):
                          rf"{position_pattern(slice_.plane, slice_.position_mm)}", message["content"])
     assert body["options"] == {"temperature": 0.0, "num_predict": 1024, "seed": 7, "num_ctx": 8192}
     scripted_server.script.append(complete_json("Findings: none.", protocol="ollama"))
-    plain = describe(volume, selection, settings_for(scripted_server, protocol="ollama", stream=False))
+    plain = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama", stream=False))
     assert plain.complete and plain.text == "Findings: none."
     assert scripted_server.chat_requests()[-1]["stream"] is False
 
 
-def test_openai_non_streaming_and_data_without_space(scripted_server, volume, selection):
+def test_openai_non_streaming_and_data_without_space(scripted_server, mri_volume, selection):
     scripted_server.script.append(complete_json("Findings: fine [A1]."))
-    report = describe(volume, selection, settings_for(scripted_server, stream=False))
+    report = describe(mri_volume, selection, settings_for(scripted_server, stream=False))
     assert report.text == "Findings: fine [A1]." and report.meta["usage"]["total_tokens"] == 12
     scripted_server.script.append(streamed(["a", "b"], space=False))
-    assert describe(volume, selection, settings_for(scripted_server)).text == "ab"
+    assert describe(mri_volume, selection, settings_for(scripted_server)).text == "ab"
 
 
-def test_model_listing_and_choice(scripted_server, volume, selection):
+def test_model_listing_and_choice(scripted_server, mri_volume, selection):
     assert list_models(settings_for(scripted_server)) == ["tiny-vlm"]
     assert list_models(settings_for(scripted_server, protocol="ollama")) == ["tiny-vlm"]
     # With no model set, the server's only model is used ...
-    report = describe(volume, selection, settings_for(scripted_server, model=""))
+    report = describe(mri_volume, selection, settings_for(scripted_server, model=""))
     assert report.meta["model"] == "tiny-vlm"
     # ... and several models must be chosen from.
     scripted_server.models.append("other")
     with pytest.raises(VLMError, match="several models; choose one: tiny-vlm, other"):
-        describe(volume, selection, settings_for(scripted_server, model=""))
+        describe(mri_volume, selection, settings_for(scripted_server, model=""))
 
 
 @pytest.mark.parametrize("status, body, expected", [
@@ -111,13 +106,13 @@ def test_model_listing_and_choice(scripted_server, volume, selection):
      r"HTTP 500 .*500 Internal Server Error$"),
     (413, b"request entity too large\n", r"HTTP 413 .*too large.*send fewer slices"),
 ])
-def test_error_shapes_become_one_line(scripted_server, volume, selection, status, body, expected):
+def test_error_shapes_become_one_line(scripted_server, mri_volume, selection, status, body, expected):
     content_type = "text/html" if isinstance(body, bytes) and body.startswith(b"<") else (
         "text/plain" if isinstance(body, bytes) else "application/json")
     scripted_server.script.append(error_answer(status, body, content_type))
     protocol = "ollama" if status == 404 else "openai"
     with pytest.raises(VLMError, match=expected) as caught:
-        describe(volume, selection, settings_for(scripted_server, protocol=protocol))
+        describe(mri_volume, selection, settings_for(scripted_server, protocol=protocol))
     message = str(caught.value)
     assert "\n" not in message and message.startswith(scripted_server.url) and caught.value.status == status
     # 4xx and 500 are not retried; a refusal naming the images is probed for (one-token test requests), and the
@@ -135,63 +130,63 @@ def test_error_body_parser_handles_odd_bodies():
 
 
 @pytest.mark.parametrize("status", [429, 502, 503, 504])
-def test_transient_statuses_are_retried(scripted_server, volume, selection, status):
+def test_transient_statuses_are_retried(scripted_server, mri_volume, selection, status):
     scripted_server.script += [error_answer(status, {"error": "busy"}), error_answer(status, {"error": "busy"})]
-    report = describe(volume, selection, settings_for(scripted_server))
+    report = describe(mri_volume, selection, settings_for(scripted_server))
     assert report.complete and report.meta["attempts"] == 3 and len(scripted_server.chat_requests()) == 3
 
 
-def test_retries_give_up_with_the_last_reason(scripted_server, volume, selection):
+def test_retries_give_up_with_the_last_reason(scripted_server, mri_volume, selection):
     scripted_server.script += [error_answer(503, {"error": "Loading model"}, headers={"Retry-After": "0"})] * 3
     with pytest.raises(VLMError, match=r"HTTP 503 .*Loading model.*still loading.*after 3 attempts"):
-        describe(volume, selection, settings_for(scripted_server))
+        describe(mri_volume, selection, settings_for(scripted_server))
 
 
-def test_error_mid_stream_keeps_partial_text(scripted_server, volume, selection):
+def test_error_mid_stream_keeps_partial_text(scripted_server, mri_volume, selection):
     scripted_server.script.append(streamed(["Findings: ", "partial"], tail="error"))
-    report = describe(volume, selection, settings_for(scripted_server))
+    report = describe(mri_volume, selection, settings_for(scripted_server))
     assert not report.complete and report.text == "Findings: partial"
     assert "server error during the answer: model runner crashed" in report.meta["incomplete_reason"]
     scripted_server.script.append(streamed(["x"], protocol="ollama", tail="error"))
-    report = describe(volume, selection, settings_for(scripted_server, protocol="ollama"))
+    report = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama"))
     assert not report.complete and "model runner crashed" in report.incomplete_reason
     # An error before any text is an error, not a report.
     scripted_server.script.append(streamed([], tail="error"))
     with pytest.raises(VLMError, match="model runner crashed"):
-        describe(volume, selection, settings_for(scripted_server))
+        describe(mri_volume, selection, settings_for(scripted_server))
 
 
-def test_dropped_connection_and_missing_end_marker(scripted_server, volume, selection):
+def test_dropped_connection_and_missing_end_marker(scripted_server, mri_volume, selection):
     scripted_server.script.append(streamed(["Findings: ", "cut"], tail="drop"))
-    report = describe(volume, selection, settings_for(scripted_server))
+    report = describe(mri_volume, selection, settings_for(scripted_server))
     assert not report.complete and report.text == "Findings: cut"
     assert "closed before the end of the answer" in report.incomplete_reason
     assert len(scripted_server.chat_requests()) == 1
     scripted_server.script.append(streamed(["Findings: ", "cut"], tail="no_marker"))
-    report = describe(volume, selection, settings_for(scripted_server))
+    report = describe(mri_volume, selection, settings_for(scripted_server))
     assert not report.complete and "closed before the end" in report.incomplete_reason
     # Dropped before any text: retried like a connection failure.
     scripted_server.script.append(streamed([], tail="drop"))
-    assert describe(volume, selection, settings_for(scripted_server)).complete
+    assert describe(mri_volume, selection, settings_for(scripted_server)).complete
 
 
-def test_stalled_stream_hits_idle_timeout(scripted_server, volume, selection):
+def test_stalled_stream_hits_idle_timeout(scripted_server, mri_volume, selection):
     scripted_server.script.append(streamed(["Findings: ", "slow"], tail="stall"))
     started = time.monotonic()
-    report = describe(volume, selection, settings_for(scripted_server, idle_timeout_s=0.5))
+    report = describe(mri_volume, selection, settings_for(scripted_server, idle_timeout_s=0.5))
     assert time.monotonic() - started < 5
     assert not report.complete and report.text == "Findings: slow"
     assert "sent nothing for 0.5 s" in report.incomplete_reason
 
 
-def test_total_timeout(scripted_server, volume, selection):
+def test_total_timeout(scripted_server, mri_volume, selection):
     scripted_server.script.append(streamed(["a"] * 50, pause_s=0.05))
-    report = describe(volume, selection, settings_for(scripted_server, timeout_s=0.6))
+    report = describe(mri_volume, selection, settings_for(scripted_server, timeout_s=0.6))
     assert not report.complete and "time limit (0.6 s)" in report.incomplete_reason
     assert 0 < len(report.text) < 50
 
 
-def test_cancel_closes_the_connection(scripted_server, volume, selection):
+def test_cancel_closes_the_connection(scripted_server, mri_volume, selection):
     scripted_server.script.append(streamed(["Findings: ", "more"], tail="stall"))
     stop = threading.Event()
     pieces = []
@@ -203,7 +198,7 @@ def test_cancel_closes_the_connection(scripted_server, volume, selection):
 
     started = time.monotonic()
     with pytest.raises(VLMCancelled) as caught:
-        describe(volume, selection, settings_for(scripted_server, idle_timeout_s=30), on_text=on_text,
+        describe(mri_volume, selection, settings_for(scripted_server, idle_timeout_s=30), on_text=on_text,
                  cancel=stop.is_set)
     assert time.monotonic() - started < 3
     assert caught.value.partial_text == "Findings: more"
@@ -211,14 +206,14 @@ def test_cancel_closes_the_connection(scripted_server, volume, selection):
     assert isinstance(caught.value, VLMError)
 
 
-def test_connection_refused_is_retried_then_reported(volume, selection):
+def test_connection_refused_is_retried_then_reported(mri_volume, selection):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     settings = DescribeSettings(server_url=f"127.0.0.1:{port}", model="m", long_side=64, retries=1,
                                 retry_backoff_s=0.01)
     with pytest.raises(VLMError, match=r"connection refused; is the server running.*after 2 attempts"):
-        describe(volume, selection, settings)
+        describe(mri_volume, selection, settings)
     with pytest.raises(VLMError, match="connection refused"):
         list_models(settings)
 
@@ -237,11 +232,11 @@ def test_listing_failures_explain_themselves(scripted_server):
         list_models(settings_for(scripted_server, server_url=scripted_server.url + "/nothing"))
 
 
-def test_api_key_is_sent_as_bearer(scripted_server, volume, selection):
-    describe(volume, selection, settings_for(scripted_server, api_key="s3cret"))
+def test_api_key_is_sent_as_bearer(scripted_server, mri_volume, selection):
+    describe(mri_volume, selection, settings_for(scripted_server, api_key="s3cret"))
     headers = scripted_server.requests[-1][2]
     assert headers["Authorization"] == "Bearer s3cret"
-    assert "s3cret" not in str(describe(volume, selection, settings_for(scripted_server, api_key="s3cret")).meta)
+    assert "s3cret" not in str(describe(mri_volume, selection, settings_for(scripted_server, api_key="s3cret")).meta)
 
 
 def test_server_url_forms():

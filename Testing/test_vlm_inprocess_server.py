@@ -25,16 +25,6 @@ def model(tiny_vlm_dir):
 
 
 @pytest.fixture(scope="module")
-def volume():
-    return make_volume("mri", name="T1")
-
-
-@pytest.fixture(scope="module")
-def selection(volume):
-    return make_selection(volume, top_k=1)
-
-
-@pytest.fixture(scope="module")
 def server(model):
     httpd = create_server(model, "127.0.0.1", 0, api_key="key-123", max_request_mb=1.0, log=None)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -79,11 +69,11 @@ def chat_body(**changes):
     return body
 
 
-def test_inprocess_describe_streams_and_records(tiny_vlm_dir, volume, selection):
+def test_inprocess_describe_streams_and_records(tiny_vlm_dir, mri_volume, mri_selection):
     pieces = []
     settings = DescribeSettings(protocol="inprocess", model=tiny_vlm_dir, max_tokens=MAX_TOKENS, long_side=64,
                                 device="cpu")
-    report = describe(volume, selection, settings, on_text=pieces.append)
+    report = describe(mri_volume, mri_selection, settings, on_text=pieces.append)
     assert report.text == "".join(pieces) and len(pieces) >= 1
     usage = report.meta["usage"]
     assert usage["completion_tokens"] == MAX_TOKENS and usage["prompt_tokens"] > 3 * 17  # 3 images of 17 tokens
@@ -104,7 +94,7 @@ def test_inprocess_gemma3_three_window_ct(tiny_gemma3_dir):
     assert all(image["window"]["source"] == "three_window" for image in report.meta["images"])
 
 
-def test_inprocess_cancel_and_missing_folder(tiny_vlm_dir, volume, selection, tmp_path):
+def test_inprocess_cancel_and_missing_folder(tiny_vlm_dir, mri_volume, mri_selection, tmp_path):
     settings = DescribeSettings(protocol="inprocess", model=tiny_vlm_dir, max_tokens=200, long_side=64, device="cpu")
     stop = threading.Event()
 
@@ -112,7 +102,7 @@ def test_inprocess_cancel_and_missing_folder(tiny_vlm_dir, volume, selection, tm
         stop.set()
 
     with pytest.raises(VLMCancelled) as caught:
-        describe(volume, selection, settings, on_text=on_text, cancel=stop.is_set)
+        describe(mri_volume, mri_selection, settings, on_text=on_text, cancel=stop.is_set)
     # The answer was JSON (structured output): the report keeps it raw and shows it as readable text.
     assert caught.value.partial_text and caught.value.report.meta["raw_answer"] == caught.value.partial_text
     assert caught.value.report.meta["incomplete_reason"] == "cancelled by the user"
@@ -143,18 +133,18 @@ def test_server_completion_without_streaming(server, model):
     assert choice["finish_reason"] == "length" and data["usage"]["completion_tokens"] == MAX_TOKENS
 
 
-def test_describe_through_votemi_serve(server, volume, selection):
+def test_describe_through_votemi_serve(server, mri_volume, mri_selection):
     settings = DescribeSettings(server_url=server.url, api_key="key-123", max_tokens=MAX_TOKENS, long_side=64,
                                 timeout_s=60)
     assert list_models(settings) == [server.model.name]
     pieces = []
     started = time.monotonic()
-    streamed = describe(volume, selection, settings, on_text=pieces.append)
+    streamed = describe(mri_volume, mri_selection, settings, on_text=pieces.append)
     latency = time.monotonic() - started
     assert streamed.text == "".join(pieces) and len(pieces) >= 1 and latency < 30
     assert streamed.meta["usage"]["completion_tokens"] == MAX_TOKENS and streamed.meta["finish_reason"] == "length"
     settings.stream = False
-    whole = describe(volume, selection, settings)
+    whole = describe(mri_volume, mri_selection, settings)
     assert whole.meta["usage"]["completion_tokens"] == MAX_TOKENS and whole.text
     settings.api_key = ""
     with pytest.raises(VLMError, match="HTTP 401.*check the API key"):

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from vlm_fixtures import complete_json, error_answer, make_selection, redirect, send_json, streamed
+from vlm_fixtures import complete_json, error_answer, redirect, send_json, streamed
 from VoteMILib.cli import main
 from VoteMILib.vlm import DescribeSettings, VLMError, build_request, describe, list_models
 from VoteMILib.vlm.clients import OpenAIClient
@@ -17,11 +17,6 @@ from VoteMILib.vlm.urls import parse_server_url, redact_url
 
 SECRET = "pa/ss-s3cret"  # a "/" must be percent-encoded in a URL: pa%2Fss-s3cret
 QUERY_SECRET = "q-t0ken"
-
-
-@pytest.fixture(scope="module")
-def selection(mri_volume):
-    return make_selection(mri_volume, top_k=1)
 
 
 def settings_for(url, **changes):
@@ -46,8 +41,8 @@ def _secret_free(*texts):
 def test_url_credentials_go_as_basic_auth_and_nowhere_else(scripted_server, image_path, tmp_path, capsys):
     out, report = tmp_path / "out.json", tmp_path / "report.md"
     url = with_credentials(scripted_server.url)
-    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--top", "1", "--long-side", "48",
-                 "--json", str(out), "--report", str(report)]) == 0
+    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--slices-per-plane", "1",
+                 "--long-side", "48", "--json", str(out), "--report", str(report)]) == 0
     captured = capsys.readouterr()
     method, path, headers, _ = scripted_server.requests[-1]
     assert headers["Authorization"] == "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
@@ -63,8 +58,8 @@ def test_event_mode_carries_no_secret(scripted_server, image_path, capsys):
     url = with_credentials(scripted_server.url)
     password_only = url.partition("/?")[0]  # the scripted server lists models at /v1/models without a query
     assert main(["models", "--server", password_only, "--events"]) == 0
-    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--top", "1", "--long-side", "48",
-                 "--events"]) == 0
+    assert main(["describe", image_path, "--server", url, "--model", "tiny-vlm", "--slices-per-plane", "1",
+                 "--long-side", "48", "--events"]) == 0
     captured = capsys.readouterr()
     events = [json.loads(line) for line in captured.out.splitlines()]
     assert events[0] == {"event": "models", "server": scripted_server.url, "models": ["tiny-vlm"]}
@@ -72,11 +67,11 @@ def test_event_mode_carries_no_secret(scripted_server, image_path, capsys):
     _secret_free(captured.out, captured.err)
 
 
-def test_secrets_stay_out_of_every_error(scripted_server, mri_volume, selection, capsys):
+def test_secrets_stay_out_of_every_error(scripted_server, mri_volume, mri_selection, capsys):
     messages = []
     scripted_server.script.append(error_answer(401, {"error": "bad credentials"}))
     with pytest.raises(VLMError) as caught:
-        describe(mri_volume, selection, settings_for(with_credentials(scripted_server.url)))
+        describe(mri_volume, mri_selection, settings_for(with_credentials(scripted_server.url)))
     assert "HTTP 401" in str(caught.value)
     messages += [str(caught.value), repr(caught.value), json.dumps(caught.value.report.meta)]
     with socket.socket() as probe:  # a port nobody listens on
@@ -100,11 +95,11 @@ def test_secrets_stay_out_of_every_error(scripted_server, mri_volume, selection,
     _secret_free(*messages)
 
 
-def test_report_meta_in_mrml_and_a_saved_scene_holds_no_secret(scripted_server, mri_volume, selection, tmp_path):
+def test_report_meta_in_mrml_and_a_saved_scene_holds_no_secret(scripted_server, mri_volume, mri_selection, tmp_path):
     slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
     from VoteMILib import mrml
 
-    report = describe(mri_volume, selection, settings_for(with_credentials(scripted_server.url)))
+    report = describe(mri_volume, mri_selection, settings_for(with_credentials(scripted_server.url)))
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLTextNode", "VoteMI report")
     mrml.finish_report(node, report)
@@ -121,8 +116,8 @@ def _client(server, **options):
     return OpenAIClient(server.url, retries=0, **options)
 
 
-def test_streamed_answer_is_capped_like_a_whole_one(scripted_server, mri_volume, selection):
-    prompt = build_request(mri_volume, selection, settings_for(scripted_server.url))
+def test_streamed_answer_is_capped_like_a_whole_one(scripted_server, mri_volume, mri_selection):
+    prompt = build_request(mri_volume, mri_selection, settings_for(scripted_server.url))
     scripted_server.script.append(streamed(["x" * 99 + " "] * 3000))  # about 430 kB of events
     result = _client(scripted_server, max_answer_bytes=64 * 1024).chat(prompt, "tiny-vlm")
     assert not result.complete and 0 < len(result.text) < 64 * 1024
@@ -139,11 +134,11 @@ def _no_stream():
     return GenerationOptions(stream=False)
 
 
-def test_redirects_are_reported_not_followed(scripted_server, mri_volume, selection):
+def test_redirects_are_reported_not_followed(scripted_server, mri_volume, mri_selection):
     base = scripted_server.url
     scripted_server.script.append(redirect(307, "http://10.9.9.9:8000/v1/chat/completions"))
     with pytest.raises(VLMError) as caught:
-        describe(mri_volume, selection, settings_for(base))
+        describe(mri_volume, mri_selection, settings_for(base))
     message = str(caught.value)
     assert message.startswith(f"{base}: HTTP 307 Temporary Redirect, redirected to "
                               "http://10.9.9.9:8000/v1/chat/completions (VoteMI does not follow redirects")
@@ -152,11 +147,11 @@ def test_redirects_are_reported_not_followed(scripted_server, mri_volume, select
     scripted_server.script.append(redirect(301, "/ollama/v1/chat/completions"))
     with pytest.raises(VLMError, match=rf"redirected to {base}/ollama/v1/chat/completions "
                                        rf"\(set the server URL to {base}/ollama\)"):
-        describe(mri_volume, selection, settings_for(base))
+        describe(mri_volume, mri_selection, settings_for(base))
     scripted_server.script.append(redirect(308, "https://alice:s3cret@other.example/v1/chat/completions?key=1"))
     elsewhere = r"redirected to https://other.example/v1/chat/completions\?key=\*\*\*"
     with pytest.raises(VLMError, match=elsewhere) as caught:
-        describe(mri_volume, selection, settings_for(base))
+        describe(mri_volume, mri_selection, settings_for(base))
     _secret_free(str(caught.value))
 
 
@@ -171,17 +166,17 @@ def test_redirects_are_reported_not_followed(scripted_server, mri_volume, select
     ("ollama", complete_json("Findings: none.", protocol="ollama", content_type=None)),
 ], ids=["sse", "sse-no-space", "ndjson-openai", "ndjson-ollama", "sse-octet-stream", "json-line", "json-pretty",
         "ollama-json"])
-def test_answers_without_content_type_are_recognised_by_their_first_bytes(scripted_server, mri_volume, selection,
+def test_answers_without_content_type_are_recognised_by_their_first_bytes(scripted_server, mri_volume, mri_selection,
                                                                           protocol, answer):
     scripted_server.script.append(answer)
-    report = describe(mri_volume, selection, settings_for(scripted_server.url, protocol=protocol))
+    report = describe(mri_volume, mri_selection, settings_for(scripted_server.url, protocol=protocol))
     assert report.text == "Findings: none." and report.complete, report.meta.get("incomplete_reason")
 
 
-def test_a_page_without_content_type_is_still_reported_as_html(scripted_server, mri_volume, selection):
+def test_a_page_without_content_type_is_still_reported_as_html(scripted_server, mri_volume, mri_selection):
     scripted_server.script.append(error_answer(200, b"<html><title>Router login</title></html>", None))
     with pytest.raises(VLMError, match="answered with an HTML page"):
-        describe(mri_volume, selection, settings_for(scripted_server.url))
+        describe(mri_volume, mri_selection, settings_for(scripted_server.url))
     scripted_server.script.append(lambda handler, body: send_json(handler, 200, {"error": "model not loaded"}))
     with pytest.raises(VLMError, match="model not loaded"):
-        describe(mri_volume, selection, settings_for(scripted_server.url))
+        describe(mri_volume, mri_selection, settings_for(scripted_server.url))

@@ -27,7 +27,8 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
-from VoteMILib.names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, MODES
+from VoteMILib.names import (BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S,
+                             INPROCESS, MODES)
 
 #: Where panel settings are remembered across sessions.
 SETTINGS_PREFIX = "VoteMI/"
@@ -530,7 +531,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         planes = self._planes()
         if not planes:
             raise ValueError(_("Select at least one plane."))
-        if describe and node.protocol != "inprocess":
+        if describe and node.protocol != INPROCESS:
             problem = self._serverUrlProblem()
             if problem:
                 raise ValueError(problem)
@@ -561,11 +562,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   "Continue?").format(name=volumeNode.GetName(), review=findings.summary_line()),
                 windowTitle="VoteMI"):
             return False
-        if request.protocol != "inprocess":
+        if request.backend != INPROCESS:
             warning = self.logic.remoteServerWarning(request.server)
             if warning and not slicer.util.confirmOkCancelDisplay(warning, windowTitle="VoteMI"):
                 return False
-        return request.protocol != "inprocess" or self.logic.ensureInProcessDependencies()
+        return request.backend != INPROCESS or self.logic.ensureInProcessDependencies()
 
     def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
@@ -667,7 +668,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None:
             return
         node = self._parameterNode
-        if node.protocol == "inprocess":
+        if node.protocol == INPROCESS:
             folder = node.model.strip()
             found = bool(folder) and os.path.isdir(folder)
             self.ui.serverStatusLabel.text = (
@@ -1028,14 +1029,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-def _slicesPerPlane(slicesPerPlane, topK):
-    """``slicesPerPlane``, or the value a script passed under the old name ``topK`` (with a warning)."""
-    if topK is None:
-        return int(slicesPerPlane)
+def _renamed(value, earlierValue, name, earlierName):
+    """``value`` of the keyword ``name``, or what a script passed under its earlier name (with a warning)."""
+    if earlierValue is None:
+        return value
     import warnings
 
-    warnings.warn("VoteMILogic: topK= is now slicesPerPlane=", DeprecationWarning, stacklevel=3)
-    return int(topK)
+    # stacklevel 3: the warning names the script's line, not the VoteMILogic method it called.
+    warnings.warn(f"VoteMILogic: {earlierName}= is now {name}=", DeprecationWarning, stacklevel=3)
+    return earlierValue
 
 
 class VoteMILogic(ScriptedLoadableModuleLogic):
@@ -1116,22 +1118,24 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
         if describe and describeOptions is None:
             describeOptions = self.describeOptions(volumeNode)
+        slicesPerPlane = int(_renamed(slicesPerPlane, topK, "slicesPerPlane", "topK"))
         run = VoteMIRun(self, volumeNode, extraVolumeNodes, describe, switchLayout)
-        run.start(planes, _slicesPerPlane(slicesPerPlane, topK), mode, describeOptions if describe else None,
-                  apiKey=apiKey, guide=guide)
+        run.start(planes, slicesPerPlane, mode, describeOptions if describe else None, apiKey=apiKey, guide=guide)
         if wait:
             run.wait(timeoutSeconds, pollSeconds=POLL_INTERVAL_MS / 1000.0)
         return run
 
     @staticmethod
-    def describeOptions(volumeNode, server="", protocol="openai", model="", language="",
-                        timeoutSeconds=DEFAULT_TIMEOUT_S, prompt="", examples=""):
+    def describeOptions(volumeNode, server="", backend=DEFAULT_BACKEND, model="", language="",
+                        timeoutSeconds=DEFAULT_TIMEOUT_S, prompt="", examples="", protocol=None):
         """The :class:`~VoteMILib.child_run.DescribeRequest` :meth:`run` hands to the child; empty values take
-        VoteMI's defaults, the window is the one ``volumeNode`` is displayed with."""
+        VoteMI's defaults, the window is the one ``volumeNode`` is displayed with. ``protocol`` is the old name of
+        ``backend``."""
         from VoteMISlicerLib.run import describeRequest
 
-        return describeRequest(volumeNode, server=server, protocol=protocol, model=model, language=language,
-                               timeoutSeconds=timeoutSeconds, prompt=prompt, examples=examples)
+        return describeRequest(volumeNode, server=server, backend=_renamed(backend, protocol, "backend", "protocol"),
+                               model=model, language=language, timeoutSeconds=timeoutSeconds, prompt=prompt,
+                               examples=examples)
 
     @staticmethod
     def describeRequest(parameterNode):
@@ -1176,8 +1180,9 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
         volume = self.volumeFromNode(volumeNode)
         extras = [self.volumeFromNode(node) for node in extraVolumeNodes]
-        result = select_slices(volume, planes=planes, top_k=_slicesPerPlane(slicesPerPlane, topK), mode=mode,
-                               extra_volumes=extras, progress=progress, cancel=cancel)
+        slicesPerPlane = int(_renamed(slicesPerPlane, topK, "slicesPerPlane", "topK"))
+        result = select_slices(volume, planes=planes, top_k=slicesPerPlane, mode=mode, extra_volumes=extras,
+                               progress=progress, cancel=cancel)
         if apply:
             self.applySelection(volumeNode, result)
         return result
@@ -1249,11 +1254,11 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     # Server
 
-    def startServerCheck(self, url, protocol, apiKey="", probe=False, model=""):
+    def startServerCheck(self, url, backend, apiKey="", probe=False, model=""):
         """Ask the server for its models in a child process; with ``probe``, also what the model accepts."""
         from VoteMISlicerLib.servers import serverCheckArguments
 
-        return self.startChild(serverCheckArguments(url, protocol, probe=probe, model=model), apiKey=apiKey)
+        return self.startChild(serverCheckArguments(url, backend, probe=probe, model=model), apiKey=apiKey)
 
     @staticmethod
     def serverUrlProblem(url):
@@ -1491,7 +1496,7 @@ class VoteMITest(ScriptedLoadableModuleTest):
         volumeNode, _phantom = self._blobVolume()
         logic = VoteMILogic()
         with LoopbackServer() as server:
-            options = logic.describeOptions(volumeNode, server=server.url, protocol="openai", model=server.model,
+            options = logic.describeOptions(volumeNode, server=server.url, backend="openai", model=server.model,
                                             timeoutSeconds=60)
             run = logic.run(volumeNode, describe=True, planes=("axial",), slicesPerPlane=2, describeOptions=options,
                             wait=True, timeoutSeconds=300)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from .names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, PLANES
+from .names import DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, PLANES
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,8 @@ class DescribeRequest:
     ----------
     server : str
         Server URL (ignored by the in-process backend).
-    protocol : str
-        ``openai``, ``ollama`` or ``inprocess``.
+    backend : str
+        ``openai``, ``ollama`` or ``inprocess`` (:data:`VoteMILib.names.BACKENDS`).
     model : str
         Model name, or the model folder for ``inprocess``; empty for the server's only model.
     language : str
@@ -42,7 +42,7 @@ class DescribeRequest:
     """
 
     server: str = DEFAULT_SERVER_URL
-    protocol: str = "openai"
+    backend: str = DEFAULT_BACKEND
     model: str = ""
     language: str = DEFAULT_LANGUAGE
     timeout_s: float = float(DEFAULT_TIMEOUT_S)
@@ -52,12 +52,12 @@ class DescribeRequest:
     prompt: str = ""
 
 
-def describe_request(server: str = "", protocol: str = "openai", model: str = "", language: str = "",
+def describe_request(server: str = "", backend: str = DEFAULT_BACKEND, model: str = "", language: str = "",
                      timeout_s: float = DEFAULT_TIMEOUT_S, prompt: str = "", window=None,
                      examples_dir: str = "") -> DescribeRequest:
     """A :class:`DescribeRequest` from settings as the panel holds them: text stripped, an empty server or
     language taking VoteMI's default, an empty prompt or examples folder meaning none."""
-    return DescribeRequest(server=server.strip() or DEFAULT_SERVER_URL, protocol=protocol, model=model.strip(),
+    return DescribeRequest(server=server.strip() or DEFAULT_SERVER_URL, backend=backend, model=model.strip(),
                            language=language.strip() or DEFAULT_LANGUAGE, timeout_s=float(timeout_s),
                            window=None if window is None else tuple(window), examples_dir=examples_dir.strip() or None,
                            prompt=prompt.strip())
@@ -83,7 +83,7 @@ class ChildRun:
         The input volume's file.
     planes : tuple of str
     slices_per_plane : int
-        Voted slices per plane (``--top`` of the command line).
+        Voted slices per plane (``--slices-per-plane`` of the command line).
     mode : str or None
         Selection mode; None with a guide means the guided slices only.
     extras : tuple of str
@@ -112,7 +112,7 @@ class ChildRun:
 def child_arguments(run: ChildRun) -> list:
     """The ``votemi`` arguments of ``run``, with ``--events --quiet`` (machine-readable events, no summaries)."""
     arguments = ["describe" if run.describe is not None else "select", run.image, "--planes", ",".join(run.planes),
-                 "--top", str(int(run.slices_per_plane)), "--events", "--quiet"]
+                 "--slices-per-plane", str(int(run.slices_per_plane)), "--events", "--quiet"]
     if run.mode is not None:
         arguments += ["--mode", run.mode]
     for path in run.extras:
@@ -131,7 +131,7 @@ def child_arguments(run: ChildRun) -> list:
 def _describe_arguments(request: DescribeRequest) -> list:
     if request.prompt:
         raise ValueError("the prompt template goes to the child as a file: write_prompt_file(request, folder) first")
-    arguments = ["--server", request.server, "--backend", request.protocol, "--language", request.language,
+    arguments = ["--server", request.server, "--backend", request.backend, "--language", request.language,
                  "--timeout", repr(float(request.timeout_s))]
     if request.model:
         arguments += ["--model", request.model]

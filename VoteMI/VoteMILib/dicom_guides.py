@@ -27,24 +27,14 @@ def dicom_modality(path) -> str:
     try:
         import pydicom
     except ImportError:
-        return _modality_with_itk(path)
+        from .volumes import dicom_tag
+
+        return dicom_tag(path, "0008|0060")
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
     except Exception:  # pydicom raises many types for files that are not DICOM
         return ""
     return str(getattr(header, "Modality", "") or "")
-
-
-def _modality_with_itk(path) -> str:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return ""
-    return reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
 
 
 def find_dicom_guide(path):

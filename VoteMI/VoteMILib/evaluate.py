@@ -26,6 +26,7 @@ import numpy as np
 
 from . import eval_scores
 from .batch import BatchCase, BatchError, finish_record, fingerprint_files, new_record, one_line
+from .names import DEFAULT_BACKEND, DEFAULT_TIMEOUT_S, INPROCESS
 
 STRATEGIES = ("voted", "uniform", "random", "middle")
 DEFAULT_BUDGETS = (1, 3, 9, 16, 32, 85)
@@ -131,11 +132,15 @@ class EvalCaseError(ValueError):
 
 @dataclass
 class EvalSettings:
-    """Everything a case's answers depend on (the API key is sent, never digested into the journal)."""
+    """Everything a case's answers depend on (the API key is sent, never digested into the journal).
+
+    ``protocol`` is the backend (:data:`VoteMILib.names.BACKENDS`) under its earlier name: the journal of an
+    evaluation holds a digest of these fields by name, so a new name would make a resumed run start over.
+    """
 
     kind: str = "closed"
     server_url: str = ""
-    protocol: str = "openai"
+    protocol: str = DEFAULT_BACKEND
     model: str = ""
     budgets: tuple = DEFAULT_BUDGETS
     strategies: tuple = STRATEGIES
@@ -144,7 +149,7 @@ class EvalSettings:
     seed: int = 0
     long_side: int = 896
     max_tokens: int = 512
-    timeout_s: float = 300.0
+    timeout_s: float = float(DEFAULT_TIMEOUT_S)
     device: str = "auto"
     modality: str = "auto"
     ct_preset: str | None = None
@@ -197,7 +202,7 @@ class _Asker:
         self.windowing = choose_windowing(volume, settings.modality, settings.ct_preset, settings.window,
                                           region=selection.region.get("name"))
         describe = DescribeSettings(server_url=settings.server_url or DescribeSettings.server_url,
-                                    protocol=settings.protocol, model=settings.model, api_key=settings.api_key,
+                                    backend=settings.protocol, model=settings.model, api_key=settings.api_key,
                                     timeout_s=settings.timeout_s, device=settings.device, stream=False)
         self.client = make_client(describe)
         self.model = _resolve_model(self.client, describe)
@@ -325,14 +330,14 @@ def write_results(out: str, records: list, settings: EvalSettings, resamples: in
 
 def model_bytes(settings: EvalSettings) -> int:
     """Memory an in-process model takes on each worker: torch itself, then the weights about twice over."""
-    if settings.protocol != "inprocess" or not os.path.isdir(settings.model):
+    if settings.protocol != INPROCESS or not os.path.isdir(settings.model):
         return 0
     weights = sum(os.path.getsize(os.path.join(folder, name))
                   for folder, _, names in os.walk(settings.model) for name in names)
     return 2 ** 30 + 2 * weights
 
 
-def probed_image_limit(server: str, protocol: str, model: str, api_key: str, timeout_s: float) -> tuple:
+def probed_image_limit(server: str, backend: str, model: str, api_key: str, timeout_s: float) -> tuple:
     """(images the server takes per request or None when no limit was found, where that came from), from the
     stored or a new probe of the server (:mod:`VoteMILib.vlm.capabilities`).
 
@@ -345,7 +350,7 @@ def probed_image_limit(server: str, protocol: str, model: str, api_key: str, tim
     from .vlm.errors import VLMError
     from .vlm.pipeline import DescribeSettings, _resolve_model, make_client
 
-    settings = DescribeSettings(server_url=server or DescribeSettings.server_url, protocol=protocol, model=model,
+    settings = DescribeSettings(server_url=server or DescribeSettings.server_url, backend=backend, model=model,
                                 api_key=api_key, timeout_s=timeout_s)
     try:
         client = make_client(settings)

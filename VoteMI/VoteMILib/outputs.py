@@ -39,6 +39,17 @@ def _make_folder(folder: str) -> None:
         raise OSError(f"cannot create folder {folder}: {_reason(error)}") from None
 
 
+def _writable_folder(folder: str, refusal: str, not_writable: str) -> None:
+    """Create ``folder`` if missing and check that files can be made in it; OutputError ``"{refusal}: ..."`` with
+    the OSError's reason, or with ``not_writable``, otherwise."""
+    try:
+        _make_folder(folder)
+    except OSError as error:
+        raise OutputError(f"{refusal}: {error}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{refusal}: {not_writable}")
+
+
 def check_output_file(path, what: str = "output file") -> str:
     """Check, before any work, that ``path`` can be written; return its absolute path.
 
@@ -53,12 +64,7 @@ def check_output_file(path, what: str = "output file") -> str:
     if os.path.isdir(path):
         raise OutputError(f"cannot write {what} {path}: it is a folder")
     folder = os.path.dirname(path)
-    try:
-        _make_folder(folder)
-    except OSError as error:
-        raise OutputError(f"cannot write {what} {path}: {error}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {what} {path}: folder {folder} is not writable")
+    _writable_folder(folder, f"cannot write {what} {path}", f"folder {folder} is not writable")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise OutputError(f"cannot write {what} {path}: the file is read-only")
     return path
@@ -69,12 +75,7 @@ def check_output_folder(folder, what: str = "output folder") -> str:
     folder = os.path.abspath(os.fspath(folder))
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OutputError(f"cannot write into {what} {folder}: it is a file, not a folder")
-    try:
-        _make_folder(folder)
-    except OSError as error:
-        raise OutputError(f"cannot write into {what} {folder}: {error}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {what} {folder}: it is not writable")
+    _writable_folder(folder, f"cannot write into {what} {folder}", "it is not writable")
     return folder
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from .background import start, wait_for
 from .clustering import NOISE, dbscan, estimate_eps, nearest_neighbours
 from .features import PATCH_SIZE, PCAEncoder, extract_patches
 from .geometry import NORMAL_AXIS, NORMAL_INDEX, PLANES, parse_planes, plane_geometry
@@ -114,19 +116,40 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     features = np.asarray(encoder.fit(pixels, seed=settings.seed).transform(pixels), dtype=np.float64)
     features /= max(float(features.std()), 1e-12)
     region = detect_region(grid, detect_modality(volume))
-    vote = _Votes(patches, features, grid.positions_mm, settings, report)
+    # Findings mode may fall back to the representative vote in a plane where nothing stands out:
+    # what that needs is prepared on the spare core while the cues are computed.
+    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="votemi") if mode == "findings" else None
+    try:
+        plane_results, vote = _select_planes(volume, planes, grid, region, channels, patches, features, settings,
+                                             report, background)
+    finally:
+        if background is not None:
+            background.shutdown(wait=False, cancel_futures=True)  # what no plane needed is not waited for
+    report(1.0, "Done")
+
+    recorded = asdict(settings)
+    recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **vote.details,
+                    working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
+                    sequences=[volume.name] + [extra.name for extra in extra_volumes])
+    return SelectionResult(planes=plane_results, settings=recorded, size_ijk=volume.size_ijk,
+                           spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started},
+                           region=region.to_dict())
+
+
+def _select_planes(volume, planes, grid, region, channels, patches, features, settings, report, background):
+    """Scores and picks of each plane, and the votes they came from (steps 3-6 of :func:`select_slices`)."""
+    vote = _Votes(patches, features, grid.positions_mm, settings, report, background)
 
     found = None
-    if mode == "findings":
+    if settings.mode == "findings":
         report(0.5, "Comparing both sides of the head" if region.name == "head" else "Looking for what stands out")
-        found = find_abnormality(CueInput(grid, region, channels, patches, features, settings.seed))
+        found = find_abnormality(CueInput(grid, region, channels, patches, features, settings.seed, background))
     weights = {}  # patch vote weights of each cue's evidence, computed when a plane first needs them
 
     report(0.9, "Counting votes")
     plane_results = {}
-    size_ijk = volume.size_ijk
     for plane in planes:
-        geometry = plane_geometry(volume.ijk_to_ras, size_ijk, plane)
+        geometry = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane)
         # Each cue in turn (a head's small lesions after its asymmetry), until one stands out in the
         # plane; representative mode, or findings mode where nothing does (FALLBACK_CUE): the representative vote.
         cue, plane_finding = FALLBACK_CUE, found
@@ -159,15 +182,7 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
                                            scores=scores, selected=selected, cue=cue,
                                            confidence=plane_confidence(scores, geometry.positions_mm, picks[0], spacing),
                                            stood_out=None if found is None else not fell_back)
-    report(1.0, "Done")
-
-    recorded = asdict(settings)
-    recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **vote.details,
-                    working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
-                    sequences=[volume.name] + [extra.name for extra in extra_volumes])
-    return SelectionResult(planes=plane_results, settings=recorded, size_ijk=size_ijk,
-                           spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started},
-                           region=region.to_dict())
+    return plane_results, vote
 
 
 def _working_slice(grid, plane, position_mm) -> int:
@@ -179,11 +194,15 @@ class _Votes:
     """Slice scores of each plane from weighted votes of every patch, or from the paper's
     representative vote (computed once, when a plane first needs it)."""
 
-    def __init__(self, patches, features, work_positions, settings, report):
-        self.patches, self.features, self.settings, self.report = patches, features, settings, report
+    def __init__(self, patches, features, work_positions, settings, report, background=None):
+        self.patches, self.settings, self.report = patches, settings, report
         self.work_positions = work_positions
         self.details = {}
         self._voters = None
+        # With a pool (findings mode) the representative vote, which a plane where nothing stands out
+        # falls back to, is prepared beside the cues; from there it reports no progress.
+        self._representative = start(background, representative_vote, features, settings,
+                                     report if background is None else _Progress(None, None))
 
     def scores(self, plane, geometry, weights) -> np.ndarray:
         """0..1 score of every original slice of ``plane``; ``weights`` None: the representative vote."""
@@ -199,24 +218,36 @@ class _Votes:
 
     def _representative_voters(self) -> np.ndarray:
         if self._voters is None:
-            settings = self.settings
-            sample = np.arange(len(self.features))
-            if len(sample) > settings.max_patches:
-                rng = np.random.default_rng(settings.seed)
-                sample = np.sort(rng.choice(len(sample), settings.max_patches, replace=False))
-            self.report(0.45, "Clustering patches (DBSCAN)")
-            # One neighbour query serves the radius, DBSCAN and the coverage graph.
-            distances, neighbours = nearest_neighbours(self.features[sample], max(settings.min_samples + 1, GRAPH_NEIGHBOURS))
-            eps = estimate_eps(distances, settings.min_samples)
-            labels = dbscan(distances, neighbours, eps, settings.min_samples)
-            self.report(0.6, "Selecting covering patches")
-            distances = np.ascontiguousarray(distances[:, :GRAPH_NEIGHBOURS])
-            neighbours = np.ascontiguousarray(neighbours[:, :GRAPH_NEIGHBOURS])
-            self._voters = sample[_vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings,
-                                                     self.report)]
-            self.details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1), "voting_patches": int(len(sample)),
-                            "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
+            self._voters, self.details = wait_for(self._representative, lambda: self.report(None, None))
         return self._voters
+
+
+def representative_vote(features: np.ndarray, settings: SelectionSettings, report) -> tuple:
+    """The paper's voters: patches that cover each DBSCAN cluster of the feature space, then the clusters.
+
+    Returns
+    -------
+    voters : ndarray of int
+        Indices of the voting patches.
+    details : dict
+        The DBSCAN radius, cluster count, patches clustered and share of noise, for the record.
+    """
+    sample = np.arange(len(features))
+    if len(sample) > settings.max_patches:
+        rng = np.random.default_rng(settings.seed)
+        sample = np.sort(rng.choice(len(sample), settings.max_patches, replace=False))
+    report(0.45, "Clustering patches (DBSCAN)")
+    # One neighbour query serves the radius, DBSCAN and the coverage graph.
+    distances, neighbours = nearest_neighbours(features[sample], max(settings.min_samples + 1, GRAPH_NEIGHBOURS))
+    eps = estimate_eps(distances, settings.min_samples)
+    labels = dbscan(distances, neighbours, eps, settings.min_samples)
+    report(0.6, "Selecting covering patches")
+    distances = np.ascontiguousarray(distances[:, :GRAPH_NEIGHBOURS])
+    neighbours = np.ascontiguousarray(neighbours[:, :GRAPH_NEIGHBOURS])
+    voters = sample[_vote_mi_selection(labels, neighbours, similarity_graph(distances, eps), settings, report)]
+    details = {"eps": round(eps, 6), "clusters": int(labels.max() + 1), "voting_patches": int(len(sample)),
+               "noise_fraction": round(float(np.mean(labels == NOISE)), 4)}
+    return voters, details
 
 
 def _vote_mi_selection(labels, neighbours, similarity, settings, report) -> np.ndarray:

@@ -305,7 +305,7 @@ def _read_dicom_folder(sitk, folder, wanted=None):
         found = [_DicomSeries(uid, list(reader.GetGDCMSeriesFileNames(folder, uid)), series_in_folder=len(uids))
                  for uid in uids]
         for candidate in found:
-            candidate.description = _dicom_tag(sitk, candidate.files[0], "0008|103e")
+            candidate.description = dicom_tag(candidate.files[0], "0008|103e")
         found.sort(key=lambda candidate: -len(candidate.files))  # most slices first: the likely choice
         listing = "; ".join(candidate.label() for candidate in found)
         if wanted:
@@ -326,7 +326,11 @@ def _read_dicom_folder(sitk, folder, wanted=None):
     return image, chosen
 
 
-def _dicom_tag(sitk, filename, tag) -> str:
+def dicom_tag(filename, tag: str) -> str:
+    """The value of ``tag`` (``"gggg|eeee"``, e.g. ``"0008|0060"``) in the header of the DICOM file
+    ``filename``, stripped; "" when the file has no such tag or SimpleITK cannot read its header."""
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(filename)
     try:

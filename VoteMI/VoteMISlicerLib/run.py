@@ -16,14 +16,14 @@ import time
 
 import slicer
 from slicer.i18n import tr as _
-from VoteMILib.names import DEFAULT_TIMEOUT_S
+from VoteMILib.names import DEFAULT_BACKEND, DEFAULT_TIMEOUT_S, INPROCESS
 
 #: Run folders (the input written for the child) older than this are left by a crash and removed (hours).
 STALE_RUN_HOURS = 24
 
 
-def describeRequest(volumeNode, server="", protocol="openai", model="", language="", timeoutSeconds=DEFAULT_TIMEOUT_S,
-                    prompt="", examples=""):
+def describeRequest(volumeNode, server="", backend=DEFAULT_BACKEND, model="", language="",
+                    timeoutSeconds=DEFAULT_TIMEOUT_S, prompt="", examples=""):
     """The :class:`~VoteMILib.child_run.DescribeRequest` of these settings; empty values take VoteMI's defaults.
 
     The window is the one ``volumeNode`` is displayed with, so the model sees what the radiologist sees.
@@ -31,14 +31,15 @@ def describeRequest(volumeNode, server="", protocol="openai", model="", language
     from VoteMILib import mrml
     from VoteMILib.child_run import describe_request
 
-    return describe_request(server=server, protocol=protocol, model=model, language=language,
+    return describe_request(server=server, backend=backend, model=model, language=language,
                             timeout_s=timeoutSeconds, prompt=prompt, window=mrml.display_window(volumeNode),
                             examples_dir=examples)
 
 
 def describeRequestFromParameterNode(parameterNode):
     """The describe settings of the panel (a ``VoteMIParameterNode``) for its input volume, in one step."""
-    return describeRequest(parameterNode.inputVolume, server=parameterNode.serverUrl, protocol=parameterNode.protocol,
+    # The parameter node keeps the backend under its earlier name, "protocol": saved scenes hold that key.
+    return describeRequest(parameterNode.inputVolume, server=parameterNode.serverUrl, backend=parameterNode.protocol,
                            model=parameterNode.model, language=parameterNode.language,
                            timeoutSeconds=parameterNode.timeoutSeconds, prompt=parameterNode.promptTemplate,
                            examples=parameterNode.examplesFolder)
@@ -143,7 +144,7 @@ class VoteMIRun:
             mask, labelNames, points = self._writeGuide(guide) if guide is not None else (None, (), ())
             if describeRequest is not None:
                 describeRequest = write_prompt_file(describeRequest, self.folder)
-                self.target = describeRequest.model if describeRequest.protocol == "inprocess" else \
+                self.target = describeRequest.model if describeRequest.backend == INPROCESS else \
                     describeRequest.server
             request = ChildRun(
                 image=paths[0], planes=tuple(planes), slices_per_plane=int(slicesPerPlane), extras=tuple(paths[1:]),

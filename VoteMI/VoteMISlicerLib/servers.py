@@ -36,10 +36,10 @@ def remoteServerWarning(url):
     return warning + " " + _("Send them?")
 
 
-def serverCheckArguments(url, protocol, probe=False, model=""):
+def serverCheckArguments(url, backend, probe=False, model=""):
     """Arguments of ``votemi models --events``: the server's models; with ``probe``, also what the model accepts
     (``--probe``: images, images per request, context length, JSON schema)."""
-    arguments = ["models", "--server", url, "--protocol", protocol, "--timeout", "10", "--events"]
+    arguments = ["models", "--server", url, "--backend", backend, "--timeout", "10", "--events"]
     if probe:
         arguments += ["--probe"] + (["--model", model] if model else [])
     return arguments

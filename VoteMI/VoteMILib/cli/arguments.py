@@ -128,12 +128,21 @@ def add_selection_arguments(parser) -> None:
 
 
 def add_pick_arguments(parser) -> None:
-    """--planes, --top, --seed and --mode: which slices a selection picks (``select``, ``describe``, ``batch``)."""
+    """--planes, --slices-per-plane, --seed and --mode: which slices a selection picks (``select``, ``describe``,
+    ``batch``)."""
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes,
                         help="comma-separated planes (default: %(default)s)")
-    parser.add_argument("--top", type=positive_int, default=3, metavar="K", help="slices per plane (default: 3)")
+    add_slices_per_plane_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_mode_argument(parser)
+
+
+def add_slices_per_plane_argument(parser) -> None:
+    """``--slices-per-plane`` and ``--top``, its earlier name, still accepted but not shown: scripts of earlier
+    versions pass it. Both set ``args.top``, the attribute :mod:`VoteMILib.run` and the batch settings read."""
+    parser.add_argument("--slices-per-plane", dest="top", type=positive_int, default=3, metavar="N",
+                        help="slices per plane (default: %(default)s; --top is its earlier name)")
+    parser.add_argument("--top", dest="top", type=positive_int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_guide_arguments(parser) -> None:

@@ -8,7 +8,7 @@ import sys
 import threading
 
 from .. import events
-from ..names import DEFAULT_LANGUAGE, INPROCESS
+from ..names import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, INPROCESS
 from ..run import check_outputs, format_summary, run_selection, selection_document, window_settings
 from ..vlm.errors import VLMCancelled, VLMError
 from ..vlm.packing import PACK_CHOICES
@@ -32,7 +32,8 @@ def add_describe_command(commands) -> None:
     group.add_argument("--model", default="", help="model name (default: the server's only model); a folder for "
                                                    "--backend inprocess")
     add_key_arguments(group)
-    group.add_argument("--timeout", type=float, default=300.0, metavar="S", help="total time limit (default: 300)")
+    group.add_argument("--timeout", type=float, default=float(DEFAULT_TIMEOUT_S), metavar="S",
+                       help=f"total time limit (default: {DEFAULT_TIMEOUT_S})")
     group.add_argument("--max-tokens", type=int, default=1024, help="longest report in tokens (default: 1024)")
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
     group.add_argument("--no-stream", action="store_true", help="wait for the whole answer instead of streaming")

@@ -11,7 +11,7 @@ from .. import eval_scores
 from ..batch import BatchError, dask_client, prepare_out, run_cases, worker_memory_limit
 from ..evaluate import (DEFAULT_BUDGETS, STRATEGIES, EvalSettings, eval_case, load_dataset, metrics_of, model_bytes,
                         probed_image_limit, store_answers, write_results)
-from ..names import INPROCESS, PLANES, parse_planes
+from ..names import DEFAULT_TIMEOUT_S, INPROCESS, PLANES, parse_planes
 from ..run import window_settings
 from .arguments import (add_backend_argument, add_cluster_arguments, add_key_arguments, add_mode_argument,
                         add_window_arguments, api_key, comma_separated, int_at_least, positive_int)
@@ -53,7 +53,8 @@ def add_eval_command(commands) -> None:
     add_key_arguments(group)
     group.add_argument("--max-tokens", type=positive_int, default=None,
                        help="longest answer (default: 32 for questions, 512 for reports)")
-    group.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per answer (default: 300)")
+    group.add_argument("--timeout", type=float, default=float(DEFAULT_TIMEOUT_S), metavar="S",
+                       help=f"per answer (default: {DEFAULT_TIMEOUT_S})")
     group.add_argument("--device", default="auto", help="in-process model device (default: auto)")
     group.add_argument("--max-images", type=positive_int, metavar="N",
                        help="the most images the server takes in one request: larger budgets are left out "

@@ -45,19 +45,21 @@ def compared_region(grid) -> np.ndarray:
     return inner if inner.any() else grid.mask
 
 
-def asymmetry_map(grid, channels, patches, features, seed: int = 0, inner=None) -> Abnormality:
+def asymmetry_map(grid, smooth, patches, features, seed: int = 0, inner=None, plane=None) -> Abnormality:
     """Abnormality of every working-grid voxel (0 outside the inner head).
 
     Parameters
     ----------
     grid : WorkingGrid
-    channels : list of ndarray
-        Working-grid intensities of each sequence (main first).
+    smooth : list of ndarray
+        Working-grid intensities of each sequence (main first) at lesion scale (:func:`at_lesion_scale`).
     patches : PatchSet
     features : ndarray, shape (n, d)
     seed : int
     inner : ndarray of bool, optional
         Where both sides are compared (:func:`compared_region`), when the caller has it already.
+    plane : MidsagittalPlane, optional
+        The plane the head is most symmetric about, when the caller has fitted it already.
 
     Returns
     -------
@@ -68,9 +70,7 @@ def asymmetry_map(grid, channels, patches, features, seed: int = 0, inner=None) 
     """
     spacing = grid.spacing_mm
     inner = compared_region(grid) if inner is None else inner
-    sigma = sigma_voxels(LESION_SCALE_MM, spacing)
-    smooth = [ndimage.gaussian_filter(data, sigma, truncate=3.0) for data in channels]
-    plane = fit_midsagittal_plane(smooth[0], grid.mask, seed=seed)
+    plane = fit_midsagittal_plane(smooth[0], grid.mask, seed=seed) if plane is None else plane
     # Rarity is only compared inside the inner head, so only patches centred there need it.
     central = inner[tuple(patches.center.T)]
     rarity = rarity_map(grid.mask.shape, patches.center[central], feature_rarity(features[central], seed=seed),
@@ -89,6 +89,11 @@ def asymmetry_map(grid, channels, patches, features, seed: int = 0, inner=None) 
     coarse[coarse_inner] = difference * side
     found = np.where(inner, _upsample(coarse, step, inner.shape), 0.0).astype(np.float32)
     return Abnormality(found, np.asarray(spacing, dtype=float), "asymmetry", plane, rarity)
+
+
+def at_lesion_scale(data: np.ndarray, spacing_mm) -> np.ndarray:
+    """Intensities smoothed to :data:`~.evidence.LESION_SCALE_MM`, the scale both sides are compared at."""
+    return ndimage.gaussian_filter(data, sigma_voxels(LESION_SCALE_MM, spacing_mm), truncate=3.0)
 
 
 def feature_rarity(features: np.ndarray, neighbours: int = 8, reference_size: int = 1000, seed: int = 0) -> np.ndarray:
@@ -131,10 +136,10 @@ def find(scan: CueInput) -> Abnormality:
         low, high = BRAIN_WINDOW_HU
         channels[0] = (np.clip(scan.values, low, high) - np.float32(low)) / np.float32(high - low)
     inner = compared_region(scan.grid)
-    found = asymmetry_map(scan.grid, channels, scan.patches, scan.features, seed=scan.seed, inner=inner)
-
-    def small_lesions():
-        return focal.find(scan, inner, found.plane)
-
-    found.then = small_lesions  # only computed for a plane where the asymmetry shows anatomy
+    smooth = [at_lesion_scale(data, scan.spacing) for data in channels]
+    plane = fit_midsagittal_plane(smooth[0], scan.grid.mask, seed=scan.seed)
+    # Needed only for a plane where the asymmetry shows anatomy: begun now, on a spare core if there is one.
+    small_lesions = scan.start(focal.find, scan, inner, plane)
+    found = asymmetry_map(scan.grid, smooth, scan.patches, scan.features, seed=scan.seed, inner=inner, plane=plane)
+    found.then = small_lesions.result
     return found

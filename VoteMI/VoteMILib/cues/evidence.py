@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage
 
+from ..background import start
 from ..geometry import NORMAL_INDEX
 from .mirror import MidsagittalPlane, mirrored_values
 
@@ -161,6 +162,8 @@ class CueInput:
     features : ndarray or None
         Patch features, one row per patch.
     seed : int
+    background : concurrent.futures.Executor or None
+        Where a cue may start work that is needed only later, if at all (:meth:`start`).
     """
 
     grid: object
@@ -169,7 +172,13 @@ class CueInput:
     patches: object = None
     features: np.ndarray | None = None
     seed: int = 0
+    background: object = None
     _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def start(self, function, *args):
+        """``function(*args)`` begun on :attr:`background`, or put off until first asked for; an
+        object whose ``result()`` returns its value."""
+        return start(self.background, function, *args)
 
     def shared(self, function):
         """``function(self)``, computed once per scan: evidence that two cues split between them."""

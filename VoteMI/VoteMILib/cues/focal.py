@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .evidence import Abnormality, CueInput, sigma_voxels
+from .morphology import box_maximum
 
 #: Lesion radii looked for (mm): metastases, small infarcts and demyelinating plaques 8-18 mm across.
 #: A smaller lesion spans one or two voxels of the 2 mm working grid; a larger one the asymmetry sees.
@@ -71,7 +72,7 @@ def focal_map(data: np.ndarray, inner: np.ndarray, plane, spacing_mm) -> np.ndar
         compared = from_midline > radius + MIDLINE_MARGIN_MM
         differences = []
         for signed in (np.maximum(blob, 0.0), np.maximum(-blob, 0.0)):  # bright, dark
-            other = ndimage.map_coordinates(ndimage.maximum_filter(signed, reach), mirror, order=1, mode="constant")
+            other = ndimage.map_coordinates(box_maximum(signed, reach), mirror, order=1, mode="constant")
             differences.append(signed[index] - other)
         spread = _local_spread(differences, compared, coarse, spacing * step)
         excess = np.maximum(np.maximum(differences[0], differences[1]), 0.0)

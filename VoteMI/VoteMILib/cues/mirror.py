@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, optimize
 
+from .morphology import box_maximum
+
 @dataclass(frozen=True)
 class MidsagittalPlane:
     """A plane through ``centre`` (working-grid voxel coordinates) with its normal turned from +R
@@ -84,7 +86,7 @@ def mirror_maximum(strength: np.ndarray, points: np.ndarray, shape, plane: Midsa
     high = np.minimum(points.max(axis=0) + size // 2 + 1, shape)
     volume = np.zeros(tuple(high - low), np.float32)
     volume[tuple((points - low).T)] = strength
-    nearby[tuple(slice(a, b) for a, b in zip(low, high))] = ndimage.maximum_filter(volume, size=size)
+    nearby[tuple(slice(a, b) for a, b in zip(low, high))] = box_maximum(volume, size)
     coordinates = points.astype(float)
     offset_mm = ((coordinates - np.asarray(plane.centre)) @ plane.normal) * float(np.mean(spacing))
     weight = np.clip((2.0 * np.abs(offset_mm) - reach_mm) / reach_mm, 0.0, 1.0)

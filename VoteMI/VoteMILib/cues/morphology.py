@@ -166,3 +166,21 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     total, total_moment = below[-1], moment[-1]
     between = (total_moment * below - moment * total) ** 2 / np.maximum(below * (total - below), 1e-12)
     return float(centres[int(np.argmax(between[:-1]))])
+
+
+def box_maximum(data: np.ndarray, size) -> np.ndarray:
+    """The largest value within a box of ``size`` voxels (odd, per axis or one for all) around each
+    voxel, the box cut at the volume's faces: ``ndimage.maximum_filter``'s result, from whole-array
+    maxima of shifted views, which is about twice as fast for the few-voxel boxes the cues use."""
+    out = data
+    for axis, width in enumerate(np.broadcast_to(np.asarray(size, dtype=int), (data.ndim,))):
+        half = int(width) // 2
+        if half == 0:
+            continue
+        moved = np.moveaxis(out, axis, 0)
+        result = moved.copy()
+        for shift in range(1, half + 1):
+            np.maximum(result[shift:], moved[:-shift], out=result[shift:])
+            np.maximum(result[:-shift], moved[shift:], out=result[:-shift])
+        out = np.moveaxis(result, 0, axis)
+    return np.array(out, order="C")  # a new array even for a box of one voxel

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..names import INPROCESS
+from ..names import DEFAULT_TIMEOUT_S, INPROCESS
 from .constrained import TokenTable, is_complete, make_logits_processor, min_length
 from .errors import VLMCancelled, VLMError
 from .options import ChatResult, GenerationOptions, token_limit_message
@@ -326,7 +326,7 @@ class InProcessClient:
     protocol = INPROCESS
 
     def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", allow_hub: bool = False,
-                 timeout_s: float = 300.0):
+                 timeout_s: float = float(DEFAULT_TIMEOUT_S)):
         if not (model_path or "").strip():
             raise VLMError("no model folder given for the in-process model")
         self.model_path = model_path

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..names import DEFAULT_TIMEOUT_S
+
 
 @dataclass
 class Timeouts:
@@ -21,7 +23,7 @@ class Timeouts:
 
     connect_s: float = 10.0
     idle_s: float = 120.0
-    total_s: float = 300.0
+    total_s: float = float(DEFAULT_TIMEOUT_S)
 
 
 @dataclass
