@@ -54,3 +54,40 @@ def test_the_organs_are_the_enhanced_liver_and_spleen_and_nothing_stands_out_in_
     # An extremity CT: muscle and fat, no enhanced organ, no evidence.
     grid = make_working_grid(load_volume(ef.DATA / "sarcoma" / "sts005_ct" / "image.nii.gz"))
     assert not organ_lesion.find(CueInput(grid, detect_region(grid, "CT"))).map.any()
+
+
+def test_thorax_levels_reach_the_chest_wall_below_the_lowest_lung_slice():
+    from VoteMILib.cues.lung_nodule import THORAX_BELOW_MM, thorax_levels
+
+    cavity = np.zeros((8, 8, 40), bool)
+    cavity[2:6, 2:6, 20:35] = True
+    levels = thorax_levels(cavity, (2.0, 2.0, 2.5))
+    below = int(round(THORAX_BELOW_MM / 2.5))
+    assert levels[20 - below:].all() and not levels[: 20 - below].any()
+    assert not thorax_levels(np.zeros((8, 8, 40), bool), (2.0, 2.0, 2.5)).any(), "no cavity, no chest"
+
+
+def test_a_chest_ct_down_to_the_kidneys_ranks_what_stands_out_below_the_chest_after_its_organs():
+    """The design host is a chest CT that goes on to the kidneys. Its strongest soft-tissue blob (a
+    bowel loop at about 66 HU) lies 7 cm below the lung bases: no chest-wall mass, so it is kept out of
+    the chest's evidence and ranked after the organs' lesions, as in a body scan."""
+    from VoteMILib.cues import find_abnormality, lung_nodule
+    from VoteMILib.cues.lung_nodule import LUNG_NODULE_MIN, thorax_levels
+    from VoteMILib.cues.regions import lung_envelopes, thoracic_cavity
+
+    scan = host()
+    cue_input = CueInput(scan.grid, scan.region)
+    assert scan.region.name == "chest"
+    chest, below = lung_nodule.find(cue_input), lung_nodule.find_below_thorax(cue_input)
+    assert lung_nodule.find(cue_input) is chest, "the chest's maps are computed once per scan"
+    lungs = scan.region.masks.get("lungs")
+    levels = thorax_levels(thoracic_cavity(lung_envelopes(lungs, cue_input.spacing), cue_input.spacing),
+                           cue_input.spacing)
+    assert levels.any() and not levels.all()
+    assert not chest.map[:, :, ~levels].any() and not below.map[:, :, levels].any()
+    assert below.map.max() >= LUNG_NODULE_MIN and below.cue == "tissue_contrast"
+    joined = find_abnormality(cue_input)
+    assert joined.cues == ("lung_nodule", "tissue_contrast", "organ_lesion", "tissue_contrast")
+    # The host's own liver lesions stand out more than the bowel loop, which then no longer counts.
+    assert organ_lesion.find(cue_input).map.max() > below.map.max() / LUNG_NODULE_MIN
+    assert joined.map[np.unravel_index(int(np.argmax(below.map)), below.map.shape)] == 0.0

@@ -173,11 +173,18 @@ class CueInput:
     features: np.ndarray | None = None
     seed: int = 0
     background: object = None
+    _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def start(self, function, *args):
         """``function(*args)`` begun on :attr:`background`, or put off until first asked for; an
         object whose ``result()`` returns its value."""
         return start(self.background, function, *args)
+
+    def shared(self, function):
+        """``function(self)``, computed once per scan: evidence that two cues split between them."""
+        if function not in self._shared:
+            self._shared[function] = function(self)
+        return self._shared[function]
 
     @property
     def ct(self) -> bool:

@@ -1,11 +1,12 @@
 """Cue ``lung_nodule`` (chest CT): compact solid blobs inside the lungs' envelopes, and masses in the
-tissue outside the thoracic cavity (``tissue_contrast``).
+tissue outside the thoracic cavity (``tissue_contrast``): in the chest wall at the chest's levels, and,
+ranked after the organs' lesions as in a body scan, in the upper abdomen a chest CT may show below them.
 
 Each lung's dents up to the size of a large mass are filled (a nodule against the chest wall or the
 mediastinum sits in such a dent; the heart and the mediastinum are broader and stay out); inside those
-envelopes everything but lung is shown as aerated lung, so that a nodule stands free, and a blob filter
-at nodule scales answers to compact blobs, not to vessels and bronchial walls (tubes), the hila
-(branching tubes) or the lung's rim (plates). What its mirror image across the midline also shows (both
+envelopes everything but lung and soft tissue (so bone and contrast-enhanced blood too) is shown as aerated
+lung, so that a nodule stands free, and a blob filter at nodule scales answers to compact blobs, not to
+vessels and bronchial walls (tubes), the hila (branching tubes) or the lung's rim (plates). What its mirror image across the midline also shows (both
 hila, paired vessels) is subtracted.
 """
 
@@ -45,16 +46,22 @@ MIRROR_MM = 15.0
 #: shape (the hila, vessels and the dents of the aorta and heart are thinner).
 BULK_MM = 20.0
 
+#: The chest wall reaches this far (mm) below the lowest axial slice of the thoracic cavity: the lowest
+#: ribs and the diaphragm's costal attachments lie a few centimetres under the costophrenic recesses.
+#: Further down a chest CT shows the upper abdomen, whose bowel and vessels are no chest-wall masses.
+THORAX_BELOW_MM = 30.0
+
 #: ``lung_nodule`` stands out where its 0..1 map reaches this (a blob halfway between the two
 #: :data:`NODULE_STRENGTH` bounds).
 LUNG_NODULE_MIN = 0.8
 
 
-def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lungs=None) -> Abnormality:
-    """Nodules in the lungs (``lung_nodule``, 0..1) and masses in the tissue outside the thoracic
-    cavity (``tissue_contrast``, 0..1: :data:`MIN_CONTRAST_HU` maps to :data:`LUNG_NODULE_MIN`), in
-    one map; the mediastinum, full of vessels and nodes that look like blobs, is left out.
-    ``body`` (the patient without the couch) and ``lungs`` are computed unless given."""
+def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lungs=None) -> tuple:
+    """Nodules in the lungs (``lung_nodule``, 0..1) and masses in the chest wall (``tissue_contrast``,
+    0..1: :data:`MIN_CONTRAST_HU` maps to :data:`LUNG_NODULE_MIN`), in one map; and the masses below the
+    chest (:func:`thorax_levels`) in another, to be ranked after the organs of the upper abdomen. The
+    mediastinum, full of vessels and nodes that look like blobs, is left out. ``body`` (the patient
+    without the couch) and ``lungs`` are computed unless given."""
     spacing = np.asarray(spacing_mm, dtype=float)
     body = ct_body_mask(hu, spacing) if body is None else body
     lungs = lung_mask(hu, body, spacing) if lungs is None else lungs
@@ -62,20 +69,40 @@ def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lung
     # The two maps are independent and scipy.ndimage runs without the GIL: the masses are measured
     # in a second thread while this one looks for nodules (a chest CT's cue in about 60 % of the time).
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(chest_mass_map, hu, body, envelope, spacing)
+        pending = pool.submit(_masses_and_levels, hu, body, envelope, spacing)
         nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
-        masses = pending.result()
+        masses, levels = pending.result()
+    in_thorax = levels[None, None, :]
+    below = np.where(in_thorax, 0.0, masses).astype(np.float32)
+    masses = np.where(in_thorax, masses, 0.0).astype(np.float32)
     found = np.maximum(nodules, masses)
     labels = (masses > nodules).astype(np.int8)
-    return Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN, at_lesion_scale=True,
-                       labels=labels, cues=("lung_nodule", "tissue_contrast"))
+    return (Abnormality(found, spacing, "lung_nodule", threshold=LUNG_NODULE_MIN, at_lesion_scale=True,
+                        labels=labels, cues=("lung_nodule", "tissue_contrast")),
+            Abnormality(below, spacing, "tissue_contrast", threshold=LUNG_NODULE_MIN, at_lesion_scale=True))
 
 
-def chest_mass_map(hu: np.ndarray, body: np.ndarray, envelope: np.ndarray, spacing_mm) -> np.ndarray:
+def thorax_levels(cavity: np.ndarray, spacing_mm) -> np.ndarray:
+    """Which axial slices (along S) show the chest: from :data:`THORAX_BELOW_MM` under the thoracic
+    cavity's lowest slice up; none when there is no cavity."""
+    levels = cavity.any(axis=(0, 1))
+    if not levels.any():
+        return levels
+    lowest = int(np.flatnonzero(levels)[0]) - int(round(THORAX_BELOW_MM / float(spacing_mm[2])))
+    levels[max(lowest, 0):] = True
+    return levels
+
+
+def _masses_and_levels(hu, body, envelope, spacing):
+    cavity = thoracic_cavity(envelope, spacing)
+    return chest_mass_map(hu, body, envelope, cavity, spacing), thorax_levels(cavity, spacing)
+
+
+def chest_mass_map(hu: np.ndarray, body: np.ndarray, envelope: np.ndarray, cavity: np.ndarray,
+                   spacing_mm) -> np.ndarray:
     """Masses outside a chest CT's thoracic cavity (``tissue_contrast``, 0..1: :data:`MIN_CONTRAST_HU`
     maps to :data:`LUNG_NODULE_MIN`)."""
     spacing = np.asarray(spacing_mm, dtype=float)
-    cavity = thoracic_cavity(envelope, spacing)
     # The lungs shown as soft tissue: organs under the diaphragm make no edge against them.
     solid_chest = np.where(envelope, SOFT_TISSUE_HU, hu)
     contrast = tissue_contrast_map(solid_chest, body & ~cavity, spacing, ct=True) / BLOB_ANSWER
@@ -102,7 +129,10 @@ def lung_nodule_map(hu: np.ndarray, body: np.ndarray, lungs: np.ndarray, envelop
     """
     spacing = np.asarray(spacing_mm, dtype=float)
     out = np.zeros(hu.shape, np.float32)
-    solid = envelope & ~lungs & (hu >= AERATED_HU) & (hu < BONE_HU)
+    # Bone and contrast-enhanced blood (vessels, the heart's chambers) are expected anatomy, shown as
+    # lung like everything else that is no nodule tissue: an enhanced vein at the heart's border is
+    # as compact as a nodule.
+    solid = envelope & ~lungs & (hu >= AERATED_HU) & (hu < SOFT_TISSUE_MAX_HU)
     if not solid.any():
         return out
     shown = np.where(solid | lungs, np.clip(hu, -1000.0, SOFT_TISSUE_MAX_HU), LUNG_FILL_HU).astype(np.float32)
@@ -123,5 +153,15 @@ def lung_nodule_map(hu: np.ndarray, body: np.ndarray, lungs: np.ndarray, envelop
 
 
 def find(scan: CueInput) -> Abnormality:
-    """The chest CT's evidence: nodules in the lungs and masses outside the thoracic cavity."""
+    """The chest CT's evidence: nodules in the lungs and masses in the chest wall."""
+    return scan.shared(_chest_maps)[0]
+
+
+def find_below_thorax(scan: CueInput) -> Abnormality:
+    """Masses a chest CT shows below the chest (``tissue_contrast``): in the upper abdomen, where they
+    rank after the organs' lesions as in a body scan (bowel loops and vessels stand out there too)."""
+    return scan.shared(_chest_maps)[1]
+
+
+def _chest_maps(scan: CueInput) -> tuple:
     return chest_abnormality(scan.values, scan.spacing, scan.seed, scan.body, scan.region.masks.get("lungs"))
