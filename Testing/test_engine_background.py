@@ -97,3 +97,25 @@ def test_cancel_while_the_background_vote_runs_stops_everything(normal_brain):
     with pytest.raises(Cancelled):
         select_slices(normal_brain, mode="findings", cancel=cancel, progress=lambda f, m: messages.append(m))
     assert not _wait_for_no_votemi_threads(), "background threads outlived a cancelled selection"
+
+
+def test_the_chest_cue_gives_the_same_maps_with_the_masses_made_in_the_background():
+    """The chest cue makes its chest-wall masses on the selection's spare core (``CueInput.background``)
+    while it looks for nodules; both maps equal those made one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from VoteMILib.cues import CueInput, detect_region, lung_nodule
+    from VoteMILib.datasets import find_cases
+    from VoteMILib.preprocess import make_working_grid
+
+    case = {c.name: c for c in find_cases(ef.DATA / "abdomen")}["crlm_1004"]  # a chest CT down to the kidneys
+    grid = make_working_grid(load_volume(case.image))
+    region = detect_region(grid, "CT")
+    assert region.name == "chest"
+    in_turn = (lung_nodule.find(CueInput(grid, region)), lung_nodule.find_below_thorax(CueInput(grid, region)))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        scan = CueInput(grid, region, background=pool)
+        threaded = (lung_nodule.find(scan), lung_nodule.find_below_thorax(scan))
+    for alone, beside in zip(in_turn, threaded):
+        np.testing.assert_array_equal(alone.map, beside.map)
+    assert in_turn[0].map.any() and in_turn[1].map.any(), "chest-wall masses above and soft tissue below the chest"

@@ -12,11 +12,10 @@ hila, paired vessels) is subtracted.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from scipy import ndimage
 
+from ..background import start
 from .blobs import BLOB_ANSWER, blob_strength
 from .evidence import LESION_SCALE_MM, Abnormality, CueInput
 from .mirror import fit_midsagittal_plane, mirror_maximum
@@ -56,22 +55,23 @@ THORAX_BELOW_MM = 30.0
 LUNG_NODULE_MIN = 0.8
 
 
-def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lungs=None) -> tuple:
+def chest_abnormality(hu: np.ndarray, spacing_mm, seed: int = 0, body=None, lungs=None, background=None) -> tuple:
     """Nodules in the lungs (``lung_nodule``, 0..1) and masses in the chest wall (``tissue_contrast``,
     0..1: :data:`MIN_CONTRAST_HU` maps to :data:`LUNG_NODULE_MIN`), in one map; and the masses below the
     chest (:func:`thorax_levels`) in another, to be ranked after the organs of the upper abdomen. The
     mediastinum, full of vessels and nodes that look like blobs, is left out. ``body`` (the patient
-    without the couch) and ``lungs`` are computed unless given."""
+    without the couch) and ``lungs`` are computed unless given. With a ``background`` executor
+    (:attr:`.CueInput.background`) the masses' map is made there while this thread makes the nodules';
+    without one, the two are made one after the other."""
     spacing = np.asarray(spacing_mm, dtype=float)
     body = ct_body_mask(hu, spacing) if body is None else body
     lungs = lung_mask(hu, body, spacing) if lungs is None else lungs
     envelope = lung_envelopes(lungs, spacing)
-    # The two maps are independent and scipy.ndimage runs without the GIL: the masses are measured
-    # in a second thread while this one looks for nodules (a chest CT's cue in about 60 % of the time).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_masses_and_levels, hu, body, envelope, spacing)
-        nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
-        masses, levels = pending.result()
+    # The two maps are independent and scipy.ndimage runs without the GIL: given a spare core, the
+    # masses are measured there while this thread looks for nodules (the cue in about 60 % of the time).
+    pending = start(background, _masses_and_levels, hu, body, envelope, spacing)
+    nodules = lung_nodule_map(hu, body, lungs, envelope, spacing, seed)
+    masses, levels = pending.result()
     in_thorax = levels[None, None, :]
     below = np.where(in_thorax, 0.0, masses).astype(np.float32)
     masses = np.where(in_thorax, masses, 0.0).astype(np.float32)
@@ -164,4 +164,5 @@ def find_below_thorax(scan: CueInput) -> Abnormality:
 
 
 def _chest_maps(scan: CueInput) -> tuple:
-    return chest_abnormality(scan.values, scan.spacing, scan.seed, scan.body, scan.region.masks.get("lungs"))
+    return chest_abnormality(scan.values, scan.spacing, scan.seed, scan.body, scan.region.masks.get("lungs"),
+                             background=scan.background)
