@@ -20,7 +20,7 @@ from .blobs import BLOB_ANSWER, blob_strength
 from .evidence import LESION_SCALE_MM, Abnormality, CueInput
 from .mirror import fit_midsagittal_plane, mirror_maximum
 from .morphology import ball_opening
-from .regions import AERATED_HU, BONE_HU, ct_body_mask, lung_envelopes, lung_mask, thoracic_cavity
+from .regions import AERATED_HU, ct_body_mask, lung_envelopes, lung_mask, thoracic_cavity
 from .tissue_contrast import MIN_CONTRAST_HU, SOFT_TISSUE_HU, SOFT_TISSUE_MAX_HU, tissue_contrast_map
 
 #: Outside the lungs (the chest wall, the mediastinum) the blob filter sees aerated lung of this density.

@@ -9,6 +9,7 @@ from scipy import ndimage, optimize
 
 from .morphology import box_maximum
 
+
 @dataclass(frozen=True)
 class MidsagittalPlane:
     """A plane through ``centre`` (working-grid voxel coordinates) with its normal turned from +R
