@@ -62,7 +62,10 @@ def test_an_empty_sys_executable_runs_the_child_with_PythonSlicer_from_the_path(
                                                                                  tmp_path):
     launcher = tmp_path / "bin" / "PythonSlicer"
     launcher.parent.mkdir()
-    launcher.symlink_to(sys.executable)
+    # A script that runs the venv's Python by its own path: a symlink to it would start the base interpreter
+    # outside the venv, which on a clean machine has none of VoteMI's packages.
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    launcher.chmod(0o755)
     monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
     _blob_volume(headless_slicer)
     panel.setup()

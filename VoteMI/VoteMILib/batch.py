@@ -23,13 +23,13 @@ import json
 import math
 import os
 import re
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from . import __version__
+from .machine import peak_memory_mb, physical_memory_bytes
 
 #: Image files a folder may hold (DICOM series are recognised by content).
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -306,12 +306,6 @@ class SelectSettings:
             json=None, png_dir=None)
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2 ** 20 if sys.platform == "darwin" else 1024), 1)
-
-
 def select_case(case: BatchCase, settings: SelectSettings) -> dict:
     """Run ``votemi select`` on one case; returns its record, with ``document`` and ``png_bytes`` for the driver.
 
@@ -499,7 +493,9 @@ def worker_memory_limit(cases, workers: int, total_bytes: int | None = None, ext
     model), capped by a fair share of the machine."""
     largest = max((estimate_voxels(case) for case in cases), default=0)
     wanted = WORKER_BASE_BYTES + BYTES_PER_VOXEL * largest + extra_bytes
-    total = total_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    total = total_bytes or physical_memory_bytes()
+    if not total:  # the platform does not tell: what the largest case needs
+        return int(wanted)
     return int(min(wanted, 0.9 * total / max(workers, 1)))
 
 

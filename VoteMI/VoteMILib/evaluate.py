@@ -27,9 +27,8 @@ import numpy as np
 from . import eval_scores
 from .batch import BatchCase, BatchError, finish_record, fingerprint_files, new_record, one_line
 from .names import DEFAULT_BACKEND, DEFAULT_TIMEOUT_S, INPROCESS
-
-STRATEGIES = ("voted", "uniform", "random", "middle")
-DEFAULT_BUDGETS = (1, 3, 9, 16, 32, 85)
+from .names import EVAL_BUDGETS as DEFAULT_BUDGETS
+from .names import EVAL_STRATEGIES as STRATEGIES
 ANSWERS_JSONL = "summary.jsonl"
 
 CLOSED_TEMPLATE = """\

@@ -81,3 +81,8 @@ def canonical_mode(name: str) -> str:
         known = ", ".join(MODES) + " (or the earlier names " + ", ".join(MODE_ALIASES) + ")"
         raise ValueError(f"unknown selection mode '{name}'; choose from {known}")
     return mode
+
+
+#: Slice strategies ``votemi eval`` compares, and its default slice budgets.
+EVAL_STRATEGIES = ("voted", "uniform", "random", "middle")
+EVAL_BUDGETS = (1, 3, 9, 16, 32, 85)

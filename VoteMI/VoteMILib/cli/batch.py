@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-from ..batch import (SUMMARY_CSV, SelectSettings, dask_client, discover_cases, file_digest, prepare_out, run_cases,
-                     select_case, store_selection, worker_memory_limit, write_summary_csv)
-from ..run import window_settings
 from .arguments import add_cluster_arguments, add_pick_arguments, add_window_arguments
 
 
@@ -31,6 +28,11 @@ def add_batch_command(commands) -> None:
 
 
 def run_batch_command(args) -> int:
+    # The engine is imported when the command runs: `votemi --help` and the other commands never load it.
+    from ..batch import (SUMMARY_CSV, SelectSettings, dask_client, discover_cases, file_digest, prepare_out,
+                         run_cases, select_case, store_selection, worker_memory_limit, write_summary_csv)
+    from ..run import window_settings
+
     cases = discover_cases(args.inputs)
     out = prepare_out(args.out)
     modality, preset, window = window_settings(args)

@@ -7,12 +7,9 @@ import argparse
 import os
 import sys
 
-from .. import eval_scores
-from ..batch import BatchError, dask_client, prepare_out, run_cases, worker_memory_limit
-from ..evaluate import (DEFAULT_BUDGETS, STRATEGIES, EvalSettings, eval_case, load_dataset, metrics_of, model_bytes,
-                        probed_image_limit, store_answers, write_results)
 from ..names import DEFAULT_TIMEOUT_S, INPROCESS, PLANES, parse_planes
-from ..run import window_settings
+from ..names import EVAL_BUDGETS as DEFAULT_BUDGETS
+from ..names import EVAL_STRATEGIES as STRATEGIES
 from .arguments import (add_backend_argument, add_cluster_arguments, add_key_arguments, add_mode_argument,
                         add_window_arguments, api_key, comma_separated, int_at_least, positive_int)
 
@@ -84,6 +81,13 @@ def add_eval_command(commands) -> None:
 
 
 def run_eval_command(args) -> int:
+    # The engine is imported when the command runs: `votemi --help` and the other commands never load Dask's runner.
+    from .. import eval_scores
+    from ..batch import BatchError, dask_client, prepare_out, run_cases, worker_memory_limit
+    from ..evaluate import (EvalSettings, eval_case, load_dataset, metrics_of, model_bytes, probed_image_limit,
+                            store_answers, write_results)
+    from ..run import window_settings
+
     kind, cases = load_dataset(args.dataset)
     out = prepare_out(args.out)
     limit = args.max_images
