@@ -105,3 +105,14 @@ def test_slices_per_plane_takes_its_earlier_name_top(command, capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert "--slices-per-plane N" in shown and "--top is its earlier name" in shown
     assert "--top TOP" not in shown and "--top K" not in shown  # accepted, not listed as a second option
+
+
+def test_a_run_in_its_folder_has_relative_paths_and_the_nodes_names_as_data(tmp_path):
+    folder = tmp_path / "Jürgen" / "run-1"
+    request = DescribeRequest(prompt_file=str(folder / "prompt.txt"), examples_dir="/data/examples")
+    run = ChildRun(image=str(folder / "volume-0.nrrd"), extras=(str(folder / "volume-1.nrrd"),),
+                   mask=str(folder / "guide-segments.nrrd"), describe=request, names=("Tête IRM", "FLAIR / 2"))
+    args = _parsed(run.relative_to(str(folder)))
+    assert (args.image, args.extra, args.mask) == ("volume-0.nrrd", ["volume-1.nrrd"], "guide-segments.nrrd")
+    assert args.prompt_file == "prompt.txt" and args.examples == "/data/examples"  # the user's own folder stays
+    assert args.volume_names == ["Tête IRM", "FLAIR / 2"]

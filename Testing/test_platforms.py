@@ -148,3 +148,56 @@ def test_the_command_line_loads_the_batch_and_eval_engines_only_when_they_run():
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+# --- Non-ASCII names: the node's name travels as data, the child's paths are ASCII ------------------------
+
+
+def test_a_volume_with_a_non_ascii_name_in_a_non_ascii_profile_folder_runs_with_ascii_relative_paths(
+        panel, headless_slicer, monkeypatch, tmp_path):
+    """On Windows ITK opens files through the narrow-character API: a node "Tête IRM" in a user folder "Jürgen"
+    must reach the child as ASCII file names, relative to the folder it starts in, and keep its name in the
+    report."""
+    pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e .[mrml])")
+    from VoteMILib import mrml
+    from VoteMISelfTestLib import blob_phantom
+
+    profile = tmp_path / "Jürgen Müller" / "AppData" / "Slicer 临时"
+    profile.mkdir(parents=True)
+    monkeypatch.setattr(panel.app, "temporaryPath", str(profile))
+    phantom = blob_phantom(seed=0)
+    mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "Tête IRM ✓ / T1")
+    starts = []
+    original = panel.module.VoteMILogic.startChild
+
+    def start(logic, arguments, apiKey="", cwd=None):
+        starts.append((list(arguments), cwd, sorted(os.listdir(cwd)) if cwd else []))
+        return original(logic, arguments, apiKey, cwd)
+
+    monkeypatch.setattr(panel.module.VoteMILogic, "startChild", start)
+    panel.setup()
+    panel.click(panel.ui.selectButton)
+    panel.run_until(panel.idle, 90.0)
+    assert not panel.slot_errors, panel.slot_errors
+    assert not panel.dialogs.of("errorDisplay"), panel.dialogs.shown
+    assert panel.ui.statusLabel.text.startswith("Done")
+    (arguments, cwd, files), = [start for start in starts if start[0][0] == "select"]  # not the server check
+    assert cwd and os.path.dirname(cwd) == os.path.join(str(profile), "VoteMI")
+    image = arguments[1]
+    assert image == "volume-0.nrrd" and not os.path.isabs(image)
+    assert all(name.isascii() for name in files) and image in files
+    assert arguments[arguments.index("--volume-name") + 1] == "Tête IRM ✓ / T1"
+
+
+def test_volume_names_reach_the_report_and_the_summary(tmp_path, capsys):
+    """``--volume-name`` names the image and the extras as the user knows them; too many names is one line."""
+    from VoteMILib.cli import main
+
+    code = main(["select", str(BRAIN), "--extra", str(BRAIN), "--volume-name", "Tête IRM", "--volume-name",
+                 "FLAIR (Jürgen)", "--slices-per-plane", "1", "--json", str(tmp_path / "picks.json")])
+    assert code == 0
+    assert capsys.readouterr().out.startswith("Tête IRM:")
+    code = main(["select", str(BRAIN), "--volume-name", "a", "--volume-name", "b"])
+    assert code == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "2 --volume-name given for 1 volume" in error

@@ -124,7 +124,7 @@ def test_a_child_that_crashes_shows_its_stderr_in_the_details_pane(panel, headle
              "sys.stderr.write('MemoryError: cannot allocate 12 GiB\\n')\n"
              "sys.exit(3)\n")
     monkeypatch.setattr(panel.module.VoteMILogic, "startChild",
-                        lambda logic, arguments, apiKey="": ChildProcess([sys.executable, "-c", crash]))
+                        lambda logic, arguments, apiKey="", cwd=None: ChildProcess([sys.executable, "-c", crash]))
     _blob_volume(headless_slicer)
     panel.setup()
     panel.click(panel.ui.selectButton)

@@ -91,8 +91,8 @@ def test_self_test_runs_the_child_the_buttons_run(votemi_module, headless_slicer
     started = []
     original = votemi_module.VoteMILogic.startChild
     monkeypatch.setattr(votemi_module.VoteMILogic, "startChild",
-                        lambda logic, arguments, apiKey="": started.append(arguments[0]) or original(logic, arguments,
-                                                                                                     apiKey))
+                        lambda logic, arguments, apiKey="", cwd=None: started.append(arguments[0]) or original(
+                            logic, arguments, apiKey, cwd))
     for name in ("select", "describe"):
         monkeypatch.setattr(votemi_module.VoteMILogic, name,
                             lambda *args, **kwargs: pytest.fail("the self-test ran in the GUI process"))

@@ -282,7 +282,9 @@ def test_other_sequences_go_to_the_child_with_the_input(panel, headless_slicer, 
     _wait(panel)
     arguments = runs[0].child.process.args
     extra = arguments[arguments.index("--extra") + 1]
-    assert extra.endswith("FLAIR.nrrd") and arguments[arguments.index("select") + 1].endswith("T1.nrrd")
+    assert extra == "volume-1.nrrd" and arguments[arguments.index("select") + 1] == "volume-0.nrrd"
+    names = [arguments[n + 1] for n, argument in enumerate(arguments) if argument == "--volume-name"]
+    assert names == ["T1", "FLAIR"]
     assert panel.dialogs.shown == [] and len(mrml.voted_slices(headless_slicer.scene, volume)) == 9
 
 

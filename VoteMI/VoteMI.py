@@ -1158,14 +1158,14 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
         return pythonExecutable()
 
-    def startChild(self, arguments, apiKey=""):
-        """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``); return its ChildProcess.
+    def startChild(self, arguments, apiKey="", cwd=None):
+        """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``) in folder ``cwd``; return its ChildProcess.
 
         Every child of the module starts here (runs and server checks); the API key goes in its environment.
         """
         from VoteMISlicerLib.run import startChild
 
-        return startChild(arguments, apiKey=apiKey)
+        return startChild(arguments, apiKey=apiKey, cwd=cwd)
 
     # In this process, for scripts
 

@@ -96,6 +96,9 @@ class ChildRun:
         Guide points, RAS mm.
     describe : DescribeRequest or None
         None selects only.
+    names : tuple of str
+        Names of the image and then of each extra, as reports and prompts show them (the files' own names are
+        ASCII, see :func:`volume_file_name`).
     """
 
     image: str
@@ -107,6 +110,27 @@ class ChildRun:
     label_names: tuple = ()
     points: tuple = ()
     describe: DescribeRequest | None = field(default=None)
+    names: tuple = ()
+
+    def relative_to(self, folder: str) -> "ChildRun":
+        """This run with its input files given relative to ``folder``, the folder the child starts in.
+
+        The run folder lies under the user's profile, whose name may hold letters the child's narrow-character
+        file APIs (ITK's on Windows) cannot spell; paths inside it are ASCII by :func:`volume_file_name`.
+        """
+        def relative(path):
+            return None if path is None else os.path.relpath(path, folder)
+
+        describe = self.describe
+        if describe is not None and describe.prompt_file:
+            describe = replace(describe, prompt_file=relative(describe.prompt_file))
+        return replace(self, image=relative(self.image), extras=tuple(relative(p) for p in self.extras),
+                       mask=relative(self.mask), describe=describe)
+
+
+def volume_file_name(number: int) -> str:
+    """The file of the run's ``number``-th volume (0: the input): ASCII whatever the node is called."""
+    return f"volume-{int(number)}.nrrd"
 
 
 def child_arguments(run: ChildRun) -> list:
@@ -117,6 +141,8 @@ def child_arguments(run: ChildRun) -> list:
         arguments += ["--mode", run.mode]
     for path in run.extras:
         arguments += ["--extra", path]
+    for name in run.names:
+        arguments += ["--volume-name", name]
     if run.mask is not None:
         arguments += ["--mask", run.mask]
     for number, name in run.label_names:

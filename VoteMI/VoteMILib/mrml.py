@@ -163,12 +163,6 @@ def volume_from_node(volume_node) -> Volume:
     return volume_from_array(np.array(array, copy=True), ijk_to_ras, name=volume_node.GetName() or "volume")
 
 
-def file_name_for(volume_node, suffix: str = ".nrrd") -> str:
-    """A file name made of the node's name (the engine names a volume after its file)."""
-    name = "".join(c if c.isalnum() or c in "-_. " else "_" for c in volume_node.GetName() or "volume").strip()
-    return (name.strip(".") or "volume") + suffix
-
-
 def write_volume_file(volume_node, path) -> str:
     """Write a scalar volume node's voxels and geometry (with its linear transform) to an image file.
 

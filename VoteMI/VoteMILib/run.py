@@ -72,8 +72,9 @@ def run_selection(args, progress=None):
     from .volumes import load_volume
 
     started = time.perf_counter()
-    volume = load_volume(args.image, series=args.series)
-    extras = [load_volume(path) for path in args.extra]
+    names = volume_names(args)
+    volume = load_volume(args.image, series=args.series, name=names[0])
+    extras = [load_volume(path, name=name) for path, name in zip(args.extra, names[1:])]
     loaded = time.perf_counter() - started
     print_warnings(volume, *extras)
     encoder = load_encoder(args.encoder) if args.encoder else None
@@ -89,6 +90,20 @@ def run_selection(args, progress=None):
                                extra_volumes=extras, encoder=encoder, progress=progress)
     result.timing_s = {"load": loaded, **result.timing_s}
     return volume, extras, result
+
+
+def volume_names(args) -> list:
+    """The names of ``--volume-name`` for the image and each extra, in order; None where none was given.
+
+    Slicer's panel writes its volumes to ASCII file names and sends the nodes' names this way: ITK opens files
+    through the system's narrow-character API, which on Windows cannot spell every name a node may have.
+    """
+    given, count = list(getattr(args, "volume_names", None) or []), 1 + len(args.extra)
+    if len(given) > count:
+        raise ValueError(f"{len(given)} --volume-name given for {count} volume(s) (the image and each --extra)")
+    if any(not str(name).strip() for name in given):
+        raise ValueError("--volume-name: a name cannot be empty")
+    return [str(name) for name in given] + [None] * (count - len(given))
 
 
 def load_guide(args, volume):

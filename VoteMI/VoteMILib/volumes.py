@@ -106,7 +106,7 @@ def volume_from_array(array_kji, ijk_to_ras, name: str = "", path: str | None = 
     return Volume(array=array, ijk_to_ras=matrix, name=name, path=path)
 
 
-def load_volume(path, series: str | None = None) -> Volume:
+def load_volume(path, series: str | None = None, name: str | None = None) -> Volume:
     """Read a scalar 3D volume with SimpleITK.
 
     Parameters
@@ -116,6 +116,8 @@ def load_volume(path, series: str | None = None) -> Volume:
     series : str, optional
         SeriesInstanceUID to read from a DICOM folder holding several series (default: the series
         with most slices; ``metadata["warnings"]`` then lists the others).
+    name : str, optional
+        The volume's name in messages, reports and prompts (default: the file's name without its suffix).
 
     Raises
     ------
@@ -127,7 +129,7 @@ def load_volume(path, series: str | None = None) -> Volume:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VolumeError(f"no such file or folder: {path}")
-    name = _stem(path)
+    name = name or _stem(path)
     dicom = os.path.isdir(path)
     if series and not dicom:
         raise VolumeError(f"{path} is a file: a series UID chooses among the DICOM series of a folder")

@@ -2,7 +2,10 @@
 
 Selection, describing and the in-process model run in ``python -m VoteMILib.cli ... --events``: Slicer's
 GUI thread holds Python's GIL while it waits for events, so a Python thread would barely run. The
-volumes go to the child as NRRD files in a run folder under Slicer's temporary path.
+volumes go to the child as NRRD files in a run folder under Slicer's temporary path, with ASCII names; the
+child starts in that folder and is given paths relative to it, and the nodes' names travel as data
+(``--volume-name``): on Windows the child's ITK opens files through the narrow-character API, which cannot
+spell a node called "Tête IRM" or a profile folder "Jürgen".
 """
 
 from __future__ import annotations
@@ -75,8 +78,8 @@ def pythonExecutable():
     return executable
 
 
-def startChild(arguments, apiKey=""):
-    """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``); return its ChildProcess.
+def startChild(arguments, apiKey="", cwd=None):
+    """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``) in folder ``cwd``; return its ChildProcess.
 
     The module folder goes first on PYTHONPATH, so the child runs this very engine; the API key
     reaches the child in its environment, never on its command line.
@@ -89,7 +92,7 @@ def startChild(arguments, apiKey=""):
     env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", VOTEMI_API_KEY=apiKey)
     argv = [pythonExecutable(), "-m", "VoteMILib.cli", *arguments]
     logging.info("VoteMI: starting %s", " ".join(argv))
-    return ChildProcess(argv, env=env)
+    return ChildProcess(argv, env=env, cwd=cwd)
 
 
 class VoteMIRun:
@@ -129,17 +132,14 @@ class VoteMIRun:
         ``guide`` as ``VoteMIWidget._guide`` returns it.
         """
         from VoteMILib import mrml
-        from VoteMILib.child_run import ChildRun, child_arguments, write_prompt_file
+        from VoteMILib.child_run import ChildRun, child_arguments, volume_file_name, write_prompt_file
 
         self.startedAt = time.perf_counter()
         self.folder = self.logic.newRunFolder()
         try:
-            paths = []
-            for number, node in enumerate([self.volumeNode, *self.extraVolumeNodes]):
-                # One folder per volume: the file is named after its node, and names may repeat.
-                folder = os.path.join(self.folder, str(number))
-                os.mkdir(folder)
-                paths.append(mrml.write_volume_file(node, os.path.join(folder, mrml.file_name_for(node))))
+            nodes = [self.volumeNode, *self.extraVolumeNodes]
+            paths = [mrml.write_volume_file(node, os.path.join(self.folder, volume_file_name(number)))
+                     for number, node in enumerate(nodes)]
             self.timings["write_s"] = time.perf_counter() - self.startedAt
             mask, labelNames, points = self._writeGuide(guide) if guide is not None else (None, (), ())
             if describeRequest is not None:
@@ -149,8 +149,10 @@ class VoteMIRun:
             request = ChildRun(
                 image=paths[0], planes=tuple(planes), slices_per_plane=int(slicesPerPlane), extras=tuple(paths[1:]),
                 mode=mode if guide is None or guide["thenUnsupervised"] else None,  # None: the guided slices only
-                mask=mask, label_names=labelNames, points=points, describe=describeRequest)
-            self.child = self.logic.startChild(child_arguments(request), apiKey=apiKey)
+                mask=mask, label_names=labelNames, points=points, describe=describeRequest,
+                names=tuple(node.GetName() or "volume" for node in nodes))
+            self.child = self.logic.startChild(child_arguments(request.relative_to(self.folder)), apiKey=apiKey,
+                                               cwd=self.folder)
         except BaseException:
             self.close()
             raise

@@ -118,6 +118,9 @@ def add_selection_arguments(parser) -> None:
     add_pick_arguments(parser)
     parser.add_argument("--extra", action="append", default=[], metavar="IMAGE",
                         help="another sequence of the same patient to vote with (repeatable)")
+    parser.add_argument("--volume-name", action="append", default=[], metavar="NAME", dest="volume_names",
+                        help="the name reports and prompts give IMAGE, then each --extra in order (repeatable; "
+                             "default: their file names)")
     parser.add_argument("--encoder", metavar="MODEL",
                         help="trained patch encoder (.npz from 'votemi train-encoder'); default: PCA")
     parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
