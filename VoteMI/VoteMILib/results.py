@@ -93,13 +93,25 @@ def outcome_text(outcome: dict) -> str:
     that fell back; ``representative, confidence 0.40`` in representative mode (nothing was looked for); the cue
     alone (``segmentation``) for guided picks, which have no confidence.
     """
+    confidence = outcome_confidence(outcome)
+    return f"{outcome_label(outcome)}, confidence {confidence}" if confidence else outcome_label(outcome)
+
+
+def outcome_label(outcome: dict) -> str:
+    """:func:`outcome_text` without the confidence: ``asymmetry stood out``, ``representative (nothing stood
+    out)``, ``representative`` or the guided cue."""
     cue, stood_out = str(outcome.get("cue") or _REPRESENTATIVE), outcome.get("stood_out")
-    confidence = f"confidence {float(outcome.get('confidence') or 0.0):.2f}"
     if stood_out is True:
-        return f"{cue} stood out, {confidence}"
-    if stood_out is False:
-        return f"{NOTHING_STOOD_OUT}, {confidence}"
-    return f"{cue}, {confidence}" if cue == _REPRESENTATIVE else cue
+        return f"{cue} stood out"
+    return NOTHING_STOOD_OUT if stood_out is False else cue
+
+
+def outcome_confidence(outcome: dict) -> str:
+    """The confidence as shown (``0.91``), empty for guided picks (they are not voted)."""
+    cue = str(outcome.get("cue") or _REPRESENTATIVE)
+    if outcome.get("stood_out") is None and cue != _REPRESENTATIVE:
+        return ""
+    return f"{float(outcome.get('confidence') or 0.0):.2f}"
 
 
 def image_outcomes(images: list) -> dict:
