@@ -115,6 +115,11 @@ def _describe(image, out, *more):
     return chat[3], json.loads((out / "report.json").read_text())
 
 
+def _outcome(plane_data: dict) -> dict:
+    """A plane of the selection JSON as :meth:`PlaneResult.outcome` gives it."""
+    return {key: plane_data[key] for key in ("cue", "stood_out", "confidence")}
+
+
 def _sent_text(body) -> str:
     texts = []
     for message in body["messages"]:
@@ -130,7 +135,7 @@ def test_the_html_report_and_the_prompt_sent_state_each_planes_outcome(tmp_path)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "What stood out to the selection" in page
     for plane, data in document["planes"].items():
-        expected = outcome_text({key: data[key] for key in ("cue", "stood_out", "confidence")})
+        expected = outcome_text(_outcome(data))
         assert f"<li>{plane.capitalize()}: {expected}</li>" in page
     assert f"<li>Axial: {NOTHING_STOOD_OUT}, confidence" in page
     assert "<li>Sagittal: tissue_contrast stood out, confidence" in page
@@ -148,7 +153,6 @@ def test_the_structured_report_of_a_healthy_brain_says_nothing_stood_out_in_any_
     sr = pydicom.dcmread(document["dicom_export"]["sr"])
     comments = [item.TextValue for item in sr.ContentSequence if "TextValue" in item]
     said = [text for text in comments if text.startswith("Selection, ")]
-    expected = [f"Selection, {plane} plane: {outcome_text({key: data[key] for key in ('cue', 'stood_out', 'confidence')})}"
-                for plane, data in document["planes"].items()]
+    expected = [f"Selection, {plane} plane: {outcome_text(_outcome(data))}" for plane, data in document["planes"].items()]
     assert said == expected and len(said) == 3
     assert all(f"{NOTHING_STOOD_OUT}, confidence" in text for text in said)

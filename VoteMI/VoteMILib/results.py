@@ -188,7 +188,8 @@ class SelectionResult:
     def cue_summary(self) -> str:
         """One line on what the scan looked like and what decided each plane, e.g.
         ``CT chest; axial: lung_nodule stood out, confidence 0.62; coronal: ...; sagittal: representative (nothing
-        stood out), confidence 0.05`` (each plane in :func:`outcome_text`); a guided selection starts with its :meth:`selection_mode` (``guided by the segment 'label 1'; MRI head; axial: ...``)."""
+        stood out), confidence 0.05`` (each plane in :func:`outcome_text`); a guided selection starts with its
+        :meth:`selection_mode` (``guided by the segment 'label 1'; MRI head; axial: ...``)."""
         cues = "; ".join(f"{plane}: {outcome_text(result.outcome())}" for plane, result in self.planes.items())
         seen = " ".join(str(self.region[key]) for key in ("modality", "name") if self.region.get(key))
         guided = self.selection_mode() if self.settings.get("guided_by") else ""
