@@ -155,6 +155,18 @@ def test_structured_report_content_and_review(exported):
     assert meanings.count("Best illustration of finding") == 5 and "Impressions" in meanings  # Z9 has none
 
 
+def test_structured_report_says_what_stood_out_in_each_plane(exported):
+    from VoteMILib.results import outcome_text
+
+    sr = pydicom.dcmread(exported["document"]["dicom_export"]["sr"])
+    texts = [str(getattr(item, "TextValue", "")) for item in sr.ContentSequence]
+    said = [text for text in texts if text.startswith("Selection")]
+    planes = {plane: {key: data[key] for key in ("cue", "stood_out", "confidence")}
+              for plane, data in exported["document"]["planes"].items()}
+    assert said == [f"Selection, {plane} plane: {outcome_text(outcome)}" for plane, outcome in planes.items()]
+    assert len(said) == 3
+
+
 def test_a_reviewed_report_is_verified_by_its_reviewer(exported, tmp_path):
     from VoteMILib.dicom_export import export_dicom
     from VoteMILib.vlm import Report

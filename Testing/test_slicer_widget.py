@@ -19,6 +19,7 @@ pytest.importorskip("PyQt5", reason="needs PyQt5 (pip install -e .[test])")
 
 from mrml_helpers import main_case_image  # noqa: E402
 from vlm_fixtures import error_answer, streamed  # noqa: E402
+from engine_fixtures import COLIN27  # noqa: E402  (a healthy brain MRI: nothing stands out in it)
 
 
 def _phantom_volume(headless_slicer, name="Blob", seed=0):
@@ -161,12 +162,17 @@ def test_select_only_from_the_button_marks_the_real_case_in_a_child_process(pane
     assert panel.ui.cancelButton.visible and not panel.ui.selectButton.enabled
     _wait(panel)
     assert panel.dialogs.shown == [], panel.dialogs.shown
-    # The status says what the scan was taken for and what decided each plane (a glioma: asymmetry).
-    assert panel.ui.statusLabel.text == "Done (MRI head; axial: asymmetry, coronal: asymmetry, sagittal: asymmetry)."
+    # The status says what the scan was taken for, what stood out in each plane (a glioma: its asymmetry) and how
+    # surely: the sagittal plane's best slice hardly stands above its other summits.
+    assert panel.ui.statusLabel.text == ("Done (MRI head; axial: asymmetry stood out, confidence 0.91; coronal: "
+                                         "asymmetry stood out, confidence 0.94; sagittal: asymmetry stood out, "
+                                         "confidence 0.09).")
     assert runs and runs[0].child.exit_code == 0 and runs[0].folder is None  # temporary files removed
     assert panel.ui.resultsTable.rowCount == 9
     planes = [panel.ui.resultsTable.item(row, 0).text() for row in range(9)]
     assert planes == ["Axial"] * 3 + ["Coronal"] * 3 + ["Sagittal"] * 3
+    assert [panel.ui.resultsTable.item(row, 5).text() for row in (0, 3, 6)] == ["0.91", "0.94", "0.09"]
+    assert {panel.ui.resultsTable.item(row, 6).text() for row in range(9)} == {"asymmetry stood out"}
     for plane in ("axial", "coronal", "sagittal"):
         marks, = mrml.votemi_nodes(headless_slicer.scene, volume, role="marks", plane=plane)
         assert marks.GetNumberOfControlPoints() == 3
@@ -177,6 +183,26 @@ def test_select_only_from_the_button_marks_the_real_case_in_a_child_process(pane
     panel.ui.resultsTable.cellClicked.emit(row, 0)
     picked = mrml.voted_slices(headless_slicer.scene, volume)[row]
     assert abs(mrml.slice_offset_mm(headless_slicer.slice_node("Green"), picked["center_ras"])) < 0.5
+
+
+def test_a_lesion_free_brain_reads_representative_nothing_stood_out_in_the_status_and_table(
+        panel, headless_slicer, monkeypatch):
+    volume = headless_slicer.load_volume(str(COLIN27), "colin27")
+    headless_slicer.show(volume)
+    _no_selection_in_this_process(monkeypatch)
+    panel.setup()
+    panel.click(panel.ui.selectButton)
+    _wait(panel)
+    assert panel.dialogs.shown == [], panel.dialogs.shown
+    # Colin27 is a healthy brain: no plane's picks may read like a finding's.
+    assert panel.ui.statusLabel.text == ("Done (MRI head; axial: representative (nothing stood out), confidence 0.14; "
+                                         "coronal: representative (nothing stood out), confidence 0.15; sagittal: "
+                                         "representative (nothing stood out), confidence 0.04).")
+    table = panel.ui.resultsTable
+    assert table.rowCount == 9
+    assert table.horizontalHeaderItem(5).text() == "Confidence" and table.horizontalHeaderItem(6).text() == "Stood out"
+    assert [table.item(row, 5).text() for row in (0, 3, 6)] == ["0.14", "0.15", "0.04"]
+    assert {table.item(row, 6).text() for row in range(9)} == {"representative (nothing stood out)"}
 
 
 def test_select_and_describe_streams_the_report_from_a_loopback_server(panel, headless_slicer, monkeypatch,

@@ -198,9 +198,9 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from VoteMILib.vlm import NOTICE
 
         self.ui.noticeLabel.text = NOTICE
-        self.ui.resultsTable.setColumnCount(5)
+        self.ui.resultsTable.setColumnCount(7)
         self.ui.resultsTable.setHorizontalHeaderLabels(
-            [_("Plane"), _("Rank"), _("Slice"), _("Position (mm)"), _("Score")])
+            [_("Plane"), _("Rank"), _("Slice"), _("Position (mm)"), _("Score"), _("Confidence"), _("Stood out")])
         header = self.ui.resultsTable.horizontalHeader()
         header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)  # headers and values never cut
         header.setStretchLastSection(True)
@@ -767,9 +767,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._rows = self.logic.votedSlices(volumeNode)
         table.setRowCount(len(self._rows))
+        from VoteMILib.results import outcome_confidence, outcome_label
+
         for row, pick in enumerate(self._rows):
+            # The plane's confidence and whether anything stood out there (a fallen-back plane reads
+            # "representative (nothing stood out)"); blank for a scene saved before they were recorded.
+            outcome = pick.get("outcome")
             values = [pick["plane"].capitalize(), str(pick["rank"]), str(pick["slice"]),
-                      f"{pick['position_mm']:+.1f}", f"{pick['score']:.3f}"]
+                      f"{pick['position_mm']:+.1f}", f"{pick['score']:.3f}",
+                      outcome_confidence(outcome) if outcome else "", outcome_label(outcome) if outcome else ""]
             for column, value in enumerate(values):
                 item = qt.QTableWidgetItem(value)
                 item.setToolTip(_("Click to show this slice"))

@@ -239,6 +239,16 @@ def _finding_item(hd, codes, finding, references, name):
     return item
 
 
+def _standing_items(hd, codes, images: list) -> list:
+    """One comment a plane on whether anything stood out to the selection, with the confidence (none when the
+    images record it for no plane: representative mode, guided slices)."""
+    from .results import image_outcomes, outcome_text
+
+    return [hd.sr.TextContentItem(name=codes.DCM.Comment, relationship_type="CONTAINS",
+                                  value=f"Selection, {plane} plane: {outcome_text(outcome)}")
+            for plane, outcome in image_outcomes(images).items()]
+
+
 def _report_content(hd, codes, report, references):
     """The SR content tree with the structure of TID 2000 (Basic Diagnostic Imaging Report)."""
     from .findings import Findings
@@ -252,6 +262,7 @@ def _report_content(hd, codes, report, references):
     children.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=notice, relationship_type="CONTAINS"))
     children.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=f"Review state: {findings.summary_line()}",
                                           relationship_type="CONTAINS"))
+    children += _standing_items(hd, codes, report.meta.get("images") or [])
     if not report.complete:
         children.append(hd.sr.TextContentItem(name=codes.DCM.Comment, relationship_type="CONTAINS",
                                               value=f"Incomplete report: {report.incomplete_reason}"[:1024]))

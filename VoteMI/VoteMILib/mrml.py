@@ -44,6 +44,8 @@ WRITTEN_DIGEST_ATTRIBUTE = "VoteMI.WrittenSHA1"
 REPORT_META_ATTRIBUTE = "VoteMI.ReportMeta"
 #: Score table and marks attribute: how the slices were chosen ("findings", "guided by the segment 'x'", ...).
 SELECTION_MODE_ATTRIBUTE = "VoteMI.SelectionMode"
+#: On a score table: its plane's cue, whether anything stood out and the confidence (PlaneResult.outcome, JSON).
+OUTCOME_ATTRIBUTE = "VoteMI.Outcome"
 #: Prefix of the one-value report attributes (model, server, created, complete, ...).
 REPORT_ATTRIBUTE_PREFIX = "VoteMI.Report."
 #: Attribute of the report node holding its findings and their review as JSON (see :mod:`VoteMILib.findings`).
@@ -507,6 +509,7 @@ def apply_selection(scene, volume_node, result, jump: bool = True, show_volume: 
             table.AddColumn(column)
         table.SetAttribute("VoteMI.Settings", json.dumps(result.settings, sort_keys=True))
         table.SetAttribute(SELECTION_MODE_ATTRIBUTE, result.selection_mode())
+        table.SetAttribute(OUTCOME_ATTRIBUTE, json.dumps(plane_result.outcome(), sort_keys=True))
         _tag(table, volume_node, "scores", plane)
         made.tables[plane] = table
 
@@ -755,12 +758,15 @@ def series_point(series_node, row: int):
 def voted_slices(scene, volume_node) -> list:
     """Voted slices of ``volume_node`` as stored in the scene, plane by plane, best first.
 
-    Each item is a dict with ``plane`` plus the keys of :func:`table_rows`.
+    Each item is a dict with ``plane``, the keys of :func:`table_rows` and ``outcome``: the plane's
+    :meth:`~VoteMILib.results.PlaneResult.outcome` (None in a scene saved before it was recorded).
     """
     picks = []
     for plane in PLANES:
         for table in votemi_nodes(scene, volume_node, role="scores", plane=plane):
-            rows = [dict(row, plane=plane) for row in table_rows(table) if row["rank"] > 0]
+            stored = table.GetAttribute(OUTCOME_ATTRIBUTE)
+            outcome = json.loads(stored) if stored else None
+            rows = [dict(row, plane=plane, outcome=outcome) for row in table_rows(table) if row["rank"] > 0]
             picks += sorted(rows, key=lambda row: row["rank"])
     return picks
 

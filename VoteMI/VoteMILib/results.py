@@ -79,6 +79,51 @@ class SelectedSlice:
         return cls(plane=plane, **values)
 
 
+# The cue of a plane that fell back, and of every plane in representative mode (cues.FALLBACK_CUE, not imported:
+# the result types are read by the Slicer panel, which needs none of the cues' imports).
+_REPRESENTATIVE = "representative"
+#: The name of a plane where nothing stood out in findings mode (it fell back to the representative vote).
+NOTHING_STOOD_OUT = "representative (nothing stood out)"
+
+
+def outcome_text(outcome: dict) -> str:
+    """A plane's :meth:`PlaneResult.outcome` in words, as the terminal, the panel, the HTML and the SR say it.
+
+    ``asymmetry stood out, confidence 0.91``; ``representative (nothing stood out), confidence 0.04`` for a plane
+    that fell back; ``representative, confidence 0.40`` in representative mode (nothing was looked for); the cue
+    alone (``segmentation``) for guided picks, which have no confidence.
+    """
+    confidence = outcome_confidence(outcome)
+    return f"{outcome_label(outcome)}, confidence {confidence}" if confidence else outcome_label(outcome)
+
+
+def outcome_label(outcome: dict) -> str:
+    """:func:`outcome_text` without the confidence: ``asymmetry stood out``, ``representative (nothing stood
+    out)``, ``representative`` or the guided cue."""
+    cue, stood_out = str(outcome.get("cue") or _REPRESENTATIVE), outcome.get("stood_out")
+    if stood_out is True:
+        return f"{cue} stood out"
+    return NOTHING_STOOD_OUT if stood_out is False else cue
+
+
+def outcome_confidence(outcome: dict) -> str:
+    """The confidence as shown (``0.91``), empty for guided picks (they are not voted)."""
+    cue = str(outcome.get("cue") or _REPRESENTATIVE)
+    if outcome.get("stood_out") is None and cue != _REPRESENTATIVE:
+        return ""
+    return f"{float(outcome.get('confidence') or 0.0):.2f}"
+
+
+def image_outcomes(images: list) -> dict:
+    """Plane -> outcome (:meth:`PlaneResult.outcome`) of the images a report describes (``report.meta["images"]``),
+    for the planes whose images record one (findings mode; a report saved before they did records none)."""
+    outcomes = {}
+    for image in images:
+        if image.get("stood_out") is not None and image.get("plane"):
+            outcomes.setdefault(image["plane"], {key: image.get(key) for key in ("cue", "stood_out", "confidence")})
+    return outcomes
+
+
 @dataclass
 class PlaneResult:
     """Scores of every slice of one plane and its top slices (best first)."""
@@ -98,6 +143,11 @@ class PlaneResult:
     #: Findings mode: whether anything stood out (else the plane fell back to representative slices);
     #: None in representative mode.
     stood_out: bool | None = None
+
+    def outcome(self) -> dict:
+        """What decided the plane and how surely: ``{"cue", "stood_out", "confidence"}`` (see
+        :func:`outcome_text`)."""
+        return {"cue": self.cue, "stood_out": self.stood_out, "confidence": round(float(self.confidence), 4)}
 
     def to_dict(self) -> dict:
         return {
@@ -137,9 +187,10 @@ class SelectionResult:
 
     def cue_summary(self) -> str:
         """One line on what the scan looked like and what decided each plane, e.g.
-        ``CT chest; axial: lung_nodule, coronal: lung_nodule, sagittal: representative``; a guided selection
-        starts with its :meth:`selection_mode` (``guided by the segment 'label 1'; MRI head; axial: ...``)."""
-        cues = ", ".join(f"{plane}: {result.cue}" for plane, result in self.planes.items())
+        ``CT chest; axial: lung_nodule stood out, confidence 0.62; coronal: ...; sagittal: representative (nothing
+        stood out), confidence 0.05`` (each plane in :func:`outcome_text`); a guided selection starts with its
+        :meth:`selection_mode` (``guided by the segment 'label 1'; MRI head; axial: ...``)."""
+        cues = "; ".join(f"{plane}: {outcome_text(result.outcome())}" for plane, result in self.planes.items())
         seen = " ".join(str(self.region[key]) for key in ("modality", "name") if self.region.get(key))
         guided = self.selection_mode() if self.settings.get("guided_by") else ""
         return "; ".join(part for part in (guided, seen, cues) if part)

@@ -15,6 +15,7 @@ import sys
 import time
 
 from . import events
+from .results import outcome_text
 
 
 def window_settings(args) -> tuple:
@@ -158,9 +159,18 @@ def format_summary(volume, result) -> str:
             where = f"{plane_result.normal_axis} {chosen.position_mm:+8.1f}"
             cue = plane_result.cue if chosen.guide is None else _guide_text(chosen.guide)
             lines.append(f"{chosen.label:<4}{plane:<10}{chosen.index:>6}{where:>20}{chosen.score:>8.3f}  {cue}")
+    lines += _outcome_lines(result)
     timing = ", ".join(f"{key} {value:.2f} s" for key, value in result.timing_s.items())
     lines.append(f"time: {timing}")
     return "\n".join(lines)
+
+
+def _outcome_lines(result) -> list:
+    """One line a plane on whether anything stood out, with the confidence (``sagittal: representative (nothing
+    stood out), confidence 0.04``); none for a guided selection, whose picks show what the user chose."""
+    if result.settings.get("guided_by"):
+        return []
+    return [f"{plane}: {outcome_text(plane_result.outcome())}" for plane, plane_result in result.planes.items()]
 
 
 def _guide_text(guide: dict) -> str:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from .. import __version__
+from ..results import image_outcomes, outcome_text
 from .report import NOTICE
 
 THUMBNAIL_PX = 180
@@ -95,6 +96,17 @@ def _finding_row(finding, images_by_id: dict, pngs: dict) -> str:
             f'<td class="images">{figures}</td></tr></table>')
 
 
+def _standing_section(images: list) -> str:
+    """Whether anything stood out in each plane described, with the confidence, so that a plane's typical anatomy
+    is not read as a finding's slice; empty when the images record none (representative mode, guided)."""
+    outcomes = image_outcomes(images)
+    if not outcomes:
+        return ""
+    rows = "".join(f"<li>{escape(plane.capitalize())}: {escape(outcome_text(outcome))}</li>"
+                   for plane, outcome in outcomes.items())
+    return f'<div class="state"><b>What stood out to the selection:</b><ul>{rows}</ul></div>'
+
+
 def _settings_rows(meta: dict) -> str:
     settings = meta.get("settings") or {}
     shown = {"VoteMI version": meta.get("votemi_version", __version__), "Model": meta.get("model", ""),
@@ -141,6 +153,7 @@ def report_html(report, pngs: dict | None = None, title: str | None = None, expo
     findings = report.findings
     if findings is not None and findings.items:
         parts.append(f'<div class="state"><b>Review:</b> {escape(findings.summary_line())}</div>')
+    parts.append(_standing_section(images))
     if not report.complete:
         parts.append(f'<div class="warning">Incomplete report: {escape(report.incomplete_reason)}</div>')
     if findings is not None and findings.unknown_ids():

@@ -268,8 +268,18 @@ def prepare_images(volume, selection, settings: DescribeSettings, extra_volumes=
                 meta["center_ras"] = [round(float(c), 3) for c in slice_.center_ras]
             if slice_.guide is not None:
                 meta["guide"] = dict(slice_.guide)
+            meta.update(_plane_standing(selection, slice_.plane))
             images.append(PromptImage(meta["id"], slice_.plane, position, sequence, png, meta))
     return images
+
+
+def _plane_standing(selection, plane: str) -> dict:
+    """The ``cue``, ``stood_out`` and ``confidence`` of the slice's plane (:meth:`PlaneResult.outcome`), for its
+    label and the exports; empty when nothing was looked for (representative mode, guided picks)."""
+    result = (getattr(selection, "planes", None) or {}).get(plane)
+    if result is None or getattr(result, "stood_out", None) is None:
+        return {}
+    return result.outcome()
 
 
 def _windowings(volume, selection, settings: DescribeSettings, extra_volumes=()) -> list:

@@ -20,7 +20,7 @@ from ..names import DEFAULT_LANGUAGE
 #: The report prompt used when the user gives none. See :data:`PLACEHOLDERS`.
 DEFAULT_TEMPLATE = """\
 You are assisting a radiologist. The {image_count} images above are representative slices of one \
-{modality} examination ({sequences}), {selection}; each image is followed by its ID.
+{modality} examination ({sequences}), {selection}; each image is followed by its ID.{stood_out}
 Write a concise radiology report in {language} with exactly two sections:
 Findings: the relevant observations, one per line. End each finding with the ID(s) of the image(s) \
 that show it in square brackets, for example [{example_ids}].
@@ -40,7 +40,14 @@ PLACEHOLDERS = {
     "selection": "how the slices were chosen: 'selected automatically', or 'chosen to show the segment ...' "
                  "when a segmentation or points guided the selection",
     "guide": "what guided the selection, e.g. the segment 'label 1' or the marked point (empty when nothing did)",
+    "stood_out": "in findings mode, which planes show a candidate finding and which only representative anatomy "
+                 "(sentences starting with a space; empty in representative mode and for guided slices)",
 }
+
+#: Said after an image's label when something stood out in its plane (findings mode).
+STOOD_OUT_LABEL = "something stood out in this plane: this slice may show a candidate finding"
+#: Said after an image's label when nothing stood out in its plane: the slice is the plane's typical anatomy.
+NOTHING_STOOD_OUT_LABEL = "nothing stood out in this plane; this slice is representative anatomy"
 
 INTRO = ("Images of one {modality} examination follow. Each image is followed by its ID, its plane, "
          "the slice position in patient RAS coordinates (mm) and its sequence.")
@@ -83,7 +90,21 @@ class PromptImage:
         text = f"{self.id}: {self.plane}, {format_position(self.plane, self.position_mm)}"
         text = f"{text}, sequence {self.sequence}" if self.sequence else text
         shows = (self.meta.get("guide") or {}).get("phrase")
-        return f"{text}, showing {shows}" if shows else text
+        if shows:
+            return f"{text}, showing {shows}"
+        return f"{text}; {_standing_label(self.stood_out)}" if self.stood_out is not None else text
+
+    @property
+    def stood_out(self) -> bool | None:
+        """Whether anything stood out in this image's plane (findings mode); None for representative mode,
+        guided slices and images without a selection behind them."""
+        if self.meta.get("guide") is not None:
+            return None
+        return self.meta.get("stood_out")
+
+
+def _standing_label(stood_out: bool) -> str:
+    return STOOD_OUT_LABEL if stood_out else NOTHING_STOOD_OUT_LABEL
 
 
 @dataclass
@@ -214,6 +235,42 @@ def selection_phrase(guided_by: str = "", then: str = "") -> str:
     return phrase + (", and automatically selected slices elsewhere" if then else "")
 
 
+def stood_out_phrase(images: list) -> str:
+    """The ``{stood_out}`` sentences: which planes of ``images`` show a candidate finding and which only
+    representative anatomy, and, when nothing stood out anywhere, that no lesion should be assumed.
+
+    Empty when no image carries the answer (representative mode, guided slices), so those prompts are unchanged.
+    """
+    standing = {}
+    for image in images:
+        if image.stood_out is not None:
+            standing.setdefault(image.plane, bool(image.stood_out))
+    if not standing:
+        return ""
+    found = [plane for plane, stood_out in standing.items() if stood_out]
+    typical = [plane for plane, stood_out in standing.items() if not stood_out]
+    if not found:
+        # Said plainly: a model shown slices "selected" for it tends to find a lesion in them.
+        return (" Nothing stood out to the automatic selection in any plane: the images show representative "
+                "anatomy, not a detected finding. Do not assume a lesion; if the images look normal, say so.")
+    text = (f" Something stood out to the automatic selection in {_planes_words(found, len(standing))}: "
+            f"{'the' if not typical else 'their' if len(found) > 1 else 'its'} images show a candidate finding, "
+            "which may still prove normal.")
+    if typical:
+        text += (f" Nothing stood out in {_planes_words(typical, len(standing))}: "
+                 f"{'their' if len(typical) > 1 else 'its'} images show representative anatomy, not a finding.")
+    return text
+
+
+def _planes_words(planes: list, total: int) -> str:
+    """``every plane``, ``the sagittal plane`` or ``the axial and coronal planes``."""
+    if len(planes) == total and total > 1:
+        return "every plane"
+    if len(planes) == 1:
+        return f"the {planes[0]} plane"
+    return f"the {', '.join(planes[:-1])} and {planes[-1]} planes"
+
+
 def build_prompt(images: list, template: str | None = None, language: str = DEFAULT_LANGUAGE,
                  modality: str = "MRI", guided_by: str = "", then: str = "") -> Prompt:
     """Assemble the prompt for a list of :class:`PromptImage` (already in sending order).
@@ -247,6 +304,7 @@ def build_prompt(images: list, template: str | None = None, language: str = DEFA
         "language": language.strip() or DEFAULT_LANGUAGE,
         "selection": selection_phrase(guided_by, then),
         "guide": guided_by,
+        "stood_out": stood_out_phrase(images),
     }
     text = template if template and template.strip() else DEFAULT_TEMPLATE
     return Prompt(intro=render_template(INTRO, values), images=list(images),
