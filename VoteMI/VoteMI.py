@@ -518,8 +518,13 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Running in a child process
 
     def onRun(self, describe: bool) -> None:
+        from VoteMISlicerLib.packages import InstallDeclined
+
         with slicer.util.tryWithErrorDisplay(_("VoteMI could not start.")):
-            self._start(describe)
+            try:
+                self._start(describe)
+            except InstallDeclined as declined:  # the user's choice: a status line, no error box
+                self.ui.statusLabel.text = str(declined)
 
     def _start(self, describe):
         if self._run is not None:
@@ -866,9 +871,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportButton.enabled = hasText
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         fromDicom = self.logic.dicomInstanceUIDs(volumeNode) if volumeNode else []
-        self.ui.exportDicomButton.enabled = hasText and bool(fromDicom)
-        self.ui.exportDicomButton.toolTip = self._exportDicomToolTip + ("" if fromDicom else "\n" + _(
-            "The input volume was not loaded from the DICOM database."))
+        restartReason = self.logic.dicomExportRestartReason()
+        self.ui.exportDicomButton.enabled = hasText and bool(fromDicom) and not restartReason
+        reasons = [] if fromDicom else [_("The input volume was not loaded from the DICOM database.")]
+        reasons += [restartReason] if restartReason else []
+        self.ui.exportDicomButton.toolTip = "\n".join([self._exportDicomToolTip] + reasons)
 
     # ----------------------------------------------------------------------------------------
     # Findings: citations and review
@@ -1010,10 +1017,19 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Report saved to {path}").format(path=path)
 
     def onExportDicom(self) -> None:
+        from VoteMISlicerLib.packages import InstallDeclined
+
         with slicer.util.tryWithErrorDisplay(_("The report could not be exported to DICOM."), waitCursor=True):
-            written = self.logic.exportReportToDicomDatabase(self._reportNode, self._parameterNode.inputVolume,
-                                                             self._extraVolumes())
+            try:
+                written = self.logic.exportReportToDicomDatabase(self._reportNode, self._parameterNode.inputVolume,
+                                                                 self._extraVolumes())
+            except InstallDeclined as declined:  # the user's choice: a status line, no error box
+                self.ui.statusLabel.text = str(declined)
+                return
             if written is None:
+                self._showReportInfo()  # a restart may be pending now: the button says so
+                self.ui.statusLabel.text = (self.logic.dicomExportRestartReason()
+                                            or _("Not exported: what DICOM export needs is not installed."))
                 return
             sources = sum(1 for ref in written.references.values() if ref["kind"] == "source")
             self.ui.statusLabel.text = _(
@@ -1386,8 +1402,9 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes=()):
-        """Add the report (KOS, Secondary Captures, SR) to the DICOM database; the DicomExport, or None if the user
-        declined to install what it needs."""
+        """Add the report (KOS, Secondary Captures, SR) to the DICOM database; the DicomExport, or None if what it
+        needs cannot run in this session (VoteMISlicerLib.packages.InstallDeclined if the user declined an
+        install)."""
         from VoteMISlicerLib.reports import exportReportToDicomDatabase
 
         return exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes)
@@ -1402,14 +1419,24 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureInProcessDependencies():
-        """Install torch (through the PyTorch extension) and transformers for an in-process model; False if not."""
+        """Install torch (through the PyTorch extension) and transformers for an in-process model; False if not
+        (VoteMISlicerLib.packages.InstallDeclined if the user said no)."""
         from VoteMISlicerLib.packages import ensureInProcessDependencies
 
         return ensureInProcessDependencies()
 
     @staticmethod
+    def dicomExportRestartReason():
+        """Why Export to DICOM waits for a restart of Slicer (a newer pydicom installed, the old one loaded), or
+        None."""
+        from VoteMISlicerLib.packages import dicomExportRestartReason
+
+        return dicomExportRestartReason()
+
+    @staticmethod
     def ensureDicomExportDependencies():
-        """pydicom and highdicom, installed on first use after the user agreed; False if not."""
+        """pydicom 3 and highdicom, installed on first use after the user agreed; False if the export cannot run
+        in this session (VoteMISlicerLib.packages.InstallDeclined if the user said no)."""
         from VoteMISlicerLib.packages import ensureDicomExportDependencies
 
         return ensureDicomExportDependencies()
