@@ -164,6 +164,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._runLog = None
         self._statusCheck = None
         self._modelsShown = False
         self._reportNode = None
@@ -550,10 +551,25 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                  describeOptions=request, apiKey=self.ui.apiKeyLineEdit.text.strip(), guide=guide,
                                  switchLayout=node.switchLayoutForChart)
         self._run = run
+        self._startLog(run, describe)
         self.ui.reportTextEdit.readOnly = describe
         self._setBusy(True, _("Selecting slices guided by {what}...").format(what=run.guidedBy) if run.guidedBy
                       else _("Selecting slices..."))
         self._timer.start()
+
+    def _startLog(self, run, describe):
+        """Empty the Log section for a new run and say what runs."""
+        from VoteMISlicerLib.runlog import RunLog
+
+        self._runLog = RunLog()
+        self.ui.logTextEdit.clear()
+        what = _("Select & Describe of {name}") if describe else _("Select only of {name}")
+        self._appendLog(self._runLog.started(what.format(name=run.volumeNode.GetName()),
+                                             run.timings.get("write_s")))
+
+    def _appendLog(self, lines):
+        for line in lines:
+            self.ui.logTextEdit.appendPlainText(line)
 
     def _confirmDescribe(self, volumeNode, request) -> bool:
         """Ask before replacing an edited report, before images leave this machine, and for missing packages."""
@@ -596,6 +612,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         kind = event.get("event")
         run = self._run
         started = run.report.started
+        self._appendLog(self._runLog.lines(event))
         run.handle(event)
         if kind == "progress":
             fraction = float(event.get("fraction", 0.0)) * (0.5 if run.describe else 1.0)
@@ -621,6 +638,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         reason=event.get("report_meta", {}).get("incomplete_reason", "")), windowTitle="VoteMI")
 
     def _runEnded(self, run):
+        self._appendLog(self._runLog.childOutput(run.child.stderr_text() if run.child is not None else ""))
         self._finishRun()
         message = run.failure()
         if message is None:
@@ -651,6 +669,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run is None:
             return
         run.cancel()
+        self._appendLog(self._runLog.note(_("Cancelled: the child process was ended.")))
         self._finishRun(_("Cancelled."))
         logging.info("VoteMI: cancelled; the child process was ended")
 
