@@ -43,6 +43,8 @@ POLL_INTERVAL_MS = 50
 STATUS_CHECK_DELAY_MS = 800
 #: Application setting holding the reviewer name recorded with each review.
 REVIEWER_SETTING = "VoteMI/reviewer"
+#: Volumes of Slicer's Sample Data module offered by *Load sample*, as that module names them.
+SAMPLE_VOLUMES = ("MRBrainTumor1", "CTChest")
 #: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
 MINIMUM_SLICER = (5, 10)
 MINIMUM_PYTHON = (3, 10)
@@ -208,6 +210,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
         self.ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.ui.modelsComboBox.visible = False
+        self._fillSampleChoices()
         self._setUpFindingsTable()
         self._setBusy(False)
 
@@ -230,6 +233,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.testConnectionButton.connect("clicked(bool)", lambda: self.checkServer(explicit=True))
         self.ui.clearResultsButton.connect("clicked(bool)", self.onClearResults)
         self.ui.modelsComboBox.connect("activated(int)", self.onModelChosen)
+        self.ui.sampleComboBox.connect("activated(int)", self.onLoadSample)
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
@@ -312,6 +316,24 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
             self._refreshResults()
             self._connectPlotView(True)
+
+    def _fillSampleChoices(self):
+        box = self.ui.sampleComboBox
+        box.addItem(_("Load sample..."))
+        what = {"MRBrainTumor1": _("brain MRI with a tumour"), "CTChest": _("chest CT")}
+        for name in SAMPLE_VOLUMES:
+            box.addItem(_("{name} ({what})").format(name=name, what=what[name]))
+
+    def onLoadSample(self, index) -> None:
+        """Load the chosen Sample Data volume and make it the input; the box goes back to "Load sample..."."""
+        self.ui.sampleComboBox.currentIndex = 0
+        if not 1 <= index <= len(SAMPLE_VOLUMES) or self._parameterNode is None:
+            return
+        name = SAMPLE_VOLUMES[index - 1]
+        with slicer.util.tryWithErrorDisplay(_("The sample {name} could not be loaded.").format(name=name),
+                                             waitCursor=True):
+            self._parameterNode.inputVolume = self.logic.loadSample(name)
+            self.ui.statusLabel.text = _("Sample {name} loaded: it is the input volume.").format(name=name)
 
     # ----------------------------------------------------------------------------------------
     # Parameter node and settings
@@ -1123,6 +1145,17 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             if cls.isImageVolume(node):
                 return node
         return None
+
+    @staticmethod
+    def loadSample(name):
+        """Load the volume ``name`` of Slicer's Sample Data module (downloaded once, then cached) and return it."""
+        import SampleData
+
+        volumeNode = SampleData.SampleDataLogic().downloadSample(name)
+        if volumeNode is None:
+            raise ValueError(_("Slicer's Sample Data module did not load {name} (see the error log).").format(
+                name=name))
+        return volumeNode
 
     @staticmethod
     def volumeFromNode(volumeNode):
