@@ -82,7 +82,7 @@ class VoteMI(ScriptedLoadableModule):
             "you host yourself (Ollama, vLLM, llama.cpp, LM Studio, or any OpenAI-compatible server) to draft a "
             "report of those slices. The report is an AI-generated draft, not for diagnostic use; it requires "
             "review by a radiologist.<br>"
-            f'See the <a href="{README_URL}">documentation</a> for setup and usage.')
+            'See the <a href="{url}">documentation</a> for setup and usage.').format(url=README_URL)
         self.parent.acknowledgementText = _(
             "The slice selection implements Vote-MI, described in: Yuli Wang et al., \"Enhancing vision-language "
             "models for medical imaging: bridging the 3D gap with innovative slice selection\", NeurIPS 2024 "
@@ -673,7 +673,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             title = _("VoteMI cannot use this input")
         details = run.child.stderr_text() if run.child is not None else ""
         logging.error("VoteMI: %s: %s\n%s", title, message, details)
-        self.ui.statusLabel.text = f"{title}: {message}"
+        self.ui.statusLabel.text = _("{title}: {message}").format(title=title, message=message)
         # The child's own words (a traceback, a library's warning) under "Show Details...".
         slicer.util.errorDisplay(f"{title}:\n{message}", windowTitle="VoteMI", detailedText=details)
 
@@ -946,7 +946,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             table.setRowCount(len(items))
             for row, finding in enumerate(items):
-                status = qt.QTableWidgetItem(_(finding.status))
+                status = qt.QTableWidgetItem(self._reviewStatusText(finding.status))
                 status.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
                 status.setToolTip(self._reviewToolTip(finding))
                 text = qt.QTableWidgetItem(finding.text)
@@ -967,15 +967,21 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateReviewButtons()
 
     @staticmethod
-    def _reviewToolTip(finding):
+    def _reviewStatusText(status):
+        """The review state in the user's language (each word a literal, so that lupdate finds it)."""
+        return {"pending": _("pending"), "accepted": _("accepted"), "rejected": _("rejected"),
+                "edited": _("edited")}.get(status, status)
+
+    @classmethod
+    def _reviewToolTip(cls, finding):
         if finding.status == "pending":
             return _("Not reviewed yet")
-        tip = _("{status} by {who} at {when}").format(status=finding.status, who=finding.reviewer or _("unnamed"),
-                                                     when=finding.reviewed_at)
+        tip = _("{status} by {who} at {when}").format(status=cls._reviewStatusText(finding.status),
+                                                     who=finding.reviewer or _("unnamed"), when=finding.reviewed_at)
         return tip + (_("; the model wrote: {text}").format(text=finding.original_text) if finding.original_text else "")
 
     def _citationLinks(self, row, finding):
-        """One link-styled button per cited image; IDs the selection does not hold in red, not clickable."""
+        """One link-styled button per cited image; IDs the selection does not hold struck through, not clickable."""
         cell = qt.QWidget()
         layout = qt.QHBoxLayout(cell)
         layout.setContentsMargins(2, 0, 2, 0)
@@ -983,13 +989,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             link = qt.QPushButton(imageId)
             link.objectName = f"citation_{row}_{imageId}"
             link.flat = True
-            link.styleSheet = "color: #1a5fb4; text-decoration: underline; padding: 0 2px;"
+            # The palette's link colour: readable in Slicer's light and dark themes alike.
+            link.styleSheet = "color: palette(link); text-decoration: underline; padding: 0 2px;"
             link.toolTip = _("Show {id} in the slice views").format(id=imageId)
             link.connect("clicked(bool)", lambda checked=False, imageId=imageId: self.onCitationClicked(imageId))
             layout.addWidget(link)
         for imageId in finding.unknown_cites:
             label = qt.QLabel(f"{imageId}?")
-            label.styleSheet = "color: #b03a2e;"
+            # Struck through in the text colour (no fixed red, which dark themes would not match).
+            label.styleSheet = "color: palette(text); text-decoration: line-through;"
             label.toolTip = _("The model cited {id}, which was not among the images sent").format(id=imageId)
             layout.addWidget(label)
         layout.addStretch(1)
