@@ -43,6 +43,8 @@ POLL_INTERVAL_MS = 50
 STATUS_CHECK_DELAY_MS = 800
 #: Application setting holding the reviewer name recorded with each review.
 REVIEWER_SETTING = "VoteMI/reviewer"
+#: Volumes of Slicer's Sample Data module offered by *Load sample*, as that module names them.
+SAMPLE_VOLUMES = ("MRBrainTumor1", "CTChest")
 #: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
 MINIMUM_SLICER = (5, 10)
 MINIMUM_PYTHON = (3, 10)
@@ -80,7 +82,7 @@ class VoteMI(ScriptedLoadableModule):
             "you host yourself (Ollama, vLLM, llama.cpp, LM Studio, or any OpenAI-compatible server) to draft a "
             "report of those slices. The report is an AI-generated draft, not for diagnostic use; it requires "
             "review by a radiologist.<br>"
-            f'See the <a href="{README_URL}">documentation</a> for setup and usage.')
+            'See the <a href="{url}">documentation</a> for setup and usage.').format(url=README_URL)
         self.parent.acknowledgementText = _(
             "The slice selection implements Vote-MI, described in: Yuli Wang et al., \"Enhancing vision-language "
             "models for medical imaging: bridging the 3D gap with innovative slice selection\", NeurIPS 2024 "
@@ -164,6 +166,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._runLog = None
         self._statusCheck = None
         self._modelsShown = False
         self._reportNode = None
@@ -207,6 +210,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
         self.ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.ui.modelsComboBox.visible = False
+        self._fillSampleChoices()
         self._setUpFindingsTable()
         self._setBusy(False)
 
@@ -229,6 +233,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.testConnectionButton.connect("clicked(bool)", lambda: self.checkServer(explicit=True))
         self.ui.clearResultsButton.connect("clicked(bool)", self.onClearResults)
         self.ui.modelsComboBox.connect("activated(int)", self.onModelChosen)
+        self.ui.sampleComboBox.connect("activated(int)", self.onLoadSample)
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
@@ -311,6 +316,24 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
             self._refreshResults()
             self._connectPlotView(True)
+
+    def _fillSampleChoices(self):
+        box = self.ui.sampleComboBox
+        box.addItem(_("Load sample..."))
+        what = {"MRBrainTumor1": _("brain MRI with a tumour"), "CTChest": _("chest CT")}
+        for name in SAMPLE_VOLUMES:
+            box.addItem(_("{name} ({what})").format(name=name, what=what[name]))
+
+    def onLoadSample(self, index) -> None:
+        """Load the chosen Sample Data volume and make it the input; the box goes back to "Load sample..."."""
+        self.ui.sampleComboBox.currentIndex = 0
+        if not 1 <= index <= len(SAMPLE_VOLUMES) or self._parameterNode is None:
+            return
+        name = SAMPLE_VOLUMES[index - 1]
+        with slicer.util.tryWithErrorDisplay(_("The sample {name} could not be loaded.").format(name=name),
+                                             waitCursor=True):
+            self._parameterNode.inputVolume = self.logic.loadSample(name)
+            self.ui.statusLabel.text = _("Sample {name} loaded: it is the input volume.").format(name=name)
 
     # ----------------------------------------------------------------------------------------
     # Parameter node and settings
@@ -518,8 +541,13 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Running in a child process
 
     def onRun(self, describe: bool) -> None:
+        from VoteMISlicerLib.packages import InstallDeclined
+
         with slicer.util.tryWithErrorDisplay(_("VoteMI could not start.")):
-            self._start(describe)
+            try:
+                self._start(describe)
+            except InstallDeclined as declined:  # the user's choice: a status line, no error box
+                self.ui.statusLabel.text = str(declined)
 
     def _start(self, describe):
         if self._run is not None:
@@ -545,10 +573,25 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                  describeOptions=request, apiKey=self.ui.apiKeyLineEdit.text.strip(), guide=guide,
                                  switchLayout=node.switchLayoutForChart)
         self._run = run
+        self._startLog(run, describe)
         self.ui.reportTextEdit.readOnly = describe
         self._setBusy(True, _("Selecting slices guided by {what}...").format(what=run.guidedBy) if run.guidedBy
                       else _("Selecting slices..."))
         self._timer.start()
+
+    def _startLog(self, run, describe):
+        """Empty the Log section for a new run and say what runs."""
+        from VoteMISlicerLib.runlog import RunLog
+
+        self._runLog = RunLog()
+        self.ui.logTextEdit.clear()
+        what = _("Select & Describe of {name}") if describe else _("Select only of {name}")
+        self._appendLog(self._runLog.started(what.format(name=run.volumeNode.GetName()),
+                                             run.timings.get("write_s")))
+
+    def _appendLog(self, lines):
+        for line in lines:
+            self.ui.logTextEdit.appendPlainText(line)
 
     def _confirmDescribe(self, volumeNode, request) -> bool:
         """Ask before replacing an edited report, before images leave this machine, and for missing packages."""
@@ -591,6 +634,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         kind = event.get("event")
         run = self._run
         started = run.report.started
+        self._appendLog(self._runLog.lines(event))
         run.handle(event)
         if kind == "progress":
             fraction = float(event.get("fraction", 0.0)) * (0.5 if run.describe else 1.0)
@@ -616,6 +660,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         reason=event.get("report_meta", {}).get("incomplete_reason", "")), windowTitle="VoteMI")
 
     def _runEnded(self, run):
+        self._appendLog(self._runLog.childOutput(run.child.stderr_text() if run.child is not None else ""))
         self._finishRun()
         message = run.failure()
         if message is None:
@@ -628,7 +673,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             title = _("VoteMI cannot use this input")
         details = run.child.stderr_text() if run.child is not None else ""
         logging.error("VoteMI: %s: %s\n%s", title, message, details)
-        self.ui.statusLabel.text = f"{title}: {message}"
+        self.ui.statusLabel.text = _("{title}: {message}").format(title=title, message=message)
         # The child's own words (a traceback, a library's warning) under "Show Details...".
         slicer.util.errorDisplay(f"{title}:\n{message}", windowTitle="VoteMI", detailedText=details)
 
@@ -646,6 +691,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run is None:
             return
         run.cancel()
+        self._appendLog(self._runLog.note(_("Cancelled: the child process was ended.")))
         self._finishRun(_("Cancelled."))
         logging.info("VoteMI: cancelled; the child process was ended")
 
@@ -872,9 +918,11 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportButton.enabled = hasText
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         fromDicom = self.logic.dicomInstanceUIDs(volumeNode) if volumeNode else []
-        self.ui.exportDicomButton.enabled = hasText and bool(fromDicom)
-        self.ui.exportDicomButton.toolTip = self._exportDicomToolTip + ("" if fromDicom else "\n" + _(
-            "The input volume was not loaded from the DICOM database."))
+        restartReason = self.logic.dicomExportRestartReason()
+        self.ui.exportDicomButton.enabled = hasText and bool(fromDicom) and not restartReason
+        reasons = [] if fromDicom else [_("The input volume was not loaded from the DICOM database.")]
+        reasons += [restartReason] if restartReason else []
+        self.ui.exportDicomButton.toolTip = "\n".join([self._exportDicomToolTip] + reasons)
 
     # ----------------------------------------------------------------------------------------
     # Findings: citations and review
@@ -904,7 +952,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             table.setRowCount(len(items))
             for row, finding in enumerate(items):
-                status = qt.QTableWidgetItem(_(finding.status))
+                status = qt.QTableWidgetItem(self._reviewStatusText(finding.status))
                 status.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
                 status.setToolTip(self._reviewToolTip(finding))
                 text = qt.QTableWidgetItem(finding.text)
@@ -925,15 +973,21 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateReviewButtons()
 
     @staticmethod
-    def _reviewToolTip(finding):
+    def _reviewStatusText(status):
+        """The review state in the user's language (each word a literal, so that lupdate finds it)."""
+        return {"pending": _("pending"), "accepted": _("accepted"), "rejected": _("rejected"),
+                "edited": _("edited")}.get(status, status)
+
+    @classmethod
+    def _reviewToolTip(cls, finding):
         if finding.status == "pending":
             return _("Not reviewed yet")
-        tip = _("{status} by {who} at {when}").format(status=finding.status, who=finding.reviewer or _("unnamed"),
-                                                     when=finding.reviewed_at)
+        tip = _("{status} by {who} at {when}").format(status=cls._reviewStatusText(finding.status),
+                                                     who=finding.reviewer or _("unnamed"), when=finding.reviewed_at)
         return tip + (_("; the model wrote: {text}").format(text=finding.original_text) if finding.original_text else "")
 
     def _citationLinks(self, row, finding):
-        """One link-styled button per cited image; IDs the selection does not hold in red, not clickable."""
+        """One link-styled button per cited image; IDs the selection does not hold struck through, not clickable."""
         cell = qt.QWidget()
         layout = qt.QHBoxLayout(cell)
         layout.setContentsMargins(2, 0, 2, 0)
@@ -941,13 +995,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             link = qt.QPushButton(imageId)
             link.objectName = f"citation_{row}_{imageId}"
             link.flat = True
-            link.styleSheet = "color: #1a5fb4; text-decoration: underline; padding: 0 2px;"
+            # The palette's link colour: readable in Slicer's light and dark themes alike.
+            link.styleSheet = "color: palette(link); text-decoration: underline; padding: 0 2px;"
             link.toolTip = _("Show {id} in the slice views").format(id=imageId)
             link.connect("clicked(bool)", lambda checked=False, imageId=imageId: self.onCitationClicked(imageId))
             layout.addWidget(link)
         for imageId in finding.unknown_cites:
             label = qt.QLabel(f"{imageId}?")
-            label.styleSheet = "color: #b03a2e;"
+            # Struck through in the text colour (no fixed red, which dark themes would not match).
+            label.styleSheet = "color: palette(text); text-decoration: line-through;"
             label.toolTip = _("The model cited {id}, which was not among the images sent").format(id=imageId)
             layout.addWidget(label)
         layout.addStretch(1)
@@ -1016,10 +1072,19 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Report saved to {path}").format(path=path)
 
     def onExportDicom(self) -> None:
+        from VoteMISlicerLib.packages import InstallDeclined
+
         with slicer.util.tryWithErrorDisplay(_("The report could not be exported to DICOM."), waitCursor=True):
-            written = self.logic.exportReportToDicomDatabase(self._reportNode, self._parameterNode.inputVolume,
-                                                             self._extraVolumes())
+            try:
+                written = self.logic.exportReportToDicomDatabase(self._reportNode, self._parameterNode.inputVolume,
+                                                                 self._extraVolumes())
+            except InstallDeclined as declined:  # the user's choice: a status line, no error box
+                self.ui.statusLabel.text = str(declined)
+                return
             if written is None:
+                self._showReportInfo()  # a restart may be pending now: the button says so
+                self.ui.statusLabel.text = (self.logic.dicomExportRestartReason()
+                                            or _("Not exported: what DICOM export needs is not installed."))
                 return
             sources = sum(1 for ref in written.references.values() if ref["kind"] == "source")
             self.ui.statusLabel.text = _(
@@ -1094,6 +1159,17 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
             if cls.isImageVolume(node):
                 return node
         return None
+
+    @staticmethod
+    def loadSample(name):
+        """Load the volume ``name`` of Slicer's Sample Data module (downloaded once, then cached) and return it."""
+        import SampleData
+
+        volumeNode = SampleData.SampleDataLogic().downloadSample(name)
+        if volumeNode is None:
+            raise ValueError(_("Slicer's Sample Data module did not load {name} (see the error log).").format(
+                name=name))
+        return volumeNode
 
     @staticmethod
     def volumeFromNode(volumeNode):
@@ -1392,8 +1468,9 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes=()):
-        """Add the report (KOS, Secondary Captures, SR) to the DICOM database; the DicomExport, or None if the user
-        declined to install what it needs."""
+        """Add the report (KOS, Secondary Captures, SR) to the DICOM database; the DicomExport, or None if what it
+        needs cannot run in this session (VoteMISlicerLib.packages.InstallDeclined if the user declined an
+        install)."""
         from VoteMISlicerLib.reports import exportReportToDicomDatabase
 
         return exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes)
@@ -1408,14 +1485,24 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureInProcessDependencies():
-        """Install torch (through the PyTorch extension) and transformers for an in-process model; False if not."""
+        """Install torch (through the PyTorch extension) and transformers for an in-process model; False if not
+        (VoteMISlicerLib.packages.InstallDeclined if the user said no)."""
         from VoteMISlicerLib.packages import ensureInProcessDependencies
 
         return ensureInProcessDependencies()
 
     @staticmethod
+    def dicomExportRestartReason():
+        """Why Export to DICOM waits for a restart of Slicer (a newer pydicom installed, the old one loaded), or
+        None."""
+        from VoteMISlicerLib.packages import dicomExportRestartReason
+
+        return dicomExportRestartReason()
+
+    @staticmethod
     def ensureDicomExportDependencies():
-        """pydicom and highdicom, installed on first use after the user agreed; False if not."""
+        """pydicom 3 and highdicom, installed on first use after the user agreed; False if the export cannot run
+        in this session (VoteMISlicerLib.packages.InstallDeclined if the user said no)."""
         from VoteMISlicerLib.packages import ensureDicomExportDependencies
 
         return ensureDicomExportDependencies()

@@ -137,8 +137,9 @@ def dicomSourceFiles(volumeNode):
 def exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes=()):
     """Write the KOS, the Secondary Captures and the SR of the report and add them to the DICOM database.
 
-    Returns the :class:`~VoteMILib.dicom_export.DicomExport`, or None if the user declined to install
-    what the export needs (pydicom, highdicom). Raises ValueError (or DicomExportError) with the reason.
+    Returns the :class:`~VoteMILib.dicom_export.DicomExport`, or None if what the export needs (pydicom 3,
+    highdicom) cannot run in this session. Raises :class:`~VoteMISlicerLib.packages.InstallDeclined` if the user
+    declined an install, ValueError (or DicomExportError) with the reason.
     """
     from VoteMILib import mrml
     from VoteMILib.dicom_export import export_dicom
