@@ -149,3 +149,50 @@ def test_finite_voxels_and_bytes_past_the_data_are_accepted(tmp_path):
     path = tmp_path / "tail.nii"
     path.write_bytes(float_nifti(values) + np.full(4, np.nan, "<f4").tobytes())  # not voxels: after the data
     np.testing.assert_array_equal(load_volume(path).array, values)
+
+
+# -- outputs that are not regular files ------------------------------------------------------------
+
+
+def test_output_through_a_symlink_writes_its_target(tmp_path):
+    from VoteMILib.outputs import check_output_file, write_atomic
+
+    if not hasattr(os, "symlink"):
+        pytest.skip("no symbolic links here")
+    target = tmp_path / "kept" / "selection.json"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "link.json"
+    try:
+        os.symlink(target, link)
+    except OSError as error:
+        pytest.skip(f"cannot make a symbolic link: {error}")
+    assert check_output_file(link) == str(link)
+    assert write_atomic(link, "new\n") == str(link)
+    assert os.path.islink(link) and target.read_text() == "new\n"
+    assert sorted(os.listdir(tmp_path)) == ["kept", "link.json"]  # no temporary left beside the link
+
+
+def test_output_that_is_a_fifo_is_refused_and_kept(tmp_path):
+    import stat
+
+    from VoteMILib.outputs import OutputError, check_output_file, write_atomic
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    for attempt in (lambda: check_output_file(fifo, "JSON file"), lambda: write_atomic(fifo, "{}", "JSON file")):
+        with pytest.raises(OutputError, match=r"^cannot write JSON file .*pipe\.json: it is a FIFO \(named pipe\), "
+                                              r"not a regular file"):
+            attempt()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.listdir(tmp_path) == ["pipe.json"]
+
+
+def test_output_that_is_a_device_is_refused_before_any_work():
+    from VoteMILib.outputs import OutputError, check_output_file
+
+    if not os.path.exists("/dev/null"):
+        pytest.skip("no /dev/null here")
+    with pytest.raises(OutputError, match="it is a character device, not a regular file"):
+        check_output_file("/dev/null")
