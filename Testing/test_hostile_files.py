@@ -12,10 +12,9 @@ import os
 import shutil
 import sys
 
+import engine_fixtures as ef
 import numpy as np
 import pytest
-
-import engine_fixtures as ef
 from VoteMILib.volumes import VolumeError, load_volume
 
 sitk = pytest.importorskip("SimpleITK")

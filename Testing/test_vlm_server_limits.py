@@ -483,11 +483,10 @@ def test_trickled_headers_are_cut_at_the_header_deadline(model):
 
 def test_header_deadline_starts_with_the_first_byte(model):
     """An idle keep-alive connection is not cut by the header deadline: its next request is answered."""
-    with serving(model, header_timeout_s=0.5) as server:
-        with connect_from(server) as sock:
-            time.sleep(1.5)
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    with serving(model, header_timeout_s=0.5) as server, connect_from(server) as sock:
+        time.sleep(1.5)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
 def test_one_client_cannot_take_every_connection_slot(model):
