@@ -392,6 +392,119 @@ def test_connections_beyond_the_cap_get_a_quick_503(model):
         assert wait_for_health(server, status="ok")  # the idle connections' threads end once they are closed
 
 
+def connect_from(server_or_port, host="127.0.0.1"):
+    """A connection to a server (or port) from the loopback address ``host``; skips where it cannot be bound."""
+    port = server_or_port if isinstance(server_or_port, int) else server_or_port.server_address[1]
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(host, 0))
+    except OSError as error:
+        pytest.skip(f"cannot connect from {host}: {error}")
+
+
+def closed_by_server(sock) -> bool:
+    """Whether the server has closed ``sock`` (what it sent before is read and dropped), without waiting."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class Trickler:
+    """Slow clients: each connection sends one more header byte every ``every_s`` seconds and never ends its headers."""
+
+    def __init__(self, sockets, every_s=0.3):
+        self.sockets = list(sockets)
+        self.answers = {id(sock): b"" for sock in self.sockets}
+        self.closed_after = {}
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        for sock in self.sockets:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            sock.setblocking(False)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.every_s) and len(self.closed_after) < len(self.sockets):
+            for sock in self.sockets:
+                if id(sock) not in self.closed_after and self._gone(sock):
+                    self.closed_after[id(sock)] = time.monotonic() - self.started
+
+    def _gone(self, sock) -> bool:
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return True
+                self.answers[id(sock)] += data
+        except BlockingIOError:
+            pass
+        except OSError:
+            return True
+        try:
+            sock.send(b"a")
+            return False
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def wait_all_closed(self, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while len(self.closed_after) < len(self.sockets) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.closed_after) == len(self.sockets)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_trickled_headers_are_cut_at_the_header_deadline(model):
+    with serving(model, header_timeout_s=1.5) as server:
+        trickler = Trickler([connect_from(server)])
+        try:
+            assert trickler.wait_all_closed(15), "a client trickling header bytes was never closed"
+            assert 1.0 <= trickler.closed_after[id(trickler.sockets[0])] < 10
+            answer = trickler.answers[id(trickler.sockets[0])]
+            assert answer.startswith(b"HTTP/1.1 408 ")
+            assert b"not complete within 1.5 s" in answer
+        finally:
+            trickler.close()
+
+
+def test_header_deadline_starts_with_the_first_byte(model):
+    """An idle keep-alive connection is not cut by the header deadline: its next request is answered."""
+    with serving(model, header_timeout_s=0.5) as server, connect_from(server) as sock:
+        time.sleep(1.5)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_one_client_cannot_take_every_connection_slot(model):
+    with serving(model, max_connections=4, max_connections_per_client=2) as server:
+        held = [connect_from(server, "127.0.0.2") for _ in range(2)]
+        try:
+            with connect_from(server, "127.0.0.2") as third:
+                third.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b"".join(iter(lambda: third.recv(65536), b""))
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            assert b"too many connections from 127.0.0.2 (the limit is 2 per client)" in answer
+            status, _, data = call(server, "GET", "/health")
+            assert status == 200 and data["status"] == "ok"
+        finally:
+            for sock in held:
+                sock.close()
+
+
 # -- load ------------------------------------------------------------------------------------------
 
 
@@ -476,6 +589,60 @@ def test_sigterm_during_generation_exits_cleanly(tiny_vlm_dir):
     with socket.socket() as probe:  # nothing listens on the port any more
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+
+
+@contextmanager
+def serve_process(tiny_vlm_dir, *options):
+    """A real ``votemi serve`` process of the tiny model on a free port: yields (process, port, stderr lines)."""
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen([sys.executable, "-m", "VoteMILib.cli", "serve", "--model", tiny_vlm_dir,
+                                "--port", "0", "--device", "cpu", *options], stderr=subprocess.PIPE, text=True,
+                               encoding="utf-8", errors="replace", env=environment)
+    lines = []
+    try:
+        port = None
+        for line in process.stderr:
+            lines.append(line)
+            found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "".join(lines)
+        reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+        reader.start()
+        yield process, port, lines
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_forty_slow_clients_do_not_lock_out_the_others(tiny_vlm_dir):
+    """40 connections trickling header bytes: /health and a chat from another client are answered at once."""
+    with serve_process(tiny_vlm_dir, "--header-timeout", "3") as (_, port, lines):
+        trickler = Trickler([connect_from(port, "127.0.0.2") for _ in range(40)])
+        try:
+            time.sleep(0.5)  # every slow connection has been accepted or turned away
+            started = time.monotonic()
+            status, _, data = call(port, "GET", "/health")
+            health_s = time.monotonic() - started
+            assert status == 200 and data["status"] == "ok"
+            assert health_s < 1.0, health_s
+            started = time.monotonic()
+            status, _, data = call(port, "POST", body=text_chat("hi"))
+            assert status == 200 and data["choices"][0]["message"]["content"] is not None
+            assert time.monotonic() - started < 5.0
+            assert trickler.wait_all_closed(20), "slow clients kept their connections"
+            answers = list(trickler.answers.values())
+            assert sum(a.startswith(b"HTTP/1.1 408 ") for a in answers) == 8  # the per-client limit
+            assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answers) == 32
+        finally:
+            trickler.close()
+    assert "not complete within 3 s" in "".join(lines)
 
 
 def test_serve_limit_options(tmp_path, capsys):

@@ -474,14 +474,17 @@ def estimate_voxels(case: BatchCase) -> int:
     """Voxels of the case's volumes, from the file headers (a DICOM series: one slice times the count)."""
     import SimpleITK as sitk
 
+    from .volumes import VolumeError, check_itk_path
+
     total = 0
     for path in (case.image, *case.extras):
         files = _files_of(path)
         reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
         try:
+            check_itk_path(files[0])  # a name ITK cannot take would abort the whole batch here
+            reader.SetFileName(files[0])
             reader.ReadImageInformation()
-        except RuntimeError:
+        except (RuntimeError, VolumeError):
             continue  # unreadable: the case fails on its worker with the reader's message
         size = reader.GetSize()
         total += math.prod(size[:3]) * (len(files) if os.path.isdir(path) else 1)

@@ -2,13 +2,16 @@
 
 A reader (or a crash, a full disk, Ctrl-C) never sees half a file: data goes to a temporary file
 in the destination folder, is flushed to disk, and then renamed over the destination in one step.
-Errors are :class:`OutputError` (an ``OSError``) whose one-line message names the file.
+Errors are :class:`OutputError` (an ``OSError``) whose one-line message names the file. An output
+that is a symbolic link is written through to its target (the link stays); a FIFO, a device or a
+socket is refused, never replaced by a regular file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 
 
@@ -50,11 +53,30 @@ def _writable_folder(folder: str, refusal: str, not_writable: str) -> None:
         raise OutputError(f"{refusal}: {not_writable}")
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _destination(path: str, what: str) -> str:
+    """The regular file ``path`` stands for: a symbolic link's final target, so that the rename replaces the
+    target and leaves the link in place. OutputError for a FIFO, device or socket: renaming over one would
+    replace it (as root even ``/dev/stdout``) and its reader would get nothing."""
+    target = os.path.realpath(path)
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return target  # missing (a new file, or a dangling link's target): created; other errors come later
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            raise OutputError(f"cannot write {what} {path}: it is {kind}, not a regular file; give a file path")
+    return target
+
+
 def check_output_file(path, what: str = "output file") -> str:
     """Check, before any work, that ``path`` can be written; return its absolute path.
 
-    The parent folder is created if missing. A directory in the way, a read-only folder or a
-    read-only existing file is refused.
+    The parent folder is created if missing. A directory in the way, a read-only folder, a read-only
+    existing file and a FIFO, device or socket are refused; a symbolic link is checked at its target.
 
     Raises
     ------
@@ -63,9 +85,10 @@ def check_output_file(path, what: str = "output file") -> str:
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise OutputError(f"cannot write {what} {path}: it is a folder")
-    folder = os.path.dirname(path)
+    target = _destination(path, what)
+    folder = os.path.dirname(target)
     _writable_folder(folder, f"cannot write {what} {path}", f"folder {folder} is not writable")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
+    if os.path.exists(target) and not os.access(target, os.W_OK):
         raise OutputError(f"cannot write {what} {path}: the file is read-only")
     return path
 
@@ -82,15 +105,17 @@ def check_output_folder(folder, what: str = "output folder") -> str:
 def write_atomic(path, data, what: str = "output file", encoding: str = "utf-8") -> str:
     """Write ``data`` (str or bytes) to ``path`` so that the file is either the old one or the new one.
 
-    Returns the absolute path.
+    Returns the absolute path. A symbolic link is written through: its target is replaced, the link stays.
 
     Raises
     ------
     OutputError
-        Naming the file, when the folder or the file cannot be written (nothing is left behind).
+        Naming the file, when the folder or the file cannot be written (nothing is left behind), or when
+        it is a FIFO, a device or a socket.
     """
-    path = os.path.abspath(os.fspath(path))
+    given = os.path.abspath(os.fspath(path))
     payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    path = _destination(given, what)
     folder = os.path.dirname(path)
     temporary = None
     try:
@@ -108,14 +133,14 @@ def write_atomic(path, data, what: str = "output file", encoding: str = "utf-8")
         os.replace(temporary, path)
         temporary = None
     except OSError as error:
-        raise OutputError(f"cannot write {what} {path}: {_reason(error)}") from None
+        raise OutputError(f"cannot write {what} {given}: {_reason(error)}") from None
     finally:
         if temporary is not None:
             try:
                 os.unlink(temporary)
             except OSError:
                 pass
-    return path
+    return given
 
 
 def write_json_atomic(path, document, what: str = "JSON file", indent: int = 1) -> str:

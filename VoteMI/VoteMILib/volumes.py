@@ -13,6 +13,7 @@ import os
 import struct
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,10 @@ import numpy as np
 MAX_VOXELS = 1_000_000_000
 #: Fewest slices a volume must have along each axis to be treated as 3D.
 MIN_SLICES = 3
+#: Bytes read at a time when a NIfTI file is checked (decompressed, CRC, NaN/Inf) before ITK reads it.
+_SCAN_CHUNK = 1 << 20
+#: NIfTI datatype codes of floating-point voxels, whose NaN/Inf ITK's NIfTI reader would turn into 0.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 # ITK's physical space is LPS; Slicer's world (and every position VoteMI reports) is RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -128,7 +133,8 @@ def load_volume(path, series: str | None = None, name: str | None = None) -> Vol
 
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise VolumeError(f"no such file or folder: {path}")
+        raise VolumeError(f"no such file or folder: {printable_path(path)}")
+    check_itk_path(path)
     name = name or _stem(path)
     dicom = os.path.isdir(path)
     if series and not dicom:
@@ -141,9 +147,13 @@ def load_volume(path, series: str | None = None, name: str | None = None) -> Vol
             else:
                 reader = sitk.ImageFileReader()
                 reader.SetFileName(path)
-                reader.ReadImageInformation()  # the header alone: refuse huge volumes before reading voxels
+                try:
+                    reader.ReadImageInformation()  # the header alone: refuse huge volumes before reading voxels
+                except RuntimeError:
+                    _check_nifti(path, name)  # a cut or corrupt NIfTI is named so, not by ITK's guess
+                    raise
                 _check_header(reader, name)
-                _check_nifti_complete(path, name)
+                _check_nifti(path, name)
                 image = reader.Execute()
     except RuntimeError as error:
         reason = [line.strip() for line in chatter + str(error).strip().splitlines() if line.strip()]
@@ -187,59 +197,139 @@ def _check_header(reader, name: str) -> None:
             "VoteMI accepts; crop or resample it first")
 
 
-def _check_nifti_complete(path: str, name: str) -> None:
-    """Refuse a single-file NIfTI shorter than its header says: ITK reads a truncated .nii or .nii.gz
-    without complaint and fills the missing voxels with zeros."""
+def printable_path(path: str) -> str:
+    """``path`` for a one-line message: bytes that are not valid UTF-8 shown as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace") if isinstance(path, str) else repr(path)
+
+
+def check_itk_path(path: str) -> None:
+    """Refuse a path ITK cannot be given: not valid UTF-8 (a Latin-1 name from an old share).
+
+    SimpleITK passes file names on as UTF-8; a name Python could only decode with surrogate escapes
+    makes it abort the whole process (a C++ ``std::logic_error``), so it must never reach ITK.
+    """
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise VolumeError(f"cannot read {printable_path(path)}: its name is not valid UTF-8, which ITK cannot "
+                          "open; rename it (or its folder) with UTF-8 characters") from None
+
+
+def _check_nifti(path: str, name: str) -> None:
+    """Check a single-file NIfTI's voxel data before ITK reads it, streaming: complete, not corrupt, finite.
+
+    ITK reads a truncated .nii or .nii.gz without complaint (the missing voxels become zeros), never
+    checks the gzip CRC (a flipped byte gives garbage voxels), and turns NaN/Inf voxels into 0.
+    """
     lower = path.lower()
     if not (lower.endswith(".nii") or lower.endswith(".nii.gz")):
         return
-    compressed = lower.endswith(".gz")
-    try:
-        with (gzip.open if compressed else open)(path, "rb") as handle:
-            expected = _nifti_data_end(handle.read(540))
-    except (OSError, EOFError):
-        return  # not readable as gzip: leave the diagnosis to ITK
-    if expected is None:
-        return
-    if compressed:
-        # The gzip trailer holds the uncompressed size modulo 2^32; decompress only if it disagrees.
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"  # a plain .nii named .nii.gz is read as plain, as ITK does
+    if not compressed:
         with open(path, "rb") as handle:
-            handle.seek(-4, os.SEEK_END)
-            if struct.unpack("<I", handle.read(4))[0] == expected % 2 ** 32:
-                return
-        actual = 0
+            scan = _scan_nifti(handle)
+    else:
+        scan = _NiftiScan()
         try:
             with gzip.open(path, "rb") as handle:
-                while chunk := handle.read(1 << 16):  # small reads: a cut-off stream loses little
-                    actual += len(chunk)
-        except (OSError, EOFError):
-            pass  # a cut-off gzip stream: ``actual`` is what could be decompressed
-    else:
-        actual = os.path.getsize(path)
-    if actual < expected:
-        raise VolumeError(f"{name} is truncated: its header promises {expected:,} bytes, the file holds "
-                          f"{actual:,}{' (uncompressed)' if compressed else ''}")
+                _scan_nifti(handle, scan)
+        except EOFError:
+            scan.cut_short = True
+        except (gzip.BadGzipFile, zlib.error, OSError) as error:
+            raise VolumeError(f"{name} is corrupt: its gzip data fails the check ({error}); copy the file "
+                              "again from its source") from None
+    _refuse_bad_scan(scan, name, compressed)
 
 
-def _nifti_data_end(header: bytes):
-    """Offset of the last voxel byte of a single-file NIfTI-1/2 (None if ``header`` is not one)."""
+@dataclass
+class _NiftiScan:
+    """What streaming through a NIfTI file found."""
+
+    header: bytes = b""
+    data_end: int | None = None  # offset of the last voxel byte + 1, from the header; None: not a NIfTI-1/2
+    size: int = 0  # bytes read (uncompressed)
+    nonfinite: int = 0  # NaN or infinite float voxels
+    cut_short: bool = False  # the gzip stream ended before its end marker
+
+
+def _scan_nifti(handle, scan: _NiftiScan | None = None) -> _NiftiScan:
+    """Read ``handle`` to its end in chunks, filling ``scan``: its size and the NaN/Inf of float voxels.
+
+    ``scan`` is updated as the reading goes, so that a stream cut short still tells how far it got.
+    """
+    scan = scan or _NiftiScan()
+    while len(scan.header) < 540 and (chunk := handle.read(540 - len(scan.header))):
+        scan.header += chunk
+        scan.size = len(scan.header)
+    layout = _nifti_layout(scan.header)
+    if layout is None:
+        return scan
+    offset, scan.data_end, dtype = layout
+    counter = _NonFiniteCounter(offset, scan.data_end, dtype, scan)
+    counter.feed(scan.header, 0)
+    while chunk := handle.read(_SCAN_CHUNK):
+        counter.feed(chunk, scan.size)
+        scan.size += len(chunk)
+    return scan
+
+
+class _NonFiniteCounter:
+    """Counts NaN/Inf among float voxels fed as consecutive byte chunks (voxels may straddle chunks)."""
+
+    def __init__(self, offset: int, end: int, dtype, scan: _NiftiScan):
+        self.offset, self.end, self.dtype, self.scan = offset, end, dtype, scan
+        self.pending = b""
+
+    def feed(self, chunk: bytes, at: int) -> None:
+        """Count the voxels of ``chunk``, which starts at file offset ``at``."""
+        if self.dtype is None:
+            return
+        low, high = max(self.offset - at, 0), min(self.end - at, len(chunk))
+        if high <= low:
+            return
+        data = self.pending + chunk[low:high]
+        whole = len(data) - len(data) % self.dtype.itemsize
+        values = np.frombuffer(data, dtype=self.dtype, count=whole // self.dtype.itemsize)
+        self.scan.nonfinite += int(values.size - np.count_nonzero(np.isfinite(values)))
+        self.pending = data[whole:]
+
+
+def _refuse_bad_scan(scan: _NiftiScan, name: str, compressed: bool) -> None:
+    """Raise VolumeError for a cut-short, truncated or non-finite NIfTI."""
+    if scan.data_end is None:
+        if scan.cut_short:
+            raise VolumeError(f"{name} is truncated: the file ends inside its NIfTI header ({scan.size} bytes "
+                              "uncompressed); copy the file again from its source")
+        return  # not a single-file NIfTI-1/2: ITK says what it is
+    if scan.size < scan.data_end or scan.cut_short:
+        raise VolumeError(f"{name} is truncated: its header promises {scan.data_end:,} bytes, the file holds "
+                          f"{scan.size:,}{' (uncompressed)' if compressed else ''}")
+    if scan.nonfinite:
+        raise VolumeError(f"{name} has {scan.nonfinite:,} NaN or infinite voxels; fix or mask them before "
+                          "selection")
+
+
+def _nifti_layout(header: bytes):
+    """(voxel offset, end of the voxels, float dtype or None) of a single-file NIfTI-1/2 header, else None."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348 and header[344:347] == b"n+1":
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
             offset = int(struct.unpack(order + "f", header[108:112])[0])
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540 and header[4:7] == b"n+2":
             dims = struct.unpack(order + "8q", header[16:80])
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
             offset = int(struct.unpack(order + "q", header[168:176])[0])
             break
     else:
         return None
     rank = dims[0]
-    if not 1 <= rank <= 7 or bitpix <= 0 or any(n <= 0 for n in dims[1:rank + 1]):
+    if not 1 <= rank <= 7 or bitpix <= 0 or offset < 0 or any(n <= 0 for n in dims[1:rank + 1]):
         return None
-    return offset + int(np.prod(dims[1:rank + 1], dtype=np.int64)) * bitpix // 8
+    dtype = np.dtype(order + _NIFTI_FLOATS[datatype]) if datatype in _NIFTI_FLOATS else None
+    return offset, offset + int(np.prod(dims[1:rank + 1], dtype=np.int64)) * bitpix // 8, dtype
 
 
 @contextlib.contextmanager
@@ -296,6 +386,8 @@ class _DicomSeries:
 
 def _read_dicom_folder(sitk, folder, wanted=None):
     """Read one series of a DICOM folder: ``wanted`` (a SeriesInstanceUID) or the one with most files."""
+    for entry in sorted(os.listdir(folder)):  # GDCM lists the folder itself: no name it cannot take may be there
+        check_itk_path(os.path.join(folder, entry))
     reader = sitk.ImageSeriesReader()
     # GDCM and ITK warn on stderr, over several lines (no series, uneven slices); VoteMI says it in one.
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()

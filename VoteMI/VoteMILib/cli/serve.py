@@ -77,6 +77,13 @@ def add_serve_command(commands) -> None:
                         help="generation stops after this long and the answer is cut (default: %(default)g)")
     limits.add_argument("--max-connections", type=positive_int, default=defaults.max_connections, metavar="N",
                         help="connections served at once; more are answered 503 at once (default: %(default)s)")
+    limits.add_argument("--max-connections-per-client", type=positive_int,
+                        default=defaults.max_connections_per_client, metavar="N",
+                        help="connections from one client address; more are answered 503 at once, so slow clients "
+                             "cannot take every slot (default: %(default)s)")
+    limits.add_argument("--header-timeout", type=positive, default=defaults.header_timeout_s, metavar="S",
+                        help="total time for a request's headers, however slowly they trickle in; then 408 and the "
+                             "connection is closed (default: %(default)g)")
     parser.set_defaults(func=run_serve)
 
 
@@ -87,7 +94,9 @@ def serve_limits(args) -> ServeLimits:
                        max_image_megapixels=args.max_image_megapixels,
                        max_total_megapixels=args.max_total_megapixels, max_tokens_cap=args.max_new_tokens,
                        queue_timeout_s=args.queue_timeout, generation_timeout_s=args.generation_timeout,
-                       max_connections=args.max_connections)
+                       max_connections=args.max_connections,
+                       max_connections_per_client=args.max_connections_per_client,
+                       header_timeout_s=args.header_timeout)
 
 
 def run_serve(args) -> int:

@@ -59,6 +59,12 @@ class ServeLimits:
         Generation stops after this long; the answer is cut (finish_reason "length").
     max_connections : int
         Open connections served at once; beyond, a connection is answered 503 at once.
+    max_connections_per_client : int
+        Open connections from one client address; beyond, 503 at once, so that one client (slow or
+        hostile) cannot take every slot.
+    header_timeout_s : float
+        Total time from a request's first byte to the end of its headers; then 408 and the connection
+        is closed, however steadily the client trickles bytes.
     """
 
     max_request_mb: float = DEFAULT_MAX_REQUEST_MB
@@ -71,6 +77,8 @@ class ServeLimits:
     queue_timeout_s: float = 60.0
     generation_timeout_s: float = 600.0
     max_connections: int = 32
+    max_connections_per_client: int = 8
+    header_timeout_s: float = 10.0
 
     def __post_init__(self):
         for item in fields(self):

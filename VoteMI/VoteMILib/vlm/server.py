@@ -20,7 +20,9 @@ characters before tokenising and tokens after the chat template, image count and
 from the image headers, before anything is decoded), the wait for the model, the generation time,
 and the number of open connections. One request is generated at a time; the others wait in
 arrival order, and a request that waits too long gets 503 with ``Retry-After``. A client that
-hangs up, streaming or not, stops its generation (or leaves the queue) at once.
+hangs up, streaming or not, stops its generation (or leaves the queue) at once. Slow clients
+cannot hold the connection slots: a request's headers must be complete within a total time
+(``header_timeout_s``), and one client address holds at most ``max_connections_per_client`` slots.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hmac
+import io
 import json
 import math
 import select
@@ -53,6 +56,38 @@ _TURNED_AWAY_LINGER_S = 2.0  # how long a refused connection's request bytes are
 
 class ClientGone(Exception):
     """The client closed its connection while its request waited or was generated."""
+
+
+class HeaderTimeout(Exception):
+    """The request's headers were not complete by their deadline."""
+
+
+class _DeadlineSocketIO(socket.SocketIO):
+    """The connection as the handler reads it: while a deadline is set, no read waits past it.
+
+    A socket timeout alone bounds silence, and a client sending a byte every few seconds resets it
+    for ever; the deadline bounds the total time instead.
+    """
+
+    def __init__(self, sock, idle_timeout_s: float):
+        super().__init__(sock, "rb")
+        self.idle_timeout_s = idle_timeout_s
+        self.deadline = None
+
+    def readinto(self, buffer):
+        if self.deadline is None:
+            self._sock.settimeout(self.idle_timeout_s)
+            return super().readinto(buffer)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise HeaderTimeout()
+        self._sock.settimeout(min(remaining, self.idle_timeout_s))
+        try:
+            return super().readinto(buffer)
+        except TimeoutError:
+            if self.deadline - time.monotonic() <= 0:
+                raise HeaderTimeout() from None
+            raise
 
 
 class GenerationQueue:
@@ -149,7 +184,7 @@ class VLMServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._slots = threading.BoundedSemaphore(self.limits.max_connections)
         self._connections = threading.Condition()
-        self._open = set()
+        self._open = {}  # connection -> client address
         self._turned_away = []
         self.request_queue_size = max(64, self.limits.max_connections)  # the listen backlog
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -170,12 +205,13 @@ class VLMServer(ThreadingHTTPServer):
 
     # -- connection cap ----------------------------------------------------------------------------
     def process_request(self, request, client_address):
-        """Serve the connection in a thread when one of ``max_connections`` slots is free, else answer 503."""
-        if self.stopping.is_set() or not self._slots.acquire(blocking=False):
-            self._turn_away(request, client_address)
+        """Serve the connection in a thread when its client and the server have a free slot, else answer 503."""
+        reason = self._refusal(client_address[0])
+        if reason:
+            self._turn_away(request, client_address, reason)
             return
         with self._connections:
-            self._open.add(request)
+            self._open[request] = client_address[0]
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -188,28 +224,36 @@ class VLMServer(ThreadingHTTPServer):
         finally:
             self._forget(request)
 
+    def _refusal(self, host: str) -> str:
+        """Why a new connection from ``host`` cannot be served now (taking a slot if it can): '' when it can."""
+        if self.stopping.is_set():
+            return "the server is shutting down"
+        limit = self.limits.max_connections_per_client
+        with self._connections:
+            if sum(owner == host for owner in self._open.values()) >= limit:
+                return f"too many connections from {host} (the limit is {limit} per client); try again later"
+        if not self._slots.acquire(blocking=False):
+            return f"too many connections (the limit is {self.limits.max_connections}); try again later"
+        return ""
+
     def _forget(self, request):
         with self._connections:
-            self._open.discard(request)
+            self._open.pop(request, None)
             self._connections.notify_all()
         self._slots.release()
 
-    def _turn_away(self, request, client_address):
+    def _turn_away(self, request, client_address, reason: str):
         # Answered from the accepting thread without blocking it: the reply fits an empty send buffer.
         # The socket then lingers a little, its incoming bytes dropped, so that closing it does not
         # reset the connection before the client has read the reply.
-        reason = "the server is shutting down" if self.stopping.is_set() else (
-            f"too many connections (the limit is {self.limits.max_connections}); try again later")
         if self.log is not None:
             self.log.write(f"{client_address[0]} connection answered 503: {reason}\n")
             self.log.flush()
-        body = json.dumps(error_body(503, reason, code="server_busy")).encode("utf-8")
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nServer: {_Handler.server_version}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"Retry-After: {self.queue.retry_after_s()}\r\nConnection: close\r\n\r\n")
+        answer = _raw_answer(503, "Service Unavailable", error_body(503, reason, code="server_busy"),
+                             {"Retry-After": str(self.queue.retry_after_s())})
         try:
             request.setblocking(False)
-            request.sendall(head.encode("ascii") + body)
+            request.sendall(answer)
             request.shutdown(socket.SHUT_WR)
         except OSError:
             self.shutdown_request(request)
@@ -260,6 +304,15 @@ class VLMServer(ThreadingHTTPServer):
             return not self._open
 
 
+def _raw_answer(status: int, phrase: str, payload: dict, headers: dict | None = None) -> bytes:
+    """A whole HTTP answer that closes the connection, for when no request could be parsed to answer through."""
+    body = json.dumps(payload).encode("utf-8")
+    lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {_Handler.server_version}", "Content-Type: application/json",
+             f"Content-Length: {len(body)}", *(f"{key}: {value}" for key, value in (headers or {}).items()),
+             "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
 def _readable_now(sock) -> bool:
     """Whether ``sock`` has bytes or end-of-file to read, without waiting (poll: no descriptor-number limit)."""
     if hasattr(select, "poll"):
@@ -289,6 +342,46 @@ class _Handler(BaseHTTPRequestHandler):
     _answered = False  # whether the status line of the current answer has gone out
 
     # -- plumbing ----------------------------------------------------------------------------------
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # replaced by a reader that keeps the header deadline
+        self._reader = _DeadlineSocketIO(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self):
+        """Wait (silence timeout) for a request's first byte, then give its headers ``header_timeout_s`` in all."""
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except OSError:  # silent for the whole idle timeout, or reset
+            self.close_connection = True
+            return
+        limit = self.server.limits.header_timeout_s
+        self._reader.deadline = time.monotonic() + limit
+        try:
+            super().handle_one_request()
+        except HeaderTimeout:
+            self.close_connection = True
+            self._time_out_headers(limit)
+        finally:
+            self._reader.deadline = None
+
+    def parse_request(self):
+        ok = super().parse_request()
+        self._reader.deadline = None  # the headers are in; the body has the silence timeout
+        return ok
+
+    def _time_out_headers(self, limit: float):
+        """Answer 408 to a request whose headers did not arrive in time (best effort) and log it."""
+        message = f"the request headers were not complete within {limit:g} s; the connection is closed"
+        if self.server.log is not None:
+            self.server.log.write(f"{self.client_address[0]} {message}\n")
+            self.server.log.flush()
+        with contextlib.suppress(OSError):
+            self.connection.settimeout(1.0)
+            self.connection.sendall(_raw_answer(408, "Request Timeout", error_body(408, message, code="timeout")))
+
     def log_message(self, format, *args):
         if self.server.log is not None:
             self.server.log.write(f"{self.address_string()} {format % args}\n")
