@@ -81,9 +81,11 @@ def run_selection(args, progress=None):
     encoder = load_encoder(args.encoder) if args.encoder else None
     progress = progress or events.progress_callback()
     guide = load_guide(args, volume)
+    selector = load_selector_option(args, guide)
     if guide is None:
         result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed,
-                               mode=args.mode or "findings", extra_volumes=extras, encoder=encoder, progress=progress)
+                               mode=args.mode or "findings", extra_volumes=extras, encoder=encoder, progress=progress,
+                               selector=selector)
     else:
         from .guided import select_guided
 
@@ -123,6 +125,18 @@ def load_guide(args, volume):
     names.update(dict(getattr(args, "label_name", [])))
     return make_guide(volume, labels_kji, labels=getattr(args, "labels", None), points=points, names=names,
                       source=os.path.basename(os.path.normpath(mask)) if mask else "")
+
+
+def load_selector_option(args, guide):
+    """The model of ``--selector`` (experimental generic selector), or None without it."""
+    path = getattr(args, "selector", None)
+    if not path:
+        return None
+    if guide is not None:
+        raise ValueError("--selector picks slices without a guide; leave out --mask and --point, or --selector")
+    from .selector_model import load_selector
+
+    return load_selector(path)
 
 
 def load_encoder(path):

@@ -64,7 +64,7 @@ class SelectionSettings:
 
 
 def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra_volumes=(), encoder=None,
-                  progress=None, cancel=None, **options) -> SelectionResult:
+                  progress=None, cancel=None, selector=None, **options) -> SelectionResult:
     """Score every slice of each plane and pick the top ``top_k``.
 
     Parameters
@@ -87,6 +87,9 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     progress : callable(fraction, message), optional
     cancel : callable() -> bool, optional
         Polled between steps; selection raises :class:`Cancelled` when it returns True.
+    selector : SelectorModel, optional
+        Experimental generic selector (:mod:`VoteMILib.selector_model`): each plane's scores are its
+        best candidate per slice instead of the votes; ``mode`` and ``encoder`` are then not used.
     **options
         Further :class:`SelectionSettings` fields.
     """
@@ -100,6 +103,8 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
 
     report(0.02, "Resampling to the working grid")
     grid = make_working_grid(volume)
+    if selector is not None:
+        return _select_with_selector(volume, planes, grid, selector, settings, report, started)
     channels = [grid.data] + [_resample_to(grid, make_working_grid(extra)) for extra in extra_volumes]
     report(0.2, "Cutting slices into patches")
     # Patches of all three planes, whichever are reported, so that a plane's scores do not depend
@@ -131,6 +136,22 @@ def select_slices(volume, planes=PLANES, top_k=3, seed=0, mode="findings", extra
     recorded.update(planes=list(planes), encoder=encoder.describe(), patches=int(len(patches)), **vote.details,
                     working_spacing_mm=[round(float(s), 3) for s in grid.spacing_mm],
                     sequences=[volume.name] + [extra.name for extra in extra_volumes])
+    return SelectionResult(planes=plane_results, settings=recorded, size_ijk=volume.size_ijk,
+                           spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started},
+                           region=region.to_dict())
+
+
+def _select_with_selector(volume, planes, grid, selector, settings, report, started) -> SelectionResult:
+    """The selection by the generic selector's candidates (``select_slices(selector=...)``)."""
+    from .selector_model import selector_planes
+
+    region = detect_region(grid, detect_modality(volume))
+    report(0.3, "Scoring candidates")
+    plane_results = selector_planes(volume, grid, planes, selector, settings.top_k, settings.min_spacing_mm)
+    report(1.0, "Done")
+    recorded = {"mode": "selector", "top_k": settings.top_k, "seed": settings.seed, "planes": list(planes),
+                "selector": selector.describe(),
+                "working_spacing_mm": [round(float(s), 3) for s in grid.spacing_mm], "sequences": [volume.name]}
     return SelectionResult(planes=plane_results, settings=recorded, size_ijk=volume.size_ijk,
                            spacing_mm=volume.spacing_mm, timing_s={"select": time.perf_counter() - started},
                            region=region.to_dict())

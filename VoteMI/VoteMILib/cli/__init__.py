@@ -20,10 +20,11 @@ from .models import add_models_command
 from .select import add_select_command
 from .serve import add_serve_command
 from .train_encoder import add_train_encoder_command
+from .train_selector import add_train_selector_command
 
 #: The commands in the order ``votemi --help`` lists them.
 COMMANDS = (add_select_command, add_bench_command, add_batch_command, add_eval_command, add_train_encoder_command,
-            add_describe_command, add_models_command, add_serve_command)
+            add_train_selector_command, add_describe_command, add_models_command, add_serve_command)
 
 
 def main(argv=None) -> int:

@@ -123,6 +123,9 @@ def add_selection_arguments(parser) -> None:
                              "default: their file names)")
     parser.add_argument("--encoder", metavar="MODEL",
                         help="trained patch encoder (.npz from 'votemi train-encoder'); default: PCA")
+    parser.add_argument("--selector", metavar="MODEL.npz",
+                        help="experimental: pick by the generic selector's candidates, fitted by "
+                             "'votemi train-selector' (the shipped one: VoteMI/Resources/selector_model.npz)")
     parser.add_argument("--json", metavar="OUT.json", help="write the selection as JSON")
     parser.add_argument("--png-dir", metavar="DIR", help="write each selected slice as a PNG")
     add_guide_arguments(parser)

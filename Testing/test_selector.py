@@ -1,0 +1,153 @@
+"""The experimental generic selector (issue 31): ``votemi train-selector`` on real scans with masks, the model
+file, ``votemi select --selector`` and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import engine_fixtures as ef
+from VoteMILib import cli
+from VoteMILib.selector_candidates import DESCRIPTORS, find_candidates
+from VoteMILib.selector_model import SHIPPED_MODEL, fit_logistic, load_selector, working_slice_profile
+from VoteMILib.selector_training import source_of
+
+SARCOMA = ef.DATA / "sarcoma"
+#: Small real crops with expert masks: a CT and an MR T1 of one sarcoma patient, and another patient's MR.
+TRAIN_CASES = ("sts002_ct", "sts002_mr_t1", "sts011_mr_t1")
+SELECT_CASE = SARCOMA / "sts005_mr_t1" / "image.nii.gz"
+
+
+def _cases_folder(tmp_path):
+    """A cases folder whose table points at the real scans (case names as in ../shared)."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    rows = ["case\timage\tmask\textra"]
+    for name in TRAIN_CASES:
+        base = SARCOMA / name
+        (folder / name).mkdir()
+        for file in ("image.nii.gz", "mask.nii.gz"):
+            (folder / name / file).write_bytes((base / file).read_bytes())
+        rows.append(f"{name}\timage.nii.gz\tmask.nii.gz\t")
+    (folder / "cases.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model fitted by the command on the small real set (path, printed output)."""
+    tmp_path = tmp_path_factory.mktemp("selector")
+    model = tmp_path / "model.npz"
+    folder = _cases_folder(tmp_path)
+    assert cli.main(["train-selector", str(folder), "--out", str(model)]) == 0
+    return model, folder
+
+
+def test_train_selector_fits_and_the_file_round_trips(trained, tmp_path):
+    path, folder = trained
+    model = load_selector(path)
+    assert model.names == DESCRIPTORS
+    assert np.all(np.isfinite(model.coef)) and np.any(model.coef != 0)
+    copy = tmp_path / "copy.npz"
+    model.save(copy)
+    again = load_selector(copy)
+    for name in ("mean", "scale", "coef"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(model, name))
+    assert again.intercept == model.intercept and again.note == model.note
+    # Fitting is deterministic: the same data give the same file's coefficients.
+    refit = tmp_path / "refit.npz"
+    assert cli.main(["train-selector", str(folder), "--out", str(refit), "--quiet"]) == 0
+    np.testing.assert_array_equal(load_selector(refit).coef, model.coef)
+
+
+def test_fitted_model_ranks_lesion_candidates_above_the_rest(trained):
+    """On the scans it was fitted on, candidates inside the lesion score higher than the others on average."""
+    from VoteMILib.datasets import load_mask
+    from VoteMILib.preprocess import make_working_grid
+    from VoteMILib.selector_training import mask_on_grid
+    from VoteMILib.volumes import load_volume
+
+    model = load_selector(trained[0])
+    volume = load_volume(SARCOMA / "sts002_ct" / "image.nii.gz")
+    grid = make_working_grid(volume)
+    candidates = find_candidates(grid)
+    inside = mask_on_grid(volume, load_mask(SARCOMA / "sts002_ct" / "mask.nii.gz", volume),
+                          grid.data.shape)[tuple(candidates.centres.T)]
+    assert inside.any() and (~inside).any()
+    probabilities = model.probabilities(candidates.descriptors)
+    assert probabilities[inside].mean() > probabilities[~inside].mean()
+
+
+def _select_json(tmp_path, name, *options):
+    out = tmp_path / f"{name}.json"
+    assert cli.main(["select", str(SELECT_CASE), "--quiet", "--json", str(out), *options]) == 0
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def _picks(document):
+    return {plane: [pick["index"] for pick in entry["selected"]] for plane, entry in document["planes"].items()}
+
+
+def test_selector_option_changes_picks_deterministically(trained, tmp_path):
+    first = _select_json(tmp_path, "first", "--selector", str(trained[0]))
+    second = _select_json(tmp_path, "second", "--selector", str(trained[0]))
+    default = _select_json(tmp_path, "default")
+    assert _picks(first) == _picks(second)
+    assert {entry["cue"] for entry in first["planes"].values()} == {"selector"}
+    assert first["settings"]["mode"] == "selector" and first["settings"]["selector"]["kind"] == "logistic"
+    assert "selector" not in {entry["cue"] for entry in default["planes"].values()}
+    assert _picks(first) != _picks(default)
+
+
+@pytest.mark.parametrize("content", [b"not a zip file at all", None])
+def test_bad_model_file_is_a_one_line_error(tmp_path, capsys, content):
+    bad = tmp_path / "bad.npz"
+    if content is None:
+        np.savez(bad, coef=np.zeros(3))  # a real .npz, but not a selector model
+    else:
+        bad.write_bytes(content)
+    assert cli.main(["select", str(SELECT_CASE), "--quiet", "--selector", str(bad)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "selector model" in error and str(bad) in error
+
+
+def test_selector_with_a_guide_is_refused(trained, tmp_path, capsys):
+    mask = SARCOMA / "sts005_mr_t1" / "mask.nii.gz"
+    assert cli.main(["select", str(SELECT_CASE), "--quiet", "--selector", str(trained[0]), "--mask", str(mask)]) == 1
+    assert "--selector" in capsys.readouterr().err
+
+
+def test_logistic_fit_separates_and_penalty_shrinks():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = (x[:, 0] - 0.5 * x[:, 1] > 0).astype(float)
+    weak = fit_logistic(x, y, np.ones(len(y)), l2=10.0, names=("a", "b"))
+    strong = fit_logistic(x, y, np.ones(len(y)), l2=0.01, names=("a", "b"))
+    assert strong.coef[0] > 0 > strong.coef[1]
+    assert np.linalg.norm(weak.coef) < np.linalg.norm(strong.coef)
+    assert np.mean((strong.probabilities(x) > 0.5) == (y > 0.5)) > 0.95
+    with pytest.raises(ValueError, match="both inside and outside"):
+        fit_logistic(x, np.zeros(len(y)), np.ones(len(y)))
+
+
+def test_slice_profile_peaks_through_the_best_candidate_centre():
+    centres = np.array([[5, 5, 10], [5, 5, 30]])
+    profile = working_slice_profile(centres, np.array([6.0, 6.0]), np.array([0.3, 0.9]), 2, 40, 2.0)
+    assert int(np.argmax(profile)) == 30 and profile[30] == pytest.approx(0.9)
+    assert profile[10] == pytest.approx(0.3) and profile[20] == 0.0
+
+
+def test_sources_name_collection_and_acquisition():
+    assert source_of("sts002_ct") == source_of("mirp_sts002_ct") == "ibsi-sarcoma-ct"
+    assert source_of("sts002_mr_t1") == "ibsi-sarcoma-mr-t1"
+    assert source_of("tcga_du_7294") == source_of("tcga_fg_6692")
+    assert source_of("pyrad_lung2") == source_of("mirp_nsclc_lung1-001") == "lung-ct"
+    assert source_of("someone_else") == "someone_else"
+
+
+def test_shipped_model_loads():
+    assert os.path.exists(SHIPPED_MODEL)
+    assert load_selector(SHIPPED_MODEL).names == DESCRIPTORS

@@ -1,0 +1,186 @@
+"""Fitting and judging the generic selector (issue 31): candidates of scans with lesion masks labelled
+by the mask, lesion-free scans as hard negatives, and leave-one-source-out scores.
+
+Used by ``votemi train-selector`` and ``Testing/bench_selector.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bench import baseline_scores, score_slice, section_areas
+from .datasets import bench_cases, load_mask
+from .geometry import NORMAL_INDEX, PLANES, canonical_array, canonical_spacing, plane_geometry
+from .preprocess import block_mean, foreground_mask, make_working_grid, resample_linear, working_shape
+from .selector_candidates import find_candidates
+from .selector_model import fit_logistic, working_slice_profile
+from .voting import pick_top_slices, slice_scores
+from .volumes import load_volume
+
+#: Source of each shared case: the collection and the acquisition (issue 30's ``source``), matched on the
+#: start of the case name, first match wins. Leave-one-source-out holds out one row at a time.
+SOURCES = (
+    ("sts", "_ct", "ibsi-sarcoma-ct"),
+    ("sts", "_mr_t1", "ibsi-sarcoma-mr-t1"),
+    ("mirp_sts", "", "ibsi-sarcoma-ct"),
+    ("pyradiomics_brain", "", "pyradiomics-brain-t1c"),
+    ("tcga_", "", "tcga-glioma-t1c"),
+    ("aurora_", "", "aurora-metastases-t1c"),
+    ("brats_", "", "brats-glioma-t1c"),
+    ("pyrad_lung", "", "lung-ct"),
+    ("mirp_nsclc", "", "lung-ct"),
+    ("pyrad_breast", "", "breast-mr"),
+)
+#: Source of lesion-free scans given as negatives (never held out: they have no lesion to score).
+NORMAL_SOURCE = "lesion-free"
+
+
+def source_of(case_name: str) -> str:
+    """The source of a case (:data:`SOURCES`); a case of no listed source is its own source."""
+    for prefix, suffix, source in SOURCES:
+        if case_name.startswith(prefix) and case_name.endswith(suffix):
+            return source
+    return case_name
+
+
+@dataclass
+class ScanRecord:
+    """One scan's candidates, their labels, and what scoring its picks needs."""
+
+    name: str
+    source: str
+    descriptors: np.ndarray
+    labels: np.ndarray
+    centres: np.ndarray
+    radii_mm: np.ndarray
+    grid_shape: tuple
+    grid_spacing: np.ndarray
+    work_positions: dict
+    positions: dict = field(default_factory=dict)
+    lesion_areas: dict = field(default_factory=dict)
+    random: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def has_lesion(self) -> bool:
+        return bool(self.lesion_areas)
+
+
+def mask_on_grid(volume, mask_kji: np.ndarray, grid_shape) -> np.ndarray:
+    """A (K, J, I) lesion mask brought onto the working grid as the image was (block mean, linear resampling)."""
+    canonical = canonical_array(mask_kji.astype(np.float32), volume.ijk_to_ras)
+    factors, _, _ = working_shape(canonical.shape, canonical_spacing(volume.ijk_to_ras))
+    return resample_linear(block_mean(canonical, factors), grid_shape) >= 0.5
+
+
+def scan_record(name: str, volume, mask_kji=None, source: str | None = None) -> ScanRecord:
+    """Candidates of one scan, labelled by its lesion mask (all negative without one)."""
+    started = time.perf_counter()
+    grid = make_working_grid(volume)
+    candidates = find_candidates(grid)
+    seconds = time.perf_counter() - started
+    labels = np.zeros(len(candidates))
+    record = ScanRecord(name, source or source_of(name), candidates.descriptors, labels, candidates.centres,
+                        candidates.radii_mm, grid.data.shape, np.asarray(grid.spacing_mm, float),
+                        grid.positions_mm, seconds=seconds)
+    if mask_kji is not None and mask_kji.any():
+        lesion = mask_on_grid(volume, mask_kji, grid.data.shape)
+        if len(candidates):
+            record.labels = lesion[tuple(candidates.centres.T)].astype(float)
+        body = foreground_mask(volume.array)
+        for plane in PLANES:
+            positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
+            record.positions[plane] = positions
+            record.lesion_areas[plane] = section_areas(volume, mask_kji, plane)
+            record.random[plane] = baseline_scores(record.lesion_areas[plane], section_areas(volume, body, plane),
+                                                   positions)["random"]["hit_half"]
+    return record
+
+
+def collect_records(folders, normals=(), log=None) -> list:
+    """Records of every case with a mask in ``folders`` (cases without one are skipped: an unmarked lesion
+    would be taught as normal) and of every lesion-free scan in ``normals``."""
+    records = []
+    for case in bench_cases(folders):
+        if not case.mask:
+            continue
+        volume = load_volume(case.image)
+        records.append(scan_record(case.name, volume, load_mask(case.mask, volume)))
+        _say(log, f"{case.name}: {len(records[-1].labels)} candidates, {int(records[-1].labels.sum())} in the lesion")
+    for path in normals:
+        volume = load_volume(path)
+        records.append(scan_record(volume.name or str(path), volume, None, NORMAL_SOURCE))
+        _say(log, f"{path}: {len(records[-1].labels)} candidates, lesion-free")
+    return records
+
+
+def fit_records(records, l2: float = 1.0, note: str = ""):
+    """The combiner fitted on ``records``; each scan's positives weigh 1 in all, and so do its negatives."""
+    features, labels, weights = [], [], []
+    for record in records:
+        if not len(record.labels):
+            continue
+        positives = record.labels > 0.5
+        weight = np.where(positives, 1.0 / max(int(positives.sum()), 1), 1.0 / max(int((~positives).sum()), 1))
+        features.append(record.descriptors)
+        labels.append(record.labels)
+        weights.append(weight)
+    if not features:
+        raise ValueError("no candidates to fit the selector on: give folders of scans with lesion masks")
+    return fit_logistic(np.vstack(features), np.concatenate(labels), np.concatenate(weights), l2=l2, note=note)
+
+
+def train_selector(folders, out, normals=(), l2: float = 1.0, log=None):
+    """Fit the selector on ``folders`` (and lesion-free ``normals``) and write it to ``out``; returns the model."""
+    records = collect_records(folders, normals, log)
+    if not any(record.labels.any() for record in records):
+        raise ValueError("no candidate fell inside a lesion mask: give folders of scans with lesion masks")
+    sources = sorted({record.source for record in records})
+    model = fit_records(records, l2, note=f"fitted on {len(records)} scans of {', '.join(sources)}")
+    model.save(out)
+    _say(log, f"wrote {out} ({len(records)} scans, {sum(len(r.labels) for r in records)} candidates)")
+    return model
+
+
+def record_picks(record: ScanRecord, model, top_k: int = 3) -> dict:
+    """Each plane's picks (original slice indices, best first) on a scored record."""
+    probabilities = model.probabilities(record.descriptors) if len(record.labels) else np.zeros(0)
+    picks = {}
+    for plane in PLANES:
+        axis = NORMAL_INDEX[plane]
+        profile = working_slice_profile(record.centres, record.radii_mm, probabilities, axis,
+                                        record.grid_shape[axis], float(record.grid_spacing[axis]))
+        positions = record.positions[plane]
+        scores = slice_scores(profile, record.work_positions[plane], positions, 0.0)
+        step = abs(positions[-1] - positions[0]) / max(len(positions) - 1, 1)
+        picks[plane] = pick_top_slices(scores, positions, top_k, max(10.0, 2.0 * step), peaks_first=True)
+    return picks
+
+
+def score_record(record: ScanRecord, model) -> dict:
+    """Per plane: top-1 hit_half and any-of-top-3 hit_half of the selector's picks."""
+    out = {}
+    for plane, picks in record_picks(record, model).items():
+        areas, positions = record.lesion_areas[plane], record.positions[plane]
+        hits = [score_slice(index, areas, positions)["hit_half"] for index in picks]
+        out[plane] = {"top1": hits[0], "top3": max(hits)}
+    return out
+
+
+def leave_one_source_out(records, l2: float = 1.0) -> dict:
+    """Scores of every scan with a lesion from a combiner fitted without its source: {case: scores}."""
+    results = {}
+    for source in sorted({r.source for r in records if r.has_lesion}):
+        model = fit_records([r for r in records if r.source != source], l2)
+        for record in records:
+            if record.source == source and record.has_lesion:
+                results[record.name] = score_record(record, model)
+    return results
+
+
+def _say(log, message: str) -> None:
+    if log is not None:
+        log(message)
