@@ -172,7 +172,8 @@ def test_select_only_from_the_button_marks_the_real_case_in_a_child_process(pane
     planes = [panel.ui.resultsTable.item(row, 0).text() for row in range(9)]
     assert planes == ["Axial"] * 3 + ["Coronal"] * 3 + ["Sagittal"] * 3
     assert [panel.ui.resultsTable.item(row, 5).text() for row in (0, 3, 6)] == ["0.91", "0.94", "0.09"]
-    assert {panel.ui.resultsTable.item(row, 6).text() for row in range(9)} == {"asymmetry stood out"}
+    assert {panel.ui.resultsTable.item(row, 6).text() for row in range(9)} == {"yes: asymmetry"}
+    assert panel.ui.resultsTable.item(0, 6).toolTip().startswith("asymmetry stood out, confidence 0.91.")
     for plane in ("axial", "coronal", "sagittal"):
         marks, = mrml.votemi_nodes(headless_slicer.scene, volume, role="marks", plane=plane)
         assert marks.GetNumberOfControlPoints() == 3
@@ -202,7 +203,8 @@ def test_a_lesion_free_brain_reads_representative_nothing_stood_out_in_the_statu
     assert table.rowCount == 9
     assert table.horizontalHeaderItem(5).text() == "Confidence" and table.horizontalHeaderItem(6).text() == "Stood out"
     assert [table.item(row, 5).text() for row in (0, 3, 6)] == ["0.14", "0.15", "0.04"]
-    assert {table.item(row, 6).text() for row in range(9)} == {"representative (nothing stood out)"}
+    assert {table.item(row, 6).text() for row in range(9)} == {"no (representative)"}
+    assert table.item(6, 6).toolTip().startswith("representative (nothing stood out), confidence 0.04.")
 
 
 def test_select_and_describe_streams_the_report_from_a_loopback_server(panel, headless_slicer, monkeypatch,
@@ -604,9 +606,9 @@ def test_screenshot_panel_after_a_run_beside_the_slice_views(panel, headless_sli
     headless_slicer.show(volume)
     scripted_server.models = ["medgemma-4b-it"]
     scripted_server.script = [streamed([
-        "Findings: a heterogeneous mass in the right hemisphere with surrounding signal change [A1, C1, S1]. ",
-        "Mass effect on the adjacent ventricle [A1, C1].\n", "Impression: intra-axial mass; ",
-        "correlate with the full study."])]
+        "Findings:\n- A heterogeneous mass in the right hemisphere with surrounding signal change [A1, C1, S1].\n",
+        "- Mass effect on the adjacent ventricle [A1, C1].\n", "Impression: Intra-axial mass; ",
+        "correlate with the full study [A1]."])]
     panel.setup()
     panel.ui.serverUrlLineEdit.clear()
     panel.type_into(panel.ui.serverUrlLineEdit, scripted_server.url)
@@ -616,6 +618,15 @@ def test_screenshot_panel_after_a_run_beside_the_slice_views(panel, headless_sli
     _wait(panel)
     assert panel.dialogs.shown == [] and panel.ui.resultsTable.rowCount == 9
     assert mrml.report_node(headless_slicer.scene, volume).GetText().startswith("Findings:")
+    # Findings under review: the first accepted by a named reader, the others still drafts.
+    from PyQt5 import QtCore, QtTest
+
+    panel.type_into(panel.ui.reviewerLineEdit, "Dr. Reader")
+    findings = panel.ui.findingsTable
+    QtTest.QTest.mouseClick(findings.viewport(), QtCore.Qt.LeftButton, QtCore.Qt.NoModifier,
+                            findings.visualItemRect(findings.item(0, 0)).center())
+    panel.click(panel.ui.acceptFindingButton)
+    assert findings.item(0, 0).text() == "accepted" and findings.rowCount == 3
     panel.ui.vlmCollapsibleButton.collapsed = True
     panel.module_panel.resize(470, panel.module_panel.sizeHint.height() + 150)  # room for the table
     panel.qapp.processEvents()

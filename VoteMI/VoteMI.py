@@ -813,19 +813,34 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._rows = self.logic.votedSlices(volumeNode)
         table.setRowCount(len(self._rows))
-        from VoteMILib.results import outcome_confidence, outcome_label
+        from VoteMILib.results import outcome_confidence, outcome_text
 
         for row, pick in enumerate(self._rows):
-            # The plane's confidence and whether anything stood out there (a fallen-back plane reads
-            # "representative (nothing stood out)"); blank for a scene saved before they were recorded.
+            # The plane's confidence and whether anything stood out there, short enough for the panel's width
+            # (the tooltip has it in full: "representative (nothing stood out), confidence 0.04"); blank for a
+            # scene saved before they were recorded.
             outcome = pick.get("outcome")
             values = [pick["plane"].capitalize(), str(pick["rank"]), str(pick["slice"]),
                       f"{pick['position_mm']:+.1f}", f"{pick['score']:.3f}",
-                      outcome_confidence(outcome) if outcome else "", outcome_label(outcome) if outcome else ""]
+                      outcome_confidence(outcome) if outcome else "", self._stoodOutCell(outcome)]
+            tip = _("Click to show this slice")
+            if outcome:
+                tip = _("{outcome}. Click to show this slice").format(outcome=outcome_text(outcome))
             for column, value in enumerate(values):
                 item = qt.QTableWidgetItem(value)
-                item.setToolTip(_("Click to show this slice"))
+                item.setToolTip(tip)
                 table.setItem(row, column, item)
+
+    @staticmethod
+    def _stoodOutCell(outcome) -> str:
+        """The Stood out column: "yes: <cue>", "no (representative)", or the cue where nothing was looked for."""
+        if not outcome:
+            return ""
+        if outcome.get("stood_out") is True:
+            return _("yes: {cue}").format(cue=outcome.get("cue") or "")
+        if outcome.get("stood_out") is False:
+            return _("no (representative)")
+        return str(outcome.get("cue") or "")
 
     def onResultClicked(self, row, column) -> None:
         if 0 <= row < len(self._rows):
