@@ -123,7 +123,7 @@ def external_cluster(tmp_path):
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(0.2)  # the file is written in one go, but let it be closed
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = json.loads(scheduler_file.read_text(encoding="utf-8"))["address"]
         assert address.startswith("tcp://127.0.0.1:")
         worker = subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1",
                                    "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"], **quiet)

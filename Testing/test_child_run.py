@@ -74,7 +74,7 @@ def test_a_prompt_template_reaches_the_child_as_a_file(tmp_path):
     written = write_prompt_file(request, str(tmp_path))
     args = _parsed(ChildRun(image="a.nrrd", describe=written))
     assert args.prompt_file == str(tmp_path / "prompt.txt") and not written.prompt
-    assert (tmp_path / "prompt.txt").read_text() == template.strip()
+    assert (tmp_path / "prompt.txt").read_text(encoding="utf-8") == template.strip()
     assert write_prompt_file(describe_request(), str(tmp_path / "none")) == describe_request()
 
 

@@ -42,11 +42,11 @@ def test_the_childs_describe_renders_and_checks_once(tiny_vlm_dir, image_path, t
         code = main([*arguments, "--long-side", "64", "--max-tokens", "8", "--html", str(html),
                      "--json", str(document), "--png-dir", str(tmp_path / "png")])
     assert code in (0, 3), capsys.readouterr().err  # 3: the random model ran into the token limit
-    images = json.loads(document.read_text())["report_meta"]["images"]
+    images = json.loads(document.read_text(encoding="utf-8"))["report_meta"]["images"]
     assert len(images) == 6
     assert counted == {"render": 6, "validate": 1}
     # The page and the PNG folder hold the very images that were sent, not renderings of their own.
-    page = html.read_text()
+    page = html.read_text(encoding="utf-8")
     for name in os.listdir(tmp_path / "png"):
         png = (tmp_path / "png" / name).read_bytes()
         assert base64.b64encode(png).decode("ascii") in page

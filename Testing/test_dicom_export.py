@@ -51,7 +51,7 @@ def exported(request, tmp_path_factory):
     done = _describe(folder, out, "--dicom-out", str(out / "dicom"), "--json", str(out / "report.json"),
                      "--png-dir", str(out / "png"))
     assert done.returncode == 0, done.stderr
-    document = json.loads((out / "report.json").read_text())
+    document = json.loads((out / "report.json").read_text(encoding="utf-8"))
     sources = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.dcm"))):
         dataset = pydicom.dcmread(path, stop_before_pixels=True)

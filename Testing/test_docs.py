@@ -25,7 +25,7 @@ def test_ci_runs_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"(?s)```bash\n(.*?)```", readme)
     assert any(block.strip() == TEST_COMMAND for block in blocks), "README has no test command block"
-    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
           if line.strip() and not line.lstrip().startswith("#")]
     assert ci[-1] == TEST_COMMAND
 
@@ -39,7 +39,7 @@ def test_the_quick_start_installs_into_a_venv_and_runs_on_colin27():
 
 
 def test_every_relative_link_and_anchor_resolves():
-    anchors = {page.resolve(): {_slug(heading) for heading in re.findall(r"(?m)^#+ (.*)$", _prose(page.read_text()))}
+    anchors = {page.resolve(): {_slug(heading) for heading in re.findall(r"(?m)^#+ (.*)$", _prose(page.read_text(encoding="utf-8")))}
                for page in _pages()}
     broken = []
     for page in _pages():

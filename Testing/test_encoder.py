@@ -177,7 +177,7 @@ def test_cli_select_with_encoder(trained, tmp_path):
     out = tmp_path / "sel.json"
     image = os.path.join(DATA, "pyradiomics_brain2", "image.nrrd")
     assert main(["select", image, "--encoder", trained.path, "--json", str(out), "--quiet"]) == 0
-    document = json.loads(out.read_text())
+    document = json.loads(out.read_text(encoding="utf-8"))
     assert document["settings"]["encoder"]["name"] == "vae"
 
 
@@ -189,7 +189,7 @@ def test_cli_bench_with_encoder(trained, tmp_path, capsys):
     assert main(["bench", str(cases), "--encoder", trained.path, "--planes", "axial", "--mode", "findings",
                  "--json", str(out)]) == 0
     assert "| axial |" in capsys.readouterr().out
-    document = json.loads(out.read_text())
+    document = json.loads(out.read_text(encoding="utf-8"))
     assert document["settings"]["encoder"] == trained.path
     means = next(iter(next(iter(document["means"].values())).values()))  # the first half's first region
     assert set(means["axial"]["findings"]) == {"hit_any", "hit_half", "distance_mm", "hit_half_top3"}

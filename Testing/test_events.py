@@ -69,7 +69,7 @@ def test_select_events_progress_then_the_selection(tmp_path):
     assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] == 1.0
     assert all(isinstance(event["message"], str) for event in _of(events, "progress"))
     document = _of(events, "selection")[0]["selection"]
-    assert document == json.loads(out.read_text())  # the same document as --json
+    assert document == json.loads(out.read_text(encoding="utf-8"))  # the same document as --json
     result = SelectionResult.from_dict(document)
     assert [pick.label for pick in result.selected()] == ["A1", "A2", "C1", "C2", "S1", "S2"]
     assert "id  plane" in stderr and f"wrote {out}" in stderr  # what people read goes to stderr

@@ -106,4 +106,4 @@ def test_cli_events_and_json_carry_the_findings(image_path, tmp_path):
     assert done.returncode == 0 and kinds.index("findings") < kinds.index("report") < kinds.index("done")
     findings = events[kinds.index("findings")]["findings"]
     assert findings["items"][0]["cites"] == ["A1"] and findings["review"]["state"] == "draft"
-    assert json.loads(out.read_text())["findings"] == findings
+    assert json.loads(out.read_text(encoding="utf-8"))["findings"] == findings

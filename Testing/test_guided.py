@@ -191,7 +191,7 @@ def test_select_json_and_events_name_the_guide(tmp_path):
                         "--slices-per-plane", "2")
     assert run.returncode == 0, run.stderr
     assert "segmentation: tumour" in run.stdout and "guided by the segment 'tumour'" in run.stdout
-    document = json.loads(out.read_text())
+    document = json.loads(out.read_text(encoding="utf-8"))
     assert document["settings"]["guided_by"] == "the segment 'tumour'"
     for plane in PLANES:
         assert document["planes"][plane]["cue"] == "segmentation"

@@ -14,7 +14,7 @@ def test_write_atomic_replaces_whole_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "sub" / "out.json"
     write_json_atomic(target, {"a": 1})
     write_json_atomic(target, {"b": [1, 2]})
-    assert json.loads(target.read_text()) == {"b": [1, 2]}
+    assert json.loads(target.read_text(encoding="utf-8")) == {"b": [1, 2]}
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
 
 
@@ -23,7 +23,7 @@ def test_write_atomic_keeps_old_file_when_the_new_content_cannot_be_made(tmp_pat
     write_json_atomic(target, {"a": 1})
     with pytest.raises(OutputError, match="out.json"):
         write_json_atomic(target, {"a": float("nan")})
-    assert json.loads(target.read_text()) == {"a": 1}
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
@@ -32,7 +32,7 @@ def test_write_atomic_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
     target.write_text("old")
     os.chmod(target, 0o640)
     write_atomic(target, "new")
-    assert target.read_text() == "new"
+    assert target.read_text(encoding="utf-8") == "new"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
 
 

@@ -84,7 +84,7 @@ def test_model_error_still_writes_the_selection_and_keeps_an_earlier_report(scri
     meta = document["report_meta"]
     assert document["report"] == "" and meta["complete"] is False and "CUDA out of memory" in meta["incomplete_reason"]
     assert meta["notice"] == NOTICE and [image["id"] for image in meta["images"]] == ["A1", "C1", "S1"]
-    assert report.read_text() == "an earlier report the user edited"  # no text arrived: nothing replaced
+    assert report.read_text(encoding="utf-8") == "an earlier report the user edited"  # no text arrived: nothing replaced
 
 
 def test_ctrl_c_mid_stream_keeps_the_text_received(scripted_server, image_path, tmp_path):

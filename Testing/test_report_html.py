@@ -32,7 +32,7 @@ def described(image_path, tmp_path_factory):
                                str(folder / "report.html"), "--json", str(folder / "report.json")],
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    return (folder / "report.html").read_text(encoding="utf-8"), json.loads((folder / "report.json").read_text()), \
+    return (folder / "report.html").read_text(encoding="utf-8"), json.loads((folder / "report.json").read_text(encoding="utf-8")), \
         folder
 
 

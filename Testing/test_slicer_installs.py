@@ -83,10 +83,10 @@ def _report_from_the_dicom_database(panel, headless_slicer, monkeypatch, tmp_pat
 
 
 def test_the_dicom_extra_and_the_panels_install_require_pydicom_3():
-    pyproject = (REPO / "pyproject.toml").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     extra = re.search(r"^dicom = \[(.*)\]$", pyproject, re.M).group(1)
     assert '"pydicom>=3.0.1"' in extra
-    packages = (REPO / "VoteMI" / "VoteMISlicerLib" / "packages.py").read_text()
+    packages = (REPO / "VoteMI" / "VoteMISlicerLib" / "packages.py").read_text(encoding="utf-8")
     assert '"pydicom>=3.0.1"' in packages and "pydicom>=2" not in packages
 
 

@@ -54,7 +54,7 @@ def _module_files(relative_to: Path) -> set:
 
 
 def test_every_module_file_is_packaged():
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = {entry.replace("${MODULE_NAME}", "VoteMI")
               for entry in _cmake_set(cmake, "MODULE_PYTHON_SCRIPTS") + _cmake_set(cmake, "MODULE_PYTHON_RESOURCES")}
     present = _module_files(MODULE_DIR)
@@ -65,7 +65,7 @@ def test_every_module_file_is_packaged():
 
 
 def test_ui_has_every_widget_the_module_uses():
-    source = MODULE_SOURCE.read_text()
+    source = MODULE_SOURCE.read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", source))
     tree = ElementTree.parse(UI_FILE)
     names = {widget.get("name") for widget in tree.iter("widget")}
@@ -74,7 +74,7 @@ def test_ui_has_every_widget_the_module_uses():
 
 
 def test_ui_parameter_names_match_the_parameter_node():
-    module = ast.parse(MODULE_SOURCE.read_text())
+    module = ast.parse(MODULE_SOURCE.read_text(encoding="utf-8"))
     wrapper = next(node for node in module.body
                    if isinstance(node, ast.ClassDef) and node.name == "VoteMIParameterNode")
     fields = {statement.target.id for statement in wrapper.body if isinstance(statement, ast.AnnAssign)}
@@ -113,8 +113,8 @@ def test_ui_custom_widgets_are_declared():
 
 
 def test_catalog_entry_agrees_with_cmake():
-    cmake = (REPO / "CMakeLists.txt").read_text()
-    entry = json.loads((REPO / "VoteMI.json").read_text())
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    entry = json.loads((REPO / "VoteMI.json").read_text(encoding="utf-8"))
     project = re.search(r"project\(\s*([^\s)]+)", cmake).group(1)
     assert project == "VoteMI" == (REPO / "VoteMI.json").stem
     category = _cmake_value(cmake, "EXTENSION_CATEGORY")
@@ -134,7 +134,7 @@ def test_catalog_entry_agrees_with_cmake():
 
 
 def test_icon_and_screenshot_urls_point_at_png_files_here():
-    cmake = (REPO / "CMakeLists.txt").read_text()
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     urls = [_cmake_value(cmake, "EXTENSION_ICONURL")] + _cmake_value(cmake, "EXTENSION_SCREENSHOTURLS").split()
     for url in urls:
         assert url.startswith("https://raw.githubusercontent.com/VoteMI/SlicerVoteMI/") and url.endswith(".png")
@@ -164,7 +164,7 @@ def test_screenshot_is_a_real_rendering():
 
 
 def test_license_is_apache_2():
-    text = (REPO / "LICENSE.txt").read_text()
+    text = (REPO / "LICENSE.txt").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
 
@@ -193,7 +193,7 @@ def _check_no_work_at_file_scope(tree):
 
 
 def test_module_source_compiles_for_python_310_and_imports_only_slicer_at_file_scope():
-    source = MODULE_SOURCE.read_text()
+    source = MODULE_SOURCE.read_text(encoding="utf-8")
     tree = ast.parse(source, filename=str(MODULE_SOURCE), feature_version=(3, 10))
     compile(tree, str(MODULE_SOURCE), "exec")
     stdlib = set(sys.stdlib_module_names)
@@ -214,7 +214,7 @@ def test_slicer_side_package_imports_only_slicer_the_engine_and_itself_at_file_s
     """VoteMISlicerLib is imported when the panel or a script first needs it, in a Slicer new enough to run
     VoteMI (so Python 3.10 syntax); at file scope it may import Slicer, the engine and itself, never a package
     installed on first use (highdicom, transformers, ...) or the module file VoteMI.py (no import circle)."""
-    tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
     allowed = set(sys.stdlib_module_names) | SLICER_MODULES | {"VoteMILib", "VoteMISlicerLib", ""}
     for line, module in _file_scope_imports(tree):
         assert module.lstrip(".").split(".")[0] in allowed, f"{path.name} line {line}: '{module}' at file scope"
@@ -227,7 +227,7 @@ def test_slicer_side_package_imports_only_slicer_the_engine_and_itself_at_file_s
 
 def test_the_engine_never_imports_the_slicer_side():
     for path in sorted((MODULE_DIR / "VoteMILib").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Import):
                 roots = [alias.name.split(".")[0] for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -244,17 +244,17 @@ REPORT_FORMAT = re.compile(r"report_attribute|mrml\.\w+_ATTRIBUTE\b|_ATTRIBUTE_P
 
 @pytest.mark.parametrize("path", [MODULE_SOURCE, *sorted(SLICER_LIB.glob("*.py"))], ids=lambda path: path.name)
 def test_the_report_node_format_lives_only_in_the_mrml_layer(path):
-    found = [f"line {number}: {line.strip()}" for number, line in enumerate(path.read_text().splitlines(), 1)
+    found = [f"line {number}: {line.strip()}" for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if REPORT_FORMAT.search(line)]
     assert not found, f"{path.name} reads or writes the report node itself (use VoteMILib.mrml): {found}"
 
 
 def test_module_file_reads_on_python_39_so_old_slicers_can_say_why_it_does_not_run():
-    ast.parse(MODULE_SOURCE.read_text(), filename=str(MODULE_SOURCE), feature_version=(3, 9))
+    ast.parse(MODULE_SOURCE.read_text(encoding="utf-8"), filename=str(MODULE_SOURCE), feature_version=(3, 9))
 
 
 def test_module_classes_and_metadata():
-    source = MODULE_SOURCE.read_text()
+    source = MODULE_SOURCE.read_text(encoding="utf-8")
     tree = ast.parse(source)
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     for name in ("VoteMI", "VoteMIParameterNode", "VoteMIWidget", "VoteMILogic", "VoteMITest"):
@@ -275,7 +275,7 @@ def test_module_classes_and_metadata():
 def test_the_shared_names_module_loads_wherever_the_module_file_does():
     """VoteMI.py imports VoteMILib.names at file scope: it must parse for Python 3.9 and import only the stdlib."""
     path = MODULE_SOURCE.parent / "VoteMILib" / "names.py"
-    tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
     for statement in ast.walk(tree):
         if isinstance(statement, ast.Import):
             roots = [alias.name.split(".")[0] for alias in statement.names]

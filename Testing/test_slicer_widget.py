@@ -562,7 +562,7 @@ def test_save_report_opens_in_the_scene_folder_and_writes_atomically(panel, head
     panel.saved_path = str(tmp_path / "out" / "report.md")
     panel.click(panel.ui.saveReportButton)
     assert panel.save_dialog_args[2] == str(tmp_path / "scenes" / "Case 7_VoteMI_report.html")
-    text = (tmp_path / "out" / "report.md").read_text()
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "AI-generated draft" in text and "Findings: none." in text
     (tmp_path / "blocker").write_text("a file, not a folder")
     panel.saved_path = str(tmp_path / "blocker" / "report.md")

@@ -112,7 +112,7 @@ def _describe(image, out, *more):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         chat, = [request for request in server.requests if request[0] == "POST"]
-    return chat[3], json.loads((out / "report.json").read_text())
+    return chat[3], json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 
 def _outcome(plane_data: dict) -> dict:

@@ -17,7 +17,7 @@ def test_describe_streams_report_and_writes_json(scripted_server, image_path, tm
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert NOTICE in captured.out and "Findings: normal [A1]." in captured.out
-    document = json.loads(out.read_text())
+    document = json.loads(out.read_text(encoding="utf-8"))
     selected = [s for plane in document["planes"].values() for s in plane["selected"]]
     assert len(selected) == 6 and "settings" in document and "size_ijk" in document
     meta = document["report_meta"]
@@ -25,7 +25,7 @@ def test_describe_streams_report_and_writes_json(scripted_server, image_path, tm
     assert [i["id"] for i in meta["images"]] == [s["id"] for s in selected]
     assert [i["position_mm"] for i in meta["images"]] == [s["position_mm"] for s in selected]
     assert len(document["pngs"]) == 6 and all(os.path.exists(p) for p in document["pngs"])
-    assert (tmp_path / "report.md").read_text().startswith(f"> **{NOTICE}**")
+    assert (tmp_path / "report.md").read_text(encoding="utf-8").startswith(f"> **{NOTICE}**")
     body = scripted_server.chat_requests()[-1]
     images, texts = openai_images_and_texts(body)
     assert len(images) == 6 and all(max(decode_png(png).size) == 80 for png in images)

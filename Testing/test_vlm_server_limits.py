@@ -71,10 +71,11 @@ def serving(model, **limits):
         thread.join(10)
 
 
-def call(server, method, path="/v1/chat/completions", body=None, headers=None):
-    """(status, response, parsed JSON or raw bytes) from a server or a port; a dropped connection fails the test."""
+def call(server, method, path="/v1/chat/completions", body=None, headers=None, source="127.0.0.1"):
+    """(status, response, parsed JSON or raw bytes) from a server or a port, sent from loopback address ``source``;
+    a dropped connection fails the test."""
     port = server if isinstance(server, int) else server.server_address[1]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60, source_address=(source, 0))
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     sent = dict(headers or {})
     if data is not None:
@@ -525,7 +526,9 @@ def test_bounded_load_twenty_clients_five_requests(model):
 
         def poll():
             while not done.is_set():
-                health.append(call(server, "GET", "/health")[0])
+                # A monitor of its own (another address): the 20 clients share 127.0.0.1 and its
+                # per-client connection limit, so their surplus is refused with 503 and Retry-After.
+                health.append(call(server, "GET", "/health", source="127.0.0.3")[0])
                 done.wait(0.05)
 
         threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]

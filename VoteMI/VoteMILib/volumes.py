@@ -237,7 +237,7 @@ def _check_nifti(path: str, name: str) -> None:
         except EOFError:
             scan.cut_short = True
         except (gzip.BadGzipFile, zlib.error, OSError) as error:
-            raise VolumeError(f"{name} is corrupt: its gzip data fails the check ({error}); copy the file "
+            raise VolumeError(f"{printable_path(path)} is corrupt: its gzip data fails the check ({error}); copy the file "
                               "again from its source") from None
     _refuse_bad_scan(scan, name, compressed)
 
