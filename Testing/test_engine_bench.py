@@ -120,10 +120,10 @@ def test_bench_on_shared_cases(subset_folder, tmp_path):
     masked = [r for r in rows if r["planes"]]
     assert len(masked) == 2 and all(r["region"] == "head" for r in rows)
     assert [r["half"] for r in rows] == [bench_split.half_of(name) for name in names]
-    # Both brains with masks are in the check half; the subset holds brains only.
-    assert {r["half"] for r in masked} == {"check"} and rows[-1]["half"] == "unsplit"
-    assert list(document["means"]) == ["check"] and list(document["means"]["check"]) == ["head"]
-    means = document["means"]["check"]["head"]
+    # Both brains with masks are development cases, so design; the subset holds brains only.
+    assert {r["half"] for r in masked} == {"design"} and rows[-1]["half"] == "unsplit"
+    assert list(document["means"]) == ["design"] and list(document["means"]["design"]) == ["head"]
+    means = document["means"]["design"]["head"]
     assert means["cases"] == 2
     for plane in PLANES:
         assert set(means[plane]) == set(METHODS)
@@ -139,7 +139,18 @@ def test_bench_on_shared_cases(subset_folder, tmp_path):
     assert "Means over the cases with masks, by half and region (2 cases" in printed
     assert ("| plane | findings | representative | random | middle | largest section | findings top-3 hit_half "
             "| representative top-3 hit_half |") in printed
-    assert "| check | head | 2 |" in printed  # the headline table
+    assert "| design | head | 2 |" in printed  # the headline table
+    # The same means by source: one per collection, from the repository's table (never the data folder).
+    assert [r["source"] for r in rows] == ["pyradiomics-brain-t1c", "tcga-glioma-t1c", "brats-t1c"]
+    by_source = document["means_by_source"]["design"]
+    assert list(by_source) == ["pyradiomics-brain-t1c", "tcga-glioma-t1c"]
+    for source, row in zip(by_source, masked):
+        assert by_source[source]["cases"] == 1
+        for plane in PLANES:
+            assert by_source[source][plane]["middle"] == row["planes"][plane]["middle"]
+    assert "design half, tcga-glioma-t1c (1 cases):" in printed
+    assert "| design | tcga-glioma-t1c | 1 |" in printed
+    assert "| random top-1 (a / c / s) | middle top-1 (a / c / s) | largest section top-1 (a / c / s) |" in printed
     for plane in PLANES:
         assert f"| {plane} |" in printed
     check_top_slice_against_the_mask(next(r for r in rows if r["case"] == ef.MAIN_CASE))
@@ -223,11 +234,52 @@ def test_split_is_the_written_rule_by_patient_and_region():
     sts002 = {bench_split.half_of(c) for c in ("sts002_ct", "sts002_mr_t1", "mirp_sts002_ct")}
     assert len(sts002) == 1
     assert bench_split.patient_of("sts041_mr_t1") == bench_split.patient_of("sts041_ct") == "sts041"
-    # Stratified: per region the design half holds n // 2 of the n patients.
+    # Stratified: per region the design half holds n // 2 of the n patients drawn, and every development
+    # patient (looked at while the cues were built) besides.
     for region in bench_split.REGIONS:
         patients = {p: h for c, (p, r, h) in bench_split.SPLIT.items() if r == region}
-        assert sum(h == "design" for h in patients.values()) == len(patients) // 2, region
+        assert sum(h == "design" for h in patients.values()) >= len(patients) // 2, region
+    check_patients = {p for p, r, h in bench_split.SPLIT.values() if h == "check"}
+    assert bench_split.DEVELOPMENT_PATIENTS <= set(halves) and check_patients.isdisjoint(bench_split.DEVELOPMENT_PATIENTS)
     assert bench_split.half_of("brats_gli_00001") == "unsplit" and bench_split.region_of("brats_gli_00001") is None
+
+
+#: Test files that name a check case only as the one real DICOM series with an RTSTRUCT (dicom/sts001_*): read as
+#: DICOM, exported or rasterised, never scored against its lesion.
+DICOM_ONLY = {"test_batch.py", "test_dicom_export.py", "test_guided.py", "test_slicer_findings.py"}
+
+
+def test_no_test_gates_on_a_check_case():
+    # A test that requires a check case to be a hit tunes the code on the check half: the cases tests rely on
+    # (the main case, the body-cue cases) must be design cases.
+    import ast
+
+    check = {case for case, (_, _, half) in bench_split.SPLIT.items() if half == "check"}
+    named = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name in DICOM_ONLY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in check:
+                named.append(f"{path.name}:{node.lineno} {node.value}")
+    assert named == []
+    assert bench_split.half_of(ef.MAIN_CASE) == "design"
+
+
+def test_every_case_has_a_source():
+    from VoteMILib.bench_sources import UNLISTED, source_of
+
+    shared = [c for folder in (ef.DATA, SARCOMA) for c in find_cases(folder)]
+    assert all(source_of(c.name, c.source) != UNLISTED for c in shared)
+    assert source_of("sts005_ct") == "ibsi-sarcoma-ct" and source_of("sts005_mr_t1") == "ibsi-sarcoma-mr-t1"
+    assert source_of("mirp_sts002_ct") == source_of("sts002_ct")  # one scan, one source
+    assert source_of("my_scan") == UNLISTED and source_of("my_scan", " site-a-ct ") == "site-a-ct"
+
+
+def test_cases_tsv_source_column(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "cases.tsv").write_text("case\timage\tmask\tsource\na\timage.nii.gz\t\tsite-a-ct\n", encoding="utf-8")
+    assert find_cases(tmp_path)[0].source == "site-a-ct"
 
 
 def test_sarcoma_folder_and_both_folders_together():
@@ -292,14 +344,14 @@ def test_fov_cut_keeps_ras_positions_and_the_lesion():
 def test_bench_half_and_fov_check(subset_folder, tmp_path):
     folder, names = subset_folder
     out = tmp_path / "fov.json"
-    run = ef.run_votemi("bench", folder, "--half", "check", "--fov-check", "--mode", "findings",
+    run = ef.run_votemi("bench", folder, "--half", "design", "--fov-check", "--mode", "findings",
                         "--planes", "axial,coronal", "--json", out)
     assert run.returncode == 0, run.stderr
     document = json.loads(out.read_text(encoding="utf-8"))
     rows = document["cases"]
     # brats_gli_00001 is outside the split: left out of a half.
-    assert [r["case"] for r in rows] == [n for n in names if bench_split.half_of(n) == "check"] and len(rows) == 2
-    assert document["settings"]["half"] == "check" and document["settings"]["fov_check"] is True
+    assert [r["case"] for r in rows] == [n for n in names if bench_split.half_of(n) == "design"] and len(rows) == 2
+    assert document["settings"]["half"] == "design" and document["settings"]["fov_check"] is True
     main = next(r for r in rows if r["case"] == ef.MAIN_CASE)
     volume = ef.volume(ef.MAIN_CASE)
     lesion = sitk.GetArrayFromImage(sitk.ReadImage(os.fspath(ef.cases()[ef.MAIN_CASE]["mask"]))) > 0
@@ -324,17 +376,17 @@ def test_bench_half_and_fov_check(subset_folder, tmp_path):
         cut_positions = plane_geometry(cut.ijk_to_ras, cut.size_ijk, plane).positions_mm
         assert scored["hit_half"] == score_slice(again.planes[plane].selected[0].index,
                                                  section_areas(cut, cut_lesion, plane), cut_positions)["hit_half"]
-    fov = document["means"]["check"]["head"]["fov"]
+    fov = document["means"]["design"]["head"]["fov"]
     assert fov["cases"] == 2
     for plane in ("axial", "coronal"):
         assert fov[plane]["stable"] == pytest.approx(np.mean([r["fov"]["planes"][plane]["stable"] for r in rows]))
-    assert "Field-of-view cut" in run.stdout and f"| {ef.MAIN_CASE} | check | {what} |" in run.stdout
+    assert "Field-of-view cut" in run.stdout and f"| {ef.MAIN_CASE} | design | {what} |" in run.stdout
     assert "| half | region | cases | top-1 axial | top-1 coronal | top-3 axial | top-3 coronal | FOV stable axial " \
            "| FOV stable coronal |" in run.stdout
     # A half the folder holds no case of is a one-line error.
-    folder_design = ef.run_votemi("bench", folder, "--half", "design", "--planes", "axial")
-    assert folder_design.returncode == 1
-    assert folder_design.stderr.strip().count("\n") == 0 and "design half" in folder_design.stderr
+    folder_check = ef.run_votemi("bench", folder, "--half", "check", "--planes", "axial")
+    assert folder_check.returncode == 1
+    assert folder_check.stderr.strip().count("\n") == 0 and "check half" in folder_check.stderr
 
 
 def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):

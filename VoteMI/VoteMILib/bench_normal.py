@@ -55,9 +55,9 @@ def lesion_free_slab(volume, lesion_kji: np.ndarray, margin_mm: float = NORMAL_M
     best = None
     for axis in range(3):
         step = slab_spacing(volume.ijk_to_ras, axis)
-        gap = int(np.ceil(margin_mm / step - 1e-9))  # slices between the slab and the lesion, at least
+        gap = int(np.ceil(margin_mm / step - 1e-9))  # slice steps from the lesion's first slice to the slab
         low, high = int(present[axis].min()), int(present[axis].max())
-        for side, count in (("low", low - gap), ("high", shape[axis] - 1 - high - gap)):
+        for side, count in (("low", low - gap + 1), ("high", shape[axis] - high - gap)):
             if count >= MIN_SLAB_SLICES and (best is None or count * _area(shape, axis) > best[0]):
                 best = (count * _area(shape, axis), axis, side, count, gap * step)
     if best is None:
