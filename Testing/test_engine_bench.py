@@ -400,7 +400,10 @@ def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
     folder = tmp_path / "two"
     folder.mkdir()
     lines = ["case\tdisease\timage\tmask\textra"]
-    for name in ("sts002_mr_t1", "sts011_mr_t1"):  # one check, one design patient; small MR crops
+    # One check, one design patient; small MR crops. The check case is taken from the split, not named: the tool
+    # is run on it, no hit is required of it.
+    check = next(c for c, (_, _, half) in sorted(bench_split.SPLIT.items()) if half == "check" and c.endswith("_mr_t1"))
+    for name in (check, "sts011_mr_t1"):
         (folder / name).symlink_to(SARCOMA / name, target_is_directory=True)
         lines.append(f"{name}\tsoft-tissue-sarcoma\timage.nii.gz\tmask.nii.gz\t")
     (folder / "cases.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -408,7 +411,7 @@ def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
     assert sensitivity.main([str(folder), "--scale", "cues.lung_nodule.BULK_MM", "--factors", "0.7"]) == 0
     assert lung_nodule.BULK_MM == original
     printed = capsys.readouterr().out
-    assert "design: 1 cases: sts011_mr_t1" in printed and "check: 1 cases: sts002_mr_t1" in printed
+    assert "design: 1 cases: sts011_mr_t1" in printed and f"check: 1 cases: {check}" in printed
     assert "| scale | value | design axial | design coronal | design sagittal | check axial |" in printed
     assert f"| cues.lung_nodule.BULK_MM x0.7 | {original * 0.7:.4g} |" in printed
     with pytest.raises(SystemExit, match="has no attribute"):
