@@ -102,8 +102,8 @@ def evaluate_case(case: Case, planes=PLANES, modes=("findings",), seed=0, use_ex
     tracemalloc.stop()
     first = results[modes[0]]
     row = {"case": case.name, "half": half_of(case.name), "scanned": region_of(case.name),
-           "source": source_of(case.name, case.source), "load_s": load_s, "select_s": times[modes[0]], "select_s_by_mode": times,
-           "peak_mb": peak_mb, "volume_mb": volume.array.nbytes / 2 ** 20, "region": first.region.get("name", ""),
+           "source": source_of(case.name, case.source), "load_s": load_s, "select_s": times[modes[0]],
+           "select_s_by_mode": times, "peak_mb": peak_mb, "volume_mb": volume.array.nbytes / 2 ** 20, "region": first.region.get("name", ""),
            "cues": {plane: first.planes[plane].cue for plane in planes}, "planes": {}}
     if case.mask:
         lesion_kji = load_mask(case.mask, volume)
@@ -276,8 +276,8 @@ def format_headline_table(means: dict, planes=PLANES, mode="findings", label="re
 
 
 def format_quality_table(means: dict) -> str:
-    """Markdown table per half and group (region or source): per plane, hit_any / hit_half / distance for each method, and the
-    any-of-top-3 hit_half of each selection mode."""
+    """Markdown table per half and group (region or source): per plane, hit_any / hit_half / distance for each
+    method, and the any-of-top-3 hit_half of each selection mode."""
     lines = []
     for half, groups in means.items():
         for group, entry in groups.items():

@@ -82,7 +82,8 @@ def run_normal(cases, args) -> dict:
     """``bench --normal``: findings-mode claims on lesion-free scans, printed per case, region and source."""
     from .. import bench_normal
 
-    rows = bench_normal.normal_rows(cases, args.planes, args.seed, progress=lambda line: print(line, flush=True))
+    rows = bench_normal.normal_rows(cases, args.planes, args.seed,
+                                    progress=lambda line: print(line, flush=True))
     if not rows:
         print("\nNo lesion-free scan: Colin27 is not installed (apt-get install mricron-data) and no case "
               "has a slab 30 mm from its lesion.")
