@@ -94,3 +94,14 @@ def test_bench_normal_reports_claims_per_region_and_source(tmp_path):
     assert normal["by_source"]["tcga-glioma-t1c"]["scans"] == 1
     assert "Share of planes that claim something stood out on lesion-free scans" in run.stdout
     assert f"| {ef.MAIN_CASE} | {what} | head (head) | tcga-glioma-t1c |" in run.stdout
+
+
+def test_a_slab_too_thin_to_score_gives_way_to_the_next():
+    rng = np.random.default_rng(1)
+    thin = volume_from_array(rng.normal(0, 1, (6, 64, 64)).astype(np.float32), np.eye(4), name="thin")
+    thick = volume_from_array(rng.normal(0, 1, (40, 64, 64)).astype(np.float32), np.eye(4), name="thick")
+    scored, what = bench_normal.first_scorable([(thin, "thin slab"), (thick, "thick slab")], planes=("axial",))
+    assert what == "thick slab" and set(scored["planes"]) == {"axial"}
+    assert isinstance(scored["planes"]["axial"]["stood_out"], bool)
+    scored, why = bench_normal.first_scorable([(thin, "thin slab")], planes=("axial",))
+    assert scored is None and why.startswith("no slab thick enough to score (thin slab: ")

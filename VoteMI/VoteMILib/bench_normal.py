@@ -32,45 +32,52 @@ def slab_spacing(ijk_to_ras, array_axis: int) -> float:
     return float(abs(np.linalg.det(columns)) / np.linalg.norm(np.cross(*others)))
 
 
-def lesion_free_slab(volume, lesion_kji: np.ndarray, margin_mm: float = NORMAL_MARGIN_MM):
-    """The largest slab of ``volume`` whose every voxel lies ``margin_mm`` or more from every lesion voxel.
+def lesion_free_slabs(volume, lesion_kji: np.ndarray, margin_mm: float = NORMAL_MARGIN_MM):
+    """The slabs of ``volume`` whose every voxel lies ``margin_mm`` or more from every lesion voxel, thickest
+    first.
 
-    Slabs run from one face of the volume up to ``margin_mm`` short of the lesion's bounding box across that
-    axis (the distance across one axis is a lower bound of the distance in space). The cut is made in index
-    space with the origin moved, so every kept voxel keeps its RAS position.
+    A slab runs from one face of the volume up to ``margin_mm`` short of the lesion's bounding box across that
+    axis (the distance between slice planes is a lower bound of the distance in space), with at least
+    :data:`MIN_SLAB_SLICES` slices. The cut is made in index space with the origin moved, so every kept voxel
+    keeps its RAS position.
 
     Returns
     -------
-    slab : Volume or None
-        None when no face has :data:`MIN_SLAB_SLICES` slices that far from the lesion.
-    what : str
-        Which face was kept, e.g. "K low 41 slices (lesion 35 mm away)", or why none was.
+    list of (Volume, str)
+        Each slab and which face it keeps, e.g. "K low 41 slices, 82 mm (lesion 30 mm away)"; empty when no
+        face is that far from the lesion.
     """
     from .volumes import volume_from_array
 
     present = np.nonzero(lesion_kji)
-    if not present[0].size:
-        return None, "empty mask"
     shape = lesion_kji.shape
-    best = None
-    for axis in range(3):
+    found = []
+    for axis in range(3 if present[0].size else 0):
         step = slab_spacing(volume.ijk_to_ras, axis)
         gap = int(np.ceil(margin_mm / step - 1e-9))  # slice steps from the lesion's first slice to the slab
         low, high = int(present[axis].min()), int(present[axis].max())
         for side, count in (("low", low - gap + 1), ("high", shape[axis] - high - gap)):
-            if count >= MIN_SLAB_SLICES and (best is None or count * _area(shape, axis) > best[0]):
-                best = (count * _area(shape, axis), axis, side, count, gap * step)
-    if best is None:
-        return None, f"no {MIN_SLAB_SLICES} slices {margin_mm:g} mm from the lesion"
-    _, axis, side, count, away = best
-    box = [slice(None)] * 3
-    box[axis] = slice(0, count) if side == "low" else slice(shape[axis] - count, shape[axis])
-    offset_ijk = np.zeros(3, int)
-    offset_ijk[2 - axis] = 0 if side == "low" else shape[axis] - count
-    matrix = np.array(volume.ijk_to_ras, dtype=float)
-    matrix[:3, 3] = matrix[:3, :3] @ offset_ijk + matrix[:3, 3]
-    slab = volume_from_array(np.ascontiguousarray(volume.array[tuple(box)]), matrix, name=volume.name)
-    return slab, f"{'KJI'[axis]} {side} {count} slices (lesion {away:.0f} mm away)"
+            if count >= MIN_SLAB_SLICES:
+                found.append((count * step, axis, side, count, gap * step))
+    slabs = []
+    for thickness, axis, side, count, away in sorted(found, key=lambda f: -f[0]):
+        box = [slice(None)] * 3
+        box[axis] = slice(0, count) if side == "low" else slice(shape[axis] - count, shape[axis])
+        offset_ijk = np.zeros(3, int)
+        offset_ijk[2 - axis] = 0 if side == "low" else shape[axis] - count
+        matrix = np.array(volume.ijk_to_ras, dtype=float)
+        matrix[:3, 3] = matrix[:3, :3] @ offset_ijk + matrix[:3, 3]
+        slab = volume_from_array(np.ascontiguousarray(volume.array[tuple(box)]), matrix, name=volume.name)
+        slabs.append((slab, f"{'KJI'[axis]} {side} {count} slices, {thickness:.0f} mm (lesion {away:.0f} mm away)"))
+    return slabs
+
+
+def lesion_free_slab(volume, lesion_kji: np.ndarray, margin_mm: float = NORMAL_MARGIN_MM):
+    """The thickest of :func:`lesion_free_slabs`, or (None, why there is none)."""
+    if not np.any(lesion_kji):
+        return None, "empty mask"
+    slabs = lesion_free_slabs(volume, lesion_kji, margin_mm)
+    return slabs[0] if slabs else (None, f"no {MIN_SLAB_SLICES} slices {margin_mm:g} mm from the lesion")
 
 
 def _area(shape, axis: int) -> int:
@@ -104,14 +111,27 @@ def normal_rows(cases, planes=PLANES, seed: int = 0, colin27: str | None = COLIN
         if not case.mask:
             continue
         volume = load_volume(case.image)
-        slab, what = lesion_free_slab(volume, load_mask(case.mask, volume))
-        row = {"case": case.name, "scan": what, "scanned": region_of(case.name),
-               "source": source_of(case.name, case.source)}
-        if slab is not None:
-            rows.append({**row, **claims(slab, planes, seed)})
+        row = {"case": case.name, "scanned": region_of(case.name), "source": source_of(case.name, case.source)}
+        scored, what = first_scorable(lesion_free_slabs(volume, load_mask(case.mask, volume)), planes, seed)
+        if scored:
+            rows.append({**row, "scan": what, **scored})
         if progress:
             progress(f"normal {case.name}: {what}")
     return rows
+
+
+def first_scorable(slabs, planes=PLANES, seed: int = 0):
+    """The claims on the thickest slab that selection accepts (a slab thinner than one patch is refused),
+    and which slab it was; (None, why) when none is."""
+    from .volumes import VolumeError
+
+    why = "no slab far enough from the lesion"
+    for slab, what in slabs:
+        try:
+            return claims(slab, planes, seed), what
+        except VolumeError as error:  # too thin to cut into patches: try the next slab
+            why = f"no slab thick enough to score ({what}: {str(error).split(':')[0]})"
+    return None, why
 
 
 def summarise_normal(rows: list, planes=PLANES, by="region") -> dict:
