@@ -417,3 +417,48 @@ def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
     assert f"| cues.lung_nodule.BULK_MM x0.7 | {original * 0.7:.4g} |" in printed
     with pytest.raises(SystemExit, match="has no attribute"):
         sensitivity.main([str(folder), "--scale", "cues.lung_nodule.NO_SUCH_SCALE"])
+
+
+def load_sensitivity_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sensitivity", Path(__file__).parent / "bench_sensitivity.py")
+    sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sensitivity)
+    return sensitivity
+
+
+def test_sensitivity_varies_copies_and_bound_defaults_too():
+    # A scale copied by `from .tissues import FAT_PLANE_HU` or bound as a default argument is varied where the
+    # cue reads it, and restored after.
+    from VoteMILib.cues import asymmetry, mass, organ_lesion, tissues
+
+    sensitivity = load_sensitivity_tool()
+    copies, defaults, read = sensitivity.bindings("cues.tissues.FAT_PLANE_HU")
+    assert read and defaults == []
+    assert sorted(copies) == [("VoteMILib.cues.mass", "FAT_PLANE_HU"), ("VoteMILib.cues.organ_lesion", "FAT_PLANE_HU")]
+    original = tissues.FAT_PLANE_HU
+    try:
+        sensitivity.set_scale(tissues, "FAT_PLANE_HU", original * 0.7, copies, defaults)
+        assert tissues.FAT_PLANE_HU == mass.FAT_PLANE_HU == organ_lesion.FAT_PLANE_HU == original * 0.7
+    finally:
+        sensitivity.set_scale(tissues, "FAT_PLANE_HU", original, copies, defaults)
+    assert mass.FAT_PLANE_HU == organ_lesion.FAT_PLANE_HU == original
+    copies, defaults, _ = sensitivity.bindings("cues.asymmetry.RIM_MM")
+    assert defaults == [("VoteMILib.cues.asymmetry", ("inner_region",), 0)]
+    try:
+        sensitivity.set_scale(asymmetry, "RIM_MM", 20.0, copies, defaults)
+        assert asymmetry.inner_region.__defaults__ == (20.0,)
+    finally:
+        sensitivity.set_scale(asymmetry, "RIM_MM", 14.0, copies, defaults)
+    assert asymmetry.inner_region.__defaults__ == (14.0,)
+
+
+def test_sensitivity_fails_loudly_on_a_scale_it_cannot_vary(tmp_path):
+    sensitivity = load_sensitivity_tool()
+    # Bound into a dataclass field when the module is imported: setting the module attribute changes nothing.
+    with pytest.raises(SystemExit, match="class SelectionSettings .* binds it"):
+        sensitivity.bindings("selection.PATCH_SIZE")
+    # Read by no function.
+    with pytest.raises(SystemExit, match="no function of VoteMILib reads it"):
+        sensitivity.main([str(tmp_path), "--scale", "cues.regions.REGIONS"])
