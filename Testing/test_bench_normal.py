@@ -93,7 +93,10 @@ def test_bench_normal_reports_claims_per_region_and_source(tmp_path):
         assert head[plane] == pytest.approx(np.mean([r["planes"][plane]["stood_out"] for r in rows.values()]))
     assert normal["by_source"]["tcga-glioma-t1c"]["scans"] == 1
     assert "Share of planes that claim something stood out on lesion-free scans" in run.stdout
-    assert f"| {ef.MAIN_CASE} | {what} | head (head) | tcga-glioma-t1c |" in run.stdout
+    # The region the selection detects on the slab is shown beside the one scanned (half a brain may not read
+    # as a head).
+    assert row["detected"] == result.region["name"]
+    assert f"| {ef.MAIN_CASE} | {what} | head ({row['detected']}) | tcga-glioma-t1c |" in run.stdout
 
 
 def test_a_slab_too_thin_to_score_gives_way_to_the_next():
@@ -105,3 +108,14 @@ def test_a_slab_too_thin_to_score_gives_way_to_the_next():
     assert isinstance(scored["planes"]["axial"]["stood_out"], bool)
     scored, why = bench_normal.first_scorable([(thin, "thin slab")], planes=("axial",))
     assert scored is None and why.startswith("no slab thick enough to score (thin slab: ")
+
+
+def test_a_background_only_slab_is_left_out():
+    # A skull-stripped brain is zero outside the brain: a slab of its margin holds nothing to show.
+    array = np.zeros((40, 40, 80), np.float32)
+    array[5:35, 5:35, 40:78] = np.random.default_rng(2).normal(100, 5, (30, 30, 38))
+    lesion = np.zeros(array.shape, bool)
+    lesion[15:25, 15:25, 70:75] = True
+    slabs = bench_normal.lesion_free_slabs(volume_from_array(array, np.eye(4)), lesion)
+    assert [what.split()[:2] for _, what in slabs] == [["I", "low"]]
+    assert slabs[0][0].array.shape[2] == 70 - 30 + 1 and np.ptp(slabs[0][0].array) > 0

@@ -45,9 +45,9 @@ def lesion_free_slabs(volume, lesion_kji: np.ndarray, margin_mm: float = NORMAL_
     -------
     list of (Volume, str)
         Each slab and which face it keeps, e.g. "K low 41 slices, 82 mm (lesion 30 mm away)"; empty when no
-        face is that far from the lesion.
+        face is that far from the lesion. A slab of one constant value (background only) is left out.
     """
-    from .volumes import volume_from_array
+    from .volumes import VolumeError, volume_from_array
 
     present = np.nonzero(lesion_kji)
     shape = lesion_kji.shape
@@ -67,7 +67,10 @@ def lesion_free_slabs(volume, lesion_kji: np.ndarray, margin_mm: float = NORMAL_
         offset_ijk[2 - axis] = 0 if side == "low" else shape[axis] - count
         matrix = np.array(volume.ijk_to_ras, dtype=float)
         matrix[:3, 3] = matrix[:3, :3] @ offset_ijk + matrix[:3, 3]
-        slab = volume_from_array(np.ascontiguousarray(volume.array[tuple(box)]), matrix, name=volume.name)
+        try:
+            slab = volume_from_array(np.ascontiguousarray(volume.array[tuple(box)]), matrix, name=volume.name)
+        except VolumeError:  # all background (a skull-stripped brain's margin): no scan to show anyone
+            continue
         slabs.append((slab, f"{'KJI'[axis]} {side} {count} slices, {thickness:.0f} mm (lesion {away:.0f} mm away)"))
     return slabs
 
