@@ -124,15 +124,13 @@ def normal_rows(cases, planes=PLANES, seed: int = 0, colin27: str | None = COLIN
 
 
 def first_scorable(slabs, planes=PLANES, seed: int = 0):
-    """The claims on the thickest slab that selection accepts (a slab thinner than one patch is refused),
-    and which slab it was; (None, why) when none is."""
-    from .volumes import VolumeError
-
+    """The claims on the thickest slab that selection accepts (a slab thinner than one patch, or with too
+    little body to cut into patches, is refused), and which slab it was; (None, why) when none is."""
     why = "no slab far enough from the lesion"
     for slab, what in slabs:
         try:
             return claims(slab, planes, seed), what
-        except VolumeError as error:  # too thin to cut into patches: try the next slab
+        except ValueError as error:  # too thin, or too little body, to cut into patches: try the next slab
             why = f"no slab thick enough to score ({what}: {str(error).split(':')[0]})"
     return None, why
 
