@@ -4,7 +4,10 @@ Each named scale (a module attribute of VoteMILib: ``--scale MODULE.NAME[:UPPER]
 default the body-cue and region scales below) is set to 70 % and 130 % of its value in turn, and findings
 mode is scored on the chosen cases (hit_half of the top slice per plane, as ``votemi bench``), for the
 design and the check half of the patient split (docs/benchmark.md) side by side. Thresholds on a 0..1 map
-take an upper bound (``:1``) and stop there. A tuple scale is scaled element by element.
+take an upper bound (``:1``) and stop there. A tuple scale is scaled element by element. A scale is set
+where the engine reads it: its module, every module-level copy (``from .tissues import FAT_PLANE_HU``) and
+every default argument that is the scale (``def f(rim_mm=RIM_MM)``), found in the source; a scale that only
+feeds a value derived at import time, or that no function reads, stops the tool with the reason.
 
     python Testing/bench_sensitivity.py [DATA_DIR ...] [--scale cues.lung_nodule.BULK_MM] [--factors 0.7,1.3]
         [--regions body|all|head,chest,...]
@@ -17,6 +20,7 @@ of each site class and size, scored per host; sites are drawn once, with the sca
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import sys
 import time
@@ -82,6 +86,122 @@ def resolve(name: str):
     if not hasattr(module, attribute):
         raise SystemExit(f"scale {name}: VoteMILib.{module_name} has no attribute {attribute}")
     return module, attribute
+
+
+def module_name_of(path: Path) -> str:
+    """``VoteMILib.cues.mass`` for VoteMI/VoteMILib/cues/mass.py."""
+    parts = path.relative_to(REPO / "VoteMI").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_module(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` statement in ``package`` (a module's package) imports from."""
+    if not node.level:
+        return node.module or ""
+    parts = package.split(".")
+    base = parts[: len(parts) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def names_the_scale(node, local_names: set, module_aliases: set, attribute: str) -> bool:
+    """Whether an expression reads the scale: by a name it is bound to here, or as ``module.NAME``."""
+    return any((isinstance(n, ast.Name) and n.id in local_names)
+               or (isinstance(n, ast.Attribute) and n.attr == attribute and isinstance(n.value, ast.Name)
+                   and n.value.id in module_aliases) for n in ast.walk(node))
+
+
+def bindings(name: str):
+    """Where the value of scale ``name`` (``MODULE.NAME`` of VoteMILib) is bound in the engine's source.
+
+    Returns
+    -------
+    copies : list of (module name, attribute)
+        Module-level ``from module import NAME [as alias]`` in other modules: set with the defining module's.
+    defaults : list of (module name, function path, positional index or keyword name)
+        Default arguments that are the scale itself (``def f(x=NAME)``), bound when the module was imported.
+    read : bool
+        Whether any function reads it at call time (through its module, a copy, or a default).
+
+    Raises
+    ------
+    SystemExit
+        When a value is derived from the scale at import time (``OTHER = NAME * 2``, ``def f(x=NAME / 2)``, a
+        class attribute): varying the scale would not vary what the code uses.
+    """
+    defining, _, attribute = f"VoteMILib.{name}".rpartition(".")
+    copies, defaults, read = [], [], False
+    for path in sorted((REPO / "VoteMI" / "VoteMILib").rglob("*.py")):
+        here = module_name_of(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        local = {attribute} if here == defining else set()
+        aliases = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                package = here if path.stem == "__init__" else here.rpartition(".")[0]
+                source = imported_module(node, package)
+                for alias in node.names:
+                    if source == defining and alias.name == attribute:
+                        local.add(alias.asname or alias.name)
+                        copies.append((here, alias.asname or alias.name))
+                    elif f"{source}.{alias.name}" == defining:
+                        aliases.add(alias.asname or alias.name)
+        if not local and not aliases:
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None \
+                    and names_the_scale(node.value, local, aliases, attribute):
+                raise SystemExit(f"scale {name}: {here} line {node.lineno} derives a value from it at import "
+                                 "time; vary that value instead")
+        read |= _scan_functions(tree.body, here, (), local, aliases, attribute, defaults, name)
+    if not read:
+        raise SystemExit(f"scale {name}: no function of VoteMILib reads it; varying it would change nothing")
+    return [c for c in copies if c[0] != defining], defaults, read
+
+
+def _scan_functions(body, here, prefix, local, aliases, attribute, defaults, name) -> bool:
+    """Record the module-level and class-level functions' defaults that are the scale; whether any code reads it."""
+    read = False
+    for node in body:
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.Assign, ast.AnnAssign)) and item.value is not None \
+                        and names_the_scale(item.value, local, aliases, attribute):
+                    raise SystemExit(f"scale {name}: class {node.name} of {here} (line {item.lineno}) binds it "
+                                     "when the module is imported")
+            read |= _scan_functions(node.body, here, prefix + (node.name,), local, aliases, attribute, defaults,
+                                    name)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            pairs = [(i, d) for i, d in enumerate(node.args.defaults)]
+            pairs += [(arg.arg, d) for arg, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            for key, default in pairs:
+                if not names_the_scale(default, local, aliases, attribute):
+                    continue
+                if not (isinstance(default, ast.Name)
+                        or (isinstance(default, ast.Attribute) and default.attr == attribute)):
+                    raise SystemExit(f"scale {name}: {here}.{'.'.join(prefix + (node.name,))} derives a default "
+                                     f"from it (line {default.lineno}); vary that value instead")
+                defaults.append((here, prefix + (node.name,), key))
+                read = True
+            read |= any(names_the_scale(statement, local, aliases, attribute) for statement in node.body)
+    return read
+
+
+def set_scale(module, attribute, value, copies, defaults) -> None:
+    """Set a scale where the engine reads it: its module, every copy, every default bound to it."""
+    setattr(module, attribute, value)
+    for here, alias in copies:
+        setattr(importlib.import_module(here), alias, value)
+    for here, function_path, key in defaults:
+        function = importlib.import_module(here)
+        for part in function_path:
+            function = getattr(function, part)
+        function = getattr(function, "__func__", function)
+        if isinstance(key, int):
+            values = list(function.__defaults__)
+            values[key] = value
+            function.__defaults__ = tuple(values)
+        else:
+            function.__kwdefaults__ = {**function.__kwdefaults__, key: value}
 
 
 def scaled(value, factor: float, upper):
@@ -168,7 +288,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     factors = [float(f) for f in args.factors.split(",")]
     regions = args.regions if args.regions in ("all", "body") else tuple(args.regions.split(","))
-    scales = [(resolve(name), name, upper) for name, upper in (args.scales or SCALES)]
+    scales = [(resolve(name), name, upper, bindings(name)) for name, upper in (args.scales or SCALES)]
 
     started = time.perf_counter()
     if args.synthetic:
@@ -206,17 +326,17 @@ def main(argv=None) -> int:
               + f" | {', '.join(changed) or 'none'} |", flush=True)
 
     row("(as shipped)", "", reference)
-    for (module, attribute), name, upper in scales:
+    for (module, attribute), name, upper, (copies, defaults, _) in scales:
         original = getattr(module, attribute)
         try:
             for factor in factors:
                 value = scaled(original, factor, upper)
-                setattr(module, attribute, value)
+                set_scale(module, attribute, value, copies, defaults)
                 shown = (", ".join(f"{v:g}" for v in np.round(value, 2)) if isinstance(value, tuple)
                          else f"{value:.4g}")
                 row(f"{name} x{factor:g}", shown, score())
         finally:
-            setattr(module, attribute, original)
+            set_scale(module, attribute, original, copies, defaults)
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
 

@@ -120,10 +120,10 @@ def test_bench_on_shared_cases(subset_folder, tmp_path):
     masked = [r for r in rows if r["planes"]]
     assert len(masked) == 2 and all(r["region"] == "head" for r in rows)
     assert [r["half"] for r in rows] == [bench_split.half_of(name) for name in names]
-    # Both brains with masks are in the check half; the subset holds brains only.
-    assert {r["half"] for r in masked} == {"check"} and rows[-1]["half"] == "unsplit"
-    assert list(document["means"]) == ["check"] and list(document["means"]["check"]) == ["head"]
-    means = document["means"]["check"]["head"]
+    # Both brains with masks are development cases, so design; the subset holds brains only.
+    assert {r["half"] for r in masked} == {"design"} and rows[-1]["half"] == "unsplit"
+    assert list(document["means"]) == ["design"] and list(document["means"]["design"]) == ["head"]
+    means = document["means"]["design"]["head"]
     assert means["cases"] == 2
     for plane in PLANES:
         assert set(means[plane]) == set(METHODS)
@@ -139,7 +139,18 @@ def test_bench_on_shared_cases(subset_folder, tmp_path):
     assert "Means over the cases with masks, by half and region (2 cases" in printed
     assert ("| plane | findings | representative | random | middle | largest section | findings top-3 hit_half "
             "| representative top-3 hit_half |") in printed
-    assert "| check | head | 2 |" in printed  # the headline table
+    assert "| design | head | 2 |" in printed  # the headline table
+    # The same means by source: one per collection, from the repository's table (never the data folder).
+    assert [r["source"] for r in rows] == ["pyradiomics-brain-t1c", "tcga-glioma-t1c", "brats-t1c"]
+    by_source = document["means_by_source"]["design"]
+    assert list(by_source) == ["pyradiomics-brain-t1c", "tcga-glioma-t1c"]
+    for source, row in zip(by_source, masked):
+        assert by_source[source]["cases"] == 1
+        for plane in PLANES:
+            assert by_source[source][plane]["middle"] == row["planes"][plane]["middle"]
+    assert "design half, tcga-glioma-t1c (1 cases):" in printed
+    assert "| design | tcga-glioma-t1c | 1 |" in printed
+    assert "| random top-1 (a / c / s) | middle top-1 (a / c / s) | largest section top-1 (a / c / s) |" in printed
     for plane in PLANES:
         assert f"| {plane} |" in printed
     check_top_slice_against_the_mask(next(r for r in rows if r["case"] == ef.MAIN_CASE))
@@ -223,11 +234,53 @@ def test_split_is_the_written_rule_by_patient_and_region():
     sts002 = {bench_split.half_of(c) for c in ("sts002_ct", "sts002_mr_t1", "mirp_sts002_ct")}
     assert len(sts002) == 1
     assert bench_split.patient_of("sts041_mr_t1") == bench_split.patient_of("sts041_ct") == "sts041"
-    # Stratified: per region the design half holds n // 2 of the n patients.
+    # Stratified: per region the design half holds n // 2 of the n patients drawn, and every development
+    # patient (looked at while the cues were built) besides.
     for region in bench_split.REGIONS:
         patients = {p: h for c, (p, r, h) in bench_split.SPLIT.items() if r == region}
-        assert sum(h == "design" for h in patients.values()) == len(patients) // 2, region
+        assert sum(h == "design" for h in patients.values()) >= len(patients) // 2, region
+    check_patients = {p for p, r, h in bench_split.SPLIT.values() if h == "check"}
+    assert bench_split.DEVELOPMENT_PATIENTS <= set(halves)
+    assert check_patients.isdisjoint(bench_split.DEVELOPMENT_PATIENTS)
     assert bench_split.half_of("brats_gli_00001") == "unsplit" and bench_split.region_of("brats_gli_00001") is None
+
+
+#: Test files that name a check case only as the one real DICOM series with an RTSTRUCT (dicom/sts001_*): read as
+#: DICOM, exported or rasterised, never scored against its lesion.
+DICOM_ONLY = {"test_batch.py", "test_dicom_export.py", "test_guided.py", "test_slicer_findings.py"}
+
+
+def test_no_test_gates_on_a_check_case():
+    # A test that requires a check case to be a hit tunes the code on the check half: the cases tests rely on
+    # (the main case, the body-cue cases) must be design cases.
+    import ast
+
+    check = {case for case, (_, _, half) in bench_split.SPLIT.items() if half == "check"}
+    named = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name in DICOM_ONLY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in check:
+                named.append(f"{path.name}:{node.lineno} {node.value}")
+    assert named == []
+    assert bench_split.half_of(ef.MAIN_CASE) == "design"
+
+
+def test_every_case_has_a_source():
+    from VoteMILib.bench_sources import UNLISTED, source_of
+
+    shared = [c for folder in (ef.DATA, SARCOMA) for c in find_cases(folder)]
+    assert all(source_of(c.name, c.source) != UNLISTED for c in shared)
+    assert source_of("sts005_ct") == "ibsi-sarcoma-ct" and source_of("sts005_mr_t1") == "ibsi-sarcoma-mr-t1"
+    assert source_of("mirp_sts002_ct") == source_of("sts002_ct")  # one scan, one source
+    assert source_of("my_scan") == UNLISTED and source_of("my_scan", " site-a-ct ") == "site-a-ct"
+
+
+def test_cases_tsv_source_column(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "cases.tsv").write_text("case\timage\tmask\tsource\na\timage.nii.gz\t\tsite-a-ct\n", encoding="utf-8")
+    assert find_cases(tmp_path)[0].source == "site-a-ct"
 
 
 def test_sarcoma_folder_and_both_folders_together():
@@ -292,14 +345,14 @@ def test_fov_cut_keeps_ras_positions_and_the_lesion():
 def test_bench_half_and_fov_check(subset_folder, tmp_path):
     folder, names = subset_folder
     out = tmp_path / "fov.json"
-    run = ef.run_votemi("bench", folder, "--half", "check", "--fov-check", "--mode", "findings",
+    run = ef.run_votemi("bench", folder, "--half", "design", "--fov-check", "--mode", "findings",
                         "--planes", "axial,coronal", "--json", out)
     assert run.returncode == 0, run.stderr
     document = json.loads(out.read_text(encoding="utf-8"))
     rows = document["cases"]
     # brats_gli_00001 is outside the split: left out of a half.
-    assert [r["case"] for r in rows] == [n for n in names if bench_split.half_of(n) == "check"] and len(rows) == 2
-    assert document["settings"]["half"] == "check" and document["settings"]["fov_check"] is True
+    assert [r["case"] for r in rows] == [n for n in names if bench_split.half_of(n) == "design"] and len(rows) == 2
+    assert document["settings"]["half"] == "design" and document["settings"]["fov_check"] is True
     main = next(r for r in rows if r["case"] == ef.MAIN_CASE)
     volume = ef.volume(ef.MAIN_CASE)
     lesion = sitk.GetArrayFromImage(sitk.ReadImage(os.fspath(ef.cases()[ef.MAIN_CASE]["mask"]))) > 0
@@ -324,17 +377,17 @@ def test_bench_half_and_fov_check(subset_folder, tmp_path):
         cut_positions = plane_geometry(cut.ijk_to_ras, cut.size_ijk, plane).positions_mm
         assert scored["hit_half"] == score_slice(again.planes[plane].selected[0].index,
                                                  section_areas(cut, cut_lesion, plane), cut_positions)["hit_half"]
-    fov = document["means"]["check"]["head"]["fov"]
+    fov = document["means"]["design"]["head"]["fov"]
     assert fov["cases"] == 2
     for plane in ("axial", "coronal"):
         assert fov[plane]["stable"] == pytest.approx(np.mean([r["fov"]["planes"][plane]["stable"] for r in rows]))
-    assert "Field-of-view cut" in run.stdout and f"| {ef.MAIN_CASE} | check | {what} |" in run.stdout
+    assert "Field-of-view cut" in run.stdout and f"| {ef.MAIN_CASE} | design | {what} |" in run.stdout
     assert "| half | region | cases | top-1 axial | top-1 coronal | top-3 axial | top-3 coronal | FOV stable axial " \
            "| FOV stable coronal |" in run.stdout
     # A half the folder holds no case of is a one-line error.
-    folder_design = ef.run_votemi("bench", folder, "--half", "design", "--planes", "axial")
-    assert folder_design.returncode == 1
-    assert folder_design.stderr.strip().count("\n") == 0 and "design half" in folder_design.stderr
+    folder_check = ef.run_votemi("bench", folder, "--half", "check", "--planes", "axial")
+    assert folder_check.returncode == 1
+    assert folder_check.stderr.strip().count("\n") == 0 and "check half" in folder_check.stderr
 
 
 def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
@@ -348,7 +401,10 @@ def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
     folder = tmp_path / "two"
     folder.mkdir()
     lines = ["case\tdisease\timage\tmask\textra"]
-    for name in ("sts002_mr_t1", "sts011_mr_t1"):  # one check, one design patient; small MR crops
+    # One check, one design patient; small MR crops. The check case is taken from the split, not named: the tool
+    # is run on it, no hit is required of it.
+    check = next(c for c, (_, _, half) in sorted(bench_split.SPLIT.items()) if half == "check" and c.endswith("_mr_t1"))
+    for name in (check, "sts011_mr_t1"):
         (folder / name).symlink_to(SARCOMA / name, target_is_directory=True)
         lines.append(f"{name}\tsoft-tissue-sarcoma\timage.nii.gz\tmask.nii.gz\t")
     (folder / "cases.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -356,8 +412,53 @@ def test_sensitivity_varies_named_scales_and_restores_them(tmp_path, capsys):
     assert sensitivity.main([str(folder), "--scale", "cues.lung_nodule.BULK_MM", "--factors", "0.7"]) == 0
     assert lung_nodule.BULK_MM == original
     printed = capsys.readouterr().out
-    assert "design: 1 cases: sts011_mr_t1" in printed and "check: 1 cases: sts002_mr_t1" in printed
+    assert "design: 1 cases: sts011_mr_t1" in printed and f"check: 1 cases: {check}" in printed
     assert "| scale | value | design axial | design coronal | design sagittal | check axial |" in printed
     assert f"| cues.lung_nodule.BULK_MM x0.7 | {original * 0.7:.4g} |" in printed
     with pytest.raises(SystemExit, match="has no attribute"):
         sensitivity.main([str(folder), "--scale", "cues.lung_nodule.NO_SUCH_SCALE"])
+
+
+def load_sensitivity_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sensitivity", Path(__file__).parent / "bench_sensitivity.py")
+    sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sensitivity)
+    return sensitivity
+
+
+def test_sensitivity_varies_copies_and_bound_defaults_too():
+    # A scale copied by `from .tissues import FAT_PLANE_HU` or bound as a default argument is varied where the
+    # cue reads it, and restored after.
+    from VoteMILib.cues import asymmetry, mass, organ_lesion, tissues
+
+    sensitivity = load_sensitivity_tool()
+    copies, defaults, read = sensitivity.bindings("cues.tissues.FAT_PLANE_HU")
+    assert read and defaults == []
+    assert sorted(copies) == [("VoteMILib.cues.mass", "FAT_PLANE_HU"), ("VoteMILib.cues.organ_lesion", "FAT_PLANE_HU")]
+    original = tissues.FAT_PLANE_HU
+    try:
+        sensitivity.set_scale(tissues, "FAT_PLANE_HU", original * 0.7, copies, defaults)
+        assert tissues.FAT_PLANE_HU == mass.FAT_PLANE_HU == organ_lesion.FAT_PLANE_HU == original * 0.7
+    finally:
+        sensitivity.set_scale(tissues, "FAT_PLANE_HU", original, copies, defaults)
+    assert mass.FAT_PLANE_HU == organ_lesion.FAT_PLANE_HU == original
+    copies, defaults, _ = sensitivity.bindings("cues.asymmetry.RIM_MM")
+    assert defaults == [("VoteMILib.cues.asymmetry", ("inner_region",), 0)]
+    try:
+        sensitivity.set_scale(asymmetry, "RIM_MM", 20.0, copies, defaults)
+        assert asymmetry.inner_region.__defaults__ == (20.0,)
+    finally:
+        sensitivity.set_scale(asymmetry, "RIM_MM", 14.0, copies, defaults)
+    assert asymmetry.inner_region.__defaults__ == (14.0,)
+
+
+def test_sensitivity_fails_loudly_on_a_scale_it_cannot_vary(tmp_path):
+    sensitivity = load_sensitivity_tool()
+    # Bound into a dataclass field when the module is imported: setting the module attribute changes nothing.
+    with pytest.raises(SystemExit, match="class SelectionSettings .* binds it"):
+        sensitivity.bindings("selection.PATCH_SIZE")
+    # Read by no function.
+    with pytest.raises(SystemExit, match="no function of VoteMILib reads it"):
+        sensitivity.main([str(tmp_path), "--scale", "cues.regions.REGIONS"])

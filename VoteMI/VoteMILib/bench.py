@@ -80,6 +80,7 @@ def evaluate_case(case: Case, planes=PLANES, modes=("findings",), seed=0, use_ex
     ``fov_check`` (and a mask) the first mode is run again on the case cut on one side
     (:func:`fov_cut`) and ``row["fov"]`` says per plane whether its top pick stayed.
     """
+    from .bench_sources import source_of
     from .bench_split import half_of, region_of
     from .selection import select_slices
 
@@ -100,8 +101,9 @@ def evaluate_case(case: Case, planes=PLANES, modes=("findings",), seed=0, use_ex
     peak_mb = tracemalloc.get_traced_memory()[1] / 2 ** 20
     tracemalloc.stop()
     first = results[modes[0]]
-    row = {"case": case.name, "half": half_of(case.name), "scanned": region_of(case.name), "load_s": load_s, "select_s": times[modes[0]], "select_s_by_mode": times,
-           "peak_mb": peak_mb, "volume_mb": volume.array.nbytes / 2 ** 20, "region": first.region.get("name", ""),
+    row = {"case": case.name, "half": half_of(case.name), "scanned": region_of(case.name),
+           "source": source_of(case.name, case.source), "load_s": load_s, "select_s": times[modes[0]],
+           "select_s_by_mode": times, "peak_mb": peak_mb, "volume_mb": volume.array.nbytes / 2 ** 20, "region": first.region.get("name", ""),
            "cues": {plane: first.planes[plane].cue for plane in planes}, "planes": {}}
     if case.mask:
         lesion_kji = load_mask(case.mask, volume)
@@ -216,14 +218,25 @@ def groups_of(row) -> tuple:
     return (region,) if region in ("head", "body") else (region, "body")
 
 
-def summarise(rows: list, planes=PLANES, methods=("findings", *BASELINES)) -> dict:
+def sources_of(row) -> tuple:
+    """The group a case is averaged in by source: its collection and acquisition (:mod:`bench_sources`)."""
+    return (row.get("source") or "unlisted",)
+
+
+def summarise(rows: list, planes=PLANES, methods=("findings", *BASELINES), by="region") -> dict:
     """Mean of each metric per half ("design", "check", "unsplit"), group, plane and method over the cases
-    with masks; with the field-of-view check, "fov" per plane: share of stable top picks, and their hit_half."""
+    with masks; with the field-of-view check, "fov" per plane: share of stable top picks, and their hit_half.
+
+    ``by="region"`` groups by the region scanned (:data:`GROUPS`, :func:`groups_of`); ``by="source"`` by
+    collection and acquisition (:func:`sources_of`), in alphabetical order.
+    """
+    group_of = groups_of if by == "region" else sources_of
+    order = GROUPS if by == "region" else sorted({g for row in rows for g in group_of(row)})
     means = {}
     for half in ("design", "check", "unsplit"):
-        for group in GROUPS:
+        for group in order:
             scored = [row for row in rows if row["planes"] and row.get("half", "unsplit") == half
-                      and group in groups_of(row)]
+                      and group in group_of(row)]
             if not scored:
                 continue
             entry = {"cases": len(scored)}
@@ -239,13 +252,17 @@ def summarise(rows: list, planes=PLANES, methods=("findings", *BASELINES)) -> di
     return means
 
 
-def format_headline_table(means: dict, planes=PLANES, mode="findings") -> str:
-    """Markdown: per half and group, the first mode's top-1 hit_half, any-of-top-3 hit_half and, with the
-    field-of-view check, the share of top picks that stay, per plane."""
+def format_headline_table(means: dict, planes=PLANES, mode="findings", label="region") -> str:
+    """Markdown: per half and group (``label``: region or source), the first mode's top-1 hit_half,
+    any-of-top-3 hit_half and, with the field-of-view check, the share of top picks that stay, per plane;
+    then the top-1 hit_half of each baseline the means hold, all planes in one cell (a / c / s)."""
     with_fov = any("fov" in entry for groups in means.values() for entry in groups.values())
+    some = next((entry for groups in means.values() for entry in groups.values()), None)
+    baselines = [b for b in BASELINES if some and b in some[planes[0]]]
     columns = [f"top-1 {p}" for p in planes] + [f"top-3 {p}" for p in planes]
     columns += [f"FOV stable {p}" for p in planes] if with_fov else []
-    lines = ["| half | region | cases | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
+    columns += [f"{b.replace('_', ' ')} top-1 ({' / '.join(p[0] for p in planes)})" for b in baselines]
+    lines = [f"| half | {label} | cases | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
     for half, groups in means.items():
         for group, entry in groups.items():
             cells = [f"{entry[p][mode]['hit_half']:.2f}" for p in planes]
@@ -253,13 +270,14 @@ def format_headline_table(means: dict, planes=PLANES, mode="findings") -> str:
             if with_fov:
                 cells += ([f"{entry['fov'][p]['stable']:.2f}" for p in planes] if "fov" in entry
                           else ["-"] * len(planes))
+            cells += [" / ".join(f"{entry[p][b]['hit_half']:.2f}" for p in planes) for b in baselines]
             lines.append(f"| {half} | {group} | {entry['cases']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def format_quality_table(means: dict) -> str:
-    """Markdown table per half and group: per plane, hit_any / hit_half / distance for each method, and the
-    any-of-top-3 hit_half of each selection mode."""
+    """Markdown table per half and group (region or source): per plane, hit_any / hit_half / distance for each
+    method, and the any-of-top-3 hit_half of each selection mode."""
     lines = []
     for half, groups in means.items():
         for group, entry in groups.items():

@@ -1,16 +1,19 @@
 """The design/check split of the bench cases, by patient (docs/benchmark.md).
 
-Cues are tuned on the *design* half only; the *check* half is the headline. The split was drawn once,
-before any result was looked at, by :func:`draw_split` with :data:`SEED`, and is stored in
-:data:`SPLIT` so that it never changes with the code that draws it (Testing/test_engine_bench.py
-checks that the stored table is what the rule gives).
+Cues are tuned on the *design* half only; the *check* half is the headline. The split was drawn once
+by :func:`draw_split` with :data:`SEED`, and is stored in :data:`SPLIT` so that it never changes with
+the code that draws it (Testing/test_engine_bench.py checks that the stored table is what the rule gives).
+The asymmetry, region, ``lung_nodule`` and ``tissue_contrast`` cues were built while looking at every
+case of ../shared/data, before the split was drawn: those patients (:data:`DEVELOPMENT_PATIENTS`) are
+design whatever the draw gave them (issue 30), so the check half holds only scans no cue was built on.
 
 Rule: the patients of each region (head, chest, extremity, breast; the region is what was scanned,
 from the data READMEs, never what the selection detects) are sorted by id and permuted by
 ``numpy.random.default_rng(SEED)``, one generator drawn from in that order of regions; the first
 ``n // 2`` patients of a region's permutation are *design*, the rest *check* (the check half gets
-the odd one). Every scan of a patient (CT and MR T1 of a sarcoma patient, and mirp_sts002_ct, the
-same scan as sarcoma/sts002_ct) goes to its patient's half.
+the odd one); then every development patient is moved to *design*. Every scan of a patient (CT and
+MR T1 of a sarcoma patient, and mirp_sts002_ct, the same scan as sarcoma/sts002_ct) goes to its
+patient's half.
 """
 
 from __future__ import annotations
@@ -29,24 +32,29 @@ SHARED_PATIENTS = {
     "pyrad_lung2": "chest", "mirp_nsclc_lung1-001": "chest",
     "pyrad_breast1_mr": "breast",
 }
+#: Patients looked at while cues were built, before the split was drawn (docs/benchmark.md, "what was seen
+#: when"): design, whatever the draw gave them. sts002 is mirp_sts002_ct, a development case of ../shared/data.
+DEVELOPMENT_PATIENTS = frozenset({"pyradiomics_brain1", "pyradiomics_brain2", "tcga_du_7294", "pyrad_lung2",
+                                  "pyrad_breast1_mr", "sts002"})
 #: Scans of ../shared/data that belong to a sarcoma patient.
 SAME_PATIENT = {"mirp_sts002_ct": "sts002"}
 #: The same scan in two folders: scored once when both are benched together.
 SAME_SCAN = {"mirp_sts002_ct": "sts002_ct"}
 
-#: case -> (patient, region, half), as drawn by ``draw_split(all cases with masks)``.
+#: case -> (patient, region, half), as drawn by ``draw_split(all cases with masks)``, development patients
+#: in design.
 SPLIT = {
     'aurora_met': ('aurora_met', 'head', 'design'),
     'mirp_nsclc_lung1-001': ('mirp_nsclc_lung1-001', 'chest', 'design'),
-    'mirp_sts002_ct': ('sts002', 'extremity', 'check'),
-    'pyrad_breast1_mr': ('pyrad_breast1_mr', 'breast', 'check'),
-    'pyrad_lung2': ('pyrad_lung2', 'chest', 'check'),
-    'pyradiomics_brain1': ('pyradiomics_brain1', 'head', 'check'),
-    'pyradiomics_brain2': ('pyradiomics_brain2', 'head', 'check'),
+    'mirp_sts002_ct': ('sts002', 'extremity', 'design'),
+    'pyrad_breast1_mr': ('pyrad_breast1_mr', 'breast', 'design'),
+    'pyrad_lung2': ('pyrad_lung2', 'chest', 'design'),
+    'pyradiomics_brain1': ('pyradiomics_brain1', 'head', 'design'),
+    'pyradiomics_brain2': ('pyradiomics_brain2', 'head', 'design'),
     'sts001_ct': ('sts001', 'extremity', 'check'),
     'sts001_mr_t1': ('sts001', 'extremity', 'check'),
-    'sts002_ct': ('sts002', 'extremity', 'check'),
-    'sts002_mr_t1': ('sts002', 'extremity', 'check'),
+    'sts002_ct': ('sts002', 'extremity', 'design'),
+    'sts002_mr_t1': ('sts002', 'extremity', 'design'),
     'sts005_ct': ('sts005', 'extremity', 'design'),
     'sts005_mr_t1': ('sts005', 'extremity', 'design'),
     'sts007_mr_t1': ('sts007', 'extremity', 'check'),
@@ -79,7 +87,7 @@ SPLIT = {
     'sts049_mr_t1': ('sts049', 'extremity', 'check'),
     'sts051_ct': ('sts051', 'extremity', 'check'),
     'sts051_mr_t1': ('sts051', 'extremity', 'check'),
-    'tcga_du_7294': ('tcga_du_7294', 'head', 'check'),
+    'tcga_du_7294': ('tcga_du_7294', 'head', 'design'),
     'tcga_fg_6692': ('tcga_fg_6692', 'head', 'design'),
 }
 
@@ -115,8 +123,10 @@ def draw_split(cases, seed: int = SEED) -> dict:
         order = rng.permutation(len(mine))
         for rank, position in enumerate(order):
             half = HALVES[0] if rank < len(mine) // 2 else HALVES[1]
-            for case in patients[mine[position]]:
-                split[case] = (mine[position], region, half)
+            patient = mine[position]
+            half = HALVES[0] if patient in DEVELOPMENT_PATIENTS else half
+            for case in patients[patient]:
+                split[case] = (patient, region, half)
     return dict(sorted(split.items()))
 
 

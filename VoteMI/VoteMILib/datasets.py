@@ -23,10 +23,12 @@ class Case:
     image: str
     mask: str | None = None
     extras: list = field(default_factory=list)
+    #: Collection and acquisition (:func:`VoteMILib.bench_sources.source_of`); None: from the repository's table.
+    source: str | None = None
 
 
 def find_cases(folder) -> list:
-    """Cases of a folder: rows of its ``cases.tsv`` (case, image, mask, extra), or sub-folders holding
+    """Cases of a folder: rows of its ``cases.tsv`` (case, image, mask, extra, optional source), or sub-folders holding
     ``image.*`` and optional ``mask.*`` and other sequences."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -39,7 +41,8 @@ def find_cases(folder) -> list:
                 base = os.path.join(folder, row["case"])
                 extras = [os.path.join(base, e) for e in (row.get("extra") or "").split(",") if e.strip()]
                 mask = os.path.join(base, row["mask"]) if (row.get("mask") or "").strip() else None
-                cases.append(Case(row["case"], os.path.join(base, row["image"]), mask, extras))
+                cases.append(Case(row["case"], os.path.join(base, row["image"]), mask, extras,
+                                  (row.get("source") or "").strip() or None))
         return cases
     for sub in sorted(os.listdir(folder)):
         images = sorted(glob.glob(os.path.join(folder, sub, "image.*")))

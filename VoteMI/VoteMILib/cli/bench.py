@@ -23,6 +23,10 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--fov-check", action="store_true",
                         help="also cut each case with a mask on one side (part of the margin beside the lesion "
                              "removed, the lesion kept) and report the share of top picks that stay")
+    parser.add_argument("--normal", action="store_true",
+                        help="also run findings mode on lesion-free scans (Colin27 when installed, and a slab of "
+                             "each case with a mask cut 30 mm or more from every mask voxel) and report the "
+                             "share of planes that claim something stood out, per region and source")
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes)
     parser.add_argument("--mode", type=parse_mode, default=None, metavar="{" + ",".join(MODES) + "}",
                         help="score one mode only (default: both)")
@@ -74,6 +78,27 @@ def run_synthetic(args) -> dict:
     return {"synthetic": rows, "summary": table, "baselines": baselines, "settings": {"seed": args.seed, "keep_lesion": args.keep_lesion}}
 
 
+def run_normal(cases, args) -> dict:
+    """``bench --normal``: findings-mode claims on lesion-free scans, printed per case, region and source."""
+    from .. import bench_normal
+
+    rows = bench_normal.normal_rows(cases, args.planes, args.seed,
+                                    progress=lambda line: print(line, flush=True))
+    if not rows:
+        print("\nNo lesion-free scan: Colin27 is not installed (apt-get install mricron-data) and no case "
+              "has a slab 30 mm from its lesion.")
+        return {"cases": rows, "by_region": {}, "by_source": {}}
+    by_region = bench_normal.summarise_normal(rows, args.planes)
+    by_source = bench_normal.summarise_normal(rows, args.planes, by="source")
+    print("\nLesion-free scans (findings mode; 1 where a plane claims something stood out, the deciding cue):")
+    print(bench_normal.format_normal_cases(rows, args.planes))
+    print(f"\nShare of planes that claim something stood out on lesion-free scans ({len(rows)}), by region:")
+    print(bench_normal.format_normal_table(by_region, args.planes))
+    print("\nThe same by source:")
+    print(bench_normal.format_normal_table(by_source, args.planes, label="source"))
+    return {"cases": rows, "by_region": by_region, "by_source": by_source}
+
+
 def run_bench(args) -> int:
     from ..bench import (BASELINES, evaluate_case, format_case_table, format_fov_table, format_headline_table,
                          format_quality_table, format_speed_table, speed_benchmark, summarise)
@@ -113,6 +138,7 @@ def run_bench(args) -> int:
                   f"peak {row['peak_mb']:.0f} MB{cut}", flush=True)
         methods = (*modes, *BASELINES)
         means = summarise(rows, args.planes, methods)
+        by_source = summarise(rows, args.planes, methods, by="source")
         scored = [r for r in rows if r["planes"]]
         print(f"\nPer case (top slice of each plane: hit_any/hit_half, distance from largest lesion section; "
               f"the cue that decided the {modes[0]} pick in brackets, and whether any of its top 3 holds half "
@@ -125,13 +151,21 @@ def run_bench(args) -> int:
         print(f"\nMeans over the cases with masks, by half and region ({len(scored)} cases; region as scanned, "
               "body = every region but the head; hit_any / hit_half / distance):")
         print(format_quality_table(means))
-        print(f"\nHeadline ({modes[0]}: hit_half of the top pick, of any of the top 3"
-              + (", share of top picks stable under the field-of-view cut" if args.fov_check else "") + "):")
+        print(f"\nThe same by source (collection and acquisition; {len(scored)} cases):")
+        print(format_quality_table(by_source))
+        headline = (f"\nHeadline ({modes[0]}: hit_half of the top pick, of any of the top 3"
+                    + (", share of top picks stable under the field-of-view cut" if args.fov_check else "")
+                    + "; top-1 hit_half of each baseline)")
+        print(headline + ", by region:")
         print(format_headline_table(means, args.planes, modes[0]))
-        document = {"cases": rows, "means": means,
+        print(headline + ", by source:")
+        print(format_headline_table(by_source, args.planes, modes[0], label="source"))
+        document = {"cases": rows, "means": means, "means_by_source": by_source,
                     "settings": {"modes": list(modes), "seed": args.seed, "extra": args.extra,
                                  "encoder": args.encoder, "half": args.half, "fov_check": args.fov_check,
-                                 "data": list(args.data_dirs)}}
+                                 "normal": args.normal, "data": list(args.data_dirs)}}
+        if args.normal:
+            document["normal"] = run_normal(cases, args)
     if args.json:
         from ..outputs import write_json_atomic
 
