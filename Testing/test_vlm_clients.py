@@ -58,15 +58,16 @@ def test_ollama_native_streaming_and_plain(scripted_server, mri_volume, selectio
     assert report.complete and report.text.startswith("Findings")
     assert report.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
     body = scripted_server.chat_requests()[-1]
-    message = body["messages"][0]
-    assert len(message["images"]) == 3
-    for png in message["images"]:
+    # One image per message, its label as the text: nothing adjacent for Ollama's frame merge to fuse.
+    intro, *image_messages, instruction = body["messages"]
+    assert "images" not in intro and "images" not in instruction and len(image_messages) == 3
+    for message, slice_ in zip(image_messages, selection.selected()[::2]):  # rank 1 of each plane
         import base64
 
-        assert max(decode_png(base64.b64decode(png)).size) == LONG_SIDE
-    for n, slice_ in enumerate(selection.selected()[::2], 1):  # rank 1 of each plane
-        assert re.search(rf"Image {n}: {slice_.label}: {slice_.plane}, "
-                         rf"{position_pattern(slice_.plane, slice_.position_mm)}", message["content"])
+        assert len(message["images"]) == 1 and message["role"] == "user"
+        assert max(decode_png(base64.b64decode(message["images"][0])).size) == LONG_SIDE
+        assert re.match(rf"{slice_.label}: {slice_.plane}, {position_pattern(slice_.plane, slice_.position_mm)}",
+                        message["content"])
     assert body["options"] == {"temperature": 0.0, "num_predict": 1024, "seed": 7, "num_ctx": 8192}
     scripted_server.script.append(complete_json("Findings: none.", protocol="ollama"))
     plain = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama", stream=False))
