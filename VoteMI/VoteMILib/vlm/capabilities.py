@@ -42,6 +42,8 @@ IMAGES_SEEN = ("all", "fused", "first_only", "unverified")
 # A pair costing at least this many single images was seen whole; at most _LOST_RATIO, one was lost.
 _SEEN_RATIO = 1.75
 _LOST_RATIO = 1.25
+# Text added to one probe request to measure the tokenizer: words and numbers as image labels and reports have.
+_TOKENIZER_TEXT = " A1: axial, S 12.5 mm, sequence T1. Findings: no mass effect; ventricles of normal size." * 4
 #: Images per request tried by the probe, in order.
 PROBE_COUNTS = (1, 2, 4, 9)
 #: How long a probe result is trusted before the next describe probes again (a week).
@@ -82,6 +84,9 @@ class Capabilities:
         Prompt tokens one image adds, from the growth of the prompt tokens the server reports.
     images_seen : str or None
         One of :data:`IMAGES_SEEN`; None when not probed for (text-only, or stored by an older VoteMI).
+    chars_per_token : float or None
+        Characters of report-like text per prompt token of the model's tokenizer, from the growth of the
+        prompt tokens with a longer text (None: not reported).
     notes : list of str
         What the probe saw, in words (refusals, ignored images or schema, where the context came from).
     """
@@ -98,6 +103,7 @@ class Capabilities:
     probed_at: str = ""
     prompt_tokens_per_image: float | None = None
     images_seen: str | None = None
+    chars_per_token: float | None = None
     notes: list = field(default_factory=list)
 
     @property
@@ -246,7 +252,7 @@ def _probe_png(number: int, size=_PROBE_SIZE) -> bytes:
     return out.getvalue()
 
 
-def _ask(client, model, count: int, options, cancel, schema=None, spread=False, sizes=None):
+def _ask(client, model, count: int, options, cancel, schema=None, spread=False, sizes=None, text=""):
     """A one-token request with ``count`` test images (of ``sizes``, default all the same), in one message or
     ``spread`` one per message."""
     # No label text: with the OpenAI protocol a request with images then has the very text of the one without,
@@ -254,7 +260,7 @@ def _ask(client, model, count: int, options, cancel, schema=None, spread=False, 
     # images, as frame merge needs.
     sizes = sizes or [_PROBE_SIZE] * count
     images = [Attachment("", _probe_png(n, size), {"kind": "probe"}) for n, size in enumerate(sizes, 1)]
-    prompt = Prompt("This is a connection test.", [], "Reply with OK." if schema is None else
+    prompt = Prompt("This is a connection test." + text, [], "Reply with OK." if schema is None else
                     'Reply with {"ok": true}.', attachments=images)
     if spread:
         prompt = spread_over_turns(prompt)
@@ -318,6 +324,10 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
         found.notes.append(f"context length from {reported['context_from']}")
     options = GenerationOptions(max_tokens=1, temperature=0.0, seed=0, num_ctx=num_ctx, stream=False)
     baseline = _ask(client, model, 0, options, cancel).usage.get("prompt_tokens")
+    if baseline:
+        longer = _ask(client, model, 0, options, cancel, text=_TOKENIZER_TEXT).usage.get("prompt_tokens")
+        if longer and longer > baseline:
+            found.chars_per_token = round(len(_TOKENIZER_TEXT) / (longer - baseline), 2)
     accepted, refused, tokens = 0, None, {}
     for count in PROBE_COUNTS:
         outcome = _try_images(client, model, count, options, cancel, found.notes)

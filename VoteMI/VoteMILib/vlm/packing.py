@@ -199,7 +199,8 @@ def prompt_text_chars(prompt) -> int:
     return len(prompt.flat_text()) + turns
 
 
-def estimate_prompt_tokens(prompt, tokens_per_image: float, max_tokens: int) -> int:
+def estimate_prompt_tokens(prompt, tokens_per_image: float, max_tokens: int, chars_per_token: float | None = None
+                           ) -> int:
     """Tokens a request needs in the model's context: its text, its images and the answer's ``max_tokens``.
 
     Parameters
@@ -209,9 +210,13 @@ def estimate_prompt_tokens(prompt, tokens_per_image: float, max_tokens: int) -> 
         Prompt tokens one image adds (measured by the probe, else :data:`DEFAULT_TOKENS_PER_IMAGE`).
     max_tokens : int
         Longest answer asked for.
+    chars_per_token : float, optional
+        The tokenizer's characters per token as the probe measured them; text is counted 25 % high with
+        them (labels hold more digits than the probe's text); :data:`CHARS_PER_TOKEN_ESTIMATE` without.
     """
     messages = 2 * len(prompt.turns) + 1 + len(prompt.attachments) + 2  # image messages (Ollama), intro, question
-    text = math.ceil(prompt_text_chars(prompt) / CHARS_PER_TOKEN_ESTIMATE) + _TOKENS_PER_MESSAGE * messages
+    per_token = chars_per_token / 1.25 if chars_per_token else CHARS_PER_TOKEN_ESTIMATE
+    text = math.ceil(prompt_text_chars(prompt) / per_token) + _TOKENS_PER_MESSAGE * messages
     return int(text + math.ceil(prompt.image_count() * float(tokens_per_image)) + int(max_tokens))
 
 

@@ -484,7 +484,8 @@ def plan_context(prompt: Prompt, settings: DescribeSettings, capabilities=None) 
     """The context ``prompt`` needs on the server of ``capabilities`` (see :class:`ContextPlan`)."""
     measured = getattr(capabilities, "prompt_tokens_per_image", None)
     per_image = float(measured) if measured else float(DEFAULT_TOKENS_PER_IMAGE)
-    needed = estimate_prompt_tokens(prompt, per_image, int(settings.max_tokens))
+    needed = estimate_prompt_tokens(prompt, per_image, int(settings.max_tokens),
+                                    getattr(capabilities, "chars_per_token", None))
     length = getattr(capabilities, "context_length", None)
     num_ctx = context_to_request(needed, settings.num_ctx, length) if settings.backend == "ollama" else None
     return ContextPlan(needed, per_image, "probe" if measured else "assumed", length, num_ctx)
@@ -513,12 +514,17 @@ def fit_request(parts: "RequestParts", settings: DescribeSettings, capabilities=
                        f"{plan.tokens_per_image:g} tokens, text and --max-tokens {settings.max_tokens}); the model's "
                        f"context holds {plan.context_length}; nothing was sent; lower --max-tokens or send fewer "
                        "slices")
-    shrunk = parts.fit(replace(settings, max_images=min(room, int(settings.max_images or room))), capabilities)
-    fitted = plan_context(shrunk, settings, capabilities)
-    if fitted.estimated_tokens > plan.context_length:
-        raise VLMError(f"the request needs about {fitted.estimated_tokens} tokens even as {shrunk.image_count()} "
-                       f"image(s); the model's context holds {plan.context_length}; nothing was sent; lower "
-                       "--max-tokens or send fewer slices")
+    budget = min(room, int(settings.max_images or room))
+    while True:  # sheets list every tile's label, so fewer images may still need a little more text
+        shrunk = parts.fit(replace(settings, max_images=budget), capabilities)
+        fitted = plan_context(shrunk, settings, capabilities)
+        if fitted.estimated_tokens <= plan.context_length:
+            break
+        if budget == 1 or shrunk.image_count() <= 1:
+            raise VLMError(f"the request needs about {fitted.estimated_tokens} tokens even as "
+                           f"{shrunk.image_count()} image(s); the model's context holds {plan.context_length}; "
+                           "nothing was sent; lower --max-tokens or send fewer slices")
+        budget = max(1, min(budget, shrunk.image_count()) // 2)
     fitted.shrunk = (f"{images} images would need about {plan.estimated_tokens} tokens and the model's context "
                      f"holds {plan.context_length}: sent as {shrunk.image_count()}")
     return shrunk, fitted
