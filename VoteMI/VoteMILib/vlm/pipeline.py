@@ -494,8 +494,8 @@ def plan_context(prompt: Prompt, settings: DescribeSettings, capabilities=None) 
 def fit_request(parts: "RequestParts", settings: DescribeSettings, capabilities=None) -> tuple:
     """The prompt fitted to the server's image limits and to the model's context, with its :class:`ContextPlan`.
 
-    A request over the model's known context is shrunk to the images that fit (contact sheets, which
-    cost one image each) and the plan says so.
+    A request to a server over the model's known context is shrunk to the images that fit (contact sheets,
+    which cost one image each) and the plan says so.
 
     Raises
     ------
@@ -504,7 +504,8 @@ def fit_request(parts: "RequestParts", settings: DescribeSettings, capabilities=
     """
     prompt = parts.fit(settings, capabilities)
     plan = plan_context(prompt, settings, capabilities)
-    if not plan.context_length or plan.estimated_tokens <= plan.context_length:
+    # The in-process model counts its prompt itself and refuses one too long, so nothing is lost silently there.
+    if settings.backend == INPROCESS or not plan.context_length or plan.estimated_tokens <= plan.context_length:
         return prompt, plan
     images = prompt.image_count()
     fixed = plan.estimated_tokens - math.ceil(images * plan.tokens_per_image)

@@ -82,8 +82,9 @@ class Report:
             context = next(item for item in sent["attachments"] if item.get("kind") == "context")
             parts.append(f"a context sheet of {context['count']} {context['plane']} slices")
         if sent.get("examples"):
-            parts.append(f"{len(sent['examples'])} worked example(s) ({', '.join(e['name'] for e in sent['examples'])})")
-        if not parts and not sent.get("images_seen") in ("fused", "first_only") and not _context_words(sent):
+            names = ", ".join(example["name"] for example in sent["examples"])
+            parts.append(f"{len(sent['examples'])} worked example(s) ({names})")
+        if not parts and sent.get("images_seen") not in ("fused", "first_only") and not _context_words(sent):
             return []
         limit = f" (at most {sent['limit']} image(s) per request)" if sent.get("limit") else ""
         line = f"Sent as {', '.join(parts) or 'one image per slice'}{limit}"

@@ -15,6 +15,10 @@ It listens on loopback unless another host is given, checks an optional API key
 methods, broken request lines) with an error in the OpenAI shape
 ``{"error": {"message", "type", "param", "code"}}``, never with an HTML page.
 
+Switches of :class:`ServeFeatures` make it behave like more limited servers, for checking clients: text-only,
+no JSON schema, images dropped, a limit per message, adjacent same-size images fused, only the first image of a
+message seen, a small context filled silently.
+
 Every resource a request can claim is bounded (:class:`ServeLimits`): body size, prompt
 characters before tokenising and tokens after the chat template, image count and pixels (read
 from the image headers, before anything is decoded), the wait for the model, the generation time,
