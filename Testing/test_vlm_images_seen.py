@@ -130,3 +130,12 @@ def test_a_request_that_cannot_fit_is_refused_in_one_line(servers, volume, selec
     message = str(caught.value)
     assert "\n" not in message and f"the model's context holds {SMALL_CONTEXT}; nothing was sent" in message
     assert "usage" not in caught.value.report.meta
+
+
+def test_labels_between_images_survive_frame_merge_and_the_switches_really_lose_images(servers, volume, selection):
+    """``--pack none`` keeps the nine slices in one message: the OpenAI dialect's label after each image is text
+    between them, so the merging server sees them all; the first-image-only server sees one."""
+    tokens = {name: describe(volume, selection, settings(servers[name], pack="none")).meta["usage"]["prompt_tokens"]
+              for name in ("honest", "fused", "first_only")}
+    assert tokens["fused"] == tokens["honest"]
+    assert tokens["honest"] - tokens["first_only"] == 8 * 16  # eight images of 16 tokens never reached the model
