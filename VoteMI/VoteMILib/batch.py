@@ -43,6 +43,9 @@ SUMMARY_CSV = "summary.csv"
 BYTES_PER_VOXEL = 40
 WORKER_BASE_BYTES = 600 * 2 ** 20
 _HASH_CHUNK = 1 << 20
+#: The longest part of a case name, in bytes: file systems allow 255 per name, and the outputs add ``.json``
+#: and a temporary file's ``.<name>.XXXXXXXX.part`` (:func:`~VoteMILib.outputs.write_atomic`) to it.
+MAX_NAME_BYTES = 200
 
 
 class BatchError(ValueError):
@@ -116,10 +119,25 @@ def is_dicom_series_folder(folder) -> bool:
 
 
 def _case_name(text: str) -> str:
-    """A safe relative name: path separators kept as ``/``, no ``..``, nothing outside ``[\\w.-]``."""
+    """A safe relative name: path separators kept as ``/``, no ``..``, nothing outside ``[\\w.-]``, and no
+    part longer than :data:`MAX_NAME_BYTES` (see :func:`_short_part`)."""
     parts = [re.sub(r"[^\w.-]", "_", part) for part in re.split(r"[\\/]+", text) if part not in ("", ".")]
-    parts = ["_" if part == ".." else part for part in parts]
+    parts = [_short_part("_" if part == ".." else part) for part in parts]
     return "/".join(parts) or "case"
+
+
+def _short_part(part: str) -> str:
+    """``part``, or when its UTF-8 form is over :data:`MAX_NAME_BYTES`, its start and a digest of the whole.
+
+    The digest is of the whole part, so the name is the same on every run (resume finds the case again) and two
+    long names that share their start stay distinct.
+    """
+    data = part.encode("utf-8")
+    if len(data) <= MAX_NAME_BYTES:
+        return part
+    digest = hashlib.blake2b(data, digest_size=8).hexdigest()
+    start = data[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")  # never half a character
+    return f"{start}-{digest}"
 
 
 def _strip_suffix(name: str) -> str:
@@ -394,11 +412,18 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def rewrite(self, records: list) -> None:
-        """Keep one line per case (the latest), in the given order."""
+    def merge(self, names: list) -> dict:
+        """Rewrite the journal with one line per case (the latest), ``names`` first; returns {case: record}.
+
+        Read again from the file, not from memory: another run on the same folder (another machine behind a
+        stale lock, an older votemi without the lock) may have appended its own cases meanwhile.
+        """
         from .outputs import write_atomic
 
-        write_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records), what="journal")
+        latest = self.load()
+        order = [name for name in names if name in latest] + [name for name in latest if name not in set(names)]
+        write_atomic(self.path, "".join(json.dumps(latest[n], sort_keys=True) + "\n" for n in order), what="journal")
+        return latest
 
 
 def is_done(record: dict | None, case: BatchCase, key: str, out: str) -> bool:
@@ -508,8 +533,8 @@ def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: in
     try:
         import dask
         from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise BatchError("this command needs Dask: pip install 'votemi[batch]'") from None
+    except ImportError as error:
+        raise BatchError(dask_import_message(error)) from None
     import logging
 
     if scheduler:
@@ -532,7 +557,17 @@ def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: in
         yield client
 
 
-def run_cases(client, cases, task, settings, out: str, store, label: str = "batch", stream=None) -> list:
+def dask_import_message(error: ImportError) -> str:
+    """"Needs Dask" only when Dask itself is missing; a module Dask needs that is missing or broken is named."""
+    missing = getattr(error, "name", None) or ""
+    if isinstance(error, ModuleNotFoundError) and missing.split(".")[0] in ("dask", "distributed"):
+        return "this command needs Dask: pip install 'votemi[batch]'"
+    return (f"Dask is installed but cannot be imported: {one_line(error)}; repair that package (pip install "
+            "--force-reinstall 'votemi[batch]')")
+
+
+def run_cases(client, cases, task, settings, out: str, store, label: str = "batch", stream=None,
+              case_timeout: float | None = None) -> list:
     """Run ``task(case, settings)`` on the cluster for every case not already done; returns all records.
 
     Parameters
@@ -548,6 +583,13 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     store : callable(dict) -> dict
         Writes a finished record's outputs (driver side) and returns the record as journaled, with
         ``outputs`` (paths relative to ``out``) that must exist for the case to count as done.
+    case_timeout : float, optional
+        Seconds a case may take; a case still running then is recorded as failed (:func:`timed_task`).
+
+    Raises
+    ------
+    BatchInterrupted
+        On Ctrl-C, once the journal holds every case finished so far.
     """
     from dask.distributed import as_completed
 
@@ -558,7 +600,6 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     progress = Progress(len(cases), len(cases) - len(todo), label, stream)
     if progress.skipped:
         progress.show()
-    latest = dict(previous)
     # A few tasks ahead of the workers, not the whole archive: memory stays flat and Ctrl-C is prompt.
     threads = sum(client.nthreads().values())
     if not threads:
@@ -566,29 +607,80 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     window = max(2, 2 * threads)
     pending = iter(todo)
     futures, running = {}, as_completed()
+    submit = (task, case_timeout, settings, futures, running)
     try:
         for case in _take(pending, window):
-            _submit(client, task, case, settings, futures, running)
+            _submit(client, case, *submit)
         for future in running:
             case = futures.pop(future)
-            try:
-                record = future.result()
-            except Exception as error:  # noqa: BLE001 - a worker that died (memory, signal) fails its case only
-                record = {**new_record(case), "error": f"worker lost: {one_line(error)}",
-                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            record["settings_key"] = key
-            record = store(record)
+            record = _finished_record(future, case, key, store)
             journal.append(record)
-            latest[case.name] = record
             progress.update(record)
             for case in _take(pending, 1):
-                _submit(client, task, case, settings, futures, running)
+                _submit(client, case, *submit)
+    except KeyboardInterrupt:
+        raise BatchInterrupted(f"votemi: interrupted; {progress.done} {label} cases finished in this run and "
+                               f"{progress.skipped} done before are kept in {journal.path}; run the same command "
+                               "again to do the rest") from None
     finally:
         progress.close()
-    order = [latest[case.name] for case in cases if case.name in latest]
-    others = [record for name, record in latest.items() if name not in {c.name for c in cases}]
-    journal.rewrite(order + others)
-    return order
+        latest = journal.merge([case.name for case in cases])
+    return [latest[case.name] for case in cases if case.name in latest]
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch; its message says what was kept."""
+
+
+def _finished_record(future, case: BatchCase, key: str, store) -> dict:
+    """The record of a finished task, its outputs written; a worker lost or an output that cannot be written
+    fails this case only."""
+    try:
+        record = future.result()
+    except Exception as error:  # noqa: BLE001 - a worker that died (memory, signal) fails its case only
+        record = {**new_record(case), "error": worker_lost_message(error),
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record["settings_key"] = key
+    try:
+        return store(record)
+    except OSError as error:  # e.g. a name the file system refuses, a full disk: this case fails, not the batch
+        record.pop("document", None)
+        record.pop("png_bytes", None)
+        return {**record, "status": "failed", "error": f"cannot write its outputs: {one_line(error)}"}
+
+
+def worker_lost_message(error: BaseException) -> str:
+    """What a task that never returned means: Dask's ``KilledWorker`` is, with memory limits on, the memory."""
+    if type(error).__name__ == "KilledWorker":
+        return ("worker lost: its process died twice on this case, most likely over its memory limit (see "
+                "'GiB each' above); run it with fewer --workers, on a machine with more memory, or check it alone "
+                "with 'votemi select'")
+    return f"worker lost: {one_line(error)}"
+
+
+def timed_task(task, case: BatchCase, settings, timeout: float | None) -> dict:
+    """``task(case, settings)``, given up after ``timeout`` seconds as a failed record.
+
+    The case runs on a daemon thread of the worker: a read that blocks for good (a FIFO, a hung network share)
+    cannot be interrupted, but the worker leaves it behind and goes on with the next case.
+    """
+    if not timeout:
+        return task(case, settings)
+    import threading
+
+    started = time.perf_counter()
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(record=task(case, settings)), daemon=True,
+                              name=f"votemi-case-{case.name}")
+    thread.start()
+    thread.join(timeout)
+    if "record" in box:
+        return box["record"]
+    record = new_record(case)
+    record["error"] = (f"still running after the --case-timeout of {timeout:g} s (a file that blocks, such as a "
+                       "FIFO or a hung network share, or a very large volume); check it alone with 'votemi select'"
+                       if thread.is_alive() else "the case ended without a record")
+    return finish_record(record, started)
 
 
 def _take(iterator, count):
@@ -599,8 +691,9 @@ def _take(iterator, count):
         yield item
 
 
-def _submit(client, task, case, settings, futures, running):
-    future = client.submit(task, case, settings, pure=False, key=f"votemi-{_case_name(case.name)}-{time.time_ns()}")
+def _submit(client, case, task, timeout, settings, futures, running):
+    future = client.submit(timed_task, task, case, settings, timeout, pure=False,
+                           key=f"votemi-{_case_name(case.name)}-{time.time_ns()}")
     futures[future] = case
     running.add(future)
 
@@ -651,6 +744,97 @@ def write_summary_csv(path, records) -> None:
                          record.get("modality", ""), picks, record.get("seconds", ""),
                          record.get("peak_memory_mb", ""), record.get("json", ""), record.get("error", "")])
     write_atomic(path, buffer.getvalue(), what="summary CSV")
+
+
+LOCK = ".votemi.lock"
+
+
+@contextlib.contextmanager
+def out_lock(out: str, label: str = "batch"):
+    """Hold ``OUT/.votemi.lock`` while a run writes ``out``: one run per output folder.
+
+    The lock is a file created exclusively (``O_EXCL`` works on every platform and on network shares, unlike
+    ``fcntl``), holding the owner's pid, host and start time. A lock of this host whose process is gone is
+    stale and taken over; one of another host cannot be checked, so the message says how to remove it.
+
+    Raises
+    ------
+    BatchError
+        When another run holds the lock, in one line saying who.
+    """
+    path = os.path.join(out, LOCK)
+    owner = {"pid": os.getpid(), "host": _host(), "command": label,
+             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for attempt in range(2):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            holder = _read_lock(path)
+            if attempt or not _is_stale(holder, path):
+                raise BatchError(_held_message(holder, path, label)) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump(owner, handle)
+    try:
+        yield path
+    finally:
+        holder = _read_lock(path)
+        if (holder.get("pid"), holder.get("host")) == (owner["pid"], owner["host"]):  # never another run's lock
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _read_lock(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            holder = json.load(handle)
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_stale(holder: dict, path) -> bool:
+    """Whether a lock is left over: its process, on this host, is gone; or it is empty and older than 10 s (a
+    run killed between creating it and writing its owner)."""
+    if not holder:
+        try:
+            return time.time() - os.path.getmtime(path) > 10
+        except OSError:
+            return True
+    if holder.get("host") != _host() or not isinstance(holder.get("pid"), int):
+        return False
+    return not process_alive(holder["pid"])
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs, on Windows and POSIX alike (``os.kill(pid, 0)`` would signal the
+    process on Windows); psutil comes with Dask."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
+
+
+def _held_message(holder: dict, path, label: str) -> str:
+    if not holder:
+        return (f"{os.path.dirname(path)} is in use by another votemi run (its lock {path} is being written); "
+                "wait for it, or give another --out")
+    where = "" if holder.get("host") == _host() else f" on {holder.get('host')}"
+    return (f"{os.path.dirname(path)} is in use by votemi {holder.get('command', label)} (pid {holder.get('pid')}"
+            f"{where}, started {holder.get('started', '?')}); wait for it or give another --out (if that run is "
+            f"over, delete {path})")
 
 
 def prepare_out(out: str) -> str:
