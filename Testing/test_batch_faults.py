@@ -168,21 +168,24 @@ def test_batch_with_a_long_name_and_a_blocking_case_finishes(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="a terminal's Ctrl-C reaches the process group (POSIX)")
 def test_ctrl_c_prints_one_line_saying_what_was_kept(tmp_path):
     blocked = _fifo_mhd(str(tmp_path))
+    good = shutil.copyfile(ef.cases()[ef.MAIN_CASE]["image"], tmp_path / "good.nii.gz")
     out = tmp_path / "out"
-    process = subprocess.Popen([*ef.votemi_command(), "batch", blocked, "--out", str(out), "--workers", "1"],
+    process = subprocess.Popen([*ef.votemi_command(), "batch", blocked, good, "--out", str(out), "--workers", "2"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "summary.jsonl").exists() and time.monotonic() < deadline:  # the good case is done,
+        time.sleep(0.2)  # the other worker is blocked in its read
     time.sleep(1)
-    deadline = time.monotonic() + 90
-    while not os.path.exists(out / LOCK) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(8)  # the cluster is up and the case is running (blocked)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
+    interrupted = time.monotonic()
     _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - interrupted < 30
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and len(lines) == 2, stderr  # the start line and the interrupt line
-    assert lines[-1].startswith("votemi: interrupted; 0 batch cases finished") and "summary.jsonl" in lines[-1]
-    assert not os.path.exists(out / LOCK)
+    assert "Traceback" not in stderr and len(lines) == 3, stderr  # the start, one case done, the interrupt
+    assert lines[-1] == (f"votemi: interrupted; 1 of 2 cases are finished and kept in {out / 'summary.jsonl'}; "
+                         "run the same command again to do the rest")
+    assert _journal(out)["good"]["status"] == "ok" and not os.path.exists(out / LOCK)
 
 
 # -- messages ----------------------------------------------------------------------------------------

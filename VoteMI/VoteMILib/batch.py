@@ -551,10 +551,58 @@ def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: in
     memory = {"distributed.worker.memory.pause": False, "distributed.worker.memory.target": False,
               "distributed.worker.memory.spill": False, "distributed.worker.memory.terminate": 0.95,
               "distributed.scheduler.allowed-failures": 1}
-    with dask.config.set(memory), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit or "auto",
-            dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        yield client
+    with dask.config.set(memory):
+        with _sigint_ignored():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   memory_limit=memory_limit or "auto", dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            client.register_plugin(IgnoreCtrlC())  # a worker restarted later (memory) was not started above
+            yield client
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore Ctrl-C while the local workers start, so that they inherit it and leave Ctrl-C to the command.
+
+    Ctrl-C in a terminal reaches every process of its group: each worker would die printing its traceback
+    (dozens of lines) while the command itself stops the cluster anyway. The command's own handler is back once
+    the workers run; with no handler to change (not the main thread), nothing is done.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_sigint_here() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # without Dask, batch refuses in dask_client with the reason
+    WorkerPlugin = object
+
+
+class IgnoreCtrlC(WorkerPlugin):
+    """Makes each local worker, also one restarted after the start, ignore Ctrl-C (see :func:`_sigint_ignored`)."""
+
+    name = "votemi-ignore-ctrl-c"
+
+    def setup(self, worker):
+        worker.loop.add_callback(_ignore_sigint_here)  # the loop runs on the worker process's main thread
 
 
 def dask_import_message(error: ImportError) -> str:
@@ -619,9 +667,9 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
             for case in _take(pending, 1):
                 _submit(client, case, *submit)
     except KeyboardInterrupt:
-        raise BatchInterrupted(f"votemi: interrupted; {progress.done} {label} cases finished in this run and "
-                               f"{progress.skipped} done before are kept in {journal.path}; run the same command "
-                               "again to do the rest") from None
+        raise BatchInterrupted(f"votemi: interrupted; {progress.done + progress.skipped} of {len(cases)} cases are "
+                               f"finished and kept in {journal.path}; run the same command again to do the rest"
+                               ) from None
     finally:
         progress.close()
         latest = journal.merge([case.name for case in cases])
