@@ -192,8 +192,8 @@ def test_ctrl_c_prints_one_line_saying_what_was_kept(tmp_path):
 
 
 def test_a_worker_killed_twice_names_memory_and_what_to_do():
-    message = worker_lost_message(distributed.KilledWorker("votemi-brain-1", "tcp://127.0.0.1:1", None))
-    assert "memory limit" in message and "--workers" in message and "KilledWorker" not in message
+    message = worker_lost_message(distributed.KilledWorker("votemi-brain-1", "tcp://127.0.0.1:1", None), 3 * 2 ** 29)
+    assert "memory limit of 1.5 GiB" in message and "fewer --workers" in message and "KilledWorker" not in message
 
 
 def test_a_broken_module_inside_dask_is_named_not_called_missing_dask(tmp_path):

@@ -653,6 +653,7 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     if not threads:
         print(f"votemi {label}: the cluster has no workers yet; waiting for them", file=progress.stream)
     window = max(2, 2 * threads)
+    memory_limit = memory_limit_of(client)
     pending = iter(todo)
     futures, running = {}, as_completed()
     submit = (task, case_timeout, settings, futures, running)
@@ -661,7 +662,7 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
             _submit(client, case, *submit)
         for future in running:
             case = futures.pop(future)
-            record = _finished_record(future, case, key, store)
+            record = _finished_record(future, case, key, store, memory_limit)
             journal.append(record)
             progress.update(record)
             for case in _take(pending, 1):
@@ -680,13 +681,13 @@ class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C during a batch; its message says what was kept."""
 
 
-def _finished_record(future, case: BatchCase, key: str, store) -> dict:
+def _finished_record(future, case: BatchCase, key: str, store, memory_limit: int | None) -> dict:
     """The record of a finished task, its outputs written; a worker lost or an output that cannot be written
     fails this case only."""
     try:
         record = future.result()
     except Exception as error:  # noqa: BLE001 - a worker that died (memory, signal) fails its case only
-        record = {**new_record(case), "error": worker_lost_message(error),
+        record = {**new_record(case), "error": worker_lost_message(error, memory_limit),
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     record["settings_key"] = key
     try:
@@ -697,13 +698,20 @@ def _finished_record(future, case: BatchCase, key: str, store) -> dict:
         return {**record, "status": "failed", "error": f"cannot write its outputs: {one_line(error)}"}
 
 
-def worker_lost_message(error: BaseException) -> str:
+def worker_lost_message(error: BaseException, memory_limit: int | None = None) -> str:
     """What a task that never returned means: Dask's ``KilledWorker`` is, with memory limits on, the memory."""
     if type(error).__name__ == "KilledWorker":
-        return ("worker lost: its process died twice on this case, most likely over its memory limit (see "
-                "'GiB each' above); run it with fewer --workers, on a machine with more memory, or check it alone "
+        limit = f" of {memory_limit / 2 ** 30:.1f} GiB" if memory_limit else ""
+        return (f"worker lost: its process died twice on this case, most likely over its memory limit{limit}; "
+                "give each worker more with fewer --workers or a machine with more memory, or check the case alone "
                 "with 'votemi select'")
     return f"worker lost: {one_line(error)}"
+
+
+def memory_limit_of(client) -> int | None:
+    """The largest memory limit of the cluster's workers (bytes), or None when they have none."""
+    limits = [worker.get("memory_limit") or 0 for worker in client.scheduler_info().get("workers", {}).values()]
+    return max(limits, default=0) or None
 
 
 def timed_task(task, case: BatchCase, settings, timeout: float | None) -> dict:
