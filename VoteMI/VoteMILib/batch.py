@@ -530,12 +530,11 @@ def worker_memory_limit(cases, workers: int, total_bytes: int | None = None, ext
 @contextlib.contextmanager
 def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: int | None = None):
     """A Dask client: of the cluster at ``scheduler``, or of a new local cluster of ``workers`` processes."""
-    try:
-        import dask
-        from dask.distributed import Client, LocalCluster
-    except ImportError as error:
-        raise BatchError(dask_import_message(error)) from None
+    require_dask()
     import logging
+
+    import dask
+    from dask.distributed import Client, LocalCluster
 
     if scheduler:
         try:
@@ -603,6 +602,15 @@ class IgnoreCtrlC(WorkerPlugin):
 
     def setup(self, worker):
         worker.loop.add_callback(_ignore_sigint_here)  # the loop runs on the worker process's main thread
+
+
+def require_dask() -> None:
+    """Refuse in one line, before any work, when Dask cannot be imported (:func:`dask_import_message`)."""
+    try:
+        import dask  # noqa: F401
+        from dask.distributed import Client, LocalCluster  # noqa: F401
+    except ImportError as error:
+        raise BatchError(dask_import_message(error)) from None
 
 
 def dask_import_message(error: ImportError) -> str:

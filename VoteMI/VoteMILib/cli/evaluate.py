@@ -83,11 +83,13 @@ def add_eval_command(commands) -> None:
 def run_eval_command(args) -> int:
     # The engine is imported when the command runs: `votemi --help` and the other commands never load Dask's runner.
     from .. import eval_scores
-    from ..batch import BatchError, dask_client, out_lock, prepare_out, run_cases, worker_memory_limit
+    from ..batch import (BatchError, dask_client, out_lock, prepare_out, require_dask, run_cases,
+                         worker_memory_limit)
     from ..evaluate import (EvalSettings, eval_case, load_dataset, metrics_of, model_bytes, probed_image_limit,
                             store_answers, write_results)
     from ..run import window_settings
 
+    require_dask()  # before any work or output: a broken Dask is one line
     kind, cases = load_dataset(args.dataset)
     out = prepare_out(args.out)
     limit = args.max_images
