@@ -206,3 +206,19 @@ def test_a_broken_module_inside_dask_is_named_not_called_missing_dask(tmp_path):
     assert "Dask is installed but cannot be imported" in lines[0] and "tornado" in lines[0]
     missing = ModuleNotFoundError("No module named 'distributed'", name="distributed")
     assert dask_import_message(missing).startswith("this command needs Dask")
+
+
+def _sigint_ignored_here() -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_local_workers_ignore_ctrl_c_also_after_a_restart():
+    from VoteMILib.batch import dask_client
+
+    with dask_client(workers=1) as client:
+        assert all(client.run(_sigint_ignored_here).values())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command keeps its Ctrl-C
+        client.restart()  # what Dask does to a worker over its memory limit
+        client.wait_for_workers(1, timeout=60)
+        time.sleep(0.5)  # the plugin's callback runs on the new worker's loop
+        assert all(client.run(_sigint_ignored_here).values())

@@ -556,7 +556,7 @@ def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: in
                                    memory_limit=memory_limit or "auto", dashboard_address=None,
                                    silence_logs=logging.ERROR)
         with cluster, Client(cluster) as client:
-            client.register_plugin(IgnoreCtrlC())  # a worker restarted later (memory) was not started above
+            client.register_plugin(_ignore_ctrl_c_plugin())  # a worker restarted later (memory) was not started above
             yield client
 
 
@@ -589,19 +589,18 @@ def _ignore_sigint_here() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-try:
+def _ignore_ctrl_c_plugin():
+    """A Dask worker plugin making each local worker, also one restarted after the start, ignore Ctrl-C (see
+    :func:`_sigint_ignored`). Defined here so that importing this module never imports Dask."""
     from distributed.diagnostics.plugin import WorkerPlugin
-except ImportError:  # without Dask, batch refuses in dask_client with the reason
-    WorkerPlugin = object
 
+    class IgnoreCtrlC(WorkerPlugin):
+        name = "votemi-ignore-ctrl-c"
 
-class IgnoreCtrlC(WorkerPlugin):
-    """Makes each local worker, also one restarted after the start, ignore Ctrl-C (see :func:`_sigint_ignored`)."""
+        def setup(self, worker):
+            worker.loop.add_callback(_ignore_sigint_here)  # the loop runs on the worker process's main thread
 
-    name = "votemi-ignore-ctrl-c"
-
-    def setup(self, worker):
-        worker.loop.add_callback(_ignore_sigint_here)  # the loop runs on the worker process's main thread
+    return IgnoreCtrlC()
 
 
 def require_dask() -> None:
