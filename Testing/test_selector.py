@@ -64,21 +64,41 @@ def test_train_selector_fits_and_the_file_round_trips(trained, tmp_path):
 
 
 def test_fitted_model_ranks_lesion_candidates_above_the_rest(trained):
-    """On the scans it was fitted on, candidates inside the lesion score higher than the others on average."""
+    """On a scan it was fitted on, candidates labelled as the lesion score higher than the others on average."""
     from VoteMILib.datasets import load_mask
     from VoteMILib.preprocess import make_working_grid
-    from VoteMILib.selector_training import mask_on_grid
+    from VoteMILib.selector_training import mask_on_grid, overlap_labels
     from VoteMILib.volumes import load_volume
 
     model = load_selector(trained[0])
-    volume = load_volume(SARCOMA / "sts002_ct" / "image.nii.gz")
+    volume = load_volume(SARCOMA / "sts002_mr_t1" / "image.nii.gz")
     grid = make_working_grid(volume)
     candidates = find_candidates(grid)
-    inside = mask_on_grid(volume, load_mask(SARCOMA / "sts002_ct" / "mask.nii.gz", volume),
-                          grid.data.shape)[tuple(candidates.centres.T)]
-    assert inside.any() and (~inside).any()
+    lesion = mask_on_grid(volume, load_mask(SARCOMA / "sts002_mr_t1" / "mask.nii.gz", volume), grid.data.shape)
+    positive = overlap_labels(candidates.centres, candidates.radii_mm, lesion, grid.spacing_mm) > 0.5
+    assert positive.any() and (~positive).any()
     probabilities = model.probabilities(candidates.descriptors)
-    assert probabilities[inside].mean() > probabilities[~inside].mean()
+    assert probabilities[positive].mean() > probabilities[~positive].mean()
+
+
+def test_overlap_labels_teach_the_lesion_middle_not_its_rim():
+    """A blob centred in the lesion is a positive in every plane; one whose centre is inside the mask but
+    whose ball straddles the rim is not (the old centre-in-mask rule called both positives)."""
+    from VoteMILib.selector_training import inside_share, overlap_labels
+
+    lesion = np.zeros((40, 40, 40), bool)
+    grid = np.indices(lesion.shape)
+    lesion[((grid - 20) ** 2).sum(axis=0) <= 10 ** 2] = True  # a 10-voxel-radius ball, 1 mm voxels
+    centres = np.array([[20, 20, 20], [20, 20, 30], [20, 20, 12], [5, 5, 5]])
+    radii = np.array([6.0, 6.0, 3.0, 3.0])
+    labels = overlap_labels(centres, radii, lesion, (1.0, 1.0, 1.0))
+    assert labels[0] == 1.0
+    assert labels[1] == 0.0  # centre inside, ball half out: a rim response
+    # Inside but off the middle along the third axis: hits the two planes through that axis only.
+    assert labels[2] == pytest.approx(2.0 / 3.0)
+    assert labels[3] == 0.0
+    assert inside_share(centres[0], 6.0, lesion, np.ones(3)) == 1.0
+    assert 0.2 < inside_share(centres[1], 6.0, lesion, np.ones(3)) < 0.6
 
 
 def _select_json(tmp_path, name, *options):
