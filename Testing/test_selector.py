@@ -171,3 +171,51 @@ def test_sources_name_collection_and_acquisition():
 def test_shipped_model_loads():
     assert os.path.exists(SHIPPED_MODEL)
     assert load_selector(SHIPPED_MODEL).names == DESCRIPTORS
+
+
+def test_an_older_model_file_asks_to_be_refitted(tmp_path, capsys):
+    old = tmp_path / "old.npz"
+    np.savez(old, version=np.int64(1), names=np.array(DESCRIPTORS[:-1]), mean=np.zeros(13), scale=np.ones(13),
+             coef=np.zeros(13), intercept=np.float64(0.0), note=np.array(""))
+    assert cli.main(["select", str(SELECT_CASE), "--quiet", "--selector", str(old)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "format version 1" in error and "train-selector" in error
+
+
+def test_stands_out_threshold_separates_lesions_from_clear_candidates():
+    """The fitted threshold sits between each lesion's best candidate and the best candidate clear of
+    any lesion, wherever the logistic's own 0.5 would fall."""
+    from VoteMILib.selector_model import SelectorModel
+    from VoteMILib.selector_training import ScanRecord, stands_out_threshold
+
+    # One descriptor, probability = sigmoid(x): lesions' best at x = 3, clear candidates' best at x = 1.
+    model = SelectorModel(("x",), np.zeros(1), np.ones(1), np.ones(1), 0.0)
+
+    def record(values, labels, clear):
+        return ScanRecord("s", "src", np.array(values, float)[:, None], np.array(labels, float), np.array(clear),
+                          np.zeros((len(values), 3), int), np.ones(len(values)), (1, 1, 1), np.ones(3), {})
+
+    records = [record([3.0, 1.0, -2.0], [1, 0, 0], [False, True, True]),
+               record([3.2, 0.8], [1, 0], [False, True]),
+               record([1.1, -1.0], [0, 0], [True, True])]
+    threshold = stands_out_threshold(records, model)
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    assert sigmoid(1.1) < threshold <= sigmoid(3.0)
+
+
+def test_cue_evidence_is_a_descriptor_and_fires_on_a_body_lesion():
+    """Today's cues enter as the last descriptor: 0 without their map, their map's value with it."""
+    from VoteMILib.cues import detect_region
+    from VoteMILib.modality import detect_modality
+    from VoteMILib.preprocess import make_working_grid
+    from VoteMILib.selector_cues import cue_evidence
+    from VoteMILib.volumes import load_volume
+
+    volume = load_volume(SELECT_CASE)
+    grid = make_working_grid(volume)
+    evidence = cue_evidence(grid, detect_region(grid, detect_modality(volume)))
+    assert evidence.shape == grid.data.shape and evidence.max() >= 1.0  # a cue stands out on this sarcoma
+    column = DESCRIPTORS.index("cue_evidence")
+    without, with_cues = find_candidates(grid), find_candidates(grid, evidence)
+    assert np.all(without.descriptors[:, column] == 0.0) and with_cues.descriptors[:, column].max() > 0.0
+    np.testing.assert_array_equal(without.descriptors[:, :column], with_cues.descriptors[:, :column])

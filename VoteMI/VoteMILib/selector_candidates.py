@@ -34,7 +34,7 @@ MIRROR_FIT = 0.5
 #: Descriptor names, in the column order of :attr:`Candidates.descriptors` and of a model file.
 DESCRIPTORS = ("response", "ring_contrast", "class_contrast", "class_deviation", "heterogeneity",
                "texture_ratio", "compactness", "extremeness", "mirror_difference", "surface_depth",
-               "face_distance", "log_radius", "bright")
+               "face_distance", "log_radius", "bright", "cue_evidence")
 
 
 @dataclass
@@ -68,8 +68,12 @@ class _ScanStats:
     sorted_values: np.ndarray
 
 
-def find_candidates(grid) -> Candidates:
-    """Blob candidates of a :class:`~VoteMILib.preprocess.WorkingGrid` with their descriptors."""
+def find_candidates(grid, evidence: np.ndarray | None = None) -> Candidates:
+    """Blob candidates of a :class:`~VoteMILib.preprocess.WorkingGrid` with their descriptors.
+
+    ``evidence`` is today's cues' map on the grid (:func:`VoteMILib.selector_cues.cue_evidence`, 1 = a
+    cue's threshold); without it the ``cue_evidence`` descriptor is 0.
+    """
     data, body, spacing = grid.data, grid.mask, np.asarray(grid.spacing_mm, dtype=float)
     stats = _scan_stats(data, body)
     centres, radii, responses, signs = _blob_extrema(data, body, spacing)
@@ -79,7 +83,10 @@ def find_candidates(grid) -> Candidates:
     mirror = _mirror(data, body, stats)
     rows = [_describe(data, body, spacing, stats, centre, radius, response, sign, depth, mirror)
             for centre, radius, response, sign in zip(centres, radii, responses, signs)]
-    return Candidates(centres, radii, np.asarray(rows, dtype=np.float64))
+    cue = np.zeros(len(radii)) if evidence is None else evidence[tuple(centres.T)].astype(np.float64)
+    # log1p: a cue's map runs to many times its threshold on a clear finding; 1 (its threshold) maps to 0.69.
+    rows = np.column_stack([np.asarray(rows, dtype=np.float64), np.log1p(np.clip(cue, 0.0, None))])
+    return Candidates(centres, radii, rows)
 
 
 def _scan_stats(data: np.ndarray, body: np.ndarray) -> _ScanStats:

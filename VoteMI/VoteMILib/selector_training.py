@@ -7,7 +7,7 @@ Used by ``votemi train-selector`` and ``Testing/bench_selector.py``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -15,7 +15,10 @@ from .bench import baseline_scores, score_slice, section_areas
 from .datasets import bench_cases, load_mask
 from .geometry import NORMAL_INDEX, PLANES, canonical_array, canonical_spacing, plane_geometry
 from .preprocess import block_mean, foreground_mask, make_working_grid, resample_linear, working_shape
+from .cues import detect_region
+from .modality import detect_modality
 from .selector_candidates import find_candidates
+from .selector_cues import cue_evidence
 from .selector_model import fit_logistic, working_slice_profile
 from .voting import pick_top_slices, slice_scores
 from .volumes import load_volume
@@ -54,6 +57,9 @@ class ScanRecord:
     source: str
     descriptors: np.ndarray
     labels: np.ndarray
+    #: Whether each candidate's ball is clear of the lesion (no voxel of it in the mask): what a
+    #: lesion-free scan's candidates are like.
+    clear: np.ndarray
     centres: np.ndarray
     radii_mm: np.ndarray
     grid_shape: tuple
@@ -119,16 +125,19 @@ def scan_record(name: str, volume, mask_kji=None, source: str | None = None) -> 
     """Candidates of one scan, labelled by its lesion mask (all negative without one)."""
     started = time.perf_counter()
     grid = make_working_grid(volume)
-    candidates = find_candidates(grid)
+    candidates = find_candidates(grid, cue_evidence(grid, detect_region(grid, detect_modality(volume))))
     seconds = time.perf_counter() - started
     labels = np.zeros(len(candidates))
-    record = ScanRecord(name, source or source_of(name), candidates.descriptors, labels, candidates.centres,
+    record = ScanRecord(name, source or source_of(name), candidates.descriptors, labels,
+                        np.ones(len(candidates), bool), candidates.centres,
                         candidates.radii_mm, grid.data.shape, np.asarray(grid.spacing_mm, float),
                         grid.positions_mm, seconds=seconds)
     if mask_kji is not None and mask_kji.any():
         lesion = mask_on_grid(volume, mask_kji, grid.data.shape)
         if len(candidates):
             record.labels = overlap_labels(candidates.centres, candidates.radii_mm, lesion, record.grid_spacing)
+            record.clear = np.array([inside_share(c, r, lesion, record.grid_spacing) == 0.0
+                                     for c, r in zip(candidates.centres, candidates.radii_mm)])
         body = foreground_mask(volume.array)
         for plane in PLANES:
             positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
@@ -177,7 +186,31 @@ def fit_records(records, l2: float = 1.0, note: str = ""):
                 weights.append(share[keep] / mass)
     if not features:
         raise ValueError("no candidates to fit the selector on: give folders of scans with lesion masks")
-    return fit_logistic(np.vstack(features), np.concatenate(labels), np.concatenate(weights), l2=l2, note=note)
+    model = fit_logistic(np.vstack(features), np.concatenate(labels), np.concatenate(weights), l2=l2, note=note)
+    return replace(model, stands_out=stands_out_threshold(records, model))
+
+
+def stands_out_threshold(records, model) -> float:
+    """The probability from which a scan's best candidate says that something stood out, fitted on the
+    training scans: the threshold that best separates (balanced accuracy) each lesion's best-scored
+    positive candidate from each scan's best candidate clear of any lesion (what a lesion-free scan
+    would offer); of equally good cuts the lowest wins, so the fit is deterministic."""
+    lesions, normals = [], []
+    for record in records:
+        if not len(record.labels):
+            continue
+        probabilities = model.probabilities(record.descriptors)
+        if (record.labels > 0).any():
+            lesions.append(float(probabilities[record.labels > 0].max()))
+        if record.clear.any():
+            normals.append(float(probabilities[record.clear].max()))
+    if not lesions or not normals:
+        return 0.5
+    values = np.unique(np.concatenate([lesions, normals]))
+    cuts = np.concatenate([[0.0], 0.5 * (values[1:] + values[:-1]), [1.0]]) if len(values) > 1 else values
+    lesions, normals = np.asarray(lesions), np.asarray(normals)
+    accuracy = [np.mean(lesions >= t) + np.mean(normals < t) for t in cuts]
+    return float(cuts[int(np.argmax(accuracy))])
 
 
 def train_selector(folders, out, normals=(), l2: float = 1.0, log=None):
