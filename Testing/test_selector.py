@@ -175,8 +175,9 @@ def test_shipped_model_loads():
 
 def test_an_older_model_file_asks_to_be_refitted(tmp_path, capsys):
     old = tmp_path / "old.npz"
-    np.savez(old, version=np.int64(1), names=np.array(DESCRIPTORS[:-1]), mean=np.zeros(13), scale=np.ones(13),
-             coef=np.zeros(13), intercept=np.float64(0.0), note=np.array(""))
+    count = len(DESCRIPTORS) - 1  # the first format had no cue_evidence
+    np.savez(old, version=np.int64(1), names=np.array(DESCRIPTORS[:-1]), mean=np.zeros(count), scale=np.ones(count),
+             coef=np.zeros(count), intercept=np.float64(0.0), note=np.array(""))
     assert cli.main(["select", str(SELECT_CASE), "--quiet", "--selector", str(old)]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "format version 1" in error and "train-selector" in error
