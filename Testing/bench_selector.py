@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "VoteMI"))
 
 from VoteMILib.bench import score_slice  # noqa: E402
+from VoteMILib.bench_sources import source_of  # noqa: E402
 from VoteMILib.datasets import bench_cases, load_mask  # noqa: E402
 from VoteMILib.geometry import PLANES  # noqa: E402
 from VoteMILib.selection import select_slices  # noqa: E402
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
             continue
         volume = load_volume(case.image)
         mask = load_mask(case.mask, volume)
-        records.append(scan_record(case.name, volume, mask))
+        records.append(scan_record(case.name, volume, mask, source_of(case.name, case.source)))
         result = select_slices(volume, top_k=1)  # today's default selection
         findings[case.name] = {p: score_slice(result.planes[p].selected[0].index, records[-1].lesion_areas[p],
                                               records[-1].positions[p])["hit_half"] for p in PLANES}

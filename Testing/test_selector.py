@@ -13,7 +13,6 @@ import engine_fixtures as ef
 from VoteMILib import cli
 from VoteMILib.selector_candidates import DESCRIPTORS, find_candidates
 from VoteMILib.selector_model import SHIPPED_MODEL, fit_logistic, load_selector, working_slice_profile
-from VoteMILib.selector_training import source_of
 
 SARCOMA = ef.DATA / "sarcoma"
 #: Small real crops with expert masks: a CT and an MR T1 of one sarcoma patient, and another patient's MR.
@@ -158,14 +157,6 @@ def test_slice_profile_peaks_through_the_best_candidate_centre():
     profile = working_slice_profile(centres, np.array([6.0, 6.0]), np.array([0.3, 0.9]), 2, 40, 2.0)
     assert int(np.argmax(profile)) == 30 and profile[30] == pytest.approx(0.9)
     assert profile[10] == pytest.approx(0.3) and profile[20] == 0.0
-
-
-def test_sources_name_collection_and_acquisition():
-    assert source_of("sts002_ct") == source_of("mirp_sts002_ct") == "ibsi-sarcoma-ct"
-    assert source_of("sts002_mr_t1") == "ibsi-sarcoma-mr-t1"
-    assert source_of("tcga_du_7294") == source_of("tcga_fg_6692")
-    assert source_of("pyrad_lung2") == source_of("mirp_nsclc_lung1-001") == "lung-ct"
-    assert source_of("someone_else") == "someone_else"
 
 
 def test_shipped_model_loads():

@@ -12,41 +12,20 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .bench import baseline_scores, score_slice, section_areas
+from .bench_sources import source_of
+from .cues import detect_region
 from .datasets import bench_cases, load_mask
 from .geometry import NORMAL_INDEX, PLANES, canonical_array, canonical_spacing, plane_geometry
-from .preprocess import block_mean, foreground_mask, make_working_grid, resample_linear, working_shape
-from .cues import detect_region
 from .modality import detect_modality
+from .preprocess import block_mean, foreground_mask, make_working_grid, resample_linear, working_shape
 from .selector_candidates import find_candidates
 from .selector_cues import cue_evidence
 from .selector_model import fit_logistic, working_slice_profile
-from .voting import pick_top_slices, slice_scores
 from .volumes import load_volume
+from .voting import pick_top_slices, slice_scores
 
-#: Source of each shared case: the collection and the acquisition (issue 30's ``source``), matched on the
-#: start of the case name, first match wins. Leave-one-source-out holds out one row at a time.
-SOURCES = (
-    ("sts", "_ct", "ibsi-sarcoma-ct"),
-    ("sts", "_mr_t1", "ibsi-sarcoma-mr-t1"),
-    ("mirp_sts", "", "ibsi-sarcoma-ct"),
-    ("pyradiomics_brain", "", "pyradiomics-brain-t1c"),
-    ("tcga_", "", "tcga-glioma-t1c"),
-    ("aurora_", "", "aurora-metastases-t1c"),
-    ("brats_", "", "brats-glioma-t1c"),
-    ("pyrad_lung", "", "lung-ct"),
-    ("mirp_nsclc", "", "lung-ct"),
-    ("pyrad_breast", "", "breast-mr"),
-)
 #: Source of lesion-free scans given as negatives (never held out: they have no lesion to score).
 NORMAL_SOURCE = "lesion-free"
-
-
-def source_of(case_name: str) -> str:
-    """The source of a case (:data:`SOURCES`); a case of no listed source is its own source."""
-    for prefix, suffix, source in SOURCES:
-        if case_name.startswith(prefix) and case_name.endswith(suffix):
-            return source
-    return case_name
 
 
 @dataclass
@@ -156,7 +135,7 @@ def collect_records(folders, normals=(), log=None) -> list:
         if not case.mask:
             continue
         volume = load_volume(case.image)
-        records.append(scan_record(case.name, volume, load_mask(case.mask, volume)))
+        records.append(scan_record(case.name, volume, load_mask(case.mask, volume), source_of(case.name, case.source)))
         _say(log, f"{case.name}: {len(records[-1].labels)} candidates, {int(records[-1].labels.sum())} in the lesion")
     for path in normals:
         volume = load_volume(path)
