@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 import pytest
-
 from VoteMILib import keyimages
 from VoteMILib.geometry import plane_geometry
 from VoteMILib.keyimages import KeyImageError, parse_references
@@ -192,3 +191,12 @@ def test_bench_refuses_a_bad_source_before_selecting(tmp_path, capsys):
     assert main(["bench", str(tmp_path)]) != 0
     captured = capsys.readouterr()
     assert "cites no image" in captured.err and "select" not in captured.out
+
+
+def test_without_pydicom_a_one_line_error_says_to_install_it(tmp_path, ct, monkeypatch):
+    volume, datasets, _ = ct
+    path = _write_kos(tmp_path / "ko.dcm", [datasets[3]])
+    monkeypatch.setitem(__import__("sys").modules, "pydicom", None)  # as when pydicom is not installed
+    with pytest.raises(KeyImageError, match=r"needs pydicom: pip install pydicom") as raised:
+        keyimages.load_key_images(path, volume.metadata["dicom_files"], "ct")
+    assert "\n" not in str(raised.value)

@@ -350,7 +350,7 @@ def format_cases(rows: list, methods) -> str:
                      f"slice(s) {', '.join(map(str, keys['key_slices']))}; "
                      + "; ".join(f"{name}: no key image in this plane" for name, plane in keys["planes"].items()
                                  if plane is None))
-        scores = keys["planes"][keys["plane"]] if keys["plane"] in keys["planes"] else None
+        scores = keys["planes"].get(keys["plane"])
         for method in methods if scores else ():
             if method in scores and "index" in scores[method]:
                 s = scores[method]
