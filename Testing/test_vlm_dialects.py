@@ -20,7 +20,7 @@ def test_every_dialect_class_is_registered_once_and_every_registered_one_exists(
     assert tuple(dialects.DIALECTS) == names.HTTP_BACKENDS
     assert names.BACKENDS == (*names.HTTP_BACKENDS, names.INPROCESS)
     for name, dialect in dialects.DIALECTS.items():
-        assert dialect.name == dialect.protocol == name
+        assert dialect.name == name
         assert dialect.chat_path.startswith("/") and dialect.models_path.startswith("/")
         assert dialect.url_suffix and dialect.stream_format in ("sse", "ndjson")
 

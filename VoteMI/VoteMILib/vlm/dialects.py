@@ -55,11 +55,6 @@ class Dialect:
     #: How every request lays out its images, in the words of the report ("" when one message holds them all).
     image_layout = ""
 
-    @property
-    def protocol(self) -> str:
-        """The earlier name of :attr:`name`."""
-        return self.name
-
     def chat_payload(self, prompt, model, options) -> dict:
         """The request body of ``prompt`` (a :class:`~.prompts.Prompt`) for ``model`` with ``options``."""
         raise NotImplementedError
