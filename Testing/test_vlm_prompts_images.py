@@ -151,11 +151,11 @@ def test_backend_keeps_its_earlier_name_protocol():
 
 def test_one_list_of_backends():
     from VoteMILib.names import BACKENDS, HTTP_BACKENDS, INPROCESS
-    from VoteMILib.vlm.clients import _CLIENTS
+    from VoteMILib.vlm.dialects import DIALECTS
     from VoteMILib.vlm.inprocess import InProcessClient
     from VoteMILib.vlm.pipeline import PROTOCOL_CHOICES
 
-    assert tuple(_CLIENTS) == HTTP_BACKENDS and BACKENDS == (*HTTP_BACKENDS, INPROCESS) == PROTOCOL_CHOICES
+    assert tuple(DIALECTS) == HTTP_BACKENDS and BACKENDS == (*HTTP_BACKENDS, INPROCESS) == PROTOCOL_CHOICES
     assert InProcessClient.backend == INPROCESS
 
 

@@ -6,6 +6,7 @@ without loading numpy or scipy."""
 from __future__ import annotations
 
 import argparse
+from typing import NamedTuple
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -15,13 +16,41 @@ DEFAULT_SERVER_URL = "http://127.0.0.1:11434"
 DEFAULT_LANGUAGE = "English"
 #: Longest time a report may take when none is given (seconds).
 DEFAULT_TIMEOUT_S = 300
-#: Backends reached over HTTP, each a wire protocol: "openai" (``/v1/chat/completions``, spoken by Ollama,
-#: vLLM, llama.cpp, LM Studio and ``votemi serve``) and "ollama" (Ollama's native ``/api/chat``).
-HTTP_BACKENDS = ("openai", "ollama")
+
+
+class Backend(NamedTuple):
+    """One way of reaching a model, registered once in :data:`BACKEND_REGISTRY`."""
+
+    name: str
+    #: What it is, in the words of the ``--backend`` help texts.
+    summary: str
+    #: The class in :mod:`VoteMILib.vlm.dialects` that speaks it over HTTP (its routes, request and stream framing,
+    #: answers, probe); "" for a backend without a server. A name, not the class, so that ``votemi --help`` and the
+    #: Slicer panel read this list without importing the VLM package.
+    dialect: str = ""
+
+
+#: Every backend a report can be drafted with, registered once: the backend lists below, the command line's
+#: choices and help texts, the clients and the server URL suffixes all come from here. A new wire protocol is a
+#: class in ``vlm/dialects.py`` and its line here (docs/development.md shows one added).
+BACKEND_REGISTRY = (
+    Backend("openai", "/v1/chat/completions (Ollama, vLLM, llama.cpp, LM Studio, votemi serve)", "OpenAIDialect"),
+    Backend("ollama", "Ollama's /api/chat", "OllamaDialect"),
+    Backend("inprocess", "run --model (a folder) without a server"),
+)
+#: Backends reached over HTTP, each a wire protocol (:mod:`VoteMILib.vlm.dialects`).
+HTTP_BACKENDS = tuple(backend.name for backend in BACKEND_REGISTRY if backend.dialect)
 #: The backend that runs a transformers model folder in this process (no server, so no wire protocol).
 INPROCESS = "inprocess"
 #: Every backend a report can be drafted with.
-BACKENDS = (*HTTP_BACKENDS, INPROCESS)
+BACKENDS = tuple(backend.name for backend in BACKEND_REGISTRY)
+
+
+def backends_help(backends=BACKENDS) -> str:
+    """``openai: /v1/chat/completions (...); ollama: ...``: each of ``backends`` with what it is, for a help text."""
+    return "; ".join(f"{backend.name}: {backend.summary}" for backend in BACKEND_REGISTRY if backend.name in backends)
+
+
 #: The backend when none is given.
 DEFAULT_BACKEND = "openai"
 #: RAS axis each plane is normal to.

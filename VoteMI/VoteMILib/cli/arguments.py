@@ -10,7 +10,7 @@ import argparse
 import os
 
 from .. import events
-from ..names import BACKENDS, CT_PRESET_NAMES, DEFAULT_BACKEND, PLANES, canonical_mode, parse_planes
+from ..names import BACKENDS, CT_PRESET_NAMES, DEFAULT_BACKEND, PLANES, backends_help, canonical_mode, parse_planes
 
 API_KEY_ENV = "VOTEMI_API_KEY"
 
@@ -212,9 +212,11 @@ def add_key_arguments(parser) -> None:
                       help="environment variable holding the API key (default: %(default)s)")
 
 
-def add_backend_argument(parser, what: str, backends=BACKENDS) -> None:
-    """``--backend`` (``what`` says what each choice is) and ``--protocol``, its earlier name, still accepted but
-    not shown: scripts and the Slicer panels of earlier versions pass it."""
+def add_backend_argument(parser, backends=BACKENDS, note: str = "") -> None:
+    """``--backend`` among ``backends``, each said what it is from the registry (``note`` adds to that), and
+    ``--protocol``, its earlier name, still accepted but not shown: scripts and the Slicer panels of earlier
+    versions pass it."""
+    what = backends_help(backends) + (f"; {note}" if note else "")
     parser.add_argument("--backend", choices=backends, default=DEFAULT_BACKEND,
                         help=f"{what} (default: %(default)s; --protocol is its earlier name)")
     parser.add_argument("--protocol", dest="backend", choices=backends, default=argparse.SUPPRESS,

@@ -27,8 +27,7 @@ def add_describe_command(commands) -> None:
     add_selection_arguments(parser)
     group = parser.add_argument_group("model")
     group.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
-    add_backend_argument(group, "openai: /v1/chat/completions (Ollama, vLLM, llama.cpp, LM Studio, votemi serve); "
-                                "ollama: Ollama's /api/chat; inprocess: run --model (a folder) here")
+    add_backend_argument(group)
     group.add_argument("--model", default="", help="model name (default: the server's only model); a folder for "
                                                    "--backend inprocess")
     add_key_arguments(group)

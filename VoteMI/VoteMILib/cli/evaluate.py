@@ -45,7 +45,7 @@ def add_eval_command(commands) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--server", default="", metavar="URL",
                        help="server URL (vLLM, llama.cpp, Ollama, votemi serve; default: votemi describe's)")
-    add_backend_argument(group, "openai, ollama, or inprocess (run --model, a folder, on each worker)")
+    add_backend_argument(group, note="inprocess runs it on each worker")
     group.add_argument("--model", default="", help="model name (default: the server's only model)")
     add_key_arguments(group)
     group.add_argument("--max-tokens", type=positive_int, default=None,

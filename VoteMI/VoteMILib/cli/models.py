@@ -17,7 +17,7 @@ def add_models_command(commands) -> None:
     parser = commands.add_parser("models", help="list the models a server offers (a health check)",
                                  description="Ask a model server which models it offers.")
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
-    add_backend_argument(parser, "openai or ollama", HTTP_BACKENDS)
+    add_backend_argument(parser, HTTP_BACKENDS)
     add_key_arguments(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="time limit (default: 10)")
     parser.add_argument("--probe", action="store_true",

@@ -1,6 +1,7 @@
 """What a server and model accept, found out by asking: images, how many per request, context length, JSON schema.
 
-A probe (:func:`probe`) first reads what the server reports about the model (Ollama's ``/api/show``,
+A probe (:func:`probe`) first reads what the server reports about the model (the dialect's
+:meth:`~.dialects.Dialect.reported`: Ollama's ``/api/show``,
 ``max_model_len`` in vLLM's and ``votemi serve``'s ``/v1/models``, llama.cpp's ``/props``), then sends
 a few one-token requests: text only, then 1, 2, 4 and 9 tiny PNGs (narrowed down between the last
 count accepted and the first refused; one image per message too when fewer fit in one), then a tiny
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 from ..names import INPROCESS
+from .dialects import dialect_of
 from .errors import VLMCancelled, VLMError
 from .options import GenerationOptions
 from .prompts import Attachment, Prompt, spread_over_turns
@@ -267,45 +269,6 @@ def _ask(client, model, count: int, options, cancel, schema=None, spread=False, 
     return client.chat(prompt, model, replace(options, response_schema=schema), cancel=cancel)
 
 
-def _reported(client, model: str) -> dict:
-    """What the server says about the model without being asked to generate: context length, vision."""
-    found = {}
-    if client.backend == "openai":
-        try:
-            listing = client.request_json("GET", "/v1/models")
-            for entry in listing.get("data", []) if isinstance(listing, dict) else []:
-                if isinstance(entry, dict) and entry.get("id") == model:
-                    length = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
-                    if isinstance(length, int) and length > 0:
-                        found["context_length"], found["context_from"] = length, "/v1/models"
-        except VLMError:
-            pass
-        try:  # llama.cpp's llama-server
-            props = client.request_json("GET", "/props")
-            if isinstance(props, dict):
-                n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
-                if isinstance(n_ctx, int) and n_ctx > 0:
-                    found["context_length"], found["context_from"] = n_ctx, "/props"
-                vision = (props.get("modalities") or {}).get("vision")
-                if isinstance(vision, bool):
-                    found["vision"] = vision
-        except VLMError:
-            pass
-    else:
-        try:
-            shown = client.request_json("POST", "/api/show", {"model": model})
-            if isinstance(shown, dict):
-                info = shown.get("model_info") or {}
-                lengths = [v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)]
-                if lengths:
-                    found["context_length"], found["context_from"] = lengths[0], "/api/show"
-                if isinstance(shown.get("capabilities"), list):
-                    found["vision"] = "vision" in shown["capabilities"]
-        except VLMError:
-            pass
-    return found
-
-
 def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabilities:
     """Find out what ``model`` on ``client``'s server accepts (a handful of one-token requests).
 
@@ -318,7 +281,8 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
     """
     found = Capabilities(client.backend, client.server_url, model,
                          probed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    reported = _reported(client, model)
+    dialect = dialect_of(client.backend)
+    reported = dialect.reported(client, model)
     found.context_length = reported.get("context_length")
     if found.context_length:
         found.notes.append(f"context length from {reported['context_from']}")
@@ -355,8 +319,8 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
     found.images = accepted > 0 if refused is not None or accepted else None
     if accepted and baseline is not None and tokens.get(1) is not None:
         found.prompt_tokens_per_image = round(tokens[1] - baseline, 1) if tokens[1] > baseline else None
-        # Ollama's native API adds a message per image, so only OpenAI requests compare like for like.
-        if tokens[1] <= baseline and client.backend == "openai":
+        # Only where images come without text of their own (not Ollama's message per image) is this like for like.
+        if tokens[1] <= baseline and dialect.images_add_no_text:
             found.images = False
             found.notes.append(f"the prompt did not grow with an image ({baseline} tokens either way): the model "
                                "ignores images (no vision projector loaded?)")

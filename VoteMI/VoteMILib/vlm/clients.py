@@ -1,7 +1,7 @@
 """Clients for locally hosted vision-language model servers, standard library only.
 
-:class:`OpenAIClient` and :class:`OllamaClient` speak the two wire protocols of :mod:`.dialects`
-over the watched connections of :mod:`.transport`. Connection failures, timeouts and HTTP
+:class:`HTTPClient` speaks any wire protocol of :mod:`.dialects` (:class:`OpenAIClient` and
+:class:`OllamaClient` name the two there are) over the watched connections of :mod:`.transport`. Connection failures, timeouts and HTTP
 429/502/503/504 are retried with exponential backoff as long as no text has reached the caller. An
 answer that breaks off after some text keeps that text and is flagged incomplete.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import time
 
-from ..names import BACKENDS, HTTP_BACKENDS
-from .dialects import OllamaDialect, OpenAIDialect
+from ..names import HTTP_BACKENDS
+from .dialects import DIALECTS, dialect_of
 from .error_bodies import message_from_json, one_line
 from .errors import VLMCancelled, VLMError
 from .options import ChatResult, GenerationOptions, Timeouts, token_limit_message
@@ -43,14 +43,18 @@ def _sleep(seconds: float, cancel):
         time.sleep(min(left, POLL_S))
 
 
-class _HTTPClient:
-    """Shared request, retry and streaming machinery of the protocol clients."""
+class HTTPClient:
+    """Request, retry and streaming machinery, speaking the wire protocol of its :attr:`dialect`."""
 
-    #: The wire protocol's request and answer shapes (:mod:`.dialects`), set by each subclass.
+    #: The wire protocol (:mod:`.dialects`): given to the constructor, or set by a subclass.
     dialect = None
 
     def __init__(self, server_url: str = DEFAULT_SERVER, api_key: str = "", timeouts: Timeouts | None = None,
-                 retries: int = 2, backoff_s: float = 1.0, max_answer_bytes: int = MAX_ANSWER_BYTES):
+                 retries: int = 2, backoff_s: float = 1.0, max_answer_bytes: int = MAX_ANSWER_BYTES, dialect=None):
+        if dialect is not None:
+            self.dialect = dialect
+        if self.dialect is None:
+            raise TypeError("HTTPClient needs a dialect (see VoteMILib.vlm.dialects.DIALECTS)")
         self.address = parse_server_url(server_url, self.protocol)
         self.api_key = (api_key or "").strip()
         check_authorization(self.address, self.api_key)
@@ -65,13 +69,13 @@ class _HTTPClient:
 
     @property
     def protocol(self) -> str:
-        """The wire protocol, "openai" or "ollama"."""
-        return self.dialect.protocol
+        """The wire protocol (:data:`VoteMILib.names.HTTP_BACKENDS`)."""
+        return self.dialect.name
 
     @property
     def backend(self) -> str:
         """The backend this client is (:data:`VoteMILib.names.BACKENDS`): its wire protocol."""
-        return self.dialect.protocol
+        return self.dialect.name
 
     def hint(self, status: int, detail: str, path: str) -> str:
         """Advice appended to an HTTP error message."""
@@ -181,7 +185,7 @@ class _HTTPClient:
             response = exchange.open()
             content_type = (response.getheader("Content-Type") or "").lower()
             try:
-                kind = declared_format(content_type, options.stream, self.protocol) or sniffed_format(exchange)
+                kind = declared_format(content_type, options.stream, self.dialect.stream_format) or sniffed_format(exchange)
                 if kind == "sse":
                     self._read_sse(exchange, state, on_text, received)
                 elif kind == "ndjson":
@@ -276,25 +280,21 @@ class _HTTPClient:
                            "check the server URL and protocol") from None
 
 
-class OpenAIClient(_HTTPClient):
+class OpenAIClient(HTTPClient):
     """OpenAI-compatible chat completions (Ollama, vLLM, llama.cpp, LM Studio, SGLang, TGI, ``votemi serve``)."""
 
-    dialect = OpenAIDialect()
+    dialect = DIALECTS["openai"]
 
 
-class OllamaClient(_HTTPClient):
+class OllamaClient(HTTPClient):
     """Ollama's native API (``/api/chat``, ``/api/tags``)."""
 
-    dialect = OllamaDialect()
+    dialect = DIALECTS["ollama"]
 
-
-#: The client of each HTTP backend (:data:`PROTOCOLS`).
-_CLIENTS = {client.dialect.protocol: client for client in (OpenAIClient, OllamaClient)}
 
 
 def make_http_client(backend: str, server_url: str, api_key: str = "", timeouts: Timeouts | None = None,
-                     retries: int = 2, backoff_s: float = 1.0) -> _HTTPClient:
-    """The client of an HTTP ``backend`` ("openai" or "ollama")."""
-    if backend not in _CLIENTS:
-        raise VLMError(f"unknown backend '{backend}'; choose {', '.join(BACKENDS)}")
-    return _CLIENTS[backend](server_url, api_key=api_key, timeouts=timeouts, retries=retries, backoff_s=backoff_s)
+                     retries: int = 2, backoff_s: float = 1.0) -> HTTPClient:
+    """The client of an HTTP ``backend`` (:data:`VoteMILib.names.HTTP_BACKENDS`)."""
+    return HTTPClient(server_url, api_key=api_key, timeouts=timeouts, retries=retries, backoff_s=backoff_s,
+                      dialect=dialect_of(backend))

@@ -189,8 +189,6 @@ CHARS_PER_TOKEN_ESTIMATE = 3
 DEFAULT_TOKENS_PER_IMAGE = 256
 # Tokens a chat template adds around each message (role markers, separators), estimated high.
 _TOKENS_PER_MESSAGE = 8
-# Ollama's num_ctx is rounded up to a multiple of this.
-_CTX_STEP = 1024
 
 
 def prompt_text_chars(prompt) -> int:
@@ -218,10 +216,3 @@ def estimate_prompt_tokens(prompt, tokens_per_image: float, max_tokens: int, cha
     per_token = chars_per_token / 1.25 if chars_per_token else CHARS_PER_TOKEN_ESTIMATE
     text = math.ceil(prompt_text_chars(prompt) / per_token) + _TOKENS_PER_MESSAGE * messages
     return int(text + math.ceil(prompt.image_count() * float(tokens_per_image)) + int(max_tokens))
-
-
-def context_to_request(needed: int, least: int | None, context_length: int | None) -> int:
-    """Ollama's ``num_ctx`` for a request needing ``needed`` tokens: at least ``least``, rounded up to 1024,
-    never above the model's ``context_length`` when known."""
-    size = max(int(least or 0), math.ceil(needed / _CTX_STEP) * _CTX_STEP)
-    return min(size, int(context_length)) if context_length else size

@@ -19,12 +19,13 @@ from ..findings import STRUCTURED_INSTRUCTION, findings_from_answer, findings_sc
 from ..geometry import PLANES, parse_planes
 from ..names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, INPROCESS
 from .clients import make_http_client
+from .dialects import DIALECTS
 from .options import GenerationOptions, Timeouts
 from .urls import DEFAULT_SERVER, check_authorization, parse_server_url, redact_url
 from .errors import VLMCancelled, VLMError
 from .capabilities import capabilities_for, forget, is_image_refusal, probe, store
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
-from .packing import DEFAULT_TOKENS_PER_IMAGE, PACK_CHOICES, context_sheet, context_to_request, \
+from .packing import DEFAULT_TOKENS_PER_IMAGE, PACK_CHOICES, context_sheet, \
     estimate_prompt_tokens, fit_images
 from .prompts import Prompt, PromptImage, Turn, build_prompt, format_position, spread_over_turns
 from .report import NOTICE, Report
@@ -487,7 +488,8 @@ def plan_context(prompt: Prompt, settings: DescribeSettings, capabilities=None) 
     needed = estimate_prompt_tokens(prompt, per_image, int(settings.max_tokens),
                                     getattr(capabilities, "chars_per_token", None))
     length = getattr(capabilities, "context_length", None)
-    num_ctx = context_to_request(needed, settings.num_ctx, length) if settings.backend == "ollama" else None
+    num_ctx = (DIALECTS[settings.backend].context_to_request(needed, settings.num_ctx, length)
+               if settings.backend in DIALECTS else None)
     return ContextPlan(needed, per_image, "probe" if measured else "assumed", length, num_ctx)
 
 

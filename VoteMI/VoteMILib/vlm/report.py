@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..findings import Findings
+from .dialects import DIALECTS
 
 #: Shown with every report and written into every export; never mixed into the model's text.
 NOTICE = "AI-generated draft, not for diagnostic use; requires review by a radiologist"
@@ -76,8 +77,8 @@ class Report:
             parts.append(f"{kinds.count('sheet')} contact sheet(s)")
         if sent.get("image_turns"):
             parts.append(f"one image per message over {sent['image_turns']} turns")
-        elif self.meta.get("protocol") == "ollama" and kinds:
-            parts.append("one image per message, each with its label (Ollama's native API)")
+        elif _image_layout(self.meta.get("protocol")) and kinds:
+            parts.append(_image_layout(self.meta.get("protocol")))
         if "context" in kinds:
             context = next(item for item in sent["attachments"] if item.get("kind") == "context")
             parts.append(f"a context sheet of {context['count']} {context['plane']} slices")
@@ -158,3 +159,9 @@ class Report:
 
         write_atomic(path, self.export(fmt), what="report")
         return path
+
+
+def _image_layout(backend) -> str:
+    """How every request of ``backend`` lays out its images, in words ("" when one message holds them all)."""
+    dialect = DIALECTS.get(backend)
+    return dialect.image_layout if dialect is not None else ""

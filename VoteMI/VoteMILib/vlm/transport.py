@@ -325,11 +325,12 @@ def _size(count: int) -> str:
     return f"{count / 2 ** 20:g} MB" if count >= 2 ** 20 else f"{count / 2 ** 10:g} kB"
 
 
-def declared_format(content_type: str, stream: bool, protocol: str):
-    """"sse", "ndjson" or "full" as the Content-Type says, or None when it says nothing usable."""
+def declared_format(content_type: str, stream: bool, stream_format: str):
+    """"sse", "ndjson" or "full" as the Content-Type says, or None when it says nothing usable. A streamed answer
+    declared as plain JSON is read in the dialect's ``stream_format`` (Ollama's streams say ``application/json``)."""
     if "text/event-stream" in content_type:  # also when streaming was not asked for: read what came
         return "sse"
-    if "ndjson" in content_type or (stream and protocol == "ollama" and "json" in content_type):
+    if "ndjson" in content_type or (stream and stream_format == "ndjson" and "json" in content_type):
         return "ndjson"
     if "json" in content_type or "html" in content_type:
         return "full"

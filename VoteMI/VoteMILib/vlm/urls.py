@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ..names import DEFAULT_SERVER_URL
+from .dialects import DIALECTS
 from .errors import VLMError
 
 DEFAULT_SERVER = DEFAULT_SERVER_URL
@@ -112,7 +113,8 @@ def parse_server_url(url: str, protocol: str = "openai") -> ServerAddress:
     if "@" in parts.path + parts.query + parts.fragment:
         raise VLMError(f"invalid server URL '{shown}': '@' after the host name{encode}")
     path = quote(parts.path.rstrip("/"), safe="/%!$&'()*+,;=:-._~")
-    suffix = {"openai": "/v1", "ollama": "/api"}.get(protocol, "")
+    dialect = DIALECTS.get(protocol)  # each protocol's API prefix, e.g. "/v1"
+    suffix = dialect.url_suffix if dialect is not None else ""
     if suffix and path.endswith(suffix):
         path = path[: -len(suffix)]
     query = urlencode(parse_qsl(parts.query, keep_blank_values=True))
