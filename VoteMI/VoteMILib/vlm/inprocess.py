@@ -151,13 +151,16 @@ class InProcessModel:
             With status 400 when the processor rejects the messages.
         """
         with self._lock:
-            try:
-                inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                            return_dict=True, return_tensors="pt")
-            except Exception as error:  # chat templates and processors raise many types (jinja, ValueError, ...)
-                raise VLMError(f"the model's processor rejected the request: {_first_line(error)}",
-                               status=400) from None
+            inputs = self._model_inputs(messages)
         return int(inputs["input_ids"].shape[-1])
+
+    def _model_inputs(self, messages: list):
+        """``messages`` through the chat template and the processor (call with the lock held)."""
+        try:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True, return_tensors="pt")
+        except Exception as error:  # chat templates and processors raise many types (jinja, ValueError, ...)
+            raise VLMError(f"the model's processor rejected the request: {_first_line(error)}", status=400) from None
 
     def generate(self, messages: list, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float | None = None,
                  seed: int | None = None, on_text=None, cancel=None, timeout_s: float | None = None,
@@ -197,12 +200,7 @@ class InProcessModel:
         started = time.monotonic()
         deadline = None if timeout_s is None else started + timeout_s
         with self._lock:
-            try:
-                inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                            return_dict=True, return_tensors="pt")
-            except Exception as error:  # chat templates and processors raise many types (jinja, ValueError, ...)
-                raise VLMError(f"the model's processor rejected the request: {_first_line(error)}",
-                               status=400) from None
+            inputs = self._model_inputs(messages)
             prompt_tokens = int(inputs["input_ids"].shape[-1])
             max_new_tokens = self._fit_context(prompt_tokens, max_new_tokens, max_prompt_tokens)
             inputs = inputs.to(self.device)
