@@ -87,7 +87,7 @@ def run_eval_command(args) -> int:
                          worker_memory_limit)
     from ..evaluate import (EvalSettings, eval_case, load_dataset, metrics_of, model_bytes, probed_image_limit,
                             store_answers, write_results)
-    from ..run import window_settings
+    from ..request import window_settings
 
     require_dask()  # before any work or output: a broken Dask is one line
     kind, cases = load_dataset(args.dataset)
@@ -108,7 +108,7 @@ def run_eval_command(args) -> int:
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as handle:
             template = handle.read()
-    modality, preset, window = window_settings(args)
+    modality, preset, window = window_settings(args.modality, args.ct_preset, args.window)
     settings = EvalSettings(
         kind=kind, server_url=args.server, protocol=args.backend,
         model=os.path.abspath(args.model) if args.backend == INPROCESS else args.model, budgets=budgets,
