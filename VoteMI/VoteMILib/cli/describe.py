@@ -165,7 +165,7 @@ def run_describe(args) -> int:
         return fail(problem)
     volume, extras, result = run_selection(request)
     document = selection_document(request, volume, result)
-    events.emit("selection", selection=document)
+    events.emit(events.SELECTION, selection=document)
     log = sys.stderr
     if not args.quiet:
         print(format_summary(volume, result), file=log)
@@ -210,7 +210,7 @@ def run_describe(args) -> int:
         print(f"votemi: warning: incomplete report: {report.incomplete_reason}", file=sys.stderr)
     document.update(report.to_dict())
     _emit_findings(report)
-    events.emit("report", complete=report.complete, **report.to_dict())
+    events.emit(events.REPORT, complete=report.complete, **report.to_dict())
     dicom_error = _write_dicom(args, volume, report, prompt, document)
     _write_json(args.json, document)
     if args.report:
@@ -268,7 +268,7 @@ def _write_dicom(args, volume, report, prompt, document) -> str:
     except (DicomExportError, OutputError) as error:
         return str(error)
     document["dicom_export"] = written.to_dict()
-    events.emit("dicom", dicom_export=written.to_dict())
+    events.emit(events.DICOM, dicom_export=written.to_dict())
     for line in written.notes + [f"not exported: {item}" for item in written.skipped]:
         print(f"votemi: warning: {line}", file=sys.stderr)
     if not args.quiet:
@@ -291,7 +291,7 @@ def _write_html(args, report, prompt):
 def _emit_findings(report):
     """The ``findings`` event: the answer as findings citing their images (before the ``report`` event)."""
     if report.findings is not None and (report.text.strip() or report.findings.items):
-        events.emit("findings", findings=report.findings.to_dict())
+        events.emit(events.FINDINGS, findings=report.findings.to_dict())
 
 
 def _write_json(path, document):

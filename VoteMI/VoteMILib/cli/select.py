@@ -23,7 +23,7 @@ def run_select(args) -> int:
     volume, _, result = run_selection(request)
     document = selection_document(request, volume, result)
     write_outputs(args, request, volume, result, document, quiet=args.quiet)
-    events.emit("selection", selection=document)
+    events.emit(events.SELECTION, selection=document)
     return 0
 
 
