@@ -26,7 +26,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import ClassVar
 
 from . import __version__
 from .machine import peak_memory_mb, physical_memory_bytes
@@ -288,12 +287,9 @@ def inputs_unchanged(recorded: list, paths) -> bool:
 
 
 def settings_key(settings) -> str:
-    """A digest of everything that changes a case's result (the settings and the votemi version; never
-    an API key)."""
-    data = asdict(settings)
-    data.pop("api_key", None)
-    for name, journal_name in getattr(settings, "JOURNAL_NAMES", {}).items():
-        data[journal_name] = data.pop(name)
+    """A digest of everything that changes a case's result: ``settings.journal_fields()`` (never an API key)
+    and the votemi version."""
+    data = settings.journal_fields()
     text = json.dumps({"settings": data, "version": __version__}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
@@ -307,10 +303,6 @@ class SelectSettings:
     """The ``votemi select`` options a batch applies to every case; :meth:`request` makes a case's
     :class:`~VoteMILib.request.SelectionRequest` of them."""
 
-    #: Journal names of fields renamed since: the journal holds a digest of the fields by name
-    #: (:func:`settings_key`), so a new name alone would make a resumed batch start over.
-    JOURNAL_NAMES: ClassVar[dict] = {"slices_per_plane": "top"}
-
     planes: tuple = ("axial", "coronal", "sagittal")
     slices_per_plane: int = 3
     seed: int = 0
@@ -322,6 +314,13 @@ class SelectSettings:
     window: tuple | None = None
     #: Digest of the encoder file, so that a retrained encoder re-runs the cases.
     encoder_digest: str = ""
+
+    def journal_fields(self) -> dict:
+        """The fields :func:`settings_key` digests, under the names the journals of earlier versions hold
+        (``top`` for ``slices_per_plane``), so that a resumed batch does not start over."""
+        fields = asdict(self)
+        fields["top"] = fields.pop("slices_per_plane")
+        return fields
 
     def request(self, case: BatchCase) -> SelectionRequest:
         """The selection of one case with these settings."""
