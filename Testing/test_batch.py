@@ -105,7 +105,7 @@ def test_local_cluster_same_json_as_select_resume_and_a_corrupt_case(tmp_path, c
     # Other settings do not vouch for a done case.
     brain, record = discover_cases([case_table])[0], _journal(out)["brain1"]
     assert is_done(record, brain, settings_key(SelectSettings(pngs=True)), out)
-    assert not is_done(record, brain, settings_key(SelectSettings(pngs=True, top=2)), out)
+    assert not is_done(record, brain, settings_key(SelectSettings(pngs=True, slices_per_plane=2)), out)
     os.remove(out / "cases" / "brain1.json")  # nor does a case whose JSON is gone
     assert not is_done(record, brain, settings_key(SelectSettings(pngs=True)), out)
 

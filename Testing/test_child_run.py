@@ -19,7 +19,7 @@ def test_a_select_run_round_trips_through_the_parser():
                    mode="representative", extras=("/tmp/run-1/1/FLAIR.nrrd", "/tmp/run-1/2/T2.nrrd"))
     args = _parsed(run)
     assert args.func.__name__ == "run_select" and args.image == run.image
-    assert tuple(args.planes) == run.planes and args.top == 5 and args.mode == "representative"
+    assert tuple(args.planes) == run.planes and args.slices_per_plane == 5 and args.mode == "representative"
     assert tuple(args.extra) == run.extras and args.events and args.quiet
     assert args.mask is None and args.point == [] and args.label_name == []
     arguments = child_arguments(run)
@@ -46,7 +46,7 @@ def test_a_guided_describe_run_round_trips_with_every_digit_and_negative_points(
 def test_defaults_are_the_command_lines_defaults():
     args = _parsed(ChildRun(image="a.nrrd", describe=DescribeRequest()))
     defaults = build_parser().parse_args(["describe", "a.nrrd"])
-    for name in ("planes", "top", "mode", "server", "backend", "model", "language", "timeout", "window",
+    for name in ("planes", "slices_per_plane", "mode", "server", "backend", "model", "language", "timeout", "window",
                  "examples"):
         assert getattr(args, name) == getattr(defaults, name) or name == "mode", name
     assert args.mode == "findings" and args.server == DEFAULT_SERVER_URL and args.language == DEFAULT_LANGUAGE
@@ -94,9 +94,9 @@ def test_backend_takes_its_earlier_name_protocol(command, capsys):
 @pytest.mark.parametrize("command", [["select", "a.nrrd"], ["describe", "a.nrrd"], ["batch", "cases", "--out", "out"]])
 def test_slices_per_plane_takes_its_earlier_name_top(command, capsys):
     parser = build_parser()
-    assert parser.parse_args([*command, "--slices-per-plane", "4"]).top == 4
-    assert parser.parse_args([*command, "--top", "2"]).top == 2  # scripts of earlier versions
-    assert parser.parse_args(command).top == 3
+    assert parser.parse_args([*command, "--slices-per-plane", "4"]).slices_per_plane == 4
+    assert parser.parse_args([*command, "--top", "2"]).slices_per_plane == 2  # scripts of earlier versions
+    assert parser.parse_args(command).slices_per_plane == 3
     with pytest.raises(SystemExit):
         parser.parse_args([*command, "--top", "0"])
     assert "argument --top: must be at least 1, got 0" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import pytest
 import engine_fixtures as ef
 from VoteMILib.geometry import (NORMAL_AXIS, PLANES, canonical_array, parse_planes, plane_geometry,
                                 ras_axis_assignment)
-from VoteMILib.render import render_slice, slice_pixels
+from VoteMILib.render import Windowing, percentile_window, render_windowed, slice_pixels
 from VoteMILib.selection import select_slices
 from VoteMILib.volumes import load_volume, volume_from_array
 
@@ -310,6 +310,12 @@ def marker_volume(storage, spacing=(2.0, 2.0, 2.0)):
     return volume, edges, marker_centre
 
 
+def render_grey(volume, plane, index):
+    """A slice as the PNGs show it, windowed by the volume's percentiles (the default of an MRI)."""
+    windowing = Windowing(modality="MRI", windows=(percentile_window(volume.array),), source="percentiles")
+    return render_windowed(volume, plane, index, windowing)
+
+
 def marker_fraction(image):
     """(row, column) centroid of the bright marker as fractions of image height and width."""
     pixels = np.asarray(image, dtype=float)
@@ -335,7 +341,7 @@ def test_render_slice_shows_slicer_orientation(storage, spacing):
         geometry = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane)
         ras = RAS_INDEX[NORMAL_AXIS[plane]]
         index = int(np.argmin(np.abs(geometry.positions_mm - centre[ras])))
-        image = render_slice(volume, plane, index)
+        image = render_grey(volume, plane, index)
         assert image.mode == "L"
         # Square pixels: the image has the slice's aspect ratio in millimetres.
         height_mm, width_mm = mm[plane]
@@ -349,14 +355,14 @@ def test_render_slice_shows_slicer_orientation(storage, spacing):
         assert row < 0.5 and col < 0.5, plane
         # A slice far from the marker does not show it.
         far = int(np.argmin(np.abs(geometry.positions_mm - (low[ras] + 0.1 * extent[ras]))))
-        assert np.asarray(render_slice(volume, plane, far)).max() < 128
+        assert np.asarray(render_grey(volume, plane, far)).max() < 128
 
 
 def test_render_is_independent_of_storage():
     images = {}
     for storage in STORAGES:
         volume, _, _ = marker_volume(storage, (1.0, 2.0, 3.0))
-        images[storage] = {plane: np.asarray(render_slice(volume, plane, 10)) for plane in PLANES}
+        images[storage] = {plane: np.asarray(render_grey(volume, plane, 10)) for plane in PLANES}
     first = images["LPS"]
     for storage, planes in images.items():
         for plane in PLANES:

@@ -14,7 +14,6 @@ The same runner (:func:`run_cases`) drives ``votemi eval`` with another task.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import hashlib
@@ -30,6 +29,7 @@ from datetime import datetime, timezone
 
 from . import __version__
 from .machine import peak_memory_mb, physical_memory_bytes
+from .request import SelectionRequest
 
 #: Image files a folder may hold (DICOM series are recognised by content).
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -287,10 +287,9 @@ def inputs_unchanged(recorded: list, paths) -> bool:
 
 
 def settings_key(settings) -> str:
-    """A digest of everything that changes a case's result (the settings and the votemi version; never
-    an API key)."""
-    data = asdict(settings)
-    data.pop("api_key", None)
+    """A digest of everything that changes a case's result: ``settings.journal_fields()`` (never an API key)
+    and the votemi version."""
+    data = settings.journal_fields()
     text = json.dumps({"settings": data, "version": __version__}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
@@ -301,10 +300,11 @@ def settings_key(settings) -> str:
 
 @dataclass
 class SelectSettings:
-    """The ``votemi select`` options a batch applies to every case."""
+    """The ``votemi select`` options a batch applies to every case; :meth:`request` makes a case's
+    :class:`~VoteMILib.request.SelectionRequest` of them."""
 
     planes: tuple = ("axial", "coronal", "sagittal")
-    top: int = 3
+    slices_per_plane: int = 3
     seed: int = 0
     mode: str | None = None
     encoder: str | None = None
@@ -315,13 +315,19 @@ class SelectSettings:
     #: Digest of the encoder file, so that a retrained encoder re-runs the cases.
     encoder_digest: str = ""
 
-    def select_args(self, case: BatchCase) -> argparse.Namespace:
-        """The parsed ``votemi select`` command line of one case."""
-        return argparse.Namespace(
-            image=case.image, series=None, extra=list(case.extras), encoder=self.encoder, planes=tuple(self.planes),
-            top=self.top, seed=self.seed, mode=self.mode, mask=None, labels=None, label_name=[], point=[],
-            modality=self.modality, ct_preset=self.ct_preset, window=list(self.window) if self.window else None,
-            json=None, png_dir=None)
+    def journal_fields(self) -> dict:
+        """The fields :func:`settings_key` digests, under the names the journals of earlier versions hold
+        (``top`` for ``slices_per_plane``), so that a resumed batch does not start over."""
+        fields = asdict(self)
+        fields["top"] = fields.pop("slices_per_plane")
+        return fields
+
+    def request(self, case: BatchCase) -> SelectionRequest:
+        """The selection of one case with these settings."""
+        return SelectionRequest(image=case.image, extras=tuple(case.extras), planes=tuple(self.planes),
+                                slices_per_plane=self.slices_per_plane, seed=self.seed, mode=self.mode,
+                                encoder=self.encoder, modality=self.modality, ct_preset=self.ct_preset,
+                                window=tuple(self.window) if self.window else None)
 
 
 def select_case(case: BatchCase, settings: SelectSettings) -> dict:
@@ -335,11 +341,11 @@ def select_case(case: BatchCase, settings: SelectSettings) -> dict:
     record = new_record(case)
     try:
         record["inputs"] = fingerprint_files(case.input_files())
-        args = settings.select_args(case)
-        volume, extras, result = run_selection(args, progress=lambda fraction, message="": None)
+        request = settings.request(case)
+        volume, extras, result = run_selection(request, progress=lambda fraction, message="": None)
         record["warnings"] = [w for v in (volume, *extras) for w in v.metadata.get("warnings", [])]
-        document = selection_document(args, volume, result)
-        record["png_bytes"] = _render_pngs(volume, result, args, document) if settings.pngs else {}
+        document = selection_document(request, volume, result)
+        record["png_bytes"] = _render_pngs(volume, result, request, document) if settings.pngs else {}
         record.update(status="ok", document=document, region=result.region.get("name", ""),
                       modality=result.region.get("modality", ""),
                       picks={plane: [s.index for s in plane_result.selected]
@@ -349,7 +355,7 @@ def select_case(case: BatchCase, settings: SelectSettings) -> dict:
     return finish_record(record, started)
 
 
-def _render_pngs(volume, result, args, document) -> dict:
+def _render_pngs(volume, result, request: SelectionRequest, document) -> dict:
     """The PNGs ``votemi select --png-dir`` writes, as {file name: bytes}; records the windowing."""
     import tempfile
 
@@ -357,7 +363,7 @@ def _render_pngs(volume, result, args, document) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="votemi-batch-") as folder:
         pngs = {}
-        for path in save_pngs(args, volume, result, folder, document):
+        for path in save_pngs(request, volume, result, folder, document):
             with open(path, "rb") as handle:
                 pngs[os.path.basename(path)] = handle.read()
     return pngs

@@ -20,15 +20,17 @@ import re
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import eval_scores
 from .batch import BatchCase, BatchError, finish_record, fingerprint_files, new_record, one_line
-from .names import DEFAULT_BACKEND, DEFAULT_TIMEOUT_S, INPROCESS
+from .names import INPROCESS, PLANES
 from .names import EVAL_BUDGETS as DEFAULT_BUDGETS
 from .names import EVAL_STRATEGIES as STRATEGIES
+from .vlm.pipeline import DescribeSettings
+from .vlm.urls import DEFAULT_SERVER
 ANSWERS_JSONL = "summary.jsonl"
 
 CLOSED_TEMPLATE = """\
@@ -131,31 +133,43 @@ class EvalCaseError(ValueError):
 
 @dataclass
 class EvalSettings:
-    """Everything a case's answers depend on (the API key is sent, never digested into the journal).
+    """Everything a case's answers depend on: the evaluation's own settings and the model's, a
+    :class:`~VoteMILib.vlm.pipeline.DescribeSettings` like any describe run's.
 
-    ``protocol`` is the backend (:data:`VoteMILib.names.BACKENDS`) under its earlier name: the journal of an
-    evaluation holds a digest of these fields by name, so a new name would make a resumed run start over.
+    Attributes
+    ----------
+    kind : str
+        ``closed`` (multiple-choice questions) or ``report``.
+    budgets, strategies : tuple
+        Images per question, and the ways of choosing them.
+    mode : str or None
+        Selection mode of the voted strategy.
+    scorer : str
+        A user scoring script; empty for none.
+    describe : DescribeSettings
+        The model and how it is asked: server, backend, model, API key, the planes and seed of the selection,
+        image size, windowing, generation and the prompt template (None: the kind's own).
     """
 
     kind: str = "closed"
-    server_url: str = ""
-    protocol: str = DEFAULT_BACKEND
-    model: str = ""
     budgets: tuple = DEFAULT_BUDGETS
     strategies: tuple = STRATEGIES
-    planes: tuple = ("axial", "coronal", "sagittal")
     mode: str | None = None
-    seed: int = 0
-    long_side: int = 896
-    max_tokens: int = 512
-    timeout_s: float = float(DEFAULT_TIMEOUT_S)
-    device: str = "auto"
-    modality: str = "auto"
-    ct_preset: str | None = None
-    window: tuple | None = None
-    template: str = ""
     scorer: str = ""
-    api_key: str = field(default="", repr=False)
+    describe: DescribeSettings = field(default_factory=lambda: DescribeSettings(
+        server_url="", planes=PLANES, seed=0, max_tokens=512, ct_preset=None, stream=False))
+
+    def journal_fields(self) -> dict:
+        """The fields :func:`~VoteMILib.batch.settings_key` digests, flat and under the names the journals of
+        earlier versions hold (``protocol`` for the backend, ``template`` for the prompt), so that a resumed
+        evaluation does not start over; never the API key."""
+        model = self.describe
+        return {"kind": self.kind, "server_url": model.server_url, "protocol": model.backend, "model": model.model,
+                "budgets": self.budgets, "strategies": self.strategies, "planes": model.planes, "mode": self.mode,
+                "seed": model.seed, "long_side": model.long_side, "max_tokens": model.max_tokens,
+                "timeout_s": model.timeout_s, "device": model.device, "modality": model.modality,
+                "ct_preset": model.ct_preset, "window": model.window, "template": model.prompt_template or "",
+                "scorer": self.scorer}
 
 
 def eval_case(case: BatchCase, settings: EvalSettings) -> dict:
@@ -172,8 +186,9 @@ def eval_case(case: BatchCase, settings: EvalSettings) -> dict:
     try:
         record["inputs"] = fingerprint_files(case.input_files())
         volume = load_volume(case.image)
-        top = math.ceil(max(settings.budgets) / len(settings.planes))
-        selection = select_slices(volume, planes=settings.planes, top_k=top, seed=settings.seed,
+        slices_per_plane = math.ceil(max(settings.budgets) / len(settings.describe.planes))
+        selection = select_slices(volume, planes=settings.describe.planes, top_k=slices_per_plane,
+                                  seed=settings.describe.seed,
                                   mode=settings.mode or "findings",
                                   extra_volumes=[load_volume(path) for path in case.extras])
         asker = _Asker(volume, selection, settings)
@@ -181,7 +196,7 @@ def eval_case(case: BatchCase, settings: EvalSettings) -> dict:
                              for budget in settings.budgets for strategy in settings.strategies]
         if all(item.get("error") for item in record["answers"]):  # e.g. no server: try the case again next time
             raise EvalCaseError(record["answers"][0]["error"])
-        record.update(status="ok", model=asker.model or settings.model, region=selection.region.get("name", ""),
+        record.update(status="ok", model=asker.model or settings.describe.model, region=selection.region.get("name", ""),
                       modality=selection.region.get("modality", ""))
     except Exception as error:  # noqa: BLE001 - recorded; the evaluation goes on with the other cases
         record.update(status="failed", error=one_line(error))
@@ -194,15 +209,15 @@ class _Asker:
     def __init__(self, volume, selection, settings: EvalSettings):
         from .geometry import plane_geometry
         from .vlm.imaging import choose_windowing
-        from .vlm.pipeline import DescribeSettings, _resolve_model, make_client
+        from .vlm.pipeline import _resolve_model, make_client
 
         self.volume, self.selection, self.settings = volume, selection, settings
         self.axial_count = plane_geometry(volume.ijk_to_ras, volume.size_ijk, "axial").count
-        self.windowing = choose_windowing(volume, settings.modality, settings.ct_preset, settings.window,
+        describe = settings.describe
+        self.windowing = choose_windowing(volume, describe.modality, describe.ct_preset, describe.window,
                                           region=selection.region.get("name"))
-        describe = DescribeSettings(server_url=settings.server_url or DescribeSettings.server_url,
-                                    backend=settings.protocol, model=settings.model, api_key=settings.api_key,
-                                    timeout_s=settings.timeout_s, device=settings.device, stream=False)
+        # An empty server URL is recorded as given (the journal digests it) and means VoteMI's default server.
+        describe = replace(describe, server_url=describe.server_url or DEFAULT_SERVER)
         self.client = make_client(describe)
         self.model = _resolve_model(self.client, describe)
         self._pngs = {}
@@ -210,8 +225,8 @@ class _Asker:
     def slices(self, case_name: str, strategy: str, budget: int) -> list:
         """[(plane, index, ID)] in the order sent."""
         if strategy == "voted":
-            return voted_slices(self.selection, list(self.settings.planes), budget)
-        rng = strategy_rng(self.settings.seed, case_name, budget) if strategy == "random" else None
+            return voted_slices(self.selection, list(self.settings.describe.planes), budget)
+        rng = strategy_rng(self.settings.describe.seed, case_name, budget) if strategy == "random" else None
         indices = axial_indices(strategy, self.axial_count, budget, rng)
         return [("axial", index, f"A{n}") for n, index in enumerate(indices, 1)]
 
@@ -221,7 +236,8 @@ class _Asker:
         from .vlm.prompts import PromptImage, format_position
 
         if (plane, index) not in self._pngs:
-            self._pngs[plane, index] = render_png(self.volume, plane, index, self.windowing, self.settings.long_side)
+            self._pngs[plane, index] = render_png(self.volume, plane, index, self.windowing,
+                                                      self.settings.describe.long_side)
         png, _ = self._pngs[plane, index]
         position = float(plane_geometry(self.volume.ijk_to_ras, self.volume.size_ijk, plane).positions_mm[index])
         return PromptImage(label, plane, position, "", png, {"index": int(index),
@@ -236,7 +252,8 @@ class _Asker:
         started = time.perf_counter()
         try:
             prompt = self.prompt(case, [self.image(*c) for c in chosen])
-            options = GenerationOptions(max_tokens=self.settings.max_tokens, temperature=0.0, seed=self.settings.seed,
+            options = GenerationOptions(max_tokens=self.settings.describe.max_tokens, temperature=0.0,
+                                        seed=self.settings.describe.seed,
                                         stream=False)
             result = self.client.chat(prompt, self.model, options)
             item["text"] = result.text
@@ -252,7 +269,7 @@ class _Asker:
         fields = case.fields
         options = "\n".join(f"{eval_scores.LETTERS[n]}) {c}"
                             for n, c in enumerate(eval_scores.split_choices(fields.get("choices"))))
-        template = self.settings.template or (CLOSED_TEMPLATE if self.settings.kind == "closed" else REPORT_TEMPLATE)
+        template = self.settings.describe.prompt_template or (CLOSED_TEMPLATE if self.settings.kind == "closed" else REPORT_TEMPLATE)
         # The case's own text may hold braces: they must reach the model as written.
         for name, value in (("question", fields.get("question", "")), ("options", options)):
             template = template.replace("{" + name + "}", value.replace("{", "{{").replace("}", "}}"))
@@ -310,8 +327,9 @@ def write_results(out: str, records: list, settings: EvalSettings, resamples: in
 
     metrics = metrics_of(settings)
     rows = eval_scores.summarise(records, metrics, list(settings.strategies), list(settings.budgets), resamples,
-                                 settings.seed)
-    model = next((r["model"] for r in records if r.get("model")), settings.model or settings.protocol)
+                                 settings.describe.seed)
+    model = next((r["model"] for r in records if r.get("model")),
+                 settings.describe.model or settings.describe.backend)
     title = f"{os.path.basename(os.path.normpath(model))}: {len(records)} cases"
     write_atomic(os.path.join(out, "answers.csv"), answers_csv(records), what="answers CSV")
     write_atomic(os.path.join(out, "results.csv"), eval_scores.results_csv(rows), what="results CSV")
@@ -329,10 +347,10 @@ def write_results(out: str, records: list, settings: EvalSettings, resamples: in
 
 def model_bytes(settings: EvalSettings) -> int:
     """Memory an in-process model takes on each worker: torch itself, then the weights about twice over."""
-    if settings.protocol != INPROCESS or not os.path.isdir(settings.model):
+    model = settings.describe.model
+    if settings.describe.backend != INPROCESS or not os.path.isdir(model):
         return 0
-    weights = sum(os.path.getsize(os.path.join(folder, name))
-                  for folder, _, names in os.walk(settings.model) for name in names)
+    weights = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(model) for name in names)
     return 2 ** 30 + 2 * weights
 
 

@@ -28,6 +28,20 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
+# The event kinds (each object's "event"), named once so that writers and readers cannot drift apart.
+PROGRESS = "progress"
+SELECTION = "selection"
+TEXT = "text"
+FINDINGS = "findings"
+REPORT = "report"
+DICOM = "dicom"
+MODELS = "models"
+CAPABILITIES = "capabilities"
+ERROR = "error"
+DONE = "done"
+#: Not written by a command: what :meth:`ChildProcess.poll` makes of an output line that is not an event.
+LOG = "log"
+
 #: The writer of the command running in event mode, if any.
 _active = None
 
@@ -44,11 +58,11 @@ class EventWriter:
         self._stream.flush()
 
     def progress(self, fraction, message="") -> None:
-        self.emit("progress", fraction=round(float(fraction), 4), message=str(message or ""))
+        self.emit(PROGRESS, fraction=round(float(fraction), 4), message=str(message or ""))
 
     def text(self, chunk: str) -> None:
         if chunk:
-            self.emit("text", text=chunk)
+            self.emit(TEXT, text=chunk)
 
 
 def _plain(value):
@@ -83,7 +97,7 @@ def session(enabled: bool):
     finally:
         sys.stdout = stdout
         writer, _active = _active, None
-        writer.emit("done", exit_code=int(state.exit_code))
+        writer.emit(DONE, exit_code=int(state.exit_code))
 
 
 def active():
@@ -106,7 +120,7 @@ def print_error(message: str) -> None:
     """The command line's one-line error on stderr, and as an ``error`` event in event mode."""
     message = " ".join(str(message).split())
     print(f"votemi: error: {message}", file=sys.stderr)
-    emit("error", message=message)
+    emit(ERROR, message=message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +196,7 @@ class ChildProcess:
                 event = json.loads(text)
             except ValueError:
                 event = None
-            events.append(event if isinstance(event, dict) and "event" in event else {"event": "log", "text": text})
+            events.append(event if isinstance(event, dict) and "event" in event else {"event": LOG, "text": text})
         if not self._open["stdout"] and self.exit_code is None:
             self.exit_code = self.process.poll()
         return events

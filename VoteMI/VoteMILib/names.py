@@ -61,6 +61,10 @@ NORMAL_AXIS = {"axial": "S", "coronal": "A", "sagittal": "R"}
 MODES = ("findings", "representative")
 #: Names of earlier versions, still accepted.
 MODE_ALIASES = {"votemi": "findings", "plain": "representative"}
+#: The ``cue`` of a findings-mode plane where nothing stood out: its picks come from the representative vote,
+#: the vote of the "representative" selection mode, hence the same word (kept: saved selections hold it).
+#: Here, not in :mod:`VoteMILib.cues`, so that the result types name it without importing the cues.
+FALLBACK_CUE = "representative"
 
 #: Kinds of synthetic lesion ``votemi bench --synthetic`` puts into scans (:mod:`VoteMILib.synthetic`).
 SYNTHETIC_KINDS = ("lung", "tissue", "bright", "organ", "brain")

@@ -66,29 +66,6 @@ def to_square_pixels(image, pixel_spacing, long_side: int | None = None):
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-def render_slice(volume, plane: str, index: int, window=None, long_side: int | None = None):
-    """A slice as an 8-bit grey PIL image, as shown in Slicer's slice view of that plane.
-
-    Parameters
-    ----------
-    volume : Volume
-    plane : str
-    index : int
-        Slice number in ascending RAS position (``PlaneResult.positions_mm`` order).
-    window : (float, float), optional
-        Intensity window; percentiles of the volume by default.
-    long_side : int, optional
-        Resize so the longer side has this many pixels; otherwise keep the finest voxel size.
-    """
-    from PIL import Image
-
-    if window is None:
-        window = percentile_window(volume.array)
-    pixels = apply_window(slice_pixels(volume, plane, index), window)
-    image = Image.fromarray(pixels, mode="L")
-    return to_square_pixels(image, display_pixel_spacing(volume.ijk_to_ras, plane), long_side)
-
-
 def png_bytes(image) -> bytes:
     """Encode a PIL image as PNG."""
     buffer = io.BytesIO()

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from .names import FALLBACK_CUE
+
 
 @dataclass(frozen=True)
 class SelectedSlice:
@@ -79,9 +81,6 @@ class SelectedSlice:
         return cls(plane=plane, **values)
 
 
-# The cue of a plane that fell back, and of every plane in representative mode (cues.FALLBACK_CUE, not imported:
-# the result types are read by the Slicer panel, which needs none of the cues' imports).
-_REPRESENTATIVE = "representative"
 #: The name of a plane where nothing stood out in findings mode (it fell back to the representative vote).
 NOTHING_STOOD_OUT = "representative (nothing stood out)"
 
@@ -100,7 +99,7 @@ def outcome_text(outcome: dict) -> str:
 def outcome_label(outcome: dict) -> str:
     """:func:`outcome_text` without the confidence: ``asymmetry stood out``, ``representative (nothing stood
     out)``, ``representative`` or the guided cue."""
-    cue, stood_out = str(outcome.get("cue") or _REPRESENTATIVE), outcome.get("stood_out")
+    cue, stood_out = str(outcome.get("cue") or FALLBACK_CUE), outcome.get("stood_out")
     if stood_out is True:
         return f"{cue} stood out"
     return NOTHING_STOOD_OUT if stood_out is False else cue
@@ -108,8 +107,8 @@ def outcome_label(outcome: dict) -> str:
 
 def outcome_confidence(outcome: dict) -> str:
     """The confidence as shown (``0.91``), empty for guided picks (they are not voted)."""
-    cue = str(outcome.get("cue") or _REPRESENTATIVE)
-    if outcome.get("stood_out") is None and cue != _REPRESENTATIVE:
+    cue = str(outcome.get("cue") or FALLBACK_CUE)
+    if outcome.get("stood_out") is None and cue != FALLBACK_CUE:
         return ""
     return f"{float(outcome.get('confidence') or 0.0):.2f}"
 

@@ -2,10 +2,8 @@
 outputs checked before any work, the image and its extras loaded, the selection (guided by a mask or
 points when given), its JSON document, PNGs and the readable summary.
 
-``args`` is the parsed command line of ``votemi select`` (an ``argparse.Namespace``, or any object with
-its attributes: ``image``, ``series``, ``extra``, ``encoder``, ``planes``, ``top``, ``seed``, ``mode``,
-``mask``, ``labels``, ``label_name``, ``point``, ``modality``, ``ct_preset``, ``window``, ``json``,
-``png_dir``), so that the command line, the batch runner and a script run the same selection.
+Each function takes a :class:`~VoteMILib.request.SelectionRequest`, so that the command line, the batch runner
+and a script run the same selection.
 """
 
 from __future__ import annotations
@@ -15,27 +13,32 @@ import sys
 import time
 
 from . import events
+from .request import SelectionRequest
 from .results import outcome_text
 
 
-def window_settings(args) -> tuple:
-    """(modality, ct_preset or None, window or None) of the --modality, --ct-preset and --window options;
-    an explicit --window without --ct-preset windows CT too."""
-    preset = args.ct_preset or ("none" if args.window else "auto")
-    return args.modality, None if preset == "none" else preset, tuple(args.window) if args.window else None
-
-
-def check_outputs(args, **more_files) -> None:
+def check_outputs(request: SelectionRequest, files: dict, png_dir: str | None = None, more_inputs=()) -> None:
     """Before any work, refuse output paths that cannot be written or would overwrite an input.
 
-    Checks ``--json`` and ``--png-dir`` of ``args`` and the files of ``more_files`` (option name ->
-    path or None); raises :class:`~VoteMILib.outputs.OutputError` naming the path.
+    Parameters
+    ----------
+    request : SelectionRequest
+        Its image, extras, encoder and mask are the inputs no output may overwrite.
+    files : dict
+        Option name (``--json``, ...) -> output file path or None, in the order errors name them.
+    png_dir : str or None
+        The folder of ``--png-dir``.
+    more_inputs : sequence of str
+        Other input files of the command (a prompt file).
+
+    Raises
+    ------
+    VoteMILib.outputs.OutputError
+        Naming the path.
     """
     from .outputs import OutputError, check_output_file, check_output_folder
 
-    files = {"--json": getattr(args, "json", None), **more_files}
-    inputs = [args.image, *getattr(args, "extra", []), getattr(args, "encoder", None),
-              getattr(args, "prompt_file", None), getattr(args, "mask", None)]
+    inputs = [request.image, *request.extras, request.encoder, *more_inputs, request.mask]
     inputs = {os.path.realpath(path) for path in inputs if path}
     written = {}
     for option, path in files.items():
@@ -48,8 +51,8 @@ def check_outputs(args, **more_files) -> None:
         if real in written:
             raise OutputError(f"{option} and {written[real]} both name {path}; choose two files")
         written[real] = option
-    if getattr(args, "png_dir", None):
-        check_output_folder(args.png_dir, "--png-dir folder")
+    if png_dir:
+        check_output_folder(png_dir, "--png-dir folder")
 
 
 def print_warnings(*volumes) -> None:
@@ -59,49 +62,63 @@ def print_warnings(*volumes) -> None:
             print(f"votemi: warning: {warning}", file=sys.stderr)
 
 
-def selection_document(args, volume, result) -> dict:
+def selection_document(request: SelectionRequest, volume, result) -> dict:
     """The selection JSON of ``votemi select`` (also the start of ``votemi describe``'s)."""
-    document = result.to_dict(image=os.path.abspath(args.image))
+    document = result.to_dict(image=os.path.abspath(request.image))
     if "dicom_series" in volume.metadata:
         document["dicom_series"] = volume.metadata["dicom_series"]
     return document
 
 
-def run_selection(args, progress=None):
-    """Load the image (and extras), run the selection; returns (volume, extras, result)."""
+def run_selection(request: SelectionRequest, progress=None):
+    """Load the image (and extras) of ``request`` and run its selection.
+
+    Parameters
+    ----------
+    request : SelectionRequest
+    progress : callable or None
+        ``progress(fraction, message)``; None reports to the ``--events`` stream when one is active.
+
+    Returns
+    -------
+    tuple
+        (volume, extras, result): the loaded image, the loaded extras and the
+        :class:`~VoteMILib.results.SelectionResult`.
+    """
     from .selection import select_slices
     from .volumes import load_volume
 
     started = time.perf_counter()
-    names = volume_names(args)
-    volume = load_volume(args.image, series=args.series, name=names[0])
-    extras = [load_volume(path, name=name) for path, name in zip(args.extra, names[1:])]
+    names = volume_names(request)
+    volume = load_volume(request.image, series=request.series, name=names[0])
+    extras = [load_volume(path, name=name) for path, name in zip(request.extras, names[1:])]
     loaded = time.perf_counter() - started
     print_warnings(volume, *extras)
-    encoder = load_encoder(args.encoder) if args.encoder else None
+    encoder = load_encoder(request.encoder) if request.encoder else None
     progress = progress or events.progress_callback()
-    guide = load_guide(args, volume)
-    selector = load_selector_option(args, guide)
+    guide = load_guide(request, volume)
+    selector = load_selector_option(request, guide)
     if guide is None:
-        result = select_slices(volume, planes=args.planes, top_k=args.top, seed=args.seed,
-                               mode=args.mode or "findings", extra_volumes=extras, encoder=encoder, progress=progress,
-                               selector=selector)
+        result = select_slices(volume, planes=request.planes, top_k=request.slices_per_plane, seed=request.seed,
+                               mode=request.mode or "findings", extra_volumes=extras, encoder=encoder,
+                               progress=progress, selector=selector)
     else:
         from .guided import select_guided
 
-        result = select_guided(volume, guide, planes=args.planes, top_k=args.top, mode=args.mode, seed=args.seed,
-                               extra_volumes=extras, encoder=encoder, progress=progress)
+        result = select_guided(volume, guide, planes=request.planes, top_k=request.slices_per_plane,
+                               mode=request.mode, seed=request.seed, extra_volumes=extras, encoder=encoder,
+                               progress=progress)
     result.timing_s = {"load": loaded, **result.timing_s}
     return volume, extras, result
 
 
-def volume_names(args) -> list:
+def volume_names(request: SelectionRequest) -> list:
     """The names of ``--volume-name`` for the image and each extra, in order; None where none was given.
 
     Slicer's panel writes its volumes to ASCII file names and sends the nodes' names this way: ITK opens files
     through the system's narrow-character API, which on Windows cannot spell every name a node may have.
     """
-    given, count = list(getattr(args, "volume_names", None) or []), 1 + len(args.extra)
+    given, count = list(request.volume_names or []), 1 + len(request.extras)
     if len(given) > count:
         raise ValueError(f"{len(given)} --volume-name given for {count} volume(s) (the image and each --extra)")
     if any(not str(name).strip() for name in given):
@@ -109,11 +126,12 @@ def volume_names(args) -> list:
     return [str(name) for name in given] + [None] * (count - len(given))
 
 
-def load_guide(args, volume):
-    """The :class:`~VoteMILib.guided.Guide` of --mask/--labels/--label-name/--point, or None without them."""
-    mask, points = getattr(args, "mask", None), getattr(args, "point", [])
+def load_guide(request: SelectionRequest, volume):
+    """The :class:`~VoteMILib.guided.Guide` of the request's mask, labels, label names and points, or None
+    without a mask or points."""
+    mask, points = request.mask, list(request.points)
     if not mask:
-        if getattr(args, "labels", None) or getattr(args, "label_name", []):
+        if request.labels or request.label_names:
             raise ValueError("--labels and --label-name choose segments of --mask; give --mask LABELMAP")
         if not points:
             return None
@@ -122,35 +140,35 @@ def load_guide(args, volume):
 
     labels_kji = load_label_map(mask, volume) if mask else None
     names = rtstruct_names(mask) if mask else {}
-    names.update(dict(getattr(args, "label_name", [])))
-    return make_guide(volume, labels_kji, labels=getattr(args, "labels", None), points=points, names=names,
+    names.update(dict(request.label_names))
+    return make_guide(volume, labels_kji, labels=request.labels, points=points, names=names,
                       source=os.path.basename(os.path.normpath(mask)) if mask else "")
 
 
-def load_selector_option(args, guide):
+def load_selector_option(request: SelectionRequest, guide):
     """The model of ``--selector`` (experimental generic selector), or None without it."""
-    path = getattr(args, "selector", None)
-    if not path:
+    if not request.selector:
         return None
     if guide is not None:
         raise ValueError("--selector picks slices without a guide; leave out --mask and --point, or --selector")
     from .selector_model import load_selector
 
-    return load_selector(path)
+    return load_selector(request.selector)
 
 
 def load_encoder(path):
+    """The trained patch encoder of ``--encoder``."""
     from .encoders import load_patch_encoder
 
     return load_patch_encoder(path)
 
 
-def save_pngs(args, volume, result, folder, document: dict) -> list:
+def save_pngs(request: SelectionRequest, volume, result, folder, document: dict) -> list:
     """Write each selected slice as a PNG into ``folder``, windowed as the options say; records the
     windowing in ``document`` and returns the paths."""
     from .render import choose_windowing, save_selection_pngs
 
-    modality, preset, window = window_settings(args)
+    modality, preset, window = request.windowing()
     windowing = choose_windowing(volume, modality, preset, window, region=result.region.get("name"))
     paths = save_selection_pngs(volume, result, folder, windowing)
     document["windowing"] = windowing.to_dict()

@@ -19,6 +19,7 @@ import time
 
 import slicer
 from slicer.i18n import tr as _
+from VoteMILib.events import ERROR, FINDINGS, LOG, REPORT, SELECTION, TEXT
 from VoteMILib.names import DEFAULT_BACKEND, DEFAULT_TIMEOUT_S, INPROCESS
 
 #: Run folders (the input written for the child) older than this are left by a crash and removed (hours).
@@ -175,7 +176,7 @@ class VoteMIRun:
         """The child's new events; errors are kept for :meth:`failure`."""
         events = self.child.poll()
         for event in events:
-            if event.get("event") == "error":
+            if event.get("event") == ERROR:
                 self.error = event.get("message", "")
         return events
 
@@ -186,15 +187,15 @@ class VoteMIRun:
     def handle(self, event):
         """Apply one event of the child to the scene: the selection's marks, the report as it streams."""
         kind = event.get("event")
-        if kind == "selection":
+        if kind == SELECTION:
             self.applySelection(event["selection"])
-        elif kind == "text":
+        elif kind == TEXT:
             self.report.append(event.get("text", ""))
-        elif kind == "findings":
+        elif kind == FINDINGS:
             self.findings = event.get("findings")
-        elif kind == "report":
+        elif kind == REPORT:
             self.finishReport(event)
-        elif kind == "log":
+        elif kind == LOG:
             logging.info("VoteMI child: %s", event.get("text", ""))
 
     def wait(self, timeoutSeconds=None, pollSeconds=0.05):

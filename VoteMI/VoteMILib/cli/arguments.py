@@ -11,6 +11,7 @@ import os
 
 from .. import events
 from ..names import BACKENDS, CT_PRESET_NAMES, DEFAULT_BACKEND, PLANES, backends_help, canonical_mode, parse_planes
+from ..request import SelectionRequest
 
 API_KEY_ENV = "VOTEMI_API_KEY"
 
@@ -144,6 +145,17 @@ def add_selection_arguments(parser) -> None:
     add_events_argument(parser)
 
 
+def selection_request(args) -> SelectionRequest:
+    """The :class:`~VoteMILib.request.SelectionRequest` of a command line parsed with
+    :func:`add_selection_arguments`: the one place the options become the engine's arguments."""
+    return SelectionRequest(
+        image=args.image, series=args.series, extras=tuple(args.extra), volume_names=tuple(args.volume_names),
+        planes=tuple(args.planes), slices_per_plane=args.slices_per_plane, seed=args.seed, mode=args.mode,
+        encoder=args.encoder, selector=args.selector, mask=args.mask, labels=args.labels,
+        label_names=tuple(args.label_name), points=tuple(args.point), modality=args.modality,
+        ct_preset=args.ct_preset, window=tuple(args.window) if args.window else None)
+
+
 def add_pick_arguments(parser) -> None:
     """--planes, --slices-per-plane, --seed and --mode: which slices a selection picks (``select``, ``describe``,
     ``batch``)."""
@@ -156,10 +168,11 @@ def add_pick_arguments(parser) -> None:
 
 def add_slices_per_plane_argument(parser) -> None:
     """``--slices-per-plane`` and ``--top``, its earlier name, still accepted but not shown: scripts of earlier
-    versions pass it. Both set ``args.top``, the attribute :mod:`VoteMILib.run` and the batch settings read."""
-    parser.add_argument("--slices-per-plane", dest="top", type=positive_int, default=3, metavar="N",
+    versions pass it. Both set ``args.slices_per_plane``."""
+    parser.add_argument("--slices-per-plane", dest="slices_per_plane", type=positive_int, default=3, metavar="N",
                         help="slices per plane (default: %(default)s; --top is its earlier name)")
-    parser.add_argument("--top", dest="top", type=positive_int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--top", dest="slices_per_plane", type=positive_int, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
 
 
 def add_guide_arguments(parser) -> None:

@@ -32,13 +32,13 @@ def run_batch_command(args) -> int:
     from ..batch import (SUMMARY_CSV, SelectSettings, dask_client, discover_cases, file_digest, out_lock, prepare_out,
                          require_dask, run_cases, select_case, store_selection, worker_memory_limit,
                          write_summary_csv)
-    from ..run import window_settings
+    from ..request import window_settings
 
     require_dask()  # before any work or output: a broken Dask is one line
     cases = discover_cases(args.inputs)
     out = prepare_out(args.out)
-    modality, preset, window = window_settings(args)
-    settings = SelectSettings(planes=tuple(args.planes), top=args.top, seed=args.seed, mode=args.mode,
+    modality, preset, window = window_settings(args.modality, args.ct_preset, args.window)
+    settings = SelectSettings(planes=tuple(args.planes), slices_per_plane=args.slices_per_plane, seed=args.seed, mode=args.mode,
                               encoder=os.path.abspath(args.encoder) if args.encoder else None, pngs=args.pngs,
                               modality=modality, ct_preset=args.ct_preset, window=tuple(window) if window else None,
                               encoder_digest=file_digest(args.encoder) if args.encoder else "")

@@ -9,13 +9,15 @@ import threading
 
 from .. import events
 from ..names import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, INPROCESS
-from ..run import check_outputs, format_summary, run_selection, selection_document, window_settings
+from ..request import window_settings
+from ..run import check_outputs, format_summary, run_selection, selection_document
 from ..vlm.errors import VLMCancelled, VLMError
 from ..vlm.packing import PACK_CHOICES
 from ..vlm.pipeline import DescribeSettings, RequestParts, describe, fit_request
 from ..vlm.report import NOTICE, Report
 from ..vlm.urls import DEFAULT_SERVER, parse_server_url, redact_url
-from .arguments import add_backend_argument, add_key_arguments, add_selection_arguments, api_key, fail, positive_int
+from .arguments import (add_backend_argument, add_key_arguments, add_selection_arguments, api_key, fail,
+                        positive_int, selection_request)
 
 
 def add_describe_command(commands) -> None:
@@ -78,7 +80,7 @@ def add_describe_command(commands) -> None:
 
 def settings_from_args(args) -> DescribeSettings:
     """The :class:`DescribeSettings` of a parsed ``votemi describe`` command line."""
-    modality, preset, window = window_settings(args)
+    modality, preset, window = window_settings(args.modality, args.ct_preset, args.window)
     template = None
     if args.prompt_file:
         try:
@@ -89,7 +91,7 @@ def settings_from_args(args) -> DescribeSettings:
             raise VLMError(f"cannot read prompt file {args.prompt_file}: {reason}") from None
     return DescribeSettings(
         server_url=args.server, backend=args.backend, model=args.model, api_key=api_key(args),
-        prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.top,
+        prompt_template=template, language=args.language, planes=tuple(args.planes), top_k=args.slices_per_plane,
         long_side=args.long_side, window=window, modality=modality, ct_preset=preset, timeout_s=args.timeout,
         stream=not args.no_stream, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
         device=args.device, allow_hub=args.allow_hub, structured=args.structured, pack=args.pack,
@@ -154,13 +156,15 @@ def run_describe(args) -> int:
         settings.validate()
     except VLMError as error:
         return fail(str(error), 2)
-    check_outputs(args, **{"--report": args.report, "--html": args.html})
+    request = selection_request(args)
+    check_outputs(request, {"--json": args.json, "--report": args.report, "--html": args.html},
+                  png_dir=args.png_dir, more_inputs=[args.prompt_file])
     problem = _dicom_out_problem(args)
     if problem:
         return fail(problem)
-    volume, extras, result = run_selection(args)
-    document = selection_document(args, volume, result)
-    events.emit("selection", selection=document)
+    volume, extras, result = run_selection(request)
+    document = selection_document(request, volume, result)
+    events.emit(events.SELECTION, selection=document)
     log = sys.stderr
     if not args.quiet:
         print(format_summary(volume, result), file=log)
@@ -205,7 +209,7 @@ def run_describe(args) -> int:
         print(f"votemi: warning: incomplete report: {report.incomplete_reason}", file=sys.stderr)
     document.update(report.to_dict())
     _emit_findings(report)
-    events.emit("report", complete=report.complete, **report.to_dict())
+    events.emit(events.REPORT, complete=report.complete, **report.to_dict())
     dicom_error = _write_dicom(args, volume, report, prompt, document)
     _write_json(args.json, document)
     if args.report:
@@ -263,7 +267,7 @@ def _write_dicom(args, volume, report, prompt, document) -> str:
     except (DicomExportError, OutputError) as error:
         return str(error)
     document["dicom_export"] = written.to_dict()
-    events.emit("dicom", dicom_export=written.to_dict())
+    events.emit(events.DICOM, dicom_export=written.to_dict())
     for line in written.notes + [f"not exported: {item}" for item in written.skipped]:
         print(f"votemi: warning: {line}", file=sys.stderr)
     if not args.quiet:
@@ -286,7 +290,7 @@ def _write_html(args, report, prompt):
 def _emit_findings(report):
     """The ``findings`` event: the answer as findings citing their images (before the ``report`` event)."""
     if report.findings is not None and (report.text.strip() or report.findings.items):
-        events.emit("findings", findings=report.findings.to_dict())
+        events.emit(events.FINDINGS, findings=report.findings.to_dict())
 
 
 def _write_json(path, document):

@@ -87,7 +87,8 @@ def run_eval_command(args) -> int:
                          worker_memory_limit)
     from ..evaluate import (EvalSettings, eval_case, load_dataset, metrics_of, model_bytes, probed_image_limit,
                             store_answers, write_results)
-    from ..run import window_settings
+    from ..request import window_settings
+    from ..vlm.pipeline import DescribeSettings
 
     require_dask()  # before any work or output: a broken Dask is one line
     kind, cases = load_dataset(args.dataset)
@@ -108,15 +109,15 @@ def run_eval_command(args) -> int:
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as handle:
             template = handle.read()
-    modality, preset, window = window_settings(args)
-    settings = EvalSettings(
-        kind=kind, server_url=args.server, protocol=args.backend,
-        model=os.path.abspath(args.model) if args.backend == INPROCESS else args.model, budgets=budgets,
-        strategies=args.strategies, planes=tuple(args.planes), mode=args.mode, seed=args.seed,
-        long_side=args.long_side, max_tokens=args.max_tokens or (32 if kind == "closed" else 512),
-        timeout_s=args.timeout, device=args.device, modality=modality, ct_preset=preset,
-        window=tuple(window) if window else None, template=template, scorer=args.scorer or "",
-        api_key=api_key(args))
+    modality, preset, window = window_settings(args.modality, args.ct_preset, args.window)
+    describe = DescribeSettings(
+        server_url=args.server, backend=args.backend,
+        model=os.path.abspath(args.model) if args.backend == INPROCESS else args.model, api_key=api_key(args),
+        prompt_template=template or None, planes=tuple(args.planes), seed=args.seed, long_side=args.long_side,
+        window=tuple(window) if window else None, modality=modality, ct_preset=preset, timeout_s=args.timeout,
+        stream=False, max_tokens=args.max_tokens or (32 if kind == "closed" else 512), device=args.device)
+    settings = EvalSettings(kind=kind, budgets=budgets, strategies=args.strategies, mode=args.mode,
+                            scorer=args.scorer or "", describe=describe)
     if kind == "report":
         eval_scores.wordnet_folder()  # refuse at once, not after the first case, when METEOR cannot run
     memory = None if args.scheduler else worker_memory_limit(cases, args.workers, extra_bytes=model_bytes(settings))

@@ -37,7 +37,7 @@ def run_models(args) -> int:
         models = list_models(settings)
     except VLMError as error:
         return fail(str(error))
-    events.emit("models", server=redact_url(args.server), models=list(models))
+    events.emit(events.MODELS, server=redact_url(args.server), models=list(models))
     for model in models:
         print(model)
     if args.probe:
@@ -58,7 +58,7 @@ def _run_probe(args, settings, models) -> int:
     except VLMError as error:
         return fail(f"probing {model}: {error}")
     store(found)
-    events.emit("capabilities", capabilities=found.to_dict(), summary=found.summary())
+    events.emit(events.CAPABILITIES, capabilities=found.to_dict(), summary=found.summary())
     print(f"{model}: {found.summary()}")
     for note in found.notes:
         print(f"  {note}")

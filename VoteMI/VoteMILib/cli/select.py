@@ -6,7 +6,7 @@ import os
 
 from .. import events
 from ..run import check_outputs, format_summary, run_selection, save_pngs, selection_document
-from .arguments import add_selection_arguments
+from .arguments import add_selection_arguments, selection_request
 
 
 def add_select_command(commands) -> None:
@@ -18,20 +18,21 @@ def add_select_command(commands) -> None:
 
 
 def run_select(args) -> int:
-    check_outputs(args)
-    volume, _, result = run_selection(args)
-    document = selection_document(args, volume, result)
-    write_outputs(args, volume, result, document, quiet=args.quiet)
-    events.emit("selection", selection=document)
+    request = selection_request(args)
+    check_outputs(request, {"--json": args.json}, png_dir=args.png_dir)
+    volume, _, result = run_selection(request)
+    document = selection_document(request, volume, result)
+    write_outputs(args, request, volume, result, document, quiet=args.quiet)
+    events.emit(events.SELECTION, selection=document)
     return 0
 
 
-def write_outputs(args, volume, result, document: dict, quiet: bool = False) -> None:
+def write_outputs(args, request, volume, result, document: dict, quiet: bool = False) -> None:
     """Print the summary and write the JSON and PNGs the user asked for."""
     if not quiet:
         print(format_summary(volume, result))
     if args.png_dir:
-        paths = save_pngs(args, volume, result, args.png_dir, document)
+        paths = save_pngs(request, volume, result, args.png_dir, document)
         document["pngs"] = [os.path.abspath(p) for p in paths]
         if not quiet:
             print(f"wrote {len(paths)} PNGs to {args.png_dir}")

@@ -111,7 +111,8 @@ def serve_limits(args) -> ServeLimits:
 def run_serve(args) -> int:
     """``votemi serve``: blocks until Ctrl-C; 0 after a clean stop."""
     from ..vlm.inprocess import load_model
-    from ..vlm.server import ServeFeatures, VLMServer, is_loopback
+    from ..server_urls import is_loopback
+    from ..vlm.server import ServeFeatures, VLMServer
 
     key = api_key(args)
     if not 0 <= args.port <= 65535:

@@ -10,6 +10,7 @@ splits its evidence between two ranks). Shared pieces have their own modules: :m
 
 from __future__ import annotations
 
+from ..names import FALLBACK_CUE
 from . import asymmetry, lung_nodule, mass, organ_lesion, tissue_contrast
 from .evidence import Abnormality, CueInput, patch_votes, ranked
 from .regions import Region, detect_region
@@ -21,9 +22,6 @@ from .regions import Region, detect_region
 CUES_BY_REGION = {"head": (asymmetry.find,),
                   "chest": (lung_nodule.find, organ_lesion.find, lung_nodule.find_below_thorax),
                   "body": (mass.find, organ_lesion.find, tissue_contrast.find)}
-#: The ``cue`` of a findings-mode plane where nothing stood out: its picks come from the representative vote,
-#: the vote of the "representative" selection mode, hence the same word (kept: saved selections hold it).
-FALLBACK_CUE = "representative"
 #: Every name a plane's ``cue`` can take.
 CUES = ("asymmetry", "focal", "lung_nodule", "tissue_contrast", "mass", "organ_lesion", FALLBACK_CUE)
 

@@ -304,12 +304,6 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto", allow_hub: 
         return _MODELS[key]
 
 
-def unload_models():
-    """Forget every cached model (frees memory once no one else holds them)."""
-    with _MODELS_LOCK:
-        _MODELS.clear()
-
-
 def prompt_messages(prompt) -> list:
     """A :class:`~VoteMILib.vlm.prompts.Prompt` as transformers chat messages, images interleaved with labels
     (worked examples first, as earlier user and assistant turns)."""

@@ -669,7 +669,3 @@ def create_server(model, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api
     """
     return VLMServer(model, host=host, port=port, api_key=api_key, limits=ServeLimits(**limits), log=log,
                      features=features)
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
