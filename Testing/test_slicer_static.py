@@ -237,7 +237,7 @@ def test_the_engine_never_imports_the_slicer_side():
             assert not {"VoteMI", "VoteMISlicerLib", "VoteMISelfTestLib"} & set(roots), f"{path}:{node.lineno}"
 
 
-#: What only the MRML layer (VoteMILib/mrml.py) may know of the report node: its attributes and its text.
+#: What only the MRML layer (VoteMILib/mrml/) may know of the report node: its attributes and its text.
 REPORT_FORMAT = re.compile(r"report_attribute|mrml\.\w+_ATTRIBUTE\b|_ATTRIBUTE_PREFIX|[\"']VoteMI\.(Report|Findings|"
                            r"WrittenSHA1)|\.(Get|Set)Text\(")
 
