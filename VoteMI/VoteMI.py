@@ -164,11 +164,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runLog = None
         self._serverStatus = None  # VoteMISlicerLib.serverstatus.ServerStatus, once set up
         self._review = None  # VoteMISlicerLib.review.ReportReview, once set up
-        self._plotView = None
+        self._votedSlices = None  # VoteMISlicerLib.votedslices.VotedSlicesView, once set up
+        self._guideSegments = None  # VoteMISlicerLib.guide.GuideSegments, once set up
         self._timer = None
         self._shownVolumeID = None
-        self._shownSegments = None
-        self._rows = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -188,18 +187,16 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = VoteMILogic()
 
         from VoteMILib.vlm import NOTICE
+        from VoteMISlicerLib.guide import GuideSegments
         from VoteMISlicerLib.review import ReportReview
         from VoteMISlicerLib.serverstatus import ServerStatus
+        from VoteMISlicerLib.votedslices import VotedSlicesView
 
         self.ui.noticeLabel.text = NOTICE
-        self.ui.resultsTable.setColumnCount(7)
-        self.ui.resultsTable.setHorizontalHeaderLabels(
-            [_("Plane"), _("Rank"), _("Slice"), _("Position (mm)"), _("Score"), _("Confidence"), _("Stood out")])
-        header = self.ui.resultsTable.horizontalHeader()
-        header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)  # headers and values never cut
-        header.setStretchLastSection(True)
-        self.ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
-        self.ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        self._votedSlices = VotedSlicesView(self.logic, self.ui.resultsTable)
+        self._votedSlices.setUp()
+        self._guideSegments = GuideSegments(self.ui.guideSegmentsList, lambda: self._parameterNode,
+                                            SKIPPED_SEGMENTS_ATTRIBUTE)
         self.ui.modelsComboBox.visible = False
         self._fillSampleChoices()
 
@@ -224,9 +221,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.clearResultsButton.connect("clicked(bool)", self.onClearResults)
         self.ui.modelsComboBox.connect("activated(int)", self._serverStatus.onModelChosen)
         self.ui.sampleComboBox.connect("activated(int)", self.onLoadSample)
-        self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.extraVolumesSelector.connect("checkedNodesChanged()", self.onExtraVolumesChanged)
-        self.ui.guideSegmentsList.connect("itemChanged(QListWidgetItem*)", self.onGuideSegmentsChanged)
+        self.ui.guideSegmentsList.connect("itemChanged(QListWidgetItem*)", self._guideSegments.onChanged)
         for widgetName, parameter in self.TEXT_PARAMETERS:
             widget = getattr(self.ui, widgetName)
             widget.connect("textChanged()" if widgetName.endswith("TextEdit") else "textChanged(QString)",
@@ -242,15 +238,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._serverStatus.close()
         self._review.close()
         self.removeObservers()
-        self._connectPlotView(False)
+        self._votedSlices.connectPlotView(False)
         self._timer.stop()
 
     def enter(self) -> None:
         if self.logic is None:
             return
-        self._shownSegments = None  # segments may have been added or renamed in the Segment Editor meanwhile
+        self._guideSegments.shown = None  # segments may have been added or renamed in the Segment Editor meanwhile
         self.initializeParameterNode()
-        self._connectPlotView(True)
+        self._votedSlices.connectPlotView(True)
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -291,8 +287,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndImport(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
-            self._refreshResults()
-            self._connectPlotView(True)
+            self._votedSlices.refresh(self._inputVolume())
+            self._votedSlices.connectPlotView(True)
 
     def _fillSampleChoices(self):
         box = self.ui.sampleComboBox
@@ -365,7 +361,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._showTextParameters()
         self._rememberSettings()
-        self._showGuideSegments()
+        self._guideSegments.show()
         volumeNode = self._parameterNode.inputVolume
         volumeID = volumeNode.GetID() if volumeNode else None
         if volumeID != self._shownVolumeID:
@@ -432,64 +428,6 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  for i in range(raw.GetNumberOfNodeReferences(EXTRA_VOLUME_REFERENCE))]
         return [node for node in nodes if node is not None and node is not inputVolume]
 
-    # Guide
-
-    def _showGuideSegments(self):
-        """List the guide segmentation's segments, checked unless the user unchecked them (only when they changed)."""
-        from VoteMILib import mrml
-
-        node = self._parameterNode
-        segments = mrml.segments_of(node.guideSegmentation)
-        skipped = self._skippedSegments()
-        shown = (node.guideSegmentation.GetID() if node.guideSegmentation else None, segments, skipped)
-        if shown == self._shownSegments:
-            return
-        self._shownSegments = shown
-        segmentsList = self.ui.guideSegmentsList
-        wasBlocked = segmentsList.blockSignals(True)
-        segmentsList.clear()
-        for segmentID, name in segments:
-            item = qt.QListWidgetItem(name)
-            item.setData(qt.Qt.UserRole, segmentID)
-            item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Unchecked if segmentID in skipped else qt.Qt.Checked)
-            segmentsList.addItem(item)
-        segmentsList.blockSignals(wasBlocked)
-
-    def onGuideSegmentsChanged(self, item=None) -> None:
-        if not self._parameterNode:
-            return
-        from VoteMILib import mrml
-
-        node = self._parameterNode
-        segmentsList = self.ui.guideSegmentsList
-        items = [segmentsList.item(row) for row in range(segmentsList.count)]
-        skipped = [item.data(qt.Qt.UserRole) for item in items if item.checkState() != qt.Qt.Checked]
-        # The list already shows this: it is not rebuilt from within its own signal.
-        self._shownSegments = (node.guideSegmentation.GetID() if node.guideSegmentation else None,
-                               mrml.segments_of(node.guideSegmentation), set(skipped))
-        node.parameterNode.SetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE, "\n".join(skipped))
-
-    def _skippedSegments(self):
-        return set((self._parameterNode.parameterNode.GetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE) or "").splitlines())
-
-    def _guide(self):
-        """The panel's guide as {"segmentation", "segmentIDs", "points"}, or None when nothing guides."""
-        from VoteMILib import mrml
-
-        node = self._parameterNode
-        segmentation = node.guideSegmentation
-        skipped = self._skippedSegments()
-        segmentIDs = [segmentID for segmentID, _ in mrml.segments_of(segmentation) if segmentID not in skipped]
-        if segmentation is not None and not segmentIDs:
-            raise ValueError(_("Check at least one segment of {name}, or choose no segmentation.").format(
-                name=segmentation.GetName()))
-        points = node.guidePoints
-        if segmentation is None and points is None:
-            return None
-        return {"segmentation": segmentation, "segmentIDs": segmentIDs, "points": points,
-                "thenUnsupervised": bool(node.guideThenUnsupervised)}
-
     def _planes(self):
         node = self._parameterNode
         return tuple(plane for plane, wanted in (("axial", node.axial), ("coronal", node.coronal),
@@ -541,7 +479,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         request = describeRequestFromParameterNode(node) if describe else None
         if describe and not self._confirmDescribe(volumeNode, request):
             return
-        guide = self._guide()
+        guide = self._guideSegments.guide()
         with slicer.util.WaitCursor():
             run = self.logic.run(volumeNode, describe, planes=planes, slicesPerPlane=int(node.slicesPerPlane),
                                  mode=node.selectionMode, extraVolumeNodes=self._extraVolumes(),
@@ -621,8 +559,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if event.get("message"):
                 self.ui.statusLabel.text = event["message"]
         elif kind == "selection":
-            self._refreshResults()
-            self._connectPlotView(True)
+            self._votedSlices.refresh(self._inputVolume())
+            self._votedSlices.connectPlotView(True)
             if run.describe:
                 self.ui.progressBar.value = 55
                 self.ui.statusLabel.text = _("Slices selected; waiting for the model at {target}...").format(
@@ -698,61 +636,17 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._serverStatus.checkServer(explicit)
 
     # ----------------------------------------------------------------------------------------
-    # Results table and plot
+    # Results (VoteMISlicerLib.votedslices) and the report (VoteMISlicerLib.review)
 
     def onInputChanged(self) -> None:
         """Show the voted slices and the report of the (new) input volume."""
-        self._refreshResults()
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        volumeNode = self._inputVolume()
+        self._votedSlices.refresh(volumeNode)
         self._review.observe(self.logic.reportNode(volumeNode) if volumeNode else None)
-
-    def _refreshResults(self):
-        table = self.ui.resultsTable
-        table.setRowCount(0)
-        self._rows = []
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        if volumeNode is None:
-            return
-        self._rows = self.logic.votedSlices(volumeNode)
-        table.setRowCount(len(self._rows))
-        from VoteMILib.results import outcome_confidence, outcome_text
-
-        for row, pick in enumerate(self._rows):
-            # The plane's confidence and whether anything stood out there, short enough for the panel's width
-            # (the tooltip has it in full: "representative (nothing stood out), confidence 0.04"); blank for a
-            # scene saved before they were recorded.
-            outcome = pick.get("outcome")
-            values = [pick["plane"].capitalize(), str(pick["rank"]), str(pick["slice"]),
-                      f"{pick['position_mm']:+.1f}", f"{pick['score']:.3f}",
-                      outcome_confidence(outcome) if outcome else "", self._stoodOutCell(outcome)]
-            tip = _("Click to show this slice")
-            if outcome:
-                tip = _("{outcome}. Click to show this slice").format(outcome=outcome_text(outcome))
-            for column, value in enumerate(values):
-                item = qt.QTableWidgetItem(value)
-                item.setToolTip(tip)
-                table.setItem(row, column, item)
-
-    @staticmethod
-    def _stoodOutCell(outcome) -> str:
-        """The Stood out column: "yes: <cue>", "no (representative)", or the cue where nothing was looked for."""
-        if not outcome:
-            return ""
-        if outcome.get("stood_out") is True:
-            return _("yes: {cue}").format(cue=outcome.get("cue") or "")
-        if outcome.get("stood_out") is False:
-            return _("no (representative)")
-        return str(outcome.get("cue") or "")
-
-    def onResultClicked(self, row, column) -> None:
-        from VoteMISlicerLib.marks import jumpToSlice
-
-        if 0 <= row < len(self._rows):
-            jumpToSlice(self._rows[row]["plane"], self._rows[row]["center_ras"])
 
     def onClearResults(self) -> None:
         """Remove VoteMI's marks, tables, plot and report of the input volume (asks if the report was edited)."""
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        volumeNode = self._inputVolume()
         if volumeNode is None or self._run is not None:
             return
         if self.logic.reportEdited(self.logic.reportNode(volumeNode)) and not slicer.util.confirmYesNoDisplay(
@@ -761,31 +655,9 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._review.observe(None)
         removed = self.logic.clearResults(volumeNode)
-        self._refreshResults()
+        self._votedSlices.refresh(volumeNode)
         self.ui.statusLabel.text = _("Removed {count} VoteMI node(s) of {name}.").format(
             count=removed, name=volumeNode.GetName())
-
-    def _connectPlotView(self, connect):
-        layoutManager = slicer.app.layoutManager() if connect else None
-        plotView = None
-        if layoutManager is not None and layoutManager.plotViewCount > 0:
-            plotView = layoutManager.plotWidget(0).plotView()
-        if self._plotView is not None and self._plotView is not plotView:
-            self._plotView.disconnect("dataSelected(vtkStringArray*,vtkCollection*)", self.onPlotDataSelected)
-            self._plotView = None
-        if plotView is not None and self._plotView is None:
-            plotView.connect("dataSelected(vtkStringArray*,vtkCollection*)", self.onPlotDataSelected)
-            self._plotView = plotView
-
-    def onPlotDataSelected(self, seriesIDs, selections) -> None:
-        """A click on the score plot jumps the views to that slice."""
-        for index in range(seriesIDs.GetNumberOfValues()):
-            series = slicer.mrmlScene.GetNodeByID(seriesIDs.GetValue(index))
-            points = selections.GetItemAsObject(index)
-            if series is None or points is None or points.GetNumberOfTuples() < 1:
-                continue
-            if self.logic.jumpToSeriesPoint(series, int(points.GetValue(0))):
-                return
 
 
 #
