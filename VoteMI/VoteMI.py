@@ -4,10 +4,10 @@ The heavy lifting lives in the ``VoteMILib`` package next to this file: selectio
 the MRML layer (``VoteMILib.mrml``, no Qt; the only code that knows the report node's format) and the
 vision-language model clients (``VoteMILib.vlm``, standard library HTTP). What needs the Slicer
 application besides the panel is in ``VoteMISlicerLib`` (the child process run, marks and views,
-server messages, report export, package installs). This file holds the Slicer module, its panel,
-``VoteMILogic`` (a facade over those) and the self-test. Selection, describing and the in-process model
-run in a child process (``VoteMILib.cli ... --events``): Slicer's GUI thread holds Python's GIL while
-it waits for events, so a Python thread would barely run. The panel reads the child's events from a QTimer.
+server messages, report export, package installs, the panel's helpers). This file holds the Slicer module, its
+panel, ``VoteMILogic`` (the work and the scene adapters scripts need) and the self-test. Selection, describing and
+the in-process model run in a child process (``VoteMILib.cli ... --events``): Slicer's GUI thread holds Python's
+GIL while it waits for events, so a Python thread would barely run. The panel reads the child's events from a QTimer.
 
 This file must stay readable by Python 3.9 (Slicer 5.8), so that older Slicers show why the
 module cannot run instead of failing to load it.
