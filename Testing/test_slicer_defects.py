@@ -70,7 +70,9 @@ def test_an_empty_sys_executable_runs_the_child_with_PythonSlicer_from_the_path(
     _blob_volume(headless_slicer)
     panel.setup()
     monkeypatch.setattr(sys, "executable", "")
-    assert panel.module.VoteMILogic.pythonExecutable() == str(launcher)
+    from VoteMISlicerLib.run import pythonExecutable
+
+    assert pythonExecutable() == str(launcher)
     panel.click(panel.ui.selectButton)
     _wait(panel)
     assert not panel.dialogs.of("errorDisplay"), panel.dialogs.shown
@@ -150,7 +152,9 @@ def test_the_in_process_model_installs_through_slicer_packaging_in_a_fresh_sessi
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirement: pip_installed.append(requirement),
                         raising=False)
     panel.setup()
-    assert panel.module.VoteMILogic._installPackage("transformers>=5.0", "transformers", "The in-process model")
+    from VoteMISlicerLib.packages import installPackage
+
+    assert installPackage("transformers>=5.0", "transformers", "The in-process model")
     assert asked == [(["transformers>=5.0"], "VoteMI")]
     assert not pip_installed and not panel.dialogs.shown
 

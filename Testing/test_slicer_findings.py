@@ -226,7 +226,7 @@ def test_export_to_dicom_adds_key_images_and_the_report_to_the_database_in_the_s
     assert "not loaded from the DICOM database" in panel.ui.exportDicomButton.toolTip
 
     volume.SetAttribute("DICOM.instanceUIDs", " ".join(database.files))
-    panel.widget._showReportInfo()
+    panel.widget._review.showInfo()
     assert panel.ui.exportDicomButton.enabled
     panel.click(panel.ui.exportDicomButton)
     assert not panel.slot_errors and panel.dialogs.of("errorDisplay") == [], panel.dialogs.shown
@@ -248,5 +248,7 @@ def test_export_to_dicom_adds_key_images_and_the_report_to_the_database_in_the_s
 def test_export_to_dicom_of_a_volume_not_from_the_database_says_why(panel, headless_slicer):
     volume = headless_slicer.load_volume(main_case_image(), "tcga_du_7294")
     panel.setup()
+    from VoteMISlicerLib.reports import dicomSourceFiles
+
     with pytest.raises(ValueError, match="not loaded from the DICOM database"):
-        panel.widget.logic.dicomSourceFiles(volume)
+        dicomSourceFiles(volume)

@@ -383,12 +383,14 @@ def test_a_plain_http_server_elsewhere_is_confirmed_and_declining_sends_nothing(
     panel.ui.apiKeyLineEdit.text = "key-for-the-gpu-box"
     panel.widget.checkServer(explicit=False)
     assert panel.widget._statusCheck is None and "not checked automatically" in panel.ui.serverStatusLabel.text
-    logic = panel.module.VoteMILogic
-    assert logic.isUnencryptedRemote("http://203.0.113.7:8000") and not logic.isUnencryptedRemote("https://h:1")
-    assert not logic.isUnencryptedRemote("http://localhost:11434")
-    assert logic.remoteServerWarning("http://127.0.0.1:11434") is None
-    assert logic.remoteServerWarning("http://localhost:8000/v1") is None
-    https = logic.remoteServerWarning("https://gpu-box.example:8000")
+    from VoteMILib.server_urls import is_unencrypted_remote
+    from VoteMISlicerLib.servers import remoteServerWarning
+
+    assert is_unencrypted_remote("http://203.0.113.7:8000") and not is_unencrypted_remote("https://h:1")
+    assert not is_unencrypted_remote("http://localhost:11434")
+    assert remoteServerWarning("http://127.0.0.1:11434") is None
+    assert remoteServerWarning("http://localhost:8000/v1") is None
+    https = remoteServerWarning("https://gpu-box.example:8000")
     assert "gpu-box.example" in https and "plain HTTP" not in https
 
 

@@ -4,17 +4,16 @@ The heavy lifting lives in the ``VoteMILib`` package next to this file: selectio
 the MRML layer (``VoteMILib.mrml``, no Qt; the only code that knows the report node's format) and the
 vision-language model clients (``VoteMILib.vlm``, standard library HTTP). What needs the Slicer
 application besides the panel is in ``VoteMISlicerLib`` (the child process run, marks and views,
-server messages, report export, package installs). This file holds the Slicer module, its panel,
-``VoteMILogic`` (a facade over those) and the self-test. Selection, describing and the in-process model
-run in a child process (``VoteMILib.cli ... --events``): Slicer's GUI thread holds Python's GIL while
-it waits for events, so a Python thread would barely run. The panel reads the child's events from a QTimer.
+server messages, report export, package installs, the panel's helpers). This file holds the Slicer module, its
+panel, ``VoteMILogic`` (the work and the scene adapters scripts need) and the self-test. Selection, describing and
+the in-process model run in a child process (``VoteMILib.cli ... --events``): Slicer's GUI thread holds Python's
+GIL while it waits for events, so a Python thread would barely run. The panel reads the child's events from a QTimer.
 
 This file must stay readable by Python 3.9 (Slicer 5.8), so that older Slicers show why the
 module cannot run instead of failing to load it.
 """
 
 import logging
-import os
 import sys
 from typing import Annotated
 
@@ -39,10 +38,6 @@ SKIPPED_SEGMENTS_ATTRIBUTE = "VoteMI.GuideSkippedSegments"
 README_URL = "https://github.com/VoteMI/SlicerVoteMI#readme"
 #: How often the panel reads the child process (ms).
 POLL_INTERVAL_MS = 50
-#: Wait after the last edit of the server settings before checking the server (ms).
-STATUS_CHECK_DELAY_MS = 800
-#: Application setting holding the reviewer name recorded with each review.
-REVIEWER_SETTING = "VoteMI/reviewer"
 #: Volumes of Slicer's Sample Data module offered by *Load sample*, as that module names them.
 SAMPLE_VOLUMES = ("MRBrainTumor1", "CTChest")
 #: Oldest Slicer VoteMI runs in (Python 3.12; the engine needs Python 3.10).
@@ -167,18 +162,12 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._runLog = None
-        self._statusCheck = None
-        self._modelsShown = False
-        self._reportNode = None
-        self._updatingReport = False
-        self._plotView = None
+        self._serverStatus = None  # VoteMISlicerLib.serverstatus.ServerStatus, once set up
+        self._review = None  # VoteMISlicerLib.review.ReportReview, once set up
+        self._votedSlices = None  # VoteMISlicerLib.votedslices.VotedSlicesView, once set up
+        self._guideSegments = None  # VoteMISlicerLib.guide.GuideSegments, once set up
         self._timer = None
-        self._statusTimer = None
         self._shownVolumeID = None
-        self._shownSegments = None
-        self._rows = []
-        self._findings = None
-        self._updatingFindings = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -193,34 +182,32 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VoteMI.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        self._exportDicomToolTip = self.ui.exportDicomButton.toolTip  # a reason is added while export is off
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = VoteMILogic()
 
         from VoteMILib.vlm import NOTICE
+        from VoteMISlicerLib.guide import GuideSegments
+        from VoteMISlicerLib.review import ReportReview
+        from VoteMISlicerLib.serverstatus import ServerStatus
+        from VoteMISlicerLib.votedslices import VotedSlicesView
 
         self.ui.noticeLabel.text = NOTICE
-        self.ui.resultsTable.setColumnCount(7)
-        self.ui.resultsTable.setHorizontalHeaderLabels(
-            [_("Plane"), _("Rank"), _("Slice"), _("Position (mm)"), _("Score"), _("Confidence"), _("Stood out")])
-        header = self.ui.resultsTable.horizontalHeader()
-        header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)  # headers and values never cut
-        header.setStretchLastSection(True)
-        self.ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
-        self.ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        self._votedSlices = VotedSlicesView(self.logic, self.ui.resultsTable)
+        self._votedSlices.setUp()
+        self._guideSegments = GuideSegments(self.ui.guideSegmentsList, lambda: self._parameterNode,
+                                            SKIPPED_SEGMENTS_ATTRIBUTE)
         self.ui.modelsComboBox.visible = False
         self._fillSampleChoices()
-        self._setUpFindingsTable()
-        self._setBusy(False)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self._pollChildren)
-        self._statusTimer = qt.QTimer()
-        self._statusTimer.setSingleShot(True)
-        self._statusTimer.setInterval(STATUS_CHECK_DELAY_MS)
-        self._statusTimer.timeout.connect(lambda: self.checkServer(explicit=False))
+        self._serverStatus = ServerStatus(self.logic, self.ui, lambda: self._parameterNode, self._timer.start)
+        self._review = ReportReview(self.logic, self.ui, self._inputVolume, self._extraVolumes,
+                                    lambda: self._run is not None)
+        self._review.setUp()
+        self._setBusy(False)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -232,23 +219,10 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.testConnectionButton.connect("clicked(bool)", lambda: self.checkServer(explicit=True))
         self.ui.clearResultsButton.connect("clicked(bool)", self.onClearResults)
-        self.ui.modelsComboBox.connect("activated(int)", self.onModelChosen)
+        self.ui.modelsComboBox.connect("activated(int)", self._serverStatus.onModelChosen)
         self.ui.sampleComboBox.connect("activated(int)", self.onLoadSample)
-        self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
-        self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
-        self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
-        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
-        self.ui.reportTextEdit.connect("textChanged()", self.onReportEdited)
-        self.ui.findingsTable.connect("itemChanged(QTableWidgetItem*)", self.onFindingEdited)
-        self.ui.findingsTable.connect("itemSelectionChanged()", self._updateReviewButtons)
-        self.ui.acceptFindingButton.connect("clicked(bool)", lambda: self.onReviewFinding("accept"))
-        self.ui.rejectFindingButton.connect("clicked(bool)", lambda: self.onReviewFinding("reject"))
-        self.ui.editFindingButton.connect("clicked(bool)", self.onEditFinding)
-        self.ui.reviewerLineEdit.text = qt.QSettings().value(REVIEWER_SETTING, "") or ""
-        self.ui.reviewerLineEdit.connect("textChanged(QString)",
-                                         lambda text: qt.QSettings().setValue(REVIEWER_SETTING, text.strip()))
         self.ui.extraVolumesSelector.connect("checkedNodesChanged()", self.onExtraVolumesChanged)
-        self.ui.guideSegmentsList.connect("itemChanged(QListWidgetItem*)", self.onGuideSegmentsChanged)
+        self.ui.guideSegmentsList.connect("itemChanged(QListWidgetItem*)", self._guideSegments.onChanged)
         for widgetName, parameter in self.TEXT_PARAMETERS:
             widget = getattr(self.ui, widgetName)
             widget.connect("textChanged()" if widgetName.endswith("TextEdit") else "textChanged(QString)",
@@ -261,19 +235,18 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             return
         self.onCancel()
-        self._endStatusCheck()
-        self._observeReport(None)
+        self._serverStatus.close()
+        self._review.close()
         self.removeObservers()
-        self._connectPlotView(False)
+        self._votedSlices.connectPlotView(False)
         self._timer.stop()
-        self._statusTimer.stop()
 
     def enter(self) -> None:
         if self.logic is None:
             return
-        self._shownSegments = None  # segments may have been added or renamed in the Segment Editor meanwhile
+        self._guideSegments.shown = None  # segments may have been added or renamed in the Segment Editor meanwhile
         self.initializeParameterNode()
-        self._connectPlotView(True)
+        self._votedSlices.connectPlotView(True)
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -291,7 +264,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancel()
-        self._observeReport(None)
+        self._review.observe(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -314,8 +287,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndImport(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
-            self._refreshResults()
-            self._connectPlotView(True)
+            self._votedSlices.refresh(self._inputVolume())
+            self._votedSlices.connectPlotView(True)
 
     def _fillSampleChoices(self):
         box = self.ui.sampleComboBox
@@ -388,7 +361,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._showTextParameters()
         self._rememberSettings()
-        self._showGuideSegments()
+        self._guideSegments.show()
         volumeNode = self._parameterNode.inputVolume
         volumeID = volumeNode.GetID() if volumeNode else None
         if volumeID != self._shownVolumeID:
@@ -397,12 +370,14 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showTextParameters(self):
         """Show the node's text parameters; a widget is only written when its text differs (cursor kept)."""
+        from VoteMILib.server_urls import storable_server_url
+
         for widgetName, parameter in self.TEXT_PARAMETERS:
             widget = getattr(self.ui, widgetName)
             value = getattr(self._parameterNode, parameter)
             isTextEdit = widgetName.endswith("TextEdit")
             shown = widget.toPlainText() if isTextEdit else widget.text
-            if shown == value or (parameter == "serverUrl" and self.logic.storableServerUrl(shown) == value):
+            if shown == value or (parameter == "serverUrl" and storable_server_url(shown) == value):
                 continue  # a URL with a password stays in the box for the user to correct; the node has it without
             wasBlocked = widget.blockSignals(True)
             if isTextEdit:
@@ -412,26 +387,17 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.blockSignals(wasBlocked)
 
     def _onTextEdited(self, widget, parameter) -> None:
+        from VoteMILib.server_urls import storable_server_url
+
         if self._parameterNode is None:
             return
         text = widget.toPlainText() if hasattr(widget, "toPlainText") else widget.text
         # The node is saved with the scene and remembered in the settings: a password never goes there.
-        value = self.logic.storableServerUrl(text) if parameter == "serverUrl" else text
+        value = storable_server_url(text) if parameter == "serverUrl" else text
         if getattr(self._parameterNode, parameter) != value:
             setattr(self._parameterNode, parameter, value)
         if parameter == "serverUrl":
-            problem = self.logic.serverUrlProblem(text)
-            if problem:
-                self._endStatusCheck()
-                self._statusTimer.stop()
-                self.ui.serverStatusLabel.text = problem
-            else:
-                self._statusTimer.start()
-
-    def _serverUrlProblem(self):
-        """Why the URL in the box (or, from an older scene, in the node) cannot be used, or None."""
-        return (self.logic.serverUrlProblem(self.ui.serverUrlLineEdit.text)
-                or self.logic.serverUrlProblem(self._parameterNode.serverUrl))
+            self._serverStatus.urlEdited(text)
 
     def _loadExtraVolumesIntoGui(self):
         raw = self._parameterNode.parameterNode
@@ -452,70 +418,15 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for node in self.ui.extraVolumesSelector.checkedNodes():
             raw.AddNodeReferenceID(EXTRA_VOLUME_REFERENCE, node.GetID())
 
+    def _inputVolume(self):
+        return self._parameterNode.inputVolume if self._parameterNode else None
+
     def _extraVolumes(self):
         raw = self._parameterNode.parameterNode
         inputVolume = self._parameterNode.inputVolume
         nodes = [raw.GetNthNodeReference(EXTRA_VOLUME_REFERENCE, i)
                  for i in range(raw.GetNumberOfNodeReferences(EXTRA_VOLUME_REFERENCE))]
         return [node for node in nodes if node is not None and node is not inputVolume]
-
-    # Guide
-
-    def _showGuideSegments(self):
-        """List the guide segmentation's segments, checked unless the user unchecked them (only when they changed)."""
-        from VoteMILib import mrml
-
-        node = self._parameterNode
-        segments = mrml.segments_of(node.guideSegmentation)
-        skipped = self._skippedSegments()
-        shown = (node.guideSegmentation.GetID() if node.guideSegmentation else None, segments, skipped)
-        if shown == self._shownSegments:
-            return
-        self._shownSegments = shown
-        segmentsList = self.ui.guideSegmentsList
-        wasBlocked = segmentsList.blockSignals(True)
-        segmentsList.clear()
-        for segmentID, name in segments:
-            item = qt.QListWidgetItem(name)
-            item.setData(qt.Qt.UserRole, segmentID)
-            item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Unchecked if segmentID in skipped else qt.Qt.Checked)
-            segmentsList.addItem(item)
-        segmentsList.blockSignals(wasBlocked)
-
-    def onGuideSegmentsChanged(self, item=None) -> None:
-        if not self._parameterNode:
-            return
-        from VoteMILib import mrml
-
-        node = self._parameterNode
-        segmentsList = self.ui.guideSegmentsList
-        items = [segmentsList.item(row) for row in range(segmentsList.count)]
-        skipped = [item.data(qt.Qt.UserRole) for item in items if item.checkState() != qt.Qt.Checked]
-        # The list already shows this: it is not rebuilt from within its own signal.
-        self._shownSegments = (node.guideSegmentation.GetID() if node.guideSegmentation else None,
-                               mrml.segments_of(node.guideSegmentation), set(skipped))
-        node.parameterNode.SetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE, "\n".join(skipped))
-
-    def _skippedSegments(self):
-        return set((self._parameterNode.parameterNode.GetAttribute(SKIPPED_SEGMENTS_ATTRIBUTE) or "").splitlines())
-
-    def _guide(self):
-        """The panel's guide as {"segmentation", "segmentIDs", "points"}, or None when nothing guides."""
-        from VoteMILib import mrml
-
-        node = self._parameterNode
-        segmentation = node.guideSegmentation
-        skipped = self._skippedSegments()
-        segmentIDs = [segmentID for segmentID, _ in mrml.segments_of(segmentation) if segmentID not in skipped]
-        if segmentation is not None and not segmentIDs:
-            raise ValueError(_("Check at least one segment of {name}, or choose no segmentation.").format(
-                name=segmentation.GetName()))
-        points = node.guidePoints
-        if segmentation is None and points is None:
-            return None
-        return {"segmentation": segmentation, "segmentIDs": segmentIDs, "points": points,
-                "thenUnsupervised": bool(node.guideThenUnsupervised)}
 
     def _planes(self):
         node = self._parameterNode
@@ -550,6 +461,8 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = str(declined)
 
     def _start(self, describe):
+        from VoteMISlicerLib.run import describeRequestFromParameterNode
+
         if self._run is not None:
             return
         node = self._parameterNode
@@ -560,13 +473,13 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not planes:
             raise ValueError(_("Select at least one plane."))
         if describe and node.protocol != INPROCESS:
-            problem = self._serverUrlProblem()
+            problem = self._serverStatus.urlProblem()
             if problem:
                 raise ValueError(problem)
-        request = self.logic.describeRequest(node) if describe else None
+        request = describeRequestFromParameterNode(node) if describe else None
         if describe and not self._confirmDescribe(volumeNode, request):
             return
-        guide = self._guide()
+        guide = self._guideSegments.guide()
         with slicer.util.WaitCursor():
             run = self.logic.run(volumeNode, describe, planes=planes, slicesPerPlane=int(node.slicesPerPlane),
                                  mode=node.selectionMode, extraVolumeNodes=self._extraVolumes(),
@@ -595,26 +508,30 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _confirmDescribe(self, volumeNode, request) -> bool:
         """Ask before replacing an edited report, before images leave this machine, and for missing packages."""
+        from VoteMILib import mrml
+        from VoteMISlicerLib.packages import ensureInProcessDependencies
+        from VoteMISlicerLib.servers import remoteServerWarning
+
         if self.logic.reportEdited(self.logic.reportNode(volumeNode)) and not slicer.util.confirmYesNoDisplay(
                 _("The report of {name} was edited. Replace it with a new draft?").format(name=volumeNode.GetName()),
                 windowTitle="VoteMI"):
             return False
-        findings = self.logic.reportFindings(self.logic.reportNode(volumeNode))
+        reportNode = self.logic.reportNode(volumeNode)
+        findings = mrml.report_findings(reportNode) if reportNode is not None else None
         if findings is not None and findings.has_review and not slicer.util.confirmYesNoDisplay(
                 _("The findings of {name} were reviewed ({review}). A new draft replaces them and their review. "
                   "Continue?").format(name=volumeNode.GetName(), review=findings.summary_line()),
                 windowTitle="VoteMI"):
             return False
         if request.backend != INPROCESS:
-            warning = self.logic.remoteServerWarning(request.server)
+            warning = remoteServerWarning(request.server)
             if warning and not slicer.util.confirmOkCancelDisplay(warning, windowTitle="VoteMI"):
                 return False
-        return request.backend != INPROCESS or self.logic.ensureInProcessDependencies()
+        return request.backend != INPROCESS or ensureInProcessDependencies()
 
     def _pollChildren(self) -> None:
         self._timer.stop()  # no re-entry while a message box is open
-        if self._statusCheck is not None:
-            self._pollStatusCheck()
+        self._serverStatus.poll()
         run = self._run
         if run is not None:
             try:
@@ -627,7 +544,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             if run is self._run and run.finished:
                 self._runEnded(run)
-        if self._run is not None or self._statusCheck is not None:
+        if self._run is not None or self._serverStatus.check is not None:
             self._timer.start()
 
     def _handleEvent(self, event):
@@ -642,18 +559,18 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if event.get("message"):
                 self.ui.statusLabel.text = event["message"]
         elif kind == "selection":
-            self._refreshResults()
-            self._connectPlotView(True)
+            self._votedSlices.refresh(self._inputVolume())
+            self._votedSlices.connectPlotView(True)
             if run.describe:
                 self.ui.progressBar.value = 55
                 self.ui.statusLabel.text = _("Slices selected; waiting for the model at {target}...").format(
                     target=run.target)
         elif kind == "text":
             if not started and self._parameterNode and self._parameterNode.inputVolume is run.volumeNode:
-                self._observeReport(run.report.node)
+                self._review.observe(run.report.node)
             self.ui.progressBar.value = max(self.ui.progressBar.value, 60)
         elif kind == "report":
-            self._observeReport(self._reportNode)
+            self._review.observe(self._review.reportNode)
             if not event.get("complete", True):
                 slicer.util.warningDisplay(
                     _("The report is incomplete: {reason}").format(
@@ -683,7 +600,7 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             run.close()
         self.ui.reportTextEdit.readOnly = False
         self._setBusy(False, message)
-        self._showReportInfo()
+        self._review.showInfo()
 
     def onCancel(self) -> None:
         """Stop at once: the child process is killed; a report that had started is marked incomplete."""
@@ -704,410 +621,43 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if message is not None:
             self.ui.statusLabel.text = message
         self._updateButtons()
-        self._updateReviewButtons()
+        self._review.updateReviewButtons()
 
     # ----------------------------------------------------------------------------------------
-    # Server status
+    # Server status (VoteMISlicerLib.serverstatus)
+
+    @property
+    def _statusCheck(self):
+        """The server check under way as (child process, explicit), or None."""
+        return self._serverStatus.check if self._serverStatus is not None else None
 
     def checkServer(self, explicit: bool) -> None:
         """Update the status line: is the server reachable, which models does it offer."""
-        if self._parameterNode is None:
-            return
-        node = self._parameterNode
-        if node.protocol == INPROCESS:
-            folder = node.model.strip()
-            found = bool(folder) and os.path.isdir(folder)
-            self.ui.serverStatusLabel.text = (
-                _("In-process model: {folder}").format(folder=folder) if found
-                else _("In-process model: choose the model folder as the model"))
-            return
-        self._endStatusCheck()
-        url = node.serverUrl.strip() or DEFAULT_SERVER_URL
-        problem = self._serverUrlProblem()
-        if problem:
-            self.ui.serverStatusLabel.text = problem
-            if explicit:
-                slicer.util.errorDisplay(problem, windowTitle="VoteMI")
-            return
-        apiKey = self.ui.apiKeyLineEdit.text.strip()
-        if apiKey and not explicit and self.logic.isUnencryptedRemote(url):
-            # The key would cross the network in clear text: only when the user asks for it.
-            self.ui.serverStatusLabel.text = _("Server {url}: not checked automatically (plain HTTP to another "
-                                               "machine would send the API key unencrypted); Test connection checks "
-                                               "it").format(url=url)
-            return
-        # Only an explicit check probes: the probe asks the model for a few one-token answers.
-        self._modelsShown = False
-        self._statusCheck = (self.logic.startServerCheck(url, node.protocol, apiKey, probe=explicit,
-                                                         model=node.model.strip()), explicit)
-        self.ui.serverStatusLabel.text = _("Server {url}: checking...").format(url=url)
-        self._timer.start()
-
-    def _pollStatusCheck(self):
-        child, explicit = self._statusCheck
-        for event in child.poll():
-            if event.get("event") == "models":
-                self._showModels(event.get("server", ""), event.get("models", []))
-                self._modelsShown = True
-            elif event.get("event") == "capabilities":
-                self.ui.serverStatusLabel.text = _("{status}; {capabilities}").format(
-                    status=self.ui.serverStatusLabel.text, capabilities=event.get("summary", ""))
-            elif event.get("event") == "error" and self._modelsShown:
-                # The server answered; only the probe of the model failed.
-                self.ui.serverStatusLabel.text = _("{status}; probe failed: {reason}").format(
-                    status=self.ui.serverStatusLabel.text, reason=event["message"])
-            elif event.get("event") == "error":
-                self.ui.serverStatusLabel.text = _("Server unreachable: {reason}").format(reason=event["message"])
-                if explicit:
-                    slicer.util.errorDisplay(_("The vision-language model server did not answer:\n{reason}").format(
-                        reason=event["message"]), windowTitle="VoteMI")
-        if child.finished:
-            if child.exit_code not in (0, 1):
-                self.ui.serverStatusLabel.text = _("Server check failed: {reason}").format(
-                    reason=child.stderr_tail() or f"exit code {child.exit_code}")
-            self._endStatusCheck()
-
-    def _endStatusCheck(self):
-        if self._statusCheck is not None:
-            self._statusCheck[0].kill()
-            self._statusCheck = None
-
-    def _showModels(self, url, models):
-        self.ui.modelsComboBox.clear()
-        for model in models:
-            self.ui.modelsComboBox.addItem(model)
-        self.ui.modelsComboBox.visible = bool(models)
-        node = self._parameterNode
-        if len(models) == 1 and not node.model.strip():
-            node.model = models[0]
-        chosen = node.model.strip()
-        if not models:
-            self.ui.serverStatusLabel.text = _("Server {url}: reachable, but it offers no models").format(url=url)
-        elif chosen and chosen not in models:
-            self.ui.serverStatusLabel.text = _("Server {url}: reachable; model {model} not offered (offers: {models})"
-                                               ).format(url=url, model=chosen, models=", ".join(models[:5]))
-        else:
-            self.ui.serverStatusLabel.text = _("Server {url}: reachable; model {model}").format(
-                url=url, model=chosen or ", ".join(models[:5]))
-
-    def onModelChosen(self, index) -> None:
-        if index >= 0 and self._parameterNode:
-            self._parameterNode.model = self.ui.modelsComboBox.itemText(index)
-            self.checkServer(explicit=False)
+        self._serverStatus.checkServer(explicit)
 
     # ----------------------------------------------------------------------------------------
-    # Results table and plot
+    # Results (VoteMISlicerLib.votedslices) and the report (VoteMISlicerLib.review)
 
     def onInputChanged(self) -> None:
         """Show the voted slices and the report of the (new) input volume."""
-        self._refreshResults()
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        self._observeReport(self.logic.reportNode(volumeNode) if volumeNode else None)
-
-    def _refreshResults(self):
-        table = self.ui.resultsTable
-        table.setRowCount(0)
-        self._rows = []
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        if volumeNode is None:
-            return
-        self._rows = self.logic.votedSlices(volumeNode)
-        table.setRowCount(len(self._rows))
-        from VoteMILib.results import outcome_confidence, outcome_text
-
-        for row, pick in enumerate(self._rows):
-            # The plane's confidence and whether anything stood out there, short enough for the panel's width
-            # (the tooltip has it in full: "representative (nothing stood out), confidence 0.04"); blank for a
-            # scene saved before they were recorded.
-            outcome = pick.get("outcome")
-            values = [pick["plane"].capitalize(), str(pick["rank"]), str(pick["slice"]),
-                      f"{pick['position_mm']:+.1f}", f"{pick['score']:.3f}",
-                      outcome_confidence(outcome) if outcome else "", self._stoodOutCell(outcome)]
-            tip = _("Click to show this slice")
-            if outcome:
-                tip = _("{outcome}. Click to show this slice").format(outcome=outcome_text(outcome))
-            for column, value in enumerate(values):
-                item = qt.QTableWidgetItem(value)
-                item.setToolTip(tip)
-                table.setItem(row, column, item)
-
-    @staticmethod
-    def _stoodOutCell(outcome) -> str:
-        """The Stood out column: "yes: <cue>", "no (representative)", or the cue where nothing was looked for."""
-        if not outcome:
-            return ""
-        if outcome.get("stood_out") is True:
-            return _("yes: {cue}").format(cue=outcome.get("cue") or "")
-        if outcome.get("stood_out") is False:
-            return _("no (representative)")
-        return str(outcome.get("cue") or "")
-
-    def onResultClicked(self, row, column) -> None:
-        if 0 <= row < len(self._rows):
-            self.logic.jumpToSlice(self._rows[row]["plane"], self._rows[row]["center_ras"])
+        volumeNode = self._inputVolume()
+        self._votedSlices.refresh(volumeNode)
+        self._review.observe(self.logic.reportNode(volumeNode) if volumeNode else None)
 
     def onClearResults(self) -> None:
         """Remove VoteMI's marks, tables, plot and report of the input volume (asks if the report was edited)."""
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        volumeNode = self._inputVolume()
         if volumeNode is None or self._run is not None:
             return
         if self.logic.reportEdited(self.logic.reportNode(volumeNode)) and not slicer.util.confirmYesNoDisplay(
                 _("The report of {name} was edited. Remove it with the other VoteMI results?").format(
                     name=volumeNode.GetName()), windowTitle="VoteMI"):
             return
-        self._observeReport(None)
+        self._review.observe(None)
         removed = self.logic.clearResults(volumeNode)
-        self._refreshResults()
+        self._votedSlices.refresh(volumeNode)
         self.ui.statusLabel.text = _("Removed {count} VoteMI node(s) of {name}.").format(
             count=removed, name=volumeNode.GetName())
-
-    def _connectPlotView(self, connect):
-        layoutManager = slicer.app.layoutManager() if connect else None
-        plotView = None
-        if layoutManager is not None and layoutManager.plotViewCount > 0:
-            plotView = layoutManager.plotWidget(0).plotView()
-        if self._plotView is not None and self._plotView is not plotView:
-            self._plotView.disconnect("dataSelected(vtkStringArray*,vtkCollection*)", self.onPlotDataSelected)
-            self._plotView = None
-        if plotView is not None and self._plotView is None:
-            plotView.connect("dataSelected(vtkStringArray*,vtkCollection*)", self.onPlotDataSelected)
-            self._plotView = plotView
-
-    def onPlotDataSelected(self, seriesIDs, selections) -> None:
-        """A click on the score plot jumps the views to that slice."""
-        for index in range(seriesIDs.GetNumberOfValues()):
-            series = slicer.mrmlScene.GetNodeByID(seriesIDs.GetValue(index))
-            points = selections.GetItemAsObject(index)
-            if series is None or points is None or points.GetNumberOfTuples() < 1:
-                continue
-            if self.logic.jumpToSeriesPoint(series, int(points.GetValue(0))):
-                return
-
-    # ----------------------------------------------------------------------------------------
-    # Report box
-
-    def _observeReport(self, reportNode):
-        if self._reportNode is not None:
-            self.removeObserver(self._reportNode, vtk.vtkCommand.ModifiedEvent, self._onReportNodeModified)
-        self._reportNode = reportNode
-        if reportNode is not None:
-            self.addObserver(reportNode, vtk.vtkCommand.ModifiedEvent, self._onReportNodeModified)
-        self._onReportNodeModified()
-
-    def _onReportNodeModified(self, caller=None, event=None):
-        text = self.logic.reportText(self._reportNode)
-        box = self.ui.reportTextEdit
-        if box.toPlainText() != text:
-            self._updatingReport = True
-            try:
-                box.setPlainText(text)
-                box.moveCursor(qt.QTextCursor.End)
-            finally:
-                self._updatingReport = False
-        self._showReportInfo()
-        self._showFindings()
-
-    def onReportEdited(self) -> None:
-        """Keep the user's edits in the report node (saved with the scene)."""
-        if self._updatingReport:
-            return
-        text = self.ui.reportTextEdit.toPlainText()
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        if self._reportNode is None:
-            if volumeNode is None or not text:
-                return
-            self.logic.editReportText(self.logic.reportNode(volumeNode, create=True), text)  # the user started one
-            self._observeReport(self.logic.reportNode(volumeNode))
-            return
-        self._updatingReport = True
-        try:
-            self.logic.editReportText(self._reportNode, text)
-        finally:
-            self._updatingReport = False
-        self._showReportInfo()
-
-    def _showReportInfo(self):
-        self.ui.reportInfoLabel.text = self.logic.reportSummary(self._reportNode) if self._reportNode else ""
-        hasText = bool(self.ui.reportTextEdit.toPlainText().strip())
-        self.ui.copyReportButton.enabled = hasText
-        self.ui.saveReportButton.enabled = hasText
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        fromDicom = self.logic.dicomInstanceUIDs(volumeNode) if volumeNode else []
-        restartReason = self.logic.dicomExportRestartReason()
-        self.ui.exportDicomButton.enabled = hasText and bool(fromDicom) and not restartReason
-        reasons = [] if fromDicom else [_("The input volume was not loaded from the DICOM database.")]
-        reasons += [restartReason] if restartReason else []
-        self.ui.exportDicomButton.toolTip = "\n".join([self._exportDicomToolTip] + reasons)
-
-    # ----------------------------------------------------------------------------------------
-    # Findings: citations and review
-
-    def _setUpFindingsTable(self):
-        table = self.ui.findingsTable
-        table.setColumnCount(3)
-        table.setHorizontalHeaderLabels([_("Review"), _("Finding"), _("Images")])
-        header = table.horizontalHeader()
-        header.setSectionResizeMode(0, qt.QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(1, qt.QHeaderView.Stretch)
-        header.setSectionResizeMode(2, qt.QHeaderView.ResizeToContents)
-        table.verticalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
-        table.setWordWrap(True)
-        table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)  # the text is edited through Edit only
-        table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
-        table.setSelectionMode(qt.QAbstractItemView.SingleSelection)
-        self._updateReviewButtons()
-
-    def _showFindings(self):
-        """Show the findings of the report node with their review and a link per cited image."""
-        self._findings = self.logic.reportFindings(self._reportNode)
-        items = self._findings.items if self._findings is not None else []
-        table = self.ui.findingsTable
-        selected = self._selectedFinding()
-        self._updatingFindings = True
-        try:
-            table.setRowCount(len(items))
-            for row, finding in enumerate(items):
-                status = qt.QTableWidgetItem(self._reviewStatusText(finding.status))
-                status.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
-                status.setToolTip(self._reviewToolTip(finding))
-                text = qt.QTableWidgetItem(finding.text)
-                text.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEditable)
-                text.setToolTip(_("Impression") if finding.section == "impression" else _("Finding"))
-                table.setItem(row, 0, status)
-                table.setItem(row, 1, text)
-                table.setCellWidget(row, 2, self._citationLinks(row, finding))
-            # Row labels: findings numbered, the impression marked (its text may cite images too).
-            table.setVerticalHeaderLabels([_("Impression") if f.section == "impression" else str(n + 1)
-                                           for n, f in enumerate(items)])
-        finally:
-            self._updatingFindings = False
-        if selected is not None and selected < len(items):
-            table.selectRow(selected)
-        self.ui.findingsStateLabel.text = (_("Review: {state}").format(state=self._findings.summary_line())
-                                           if items else "")
-        self._updateReviewButtons()
-
-    @staticmethod
-    def _reviewStatusText(status):
-        """The review state in the user's language (each word a literal, so that lupdate finds it)."""
-        return {"pending": _("pending"), "accepted": _("accepted"), "rejected": _("rejected"),
-                "edited": _("edited")}.get(status, status)
-
-    @classmethod
-    def _reviewToolTip(cls, finding):
-        if finding.status == "pending":
-            return _("Not reviewed yet")
-        tip = _("{status} by {who} at {when}").format(status=cls._reviewStatusText(finding.status),
-                                                     who=finding.reviewer or _("unnamed"), when=finding.reviewed_at)
-        return tip + (_("; the model wrote: {text}").format(text=finding.original_text) if finding.original_text else "")
-
-    def _citationLinks(self, row, finding):
-        """One link-styled button per cited image; IDs the selection does not hold struck through, not clickable."""
-        cell = qt.QWidget()
-        layout = qt.QHBoxLayout(cell)
-        layout.setContentsMargins(2, 0, 2, 0)
-        for imageId in finding.cites:
-            link = qt.QPushButton(imageId)
-            link.objectName = f"citation_{row}_{imageId}"
-            link.flat = True
-            # The palette's link colour: readable in Slicer's light and dark themes alike.
-            link.styleSheet = "color: palette(link); text-decoration: underline; padding: 0 2px;"
-            link.toolTip = _("Show {id} in the slice views").format(id=imageId)
-            link.connect("clicked(bool)", lambda checked=False, imageId=imageId: self.onCitationClicked(imageId))
-            layout.addWidget(link)
-        for imageId in finding.unknown_cites:
-            label = qt.QLabel(f"{imageId}?")
-            # Struck through in the text colour (no fixed red, which dark themes would not match).
-            label.styleSheet = "color: palette(text); text-decoration: line-through;"
-            label.toolTip = _("The model cited {id}, which was not among the images sent").format(id=imageId)
-            layout.addWidget(label)
-        layout.addStretch(1)
-        return cell
-
-    def _selectedFinding(self):
-        rows = sorted({index.row() for index in self.ui.findingsTable.selectionModel().selectedRows()})
-        return rows[0] if rows else None
-
-    def _updateReviewButtons(self):
-        chosen = self._findings is not None and self._selectedFinding() is not None and self._run is None
-        for button in (self.ui.acceptFindingButton, self.ui.rejectFindingButton, self.ui.editFindingButton):
-            button.enabled = chosen
-
-    def onCitationClicked(self, imageId) -> None:
-        """Move the cited plane's views to the cited slice and the other views through its mark."""
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        if volumeNode is None or not self.logic.jumpToCitation(volumeNode, imageId):
-            self.ui.statusLabel.text = _("{id} is not a slice of this report.").format(id=imageId)
-            return
-        self.ui.statusLabel.text = _("Showing {id}.").format(id=imageId)
-
-    def _storeFindings(self):
-        self.logic.storeFindings(self._reportNode, self._findings)  # the node's Modified event redraws the table
-
-    def onReviewFinding(self, action) -> None:
-        row = self._selectedFinding()
-        if row is None or self._findings is None:
-            return
-        getattr(self._findings, action)(row, self.ui.reviewerLineEdit.text.strip())
-        self._storeFindings()
-
-    def onEditFinding(self) -> None:
-        row = self._selectedFinding()
-        if row is not None:
-            self.ui.findingsTable.editItem(self.ui.findingsTable.item(row, 1))
-
-    def onFindingEdited(self, item) -> None:
-        if self._updatingFindings or self._findings is None or item.column() != 1:
-            return
-        row, text = item.row(), item.text().strip()
-        if row >= len(self._findings.items) or not text or text == self._findings.items[row].text:
-            return
-        self._findings.edit(row, text, self.ui.reviewerLineEdit.text.strip())
-        self._storeFindings()
-
-    def onCopyReport(self) -> None:
-        qt.QApplication.clipboard().setText(self.logic.reportExport(self._reportNode, "text"))
-        self.ui.statusLabel.text = _("Report copied to the clipboard (with the notice).")
-
-    def onSaveReport(self) -> None:
-        volumeNode = self._parameterNode.inputVolume
-        name = (volumeNode.GetName() if volumeNode else "report").replace(os.sep, "_")
-        path = qt.QFileDialog.getSaveFileName(
-            slicer.util.mainWindow(), _("Save report"),
-            os.path.join(slicer.app.defaultScenePath, f"{name}_VoteMI_report.html"),
-            _("HTML page with the key images (*.html);;PDF (*.pdf);;Markdown (*.md);;Text (*.txt);;JSON (*.json)"))
-        if not path:
-            return
-        try:
-            with slicer.util.WaitCursor():
-                self.logic.saveReport(self._reportNode, path, volumeNode, self._extraVolumes())
-        except OSError as error:
-            slicer.util.errorDisplay(str(error), windowTitle="VoteMI")
-            return
-        self.ui.statusLabel.text = _("Report saved to {path}").format(path=path)
-
-    def onExportDicom(self) -> None:
-        from VoteMISlicerLib.packages import InstallDeclined
-
-        with slicer.util.tryWithErrorDisplay(_("The report could not be exported to DICOM."), waitCursor=True):
-            try:
-                written = self.logic.exportReportToDicomDatabase(self._reportNode, self._parameterNode.inputVolume,
-                                                                 self._extraVolumes())
-            except InstallDeclined as declined:  # the user's choice: a status line, no error box
-                self.ui.statusLabel.text = str(declined)
-                return
-            if written is None:
-                self._showReportInfo()  # a restart may be pending now: the button says so
-                self.ui.statusLabel.text = (self.logic.dicomExportRestartReason()
-                                            or _("Not exported: what DICOM export needs is not installed."))
-                return
-            sources = sum(1 for ref in written.references.values() if ref["kind"] == "source")
-            self.ui.statusLabel.text = _(
-                "Added to the DICOM database, in the input's study: key images ({source} acquired, {derived} "
-                "derived) and the report. Send them from the DICOM module.").format(
-                source=sources, derived=len(written.derived))
-            for line in written.skipped:
-                logging.info("VoteMI: DICOM export skipped %s", line)
 
 
 #
@@ -1127,13 +677,13 @@ def _renamed(value, earlierValue, name, earlierName):
 
 
 class VoteMILogic(ScriptedLoadableModuleLogic):
-    """Selection, scene updates and reports; usable without the panel (scripts, tests).
+    """The module's work, usable without the panel (scripts, the self-test): a run in a child process and the
+    scene adapters a script needs (marks, voted slices, the report node).
 
-    A facade: the work is done by the engine (``VoteMILib``) and the Slicer-side package ``VoteMISlicerLib``
-    (``run``: the child process; ``marks``: the scene and views; ``servers``: server URLs; ``reports``: export;
-    ``packages``: first-use installs). The methods that take nodes must run on the GUI thread; :meth:`run`
+    As in Slicer's scripted-module template, the panel calls the rest (server status, review, export, installs)
+    from ``VoteMISlicerLib`` directly. The methods that take nodes must run on the GUI thread; :meth:`run`
     starts the child process the panel's buttons start, :meth:`select` and :meth:`describe` are synchronous
-    in-process versions for scripts.
+    in-process versions for scripts. Every child of the module starts in :meth:`startChild`.
     """
 
     def __init__(self) -> None:
@@ -1192,12 +742,6 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
         return mrml.volume_from_node(volumeNode)
 
-    @staticmethod
-    def displayWindow(volumeNode):
-        from VoteMILib import mrml
-
-        return mrml.display_window(volumeNode)
-
     # Runs in a child process, as the panel's buttons
 
     def run(self, volumeNode, describe=False, planes=("axial", "coronal", "sagittal"), slicesPerPlane=3,
@@ -1233,27 +777,6 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return describeRequest(volumeNode, server=server, backend=_renamed(backend, protocol, "backend", "protocol"),
                                model=model, language=language, timeoutSeconds=timeoutSeconds, prompt=prompt,
                                examples=examples)
-
-    @staticmethod
-    def describeRequest(parameterNode):
-        """The panel's describe settings (a VoteMIParameterNode) as the DescribeRequest of its input volume."""
-        from VoteMISlicerLib.run import describeRequestFromParameterNode
-
-        return describeRequestFromParameterNode(parameterNode)
-
-    @staticmethod
-    def newRunFolder():
-        """A new folder for one run's input under Slicer's temporary path (crash leftovers removed)."""
-        from VoteMISlicerLib.run import newRunFolder
-
-        return newRunFolder()
-
-    @staticmethod
-    def pythonExecutable():
-        """Slicer's Python, which runs the child processes; RuntimeError with what to do if there is none."""
-        from VoteMISlicerLib.run import pythonExecutable
-
-        return pythonExecutable()
 
     def startChild(self, arguments, apiKey="", cwd=None):
         """Start ``python -m VoteMILib.cli ARGUMENTS`` (with ``--events``) in folder ``cwd``; return its ChildProcess.
@@ -1330,62 +853,13 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         return mrml.voted_slices(slicer.mrmlScene, volumeNode)
 
     @staticmethod
-    def jumpToSlice(plane, centerRAS):
-        from VoteMISlicerLib.marks import jumpToSlice
-
-        return jumpToSlice(plane, centerRAS)
-
-    @staticmethod
     def jumpToSeriesPoint(seriesNode, row):
         """Jump to the slice of a clicked point of a VoteMI score series; False if not a VoteMI series."""
         from VoteMISlicerLib.marks import jumpToSeriesPoint
 
         return jumpToSeriesPoint(seriesNode, row)
 
-    @staticmethod
-    def jumpToCitation(volumeNode, imageId):
-        """Show a cited slice in the slice views; {} if the report holds no such image."""
-        from VoteMILib import mrml
-
-        return mrml.jump_to_citation(slicer.mrmlScene, volumeNode, imageId)
-
-    # Server
-
-    def startServerCheck(self, url, backend, apiKey="", probe=False, model=""):
-        """Ask the server for its models in a child process; with ``probe``, also what the model accepts."""
-        from VoteMISlicerLib.servers import serverCheckArguments
-
-        return self.startChild(serverCheckArguments(url, backend, probe=probe, model=model), apiKey=apiKey)
-
-    @staticmethod
-    def serverUrlProblem(url):
-        """Why the panel cannot use ``url`` (a password in it would be saved with the scene), or None."""
-        from VoteMISlicerLib.servers import serverUrlProblem
-
-        return serverUrlProblem(url)
-
-    @staticmethod
-    def storableServerUrl(url):
-        """``url`` as the scene and the settings may keep it: without a user name and password."""
-        from VoteMILib.server_urls import storable_server_url
-
-        return storable_server_url(url)
-
-    @staticmethod
-    def isUnencryptedRemote(url):
-        """True for a plain-http server on another machine."""
-        from VoteMILib.server_urls import is_unencrypted_remote
-
-        return is_unencrypted_remote(url)
-
-    @staticmethod
-    def remoteServerWarning(url):
-        """A warning to confirm before images go to ``url``, or None for a server on this machine."""
-        from VoteMISlicerLib.servers import remoteServerWarning
-
-        return remoteServerWarning(url)
-
-    # Reports
+    # Reports (the scene adapters the self-test and scripts use)
 
     @staticmethod
     def reportNode(volumeNode, create=False):
@@ -1425,102 +899,6 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
         from VoteMISlicerLib.reports import reportExport
 
         return reportExport(reportNode, fmt)
-
-    @staticmethod
-    def saveReport(reportNode, path, volumeNode=None, extraVolumeNodes=()):
-        """Save the report by extension (HTML with the key images, PDF, Markdown, JSON or text); OSError names the
-        file."""
-        from VoteMISlicerLib.reports import saveReport
-
-        return saveReport(reportNode, path, volumeNode, extraVolumeNodes)
-
-    @staticmethod
-    def reportObject(reportNode):
-        """The report node as a :class:`~VoteMILib.vlm.Report` (see :func:`VoteMILib.mrml.report_from_node`)."""
-        from VoteMILib import mrml
-
-        return mrml.report_from_node(reportNode)
-
-    @staticmethod
-    def reportImages(meta, volumeNode, extraVolumeNodes=()):
-        """Image ID -> PNG of the report's images, rendered again from the volumes as they were sent."""
-        from VoteMISlicerLib.reports import reportImages
-
-        return reportImages(meta, volumeNode, extraVolumeNodes)
-
-    @staticmethod
-    def savePdf(page, path):
-        """Print an HTML page to a PDF file with Qt."""
-        from VoteMISlicerLib.reports import savePdf
-
-        return savePdf(page, path)
-
-    @staticmethod
-    def reportFindings(reportNode):
-        from VoteMILib import mrml
-
-        return mrml.report_findings(reportNode) if reportNode is not None else None
-
-    @staticmethod
-    def storeFindings(reportNode, findings):
-        from VoteMILib import mrml
-
-        mrml.store_findings(reportNode, findings)
-
-    @staticmethod
-    def dicomInstanceUIDs(volumeNode):
-        """SOP Instance UIDs of the DICOM files the volume was loaded from."""
-        from VoteMISlicerLib.reports import dicomInstanceUIDs
-
-        return dicomInstanceUIDs(volumeNode)
-
-    @staticmethod
-    def dicomSourceFiles(volumeNode):
-        """The DICOM database's files of the volume's instances; ValueError says why there are none."""
-        from VoteMISlicerLib.reports import dicomSourceFiles
-
-        return dicomSourceFiles(volumeNode)
-
-    @staticmethod
-    def exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes=()):
-        """Add the report (KOS, Secondary Captures, SR) to the DICOM database; the DicomExport, or None if what it
-        needs cannot run in this session (VoteMISlicerLib.packages.InstallDeclined if the user declined an
-        install)."""
-        from VoteMISlicerLib.reports import exportReportToDicomDatabase
-
-        return exportReportToDicomDatabase(reportNode, volumeNode, extraVolumeNodes)
-
-    # Optional packages
-
-    @staticmethod
-    def _installPackage(requirement, moduleName, purpose):
-        from VoteMISlicerLib.packages import installPackage
-
-        return installPackage(requirement, moduleName, purpose)
-
-    @staticmethod
-    def ensureInProcessDependencies():
-        """Install torch (through the PyTorch extension) and transformers for an in-process model; False if not
-        (VoteMISlicerLib.packages.InstallDeclined if the user said no)."""
-        from VoteMISlicerLib.packages import ensureInProcessDependencies
-
-        return ensureInProcessDependencies()
-
-    @staticmethod
-    def dicomExportRestartReason():
-        """Why Export to DICOM waits for a restart of Slicer (a newer pydicom installed, the old one loaded), or
-        None."""
-        from VoteMISlicerLib.packages import dicomExportRestartReason
-
-        return dicomExportRestartReason()
-
-    @staticmethod
-    def ensureDicomExportDependencies():
-        """pydicom 3 and highdicom, installed on first use after the user agreed; False if the export cannot run
-        in this session (VoteMISlicerLib.packages.InstallDeclined if the user said no)."""
-        from VoteMISlicerLib.packages import ensureDicomExportDependencies
-
-        return ensureDicomExportDependencies()
 
 
 #

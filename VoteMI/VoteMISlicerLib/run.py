@@ -99,8 +99,8 @@ def startChild(arguments, apiKey="", cwd=None):
 class VoteMIRun:
     """One Select / Select & Describe run: its child process, its temporary files and its report.
 
-    ``logic`` is the ``VoteMILogic`` that starts the child (:meth:`VoteMILogic.startChild`), makes the run
-    folder and applies the selection, so a script or test that replaces one of those sees every run.
+    ``logic`` is the ``VoteMILogic`` that starts the child (:meth:`VoteMILogic.startChild`, where every child of
+    the module starts), so a script or test that replaces it sees every run.
     """
 
     def __init__(self, logic, volumeNode, extraVolumeNodes, describe, switchLayout=True):
@@ -136,7 +136,7 @@ class VoteMIRun:
         from VoteMILib.child_run import ChildRun, child_arguments, volume_file_name, write_prompt_file
 
         self.startedAt = time.perf_counter()
-        self.folder = self.logic.newRunFolder()
+        self.folder = newRunFolder()
         try:
             nodes = [self.volumeNode, *self.extraVolumeNodes]
             paths = [mrml.write_volume_file(node, os.path.join(self.folder, volume_file_name(number)))
@@ -220,11 +220,12 @@ class VoteMIRun:
 
     def applySelection(self, document):
         from VoteMILib.results import SelectionResult
+        from VoteMISlicerLib.marks import applySelection
 
         if slicer.mrmlScene.GetNodeByID(self.volumeNode.GetID()) is not self.volumeNode:
             raise RuntimeError(_("the input volume was removed from the scene"))
         result = SelectionResult.from_dict(document)
-        self.logic.applySelection(self.volumeNode, result, switchLayout=self.switchLayout)
+        applySelection(self.volumeNode, result, switchLayout=self.switchLayout)
         self.result = result
         self.selected = True
         self.summary = result.cue_summary()
