@@ -406,12 +406,13 @@ def test_status_line_shows_reachable_server_and_model_or_why_not(panel, headless
     assert panel.ui.serverStatusLabel.text == f"Server {scripted_server.url}: reachable; model tiny-vlm"
     assert panel.widget._parameterNode.model == "tiny-vlm"  # the server's only model
     assert scripted_server.chat_requests() == []  # typing never probes
-    # Test connection also probes the model; this server takes every test image and ignores the schema.
+    # Test connection also probes the model; this server takes every test image and ignores the schema, and
+    # reports no prompt tokens, so whether the model sees every image cannot be told.
     panel.click(panel.ui.testConnectionButton)
     panel.run_until(lambda: "probed" in panel.ui.serverStatusLabel.text, 60)
     status = panel.ui.serverStatusLabel.text
     assert status.startswith(f"Server {scripted_server.url}: reachable; model tiny-vlm; images: 9 or more per "
-                             "request; JSON schema: no (probed "), status
+                             "request; JSON schema: no; images seen: unverified (probed "), status
     from VoteMILib.vlm.capabilities import cached
 
     assert cached("openai", scripted_server.url, "tiny-vlm").max_images == 9  # describe runs will use it

@@ -117,7 +117,7 @@ def test_a_request_over_the_small_context_goes_as_sheets_with_a_notice(servers, 
     report = describe(volume, fifteen, settings(servers["small_context"], probe=True))
     plan = report.meta["sent"]["context"]
     assert plan["context_length"] == SMALL_CONTEXT and plan["estimated_tokens"] <= SMALL_CONTEXT
-    assert plan["shrunk"].startswith(f"15 images would need about ") and report.meta["sent"]["images_per_request"] < 15
+    assert plan["shrunk"].startswith("15 images would need about ") and report.meta["sent"]["images_per_request"] < 15
     assert "contact sheet(s)" in report.to_text() and plan["shrunk"] in report.to_text()
     # Nothing was cut: the answer got all its tokens, and the server left out no image to fit.
     usage = report.meta["usage"]
