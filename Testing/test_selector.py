@@ -20,12 +20,12 @@ TRAIN_CASES = ("sts002_ct", "sts002_mr_t1", "sts011_mr_t1")
 SELECT_CASE = SARCOMA / "sts005_mr_t1" / "image.nii.gz"
 
 
-def _cases_folder(tmp_path):
+def _cases_folder(tmp_path, names=TRAIN_CASES):
     """A cases folder whose table points at the real scans (case names as in ../shared)."""
     folder = tmp_path / "cases"
     folder.mkdir()
     rows = ["case\timage\tmask\textra"]
-    for name in TRAIN_CASES:
+    for name in names:
         base = SARCOMA / name
         (folder / name).mkdir()
         for file in ("image.nii.gz", "mask.nii.gz"):
@@ -211,3 +211,37 @@ def test_cue_evidence_is_a_descriptor_and_fires_on_a_body_lesion():
     without, with_cues = find_candidates(grid), find_candidates(grid, evidence)
     assert np.all(without.descriptors[:, column] == 0.0) and with_cues.descriptors[:, column].max() > 0.0
     np.testing.assert_array_equal(without.descriptors[:, :column], with_cues.descriptors[:, :column])
+
+
+def test_bench_leave_one_source_out_scores_each_source_with_a_fit_without_it(tmp_path, capsys):
+    """``votemi bench --leave-one-source-out``: two sources (sarcoma CT, sarcoma MR T1), each scored by a combiner
+    that never saw it; the JSON carries the same numbers as the printed table."""
+    from VoteMILib.datasets import bench_cases
+    from VoteMILib.selector_bench import judge_selector
+    from VoteMILib.selector_training import leave_one_source_out
+
+    # Each source keeps lesion candidates when the other is held out (sts002_ct has none under overlap labels).
+    folder = _cases_folder(tmp_path, ("sts035_ct", "sts002_mr_t1", "sts011_mr_t1"))
+    out = tmp_path / "loso.json"
+    assert cli.main(["bench", str(folder), "--leave-one-source-out", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| ibsi-sarcoma-ct | 1 |" in printed and "| ibsi-sarcoma-mr-t1 | 2 |" in printed
+    assert "| mean over 2 sources |" in printed
+    document = json.loads(out.read_text(encoding="utf-8"))["leave_one_source_out"]
+    assert set(document["by_source"]) == {"ibsi-sarcoma-ct", "ibsi-sarcoma-mr-t1"}
+    assert {case["source"] for case in document["by_case"].values()} == set(document["by_source"])
+    # Held out means held out: the CT's score is the same whatever the CT's own labels were (a fit without it).
+    cases = bench_cases([str(folder)])
+    judged = judge_selector(cases)
+    records = {record.name: record for record in judged.records}
+    records["sts035_ct"].labels[:] = 1.0 - records["sts035_ct"].labels
+    assert leave_one_source_out(judged.records)["sts035_ct"] == judged.scores["sts035_ct"]
+
+
+def test_bench_leave_one_source_out_without_masks_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "nomask"
+    (folder / "scan").mkdir(parents=True)
+    (folder / "scan" / "image.nii.gz").write_bytes((SARCOMA / "sts002_ct" / "image.nii.gz").read_bytes())
+    assert cli.main(["bench", str(folder), "--leave-one-source-out"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "needs cases with lesion masks" in error

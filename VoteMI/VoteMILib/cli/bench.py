@@ -29,6 +29,11 @@ def add_bench_command(commands) -> None:
                         help="also run findings mode on lesion-free scans (Colin27 when installed, and a slab of "
                              "each case with a mask cut 30 mm or more from every mask voxel) and report the "
                              "share of planes that claim something stood out, per region and source")
+    parser.add_argument("--leave-one-source-out", action="store_true",
+                        help="instead, judge the fitted part of the selection, the generic selector (--selector): "
+                             "each source (collection and acquisition) scored by a combiner refitted without it, "
+                             "beside findings mode and a random slice, and Colin27 (when installed) judged for "
+                             "planes claiming a finding by a combiner fitted without it")
     parser.add_argument("--planes", default=",".join(PLANES), type=parse_planes)
     parser.add_argument("--mode", type=parse_mode, default=None, metavar="{" + ",".join(MODES) + "}",
                         help="score one mode only (default: both)")
@@ -101,6 +106,30 @@ def run_normal(cases, args) -> dict:
     return {"cases": rows, "by_region": by_region, "by_source": by_source}
 
 
+def run_leave_one_source_out(args) -> dict:
+    """``bench --leave-one-source-out``: the generic selector refitted without each source, which it then scores."""
+    import os
+
+    from ..datasets import bench_cases
+    from ..selector_bench import judge_selector
+    from ..volumes import VolumeError
+
+    if not args.data_dirs:
+        raise VolumeError("bench --leave-one-source-out needs DATA_DIR")
+    # Colin27 (Debian's mricron-data): lesion-free negatives in every fit, and judged by a fit without it.
+    colin27 = [path for path in ("/usr/share/mricron/templates/ch2.nii.gz",) if os.path.isfile(path)]
+    cases = bench_cases(args.data_dirs, args.half)
+    judgement = judge_selector(cases, colin27, colin27, progress=lambda line: print(line, flush=True))
+    print("\nGeneric selector, leave-one-source-out (top-1 hit_half axial / coronal / sagittal; each source "
+          "scored by a combiner fitted without it):")
+    print(judgement.table)
+    if judgement.claims_rows:
+        print("\nLesion-free scans (each judged by a combiner fitted without it):")
+        print(judgement.claims)
+    return {"leave_one_source_out": judgement.to_dict(),
+            "settings": {"half": args.half, "data": list(args.data_dirs), "normal": colin27}}
+
+
 def check_key_image_sources(cases) -> None:
     """Read every case's key-image source before any selection runs: a bad KOS or CSV fails in a second."""
     from ..keyimages import read_source
@@ -138,6 +167,8 @@ def run_bench(args) -> int:
         if not args.data_dirs:
             raise VolumeError("bench --synthetic needs DATA_DIR")
         document = run_synthetic(args)
+    elif args.leave_one_source_out:
+        document = run_leave_one_source_out(args)
     elif args.speed:
         rows = speed_benchmark(args.repeats, args.source, modes, args.chest_source)
         print(format_speed_table(rows))
