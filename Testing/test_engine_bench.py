@@ -246,8 +246,8 @@ def test_split_is_the_written_rule_by_patient_and_region():
 
 
 #: Test files that name a check case only as the one real DICOM series with an RTSTRUCT (dicom/sts001_*): read as
-#: DICOM, exported or rasterised, never scored against its lesion.
-DICOM_ONLY = {"test_batch.py", "test_dicom_export.py", "test_guided.py", "test_slicer_findings.py"}
+#: DICOM, exported or rasterised, or given key images placed relative to its picks; never scored against its lesion.
+DICOM_ONLY = {"test_batch.py", "test_dicom_export.py", "test_guided.py", "test_keyimages.py", "test_slicer_findings.py"}
 
 
 def test_no_test_gates_on_a_check_case():
