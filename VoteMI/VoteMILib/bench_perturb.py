@@ -268,7 +268,8 @@ def perturbations(volume, lesion_kji, rng, modality: str | None = None):
 
 def compare_picks(volume, lesion_kji, whole, perturbed: Perturbed, result, planes) -> dict:
     """Per plane: ``stable`` (1.0 when the perturbed scan's top pick lies within max(2 slices, 5 mm) of the
-    whole scan's, slices of the whole scan), ``shift_mm`` and the perturbed pick's ``hit_half``."""
+    whole scan's, slices of the whole scan), ``shift_mm``, the perturbed pick's ``hit_half``, and the cue that
+    decided each pick (``cue``, ``cue_whole``: a pick that moves because a cue stopped firing says so)."""
     out = {}
     for plane in planes:
         axis = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).ijk_axis
@@ -281,7 +282,8 @@ def compare_picks(volume, lesion_kji, whole, perturbed: Perturbed, result, plane
         limit = max(FOV_STABLE_SLICES * slice_step_mm(volume.ijk_to_ras, axis), FOV_STABLE_MM)
         lesion = section_areas(perturbed.volume, perturbed.lesion_kji, plane)
         out[plane] = {"stable": float(shift <= limit + 1e-6), "shift_mm": shift,
-                      "hit_half": score_slice(pick.index, lesion, moved.positions_mm)["hit_half"]}
+                      "hit_half": score_slice(pick.index, lesion, moved.positions_mm)["hit_half"],
+                      "cue": result.planes[plane].cue, "cue_whole": whole.planes[plane].cue}
     return out
 
 
@@ -350,14 +352,20 @@ def format_perturbation_table(means: dict, planes, label: str = "region") -> str
     return "\n".join(lines)
 
 
+def _case_cell(scores: dict) -> str:
+    """"stable (shift mm, hit_half)", with "cue before -> cue after" when the deciding cue changed."""
+    cue = f", {scores['cue_whole']} -> {scores['cue']}" if scores["cue"] != scores["cue_whole"] else ""
+    return f"{int(scores['stable'])} ({scores['shift_mm']:.0f}, {int(scores['hit_half'])}{cue})"
+
+
 def format_perturbation_cases(rows: list, planes) -> str:
-    """Markdown: per case and perturbation, what was done and per plane stable (shift mm, hit_half after)."""
+    """Markdown: per case and perturbation, what was done and per plane stable (shift mm, hit_half after, and
+    the deciding cue before -> after when it changed)."""
     lines = ["| case | half | perturbation | done | " + " | ".join(f"{p} stable (shift mm, hit_half)" for p in planes)
              + " |", "|---" * (len(planes) + 4) + "|"]
     for row in rows:
         for run in row.get("perturb", []):
-            cells = [f"{int(run['planes'][p]['stable'])} ({run['planes'][p]['shift_mm']:.0f}, "
-                     f"{int(run['planes'][p]['hit_half'])})" for p in planes]
+            cells = [_case_cell(run["planes"][p]) for p in planes]
             lines.append(f"| {row['case']} | {row.get('half', '')} | {run['kind']} | {run['what']} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
