@@ -203,3 +203,22 @@ def test_bench_fov_check_prints_and_stores_the_perturbations(tmp_path):
     assert runs[7]["planes"] == bp.compare_picks(volume, lesion, whole, rescaled, again, ("axial",))
     assert "Perturbations by half and region" in run.stdout and "| design | extremity | rescaled | 1 | 1 |" \
         in run.stdout
+
+
+def test_a_perturbed_scan_too_thin_to_score_is_skipped_not_fatal():
+    from VoteMILib.selection import select_slices
+
+    # The breast crop (design) is 45 voxels of 0.66 mm left-right: without the side the lesion is not on,
+    # it is thinner than a patch.
+    volume = ef.volume("pyrad_breast1_mr")
+    lesion = load_mask(ef.cases()["pyrad_breast1_mr"]["mask"], volume)
+    whole = select_slices(volume, planes=("axial",), top_k=3, mode="findings")
+    runs = bp.perturbation_rows("pyrad_breast1_mr", volume, lesion, whole, ("axial",), "findings")
+    skipped = [r for r in runs if "skipped" in r]
+    assert [r["kind"] for r in skipped] == ["one-sided"]
+    assert "too thin to score" in skipped[0]["skipped"] and "\n" not in skipped[0]["skipped"]
+    row = {"case": "pyrad_breast1_mr", "half": "design", "scanned": "breast", "source": "pyradiomics-breast-mr",
+           "planes": {"axial": {"findings": {"hit_half": 1.0}}}, "perturb": runs}
+    means = bp.summarise_perturbations([row], ("axial",), "findings")
+    assert "one-sided" not in means["design"]["breast"] and "hard cut" in means["design"]["breast"]
+    assert "not scored: " in bp.format_perturbation_cases([row], ("axial",))

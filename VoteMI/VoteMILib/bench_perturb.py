@@ -294,15 +294,22 @@ def perturbation_rows(name, volume, lesion_kji, whole, planes, mode, seed=0, enc
     Returns
     -------
     list of dict
-        One per perturbation: ``kind``, ``what`` and ``planes`` (:func:`compare_picks`).
+        One per perturbation: ``kind``, ``what`` and ``planes`` (:func:`compare_picks`), or ``skipped`` (the
+        one-line reason) when the perturbed scan cannot be scored, e.g. a cut leaving a crop thinner than a
+        patch; a skipped run counts in no mean.
     """
     from .selection import select_slices
+    from .volumes import VolumeError
 
     if whole is None:
         whole = select_slices(volume, planes=planes, top_k=3, seed=seed, mode=mode, encoder=encoder)
     rows = []
     for perturbed in perturbations(volume, lesion_kji, perturbation_rng(seed, name)):
-        result = select_slices(perturbed.volume, planes=planes, top_k=3, seed=seed, mode=mode, encoder=encoder)
+        try:
+            result = select_slices(perturbed.volume, planes=planes, top_k=3, seed=seed, mode=mode, encoder=encoder)
+        except VolumeError as error:
+            rows.append({"kind": perturbed.kind, "what": perturbed.what, "skipped": str(error)})
+            continue
         rows.append({"kind": perturbed.kind, "what": perturbed.what,
                      "planes": compare_picks(volume, lesion_kji, whole, perturbed, result, planes)})
     return rows
@@ -316,7 +323,7 @@ def summarise_perturbations(rows: list, planes, mode: str, by: str = "region") -
     out = {}
     for row in rows:
         for group in group_of(row):
-            for run in row.get("perturb", []):
+            for run in (r for r in row.get("perturb", []) if "planes" in r):
                 entry = out.setdefault(row.get("half", "unsplit"), {}).setdefault(group, {}).setdefault(
                     run["kind"], {"cases": set(), "runs": [], "whole": {}})
                 entry["cases"].add(row["case"])
@@ -365,7 +372,8 @@ def format_perturbation_cases(rows: list, planes) -> str:
              + " |", "|---" * (len(planes) + 4) + "|"]
     for row in rows:
         for run in row.get("perturb", []):
-            cells = [_case_cell(run["planes"][p]) for p in planes]
+            cells = ([_case_cell(run["planes"][p]) for p in planes] if "planes" in run
+                     else [f"not scored: {run['skipped']}"] + ["-"] * (len(planes) - 1))
             lines.append(f"| {row['case']} | {row.get('half', '')} | {run['kind']} | {run['what']} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
