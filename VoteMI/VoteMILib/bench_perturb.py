@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bench import FOV_STABLE_MM, FOV_STABLE_SLICES, groups_of, score_slice, section_areas, sources_of
+from .bench import FOV_STABLE_MM, FOV_STABLE_SLICES, GROUPS, groups_of, score_slice, section_areas, sources_of
 from .geometry import plane_geometry, ras_axis_assignment
 from .modality import detect_modality
 from .preprocess import foreground_mask
@@ -331,7 +331,8 @@ def summarise_perturbations(rows: list, planes, mode: str, by: str = "region") -
                 entry["whole"][row["case"]] = {p: row["planes"][p][mode]["hit_half"] for p in planes}
     means = {}
     for half in ("design", "check", "unsplit"):
-        for group in sorted(out.get(half, {}), key=lambda g: (by == "region" and g == "body", g)):
+        for group in sorted(out.get(half, {}), key=lambda g: (GROUPS.index(g) if g in GROUPS else len(GROUPS), g)
+                            if by == "region" else g):
             for kind in (k for k in KINDS if k in out[half][group]):
                 entry = out[half][group][kind]
                 means.setdefault(half, {}).setdefault(group, {})[kind] = {
