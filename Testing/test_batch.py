@@ -77,7 +77,7 @@ def test_local_cluster_same_json_as_select_resume_and_a_corrupt_case(tmp_path, c
     records = _journal(out)
     assert set(records) == {"brain1", "sarcoma_ct", "corrupt", "sts001_ct"}  # a DICOM series is named by its folder
     corrupt = records.pop("corrupt")
-    assert corrupt["status"] == "failed" and "corrupt.nii.gz" in corrupt["error"] and "\n" not in corrupt["error"]
+    assert corrupt["status"] == "failed" and "corrupt.nii.gz is corrupt:" in corrupt["error"] and "\n" not in corrupt["error"]
     assert all(record["status"] == "ok" for record in records.values())
     assert os.getpid() not in {record["worker_pid"] for record in records.values()}
     # The same JSON as `votemi select` (but the timings), PNGs included with --pngs.

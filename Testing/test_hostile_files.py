@@ -195,3 +195,26 @@ def test_output_that_is_a_device_is_refused_before_any_work():
         pytest.skip("no /dev/null here")
     with pytest.raises(OutputError, match="it is a character device, not a regular file"):
         check_output_file("/dev/null")
+
+
+# -- ITK errors whose own words mislead ----------------------------------------------------------------
+
+
+def test_singular_direction_matrix_is_named(tmp_path):
+    (tmp_path / "flat.raw").write_bytes(ef.head_phantom((20, 24, 22)).astype("<i2").tobytes())
+    (tmp_path / "flat.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 22 24 20\nElementType = MET_SHORT\n"
+                                       "ElementSpacing = 2 2 2\nTransformMatrix = 1 0 0 1 0 0 0 0 1\n"
+                                       "ElementDataFile = flat.raw\n")
+    with pytest.raises(VolumeError, match=r"flat\.mhd: its direction matrix is singular .*fix the orientation"):
+        load_volume(tmp_path / "flat.mhd")
+
+
+def test_dicom_slice_of_another_size_is_named_with_both_sizes(tmp_path):
+    image = sitk.GetImageFromArray(ef.head_phantom((12, 48, 44)).astype(np.int16))
+    ef.write_dicom_series(image, tmp_path / "series")
+    other = sitk.GetImageFromArray(ef.head_phantom((12, 101, 99)).astype(np.int16))
+    ef.write_dicom_series(other, tmp_path / "other", slices=[5])
+    shutil.copyfile(tmp_path / "other" / "slice000.dcm", tmp_path / "series" / "slice005.dcm")
+    with pytest.raises(VolumeError, match=r"its slice slice005\.dcm is 99x101 pixels, the series' others 44x48 "
+                                          r"\(from slice000\.dcm\).*move that file out of the folder"):
+        load_volume(tmp_path / "series")

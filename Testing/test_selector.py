@@ -13,7 +13,6 @@ import engine_fixtures as ef
 from VoteMILib import cli
 from VoteMILib.selector_candidates import DESCRIPTORS, find_candidates
 from VoteMILib.selector_model import SHIPPED_MODEL, fit_logistic, load_selector, working_slice_profile
-from VoteMILib.selector_training import source_of
 
 SARCOMA = ef.DATA / "sarcoma"
 #: Small real crops with expert masks: a CT and an MR T1 of one sarcoma patient, and another patient's MR.
@@ -64,21 +63,41 @@ def test_train_selector_fits_and_the_file_round_trips(trained, tmp_path):
 
 
 def test_fitted_model_ranks_lesion_candidates_above_the_rest(trained):
-    """On the scans it was fitted on, candidates inside the lesion score higher than the others on average."""
+    """On a scan it was fitted on, candidates labelled as the lesion score higher than the others on average."""
     from VoteMILib.datasets import load_mask
     from VoteMILib.preprocess import make_working_grid
-    from VoteMILib.selector_training import mask_on_grid
+    from VoteMILib.selector_training import mask_on_grid, overlap_labels
     from VoteMILib.volumes import load_volume
 
     model = load_selector(trained[0])
-    volume = load_volume(SARCOMA / "sts002_ct" / "image.nii.gz")
+    volume = load_volume(SARCOMA / "sts002_mr_t1" / "image.nii.gz")
     grid = make_working_grid(volume)
     candidates = find_candidates(grid)
-    inside = mask_on_grid(volume, load_mask(SARCOMA / "sts002_ct" / "mask.nii.gz", volume),
-                          grid.data.shape)[tuple(candidates.centres.T)]
-    assert inside.any() and (~inside).any()
+    lesion = mask_on_grid(volume, load_mask(SARCOMA / "sts002_mr_t1" / "mask.nii.gz", volume), grid.data.shape)
+    positive = overlap_labels(candidates.centres, candidates.radii_mm, lesion, grid.spacing_mm) > 0.5
+    assert positive.any() and (~positive).any()
     probabilities = model.probabilities(candidates.descriptors)
-    assert probabilities[inside].mean() > probabilities[~inside].mean()
+    assert probabilities[positive].mean() > probabilities[~positive].mean()
+
+
+def test_overlap_labels_teach_the_lesion_middle_not_its_rim():
+    """A blob centred in the lesion is a positive in every plane; one whose centre is inside the mask but
+    whose ball straddles the rim is not (the old centre-in-mask rule called both positives)."""
+    from VoteMILib.selector_training import inside_share, overlap_labels
+
+    lesion = np.zeros((40, 40, 40), bool)
+    grid = np.indices(lesion.shape)
+    lesion[((grid - 20) ** 2).sum(axis=0) <= 10 ** 2] = True  # a 10-voxel-radius ball, 1 mm voxels
+    centres = np.array([[20, 20, 20], [20, 20, 30], [20, 20, 12], [5, 5, 5]])
+    radii = np.array([6.0, 6.0, 3.0, 3.0])
+    labels = overlap_labels(centres, radii, lesion, (1.0, 1.0, 1.0))
+    assert labels[0] == 1.0
+    assert labels[1] == 0.0  # centre inside, ball half out: a rim response
+    # Inside but off the middle along the third axis: hits the two planes through that axis only.
+    assert labels[2] == pytest.approx(2.0 / 3.0)
+    assert labels[3] == 0.0
+    assert inside_share(centres[0], 6.0, lesion, np.ones(3)) == 1.0
+    assert 0.2 < inside_share(centres[1], 6.0, lesion, np.ones(3)) < 0.6
 
 
 def _select_json(tmp_path, name, *options):
@@ -140,14 +159,55 @@ def test_slice_profile_peaks_through_the_best_candidate_centre():
     assert profile[10] == pytest.approx(0.3) and profile[20] == 0.0
 
 
-def test_sources_name_collection_and_acquisition():
-    assert source_of("sts002_ct") == source_of("mirp_sts002_ct") == "ibsi-sarcoma-ct"
-    assert source_of("sts002_mr_t1") == "ibsi-sarcoma-mr-t1"
-    assert source_of("tcga_du_7294") == source_of("tcga_fg_6692")
-    assert source_of("pyrad_lung2") == source_of("mirp_nsclc_lung1-001") == "lung-ct"
-    assert source_of("someone_else") == "someone_else"
-
-
 def test_shipped_model_loads():
     assert os.path.exists(SHIPPED_MODEL)
     assert load_selector(SHIPPED_MODEL).names == DESCRIPTORS
+
+
+def test_an_older_model_file_asks_to_be_refitted(tmp_path, capsys):
+    old = tmp_path / "old.npz"
+    count = len(DESCRIPTORS) - 1  # the first format had no cue_evidence
+    np.savez(old, version=np.int64(1), names=np.array(DESCRIPTORS[:-1]), mean=np.zeros(count), scale=np.ones(count),
+             coef=np.zeros(count), intercept=np.float64(0.0), note=np.array(""))
+    assert cli.main(["select", str(SELECT_CASE), "--quiet", "--selector", str(old)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "format version 1" in error and "train-selector" in error
+
+
+def test_stands_out_threshold_separates_lesions_from_clear_candidates():
+    """The fitted threshold sits between each lesion's best candidate and the best candidate clear of
+    any lesion, wherever the logistic's own 0.5 would fall."""
+    from VoteMILib.selector_model import SelectorModel
+    from VoteMILib.selector_training import ScanRecord, stands_out_threshold
+
+    # One descriptor, probability = sigmoid(x): lesions' best at x = 3, clear candidates' best at x = 1.
+    model = SelectorModel(("x",), np.zeros(1), np.ones(1), np.ones(1), 0.0)
+
+    def record(values, labels, clear):
+        return ScanRecord("s", "src", np.array(values, float)[:, None], np.array(labels, float), np.array(clear),
+                          np.zeros((len(values), 3), int), np.ones(len(values)), (1, 1, 1), np.ones(3), {})
+
+    records = [record([3.0, 1.0, -2.0], [1, 0, 0], [False, True, True]),
+               record([3.2, 0.8], [1, 0], [False, True]),
+               record([1.1, -1.0], [0, 0], [True, True])]
+    threshold = stands_out_threshold(records, model)
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    assert sigmoid(1.1) < threshold <= sigmoid(3.0)
+
+
+def test_cue_evidence_is_a_descriptor_and_fires_on_a_body_lesion():
+    """Today's cues enter as the last descriptor: 0 without their map, their map's value with it."""
+    from VoteMILib.cues import detect_region
+    from VoteMILib.modality import detect_modality
+    from VoteMILib.preprocess import make_working_grid
+    from VoteMILib.selector_cues import cue_evidence
+    from VoteMILib.volumes import load_volume
+
+    volume = load_volume(SELECT_CASE)
+    grid = make_working_grid(volume)
+    evidence = cue_evidence(grid, detect_region(grid, detect_modality(volume)))
+    assert evidence.shape == grid.data.shape and evidence.max() >= 1.0  # a cue stands out on this sarcoma
+    column = DESCRIPTORS.index("cue_evidence")
+    without, with_cues = find_candidates(grid), find_candidates(grid, evidence)
+    assert np.all(without.descriptors[:, column] == 0.0) and with_cues.descriptors[:, column].max() > 0.0
+    np.testing.assert_array_equal(without.descriptors[:, :column], with_cues.descriptors[:, :column])

@@ -46,8 +46,9 @@ def test_describe_options_reach_the_request(scripted_server, image_path, tmp_pat
     assert code == 0
     method, path, headers, body = scripted_server.requests[-1]
     assert path == "/api/chat" and headers["Authorization"] == "Bearer k-1" and body["stream"] is False
-    assert len(body["messages"][0]["images"]) == 1
-    assert body["messages"][0]["content"].endswith("List A1 in English.")
+    intro, image, instruction = body["messages"]  # the one image in a message of its own, with its label
+    assert len(image["images"]) == 1 and image["content"].startswith("A1: axial")
+    assert instruction["content"] == "List A1 in English."
     assert capsys.readouterr().out.strip().endswith("ok")
 
 

@@ -58,20 +58,38 @@ def test_ollama_native_streaming_and_plain(scripted_server, mri_volume, selectio
     assert report.complete and report.text.startswith("Findings")
     assert report.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
     body = scripted_server.chat_requests()[-1]
-    message = body["messages"][0]
-    assert len(message["images"]) == 3
-    for png in message["images"]:
+    # One image per message, its label as the text: nothing adjacent for Ollama's frame merge to fuse.
+    intro, *image_messages, instruction = body["messages"]
+    assert "images" not in intro and "images" not in instruction and len(image_messages) == 3
+    for message, slice_ in zip(image_messages, selection.selected()[::2]):  # rank 1 of each plane
         import base64
 
-        assert max(decode_png(base64.b64decode(png)).size) == LONG_SIDE
-    for n, slice_ in enumerate(selection.selected()[::2], 1):  # rank 1 of each plane
-        assert re.search(rf"Image {n}: {slice_.label}: {slice_.plane}, "
-                         rf"{position_pattern(slice_.plane, slice_.position_mm)}", message["content"])
-    assert body["options"] == {"temperature": 0.0, "num_predict": 1024, "seed": 7, "num_ctx": 8192}
+        assert len(message["images"]) == 1 and message["role"] == "user"
+        assert max(decode_png(base64.b64decode(message["images"][0])).size) == LONG_SIDE
+        assert re.match(rf"{slice_.label}: {slice_.plane}, {position_pattern(slice_.plane, slice_.position_mm)}",
+                        message["content"])
+    assert body["options"] == {"temperature": 0.0, "num_predict": 1024, "seed": 7, "num_ctx": 8192}  # the least
     scripted_server.script.append(complete_json("Findings: none.", protocol="ollama"))
     plain = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama", stream=False))
     assert plain.complete and plain.text == "Findings: none."
     assert scripted_server.chat_requests()[-1]["stream"] is False
+
+
+def test_ollama_num_ctx_fits_what_is_sent(scripted_server, mri_volume, selection):
+    from VoteMILib.vlm.packing import DEFAULT_TOKENS_PER_IMAGE
+
+    # A long answer asked for: the old fixed 8192 would cut the prompt's images (Ollama truncates silently).
+    report = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama", max_tokens=9000))
+    body = scripted_server.chat_requests()[-1]
+    images = sum(len(message.get("images", [])) for message in body["messages"])
+    text = sum(len(message["content"]) for message in body["messages"])
+    num_ctx = body["options"]["num_ctx"]
+    # Nothing probed: images costed at MedGemma's 256 tokens, text at 3 characters per token, high.
+    assert num_ctx % 1024 == 0 and num_ctx >= 9000 + images * DEFAULT_TOKENS_PER_IMAGE + text // 3
+    plan = report.meta["sent"]["context"]
+    assert plan["num_ctx"] == num_ctx and plan["tokens_per_image_from"] == "assumed"
+    assert f"num_ctx {num_ctx} for about {plan['estimated_tokens']} tokens" in report.to_text()
+    assert "one image per message, each with its label" in report.to_text()
 
 
 def test_openai_non_streaming_and_data_without_space(scripted_server, mri_volume, selection):

@@ -43,6 +43,9 @@ SUMMARY_CSV = "summary.csv"
 BYTES_PER_VOXEL = 40
 WORKER_BASE_BYTES = 600 * 2 ** 20
 _HASH_CHUNK = 1 << 20
+#: The longest part of a case name, in bytes: file systems allow 255 per name, and the outputs add ``.json``
+#: and a temporary file's ``.<name>.XXXXXXXX.part`` (:func:`~VoteMILib.outputs.write_atomic`) to it.
+MAX_NAME_BYTES = 200
 
 
 class BatchError(ValueError):
@@ -116,10 +119,25 @@ def is_dicom_series_folder(folder) -> bool:
 
 
 def _case_name(text: str) -> str:
-    """A safe relative name: path separators kept as ``/``, no ``..``, nothing outside ``[\\w.-]``."""
+    """A safe relative name: path separators kept as ``/``, no ``..``, nothing outside ``[\\w.-]``, and no
+    part longer than :data:`MAX_NAME_BYTES` (see :func:`_short_part`)."""
     parts = [re.sub(r"[^\w.-]", "_", part) for part in re.split(r"[\\/]+", text) if part not in ("", ".")]
-    parts = ["_" if part == ".." else part for part in parts]
+    parts = [_short_part("_" if part == ".." else part) for part in parts]
     return "/".join(parts) or "case"
+
+
+def _short_part(part: str) -> str:
+    """``part``, or when its UTF-8 form is over :data:`MAX_NAME_BYTES`, its start and a digest of the whole.
+
+    The digest is of the whole part, so the name is the same on every run (resume finds the case again) and two
+    long names that share their start stay distinct.
+    """
+    data = part.encode("utf-8")
+    if len(data) <= MAX_NAME_BYTES:
+        return part
+    digest = hashlib.blake2b(data, digest_size=8).hexdigest()
+    start = data[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")  # never half a character
+    return f"{start}-{digest}"
 
 
 def _strip_suffix(name: str) -> str:
@@ -394,11 +412,18 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def rewrite(self, records: list) -> None:
-        """Keep one line per case (the latest), in the given order."""
+    def merge(self, names: list) -> dict:
+        """Rewrite the journal with one line per case (the latest), ``names`` first; returns {case: record}.
+
+        Read again from the file, not from memory: another run on the same folder (another machine behind a
+        stale lock, an older votemi without the lock) may have appended its own cases meanwhile.
+        """
         from .outputs import write_atomic
 
-        write_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records), what="journal")
+        latest = self.load()
+        order = [name for name in names if name in latest] + [name for name in latest if name not in set(names)]
+        write_atomic(self.path, "".join(json.dumps(latest[n], sort_keys=True) + "\n" for n in order), what="journal")
+        return latest
 
 
 def is_done(record: dict | None, case: BatchCase, key: str, out: str) -> bool:
@@ -505,12 +530,11 @@ def worker_memory_limit(cases, workers: int, total_bytes: int | None = None, ext
 @contextlib.contextmanager
 def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: int | None = None):
     """A Dask client: of the cluster at ``scheduler``, or of a new local cluster of ``workers`` processes."""
-    try:
-        import dask
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise BatchError("this command needs Dask: pip install 'votemi[batch]'") from None
+    require_dask()
     import logging
+
+    import dask
+    from dask.distributed import Client, LocalCluster
 
     if scheduler:
         try:
@@ -526,13 +550,79 @@ def dask_client(workers: int = 1, scheduler: str | None = None, memory_limit: in
     memory = {"distributed.worker.memory.pause": False, "distributed.worker.memory.target": False,
               "distributed.worker.memory.spill": False, "distributed.worker.memory.terminate": 0.95,
               "distributed.scheduler.allowed-failures": 1}
-    with dask.config.set(memory), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit or "auto",
-            dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        yield client
+    with dask.config.set(memory):
+        with _sigint_ignored():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   memory_limit=memory_limit or "auto", dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            client.register_plugin(_ignore_ctrl_c_plugin())  # a worker restarted later (memory) was not started above
+            yield client
 
 
-def run_cases(client, cases, task, settings, out: str, store, label: str = "batch", stream=None) -> list:
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore Ctrl-C while the local workers start, so that they inherit it and leave Ctrl-C to the command.
+
+    Ctrl-C in a terminal reaches every process of its group: each worker would die printing its traceback
+    (dozens of lines) while the command itself stops the cluster anyway. The command's own handler is back once
+    the workers run; with no handler to change (not the main thread), nothing is done.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_sigint_here() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _ignore_ctrl_c_plugin():
+    """A Dask worker plugin making each local worker, also one restarted after the start, ignore Ctrl-C (see
+    :func:`_sigint_ignored`). Defined here so that importing this module never imports Dask."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreCtrlC(WorkerPlugin):
+        name = "votemi-ignore-ctrl-c"
+
+        def setup(self, worker):
+            worker.loop.add_callback(_ignore_sigint_here)  # the loop runs on the worker process's main thread
+
+    return IgnoreCtrlC()
+
+
+def require_dask() -> None:
+    """Refuse in one line, before any work, when Dask cannot be imported (:func:`dask_import_message`)."""
+    try:
+        import dask  # noqa: F401
+        from dask.distributed import Client, LocalCluster  # noqa: F401
+    except ImportError as error:
+        raise BatchError(dask_import_message(error)) from None
+
+
+def dask_import_message(error: ImportError) -> str:
+    """"Needs Dask" only when Dask itself is missing; a module Dask needs that is missing or broken is named."""
+    missing = getattr(error, "name", None) or ""
+    if isinstance(error, ModuleNotFoundError) and missing.split(".")[0] in ("dask", "distributed"):
+        return "this command needs Dask: pip install 'votemi[batch]'"
+    return (f"Dask is installed but cannot be imported: {one_line(error)}; repair that package (pip install "
+            "--force-reinstall 'votemi[batch]')")
+
+
+def run_cases(client, cases, task, settings, out: str, store, label: str = "batch", stream=None,
+              case_timeout: float | None = None) -> list:
     """Run ``task(case, settings)`` on the cluster for every case not already done; returns all records.
 
     Parameters
@@ -548,6 +638,13 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     store : callable(dict) -> dict
         Writes a finished record's outputs (driver side) and returns the record as journaled, with
         ``outputs`` (paths relative to ``out``) that must exist for the case to count as done.
+    case_timeout : float, optional
+        Seconds a case may take; a case still running then is recorded as failed (:func:`timed_task`).
+
+    Raises
+    ------
+    BatchInterrupted
+        On Ctrl-C, once the journal holds every case finished so far.
     """
     from dask.distributed import as_completed
 
@@ -558,37 +655,95 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     progress = Progress(len(cases), len(cases) - len(todo), label, stream)
     if progress.skipped:
         progress.show()
-    latest = dict(previous)
     # A few tasks ahead of the workers, not the whole archive: memory stays flat and Ctrl-C is prompt.
     threads = sum(client.nthreads().values())
     if not threads:
         print(f"votemi {label}: the cluster has no workers yet; waiting for them", file=progress.stream)
     window = max(2, 2 * threads)
+    memory_limit = memory_limit_of(client)
     pending = iter(todo)
     futures, running = {}, as_completed()
+    submit = (task, case_timeout, settings, futures, running)
     try:
         for case in _take(pending, window):
-            _submit(client, task, case, settings, futures, running)
+            _submit(client, case, *submit)
         for future in running:
             case = futures.pop(future)
-            try:
-                record = future.result()
-            except Exception as error:  # noqa: BLE001 - a worker that died (memory, signal) fails its case only
-                record = {**new_record(case), "error": f"worker lost: {one_line(error)}",
-                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            record["settings_key"] = key
-            record = store(record)
+            record = _finished_record(future, case, key, store, memory_limit)
             journal.append(record)
-            latest[case.name] = record
             progress.update(record)
             for case in _take(pending, 1):
-                _submit(client, task, case, settings, futures, running)
+                _submit(client, case, *submit)
+    except KeyboardInterrupt:
+        raise BatchInterrupted(f"votemi: interrupted; {progress.done + progress.skipped} of {len(cases)} cases are "
+                               f"finished and kept in {journal.path}; run the same command again to do the rest"
+                               ) from None
     finally:
         progress.close()
-    order = [latest[case.name] for case in cases if case.name in latest]
-    others = [record for name, record in latest.items() if name not in {c.name for c in cases}]
-    journal.rewrite(order + others)
-    return order
+        latest = journal.merge([case.name for case in cases])
+    return [latest[case.name] for case in cases if case.name in latest]
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch; its message says what was kept."""
+
+
+def _finished_record(future, case: BatchCase, key: str, store, memory_limit: int | None) -> dict:
+    """The record of a finished task, its outputs written; a worker lost or an output that cannot be written
+    fails this case only."""
+    try:
+        record = future.result()
+    except Exception as error:  # noqa: BLE001 - a worker that died (memory, signal) fails its case only
+        record = {**new_record(case), "error": worker_lost_message(error, memory_limit),
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record["settings_key"] = key
+    try:
+        return store(record)
+    except OSError as error:  # e.g. a name the file system refuses, a full disk: this case fails, not the batch
+        record.pop("document", None)
+        record.pop("png_bytes", None)
+        return {**record, "status": "failed", "error": f"cannot write its outputs: {one_line(error)}"}
+
+
+def worker_lost_message(error: BaseException, memory_limit: int | None = None) -> str:
+    """What a task that never returned means: Dask's ``KilledWorker`` is, with memory limits on, the memory."""
+    if type(error).__name__ == "KilledWorker":
+        limit = f" of {memory_limit / 2 ** 30:.1f} GiB" if memory_limit else ""
+        return (f"worker lost: its process died twice on this case, most likely over its memory limit{limit}; "
+                "give each worker more with fewer --workers or a machine with more memory, or check the case alone "
+                "with 'votemi select'")
+    return f"worker lost: {one_line(error)}"
+
+
+def memory_limit_of(client) -> int | None:
+    """The largest memory limit of the cluster's workers (bytes), or None when they have none."""
+    limits = [worker.get("memory_limit") or 0 for worker in client.scheduler_info().get("workers", {}).values()]
+    return max(limits, default=0) or None
+
+
+def timed_task(task, case: BatchCase, settings, timeout: float | None) -> dict:
+    """``task(case, settings)``, given up after ``timeout`` seconds as a failed record.
+
+    The case runs on a daemon thread of the worker: a read that blocks for good (a FIFO, a hung network share)
+    cannot be interrupted, but the worker leaves it behind and goes on with the next case.
+    """
+    if not timeout:
+        return task(case, settings)
+    import threading
+
+    started = time.perf_counter()
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(record=task(case, settings)), daemon=True,
+                              name=f"votemi-case-{case.name}")
+    thread.start()
+    thread.join(timeout)
+    if "record" in box:
+        return box["record"]
+    record = new_record(case)
+    record["error"] = (f"still running after the --case-timeout of {timeout:g} s (a file that blocks, such as a "
+                       "FIFO or a hung network share, or a very large volume); check it alone with 'votemi select'"
+                       if thread.is_alive() else "the case ended without a record")
+    return finish_record(record, started)
 
 
 def _take(iterator, count):
@@ -599,8 +754,9 @@ def _take(iterator, count):
         yield item
 
 
-def _submit(client, task, case, settings, futures, running):
-    future = client.submit(task, case, settings, pure=False, key=f"votemi-{_case_name(case.name)}-{time.time_ns()}")
+def _submit(client, case, task, timeout, settings, futures, running):
+    future = client.submit(timed_task, task, case, settings, timeout, pure=False,
+                           key=f"votemi-{_case_name(case.name)}-{time.time_ns()}")
     futures[future] = case
     running.add(future)
 
@@ -651,6 +807,97 @@ def write_summary_csv(path, records) -> None:
                          record.get("modality", ""), picks, record.get("seconds", ""),
                          record.get("peak_memory_mb", ""), record.get("json", ""), record.get("error", "")])
     write_atomic(path, buffer.getvalue(), what="summary CSV")
+
+
+LOCK = ".votemi.lock"
+
+
+@contextlib.contextmanager
+def out_lock(out: str, label: str = "batch"):
+    """Hold ``OUT/.votemi.lock`` while a run writes ``out``: one run per output folder.
+
+    The lock is a file created exclusively (``O_EXCL`` works on every platform and on network shares, unlike
+    ``fcntl``), holding the owner's pid, host and start time. A lock of this host whose process is gone is
+    stale and taken over; one of another host cannot be checked, so the message says how to remove it.
+
+    Raises
+    ------
+    BatchError
+        When another run holds the lock, in one line saying who.
+    """
+    path = os.path.join(out, LOCK)
+    owner = {"pid": os.getpid(), "host": _host(), "command": label,
+             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for attempt in range(2):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            holder = _read_lock(path)
+            if attempt or not _is_stale(holder, path):
+                raise BatchError(_held_message(holder, path, label)) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump(owner, handle)
+    try:
+        yield path
+    finally:
+        holder = _read_lock(path)
+        if (holder.get("pid"), holder.get("host")) == (owner["pid"], owner["host"]):  # never another run's lock
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _read_lock(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            holder = json.load(handle)
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_stale(holder: dict, path) -> bool:
+    """Whether a lock is left over: its process, on this host, is gone; or it is empty and older than 10 s (a
+    run killed between creating it and writing its owner)."""
+    if not holder:
+        try:
+            return time.time() - os.path.getmtime(path) > 10
+        except OSError:
+            return True
+    if holder.get("host") != _host() or not isinstance(holder.get("pid"), int):
+        return False
+    return not process_alive(holder["pid"])
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs, on Windows and POSIX alike (``os.kill(pid, 0)`` would signal the
+    process on Windows); psutil comes with Dask."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
+
+
+def _held_message(holder: dict, path, label: str) -> str:
+    if not holder:
+        return (f"{os.path.dirname(path)} is in use by another votemi run (its lock {path} is being written); "
+                "wait for it, or give another --out")
+    where = "" if holder.get("host") == _host() else f" on {holder.get('host')}"
+    return (f"{os.path.dirname(path)} is in use by votemi {holder.get('command', label)} (pid {holder.get('pid')}"
+            f"{where}, started {holder.get('started', '?')}); wait for it or give another --out (if that run is "
+            f"over, delete {path})")
 
 
 def prepare_out(out: str) -> str:

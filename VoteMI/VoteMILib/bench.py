@@ -123,7 +123,17 @@ def evaluate_case(case: Case, planes=PLANES, modes=("findings",), seed=0, use_ex
             if perturb is not None:
                 row["perturb"] = perturb(case.name, volume, lesion_kji, None if extras else first, planes,
                                          modes[0], seed, encoder)
+    if case.key_images:
+        row["key_images"] = score_key_images(case, volume, results, planes)
     return row
+
+
+def score_key_images(case: Case, volume, results: dict, planes) -> dict:
+    """The case's picks scored against its key images (:mod:`VoteMILib.keyimages`)."""
+    from . import keyimages
+
+    found = keyimages.load_key_images(case.key_images, volume.metadata.get("dicom_files"), case.name)
+    return keyimages.score_case(volume, found, results, planes, foreground_mask(volume.array))
 
 
 def fov_cut(volume, lesion_kji: np.ndarray, rng, share=FOV_CUT_SHARE):

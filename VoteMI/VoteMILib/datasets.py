@@ -25,11 +25,17 @@ class Case:
     extras: list = field(default_factory=list)
     #: Collection and acquisition (:func:`VoteMILib.bench_sources.source_of`); None: from the repository's table.
     source: str | None = None
+    #: Key-image ground truth instead of a mask: a DICOM Key Object Selection document or a reports CSV
+    #: (:mod:`VoteMILib.keyimages`); the image is then a DICOM series folder.
+    key_images: str | None = None
 
 
 def find_cases(folder) -> list:
-    """Cases of a folder: rows of its ``cases.tsv`` (case, image, mask, extra, optional source), or sub-folders holding
-    ``image.*`` and optional ``mask.*`` and other sequences."""
+    """Cases of a folder: rows of its ``cases.tsv`` (case, image, mask, extra, optional source and key_images), or
+    sub-folders holding ``image.*`` (or a DICOM ``series/`` folder), optional ``mask.*``, a key-image source
+    (``key_images.dcm`` or ``reports.csv``) and other sequences."""
+    from .keyimages import SOURCE_FILES
+
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise VolumeError(f"no such folder: {folder}")
@@ -41,18 +47,25 @@ def find_cases(folder) -> list:
                 base = os.path.join(folder, row["case"])
                 extras = [os.path.join(base, e) for e in (row.get("extra") or "").split(",") if e.strip()]
                 mask = os.path.join(base, row["mask"]) if (row.get("mask") or "").strip() else None
+                keys = (row.get("key_images") or "").strip()
                 cases.append(Case(row["case"], os.path.join(base, row["image"]), mask, extras,
-                                  (row.get("source") or "").strip() or None))
+                                  (row.get("source") or "").strip() or None,
+                                  os.path.join(base, keys) if keys else None))
         return cases
     for sub in sorted(os.listdir(folder)):
         images = sorted(glob.glob(os.path.join(folder, sub, "image.*")))
+        series = os.path.join(folder, sub, "series")
+        images = images or ([series] if os.path.isdir(series) else [])
         if not images:
             continue
         masks = sorted(glob.glob(os.path.join(folder, sub, "mask.*")))
-        others = sorted(p for p in glob.glob(os.path.join(folder, sub, "*.*")) if p not in images + masks)
-        cases.append(Case(sub, images[0], masks[0] if masks else None, others))
+        keys = [os.path.join(folder, sub, name) for name in SOURCE_FILES
+                if os.path.isfile(os.path.join(folder, sub, name))]
+        others = sorted(p for p in glob.glob(os.path.join(folder, sub, "*.*")) if p not in images + masks + keys)
+        cases.append(Case(sub, images[0], masks[0] if masks else None, others, key_images=keys[0] if keys else None))
     if not cases:
-        raise VolumeError(f"{folder} holds no cases (no cases.tsv and no sub-folder with an image.* file)")
+        raise VolumeError(f"{folder} holds no cases (no cases.tsv and no sub-folder with an image.* file or a "
+                          "series/ folder)")
     return cases
 
 

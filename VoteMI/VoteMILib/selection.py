@@ -147,7 +147,8 @@ def _select_with_selector(volume, planes, grid, selector, settings, report, star
 
     region = detect_region(grid, detect_modality(volume))
     report(0.3, "Scoring candidates")
-    plane_results = selector_planes(volume, grid, planes, selector, settings.top_k, settings.min_spacing_mm)
+    plane_results = selector_planes(volume, grid, planes, selector, settings.top_k, settings.min_spacing_mm,
+                                    region=region)
     report(1.0, "Done")
     recorded = {"mode": "selector", "top_k": settings.top_k, "seed": settings.seed, "planes": list(planes),
                 "selector": selector.describe(),

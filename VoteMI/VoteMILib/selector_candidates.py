@@ -5,9 +5,11 @@ weighting (issue 31).
 Candidates are the extrema of a scale-normalised difference of Gaussians (bright and dark blobs
 alike). Their descriptors compare each blob with its own scan only: with the robust spread of the
 body's intensities, with the tissue class its surroundings belong to, with the ring around it and,
-where the body has a midline, with its mirror image. Distances to the body surface and to the faces
-of the field of view are confidence terms capped at a few centimetres, so that they can only doubt a
-candidate at an edge and never favour the centre of the field of view.
+where the body has a midline, with its mirror image. The distance to the body surface is a confidence
+term capped at a few centimetres, so that it can only doubt a candidate at the skin. There is no
+distance to the faces of the field of view: fitted on crops with 5 cm margins it became the largest
+weight (+5.8) while adding nothing leave-one-source-out (docs/benchmark.md), that is, a prior on where
+the lesion sits in the field of view, which a selection must not use.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ RADII_MM = (3.0, 5.0, 8.0, 12.0, 20.0)
 #: Candidates kept per radius and sign, strongest first: enough to hold a lesion among the many
 #: vessels, bowel loops and bone edges a body shows.
 PER_SCALE = 30
-#: Distances to the body surface and the field-of-view faces count up to this far (mm): beyond it a
-#: candidate is as trusted deep in the body as anywhere else.
+#: The distance to the body surface counts up to this far (mm): beyond it a candidate is as trusted deep
+#: in the body as anywhere else.
 EDGE_MM = 20.0
 #: The midline fits where the mean mirror difference is below this share of the body's spread.
 MIRROR_FIT = 0.5
@@ -34,7 +36,7 @@ MIRROR_FIT = 0.5
 #: Descriptor names, in the column order of :attr:`Candidates.descriptors` and of a model file.
 DESCRIPTORS = ("response", "ring_contrast", "class_contrast", "class_deviation", "heterogeneity",
                "texture_ratio", "compactness", "extremeness", "mirror_difference", "surface_depth",
-               "face_distance", "log_radius", "bright")
+               "log_radius", "bright", "cue_evidence")
 
 
 @dataclass
@@ -68,8 +70,12 @@ class _ScanStats:
     sorted_values: np.ndarray
 
 
-def find_candidates(grid) -> Candidates:
-    """Blob candidates of a :class:`~VoteMILib.preprocess.WorkingGrid` with their descriptors."""
+def find_candidates(grid, evidence: np.ndarray | None = None) -> Candidates:
+    """Blob candidates of a :class:`~VoteMILib.preprocess.WorkingGrid` with their descriptors.
+
+    ``evidence`` is today's cues' map on the grid (:func:`VoteMILib.selector_cues.cue_evidence`, 1 = a
+    cue's threshold); without it the ``cue_evidence`` descriptor is 0.
+    """
     data, body, spacing = grid.data, grid.mask, np.asarray(grid.spacing_mm, dtype=float)
     stats = _scan_stats(data, body)
     centres, radii, responses, signs = _blob_extrema(data, body, spacing)
@@ -79,7 +85,10 @@ def find_candidates(grid) -> Candidates:
     mirror = _mirror(data, body, stats)
     rows = [_describe(data, body, spacing, stats, centre, radius, response, sign, depth, mirror)
             for centre, radius, response, sign in zip(centres, radii, responses, signs)]
-    return Candidates(centres, radii, np.asarray(rows, dtype=np.float64))
+    cue = np.zeros(len(radii)) if evidence is None else evidence[tuple(centres.T)].astype(np.float64)
+    # log1p: a cue's map runs to many times its threshold on a clear finding; 1 (its threshold) maps to 0.69.
+    rows = np.column_stack([np.asarray(rows, dtype=np.float64), np.log1p(np.clip(cue, 0.0, None))])
+    return Candidates(centres, radii, rows)
 
 
 def _scan_stats(data: np.ndarray, body: np.ndarray) -> _ScanStats:
@@ -169,7 +178,6 @@ def _describe(data, body, spacing, stats, centre, radius, response, sign, depth,
     like = (values > midpoint) if inner_mean >= outer_mean else (values < midpoint)
     compactness = float(like[ball].mean() - (like[ring].mean() if ring.any() else 0.0))
     percentile = np.searchsorted(stats.sorted_values, inner_mean) / max(len(stats.sorted_values), 1)
-    faces_mm = min(min(c * s, (n - 1 - c) * s) for c, n, s in zip(centre, data.shape, spacing))
     return [
         float(np.log1p(response)),
         # Magnitudes through log1p: an air pocket or bone in CT lies tens of spreads out, and a few
@@ -183,7 +191,6 @@ def _describe(data, body, spacing, stats, centre, radius, response, sign, depth,
         abs(2.0 * percentile - 1.0),
         _mirror_difference(mirror, inner_mean, centre, stats),
         min(float(depth[tuple(centre)]), EDGE_MM) / EDGE_MM,
-        min(faces_mm, EDGE_MM) / EDGE_MM,
         float(np.log(radius / 10.0)),
         1.0 if sign > 0 else 0.0,
     ]

@@ -17,10 +17,9 @@ from .results import PlaneResult, SelectedSlice
 from .selector_candidates import DESCRIPTORS, find_candidates
 from .voting import pick_top_slices, plane_confidence, slice_scores
 
-#: Model file format; a file of another version is refused rather than misread.
-FORMAT_VERSION = 1
-#: A plane "stands out" when its best candidate's probability reaches this.
-STANDS_OUT = 0.5
+#: Model file format; a file of another version is refused rather than misread (2: the stood-out
+#: threshold is fitted and stored with the model).
+FORMAT_VERSION = 2
 #: The model that ships with VoteMI (Resources/, beside the engine).
 SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources",
                              "selector_model.npz")
@@ -36,6 +35,9 @@ class SelectorModel:
     coef: np.ndarray
     intercept: float
     note: str = ""
+    #: A scan "stands out" when its best candidate's probability reaches this (fitted on the training
+    #: scans by :func:`VoteMILib.selector_training.stands_out_threshold`).
+    stands_out: float = 0.5
 
     def probabilities(self, descriptors: np.ndarray) -> np.ndarray:
         """Probability that each candidate (row of ``descriptors``) is a lesion."""
@@ -43,7 +45,8 @@ class SelectorModel:
         return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50.0, 50.0)))
 
     def describe(self) -> dict:
-        return {"kind": "logistic", "descriptors": list(self.names), "note": self.note}
+        return {"kind": "logistic", "descriptors": list(self.names), "stands_out": round(self.stands_out, 4),
+                "note": self.note}
 
     def save(self, path) -> None:
         """Write the model as ``.npz`` (no pickled objects), atomically."""
@@ -53,7 +56,8 @@ class SelectorModel:
 
         buffer = io.BytesIO()
         np.savez(buffer, version=np.int64(FORMAT_VERSION), names=np.array(self.names), mean=self.mean,
-                 scale=self.scale, coef=self.coef, intercept=np.float64(self.intercept), note=np.array(self.note))
+                 scale=self.scale, coef=self.coef, intercept=np.float64(self.intercept), note=np.array(self.note),
+                 stands_out=np.float64(self.stands_out))
         write_atomic(path, buffer.getvalue(), what="selector model")
 
 
@@ -104,20 +108,23 @@ def load_selector(path) -> SelectorModel:
             fields = {key: stored[key] for key in stored.files}
     except Exception as error:  # zip, header or pickle errors: all mean "not a model file"
         raise ValueError(f"{where} is not a .npz model file ({type(error).__name__})") from None
-    missing = [key for key in ("version", "names", "mean", "scale", "coef", "intercept") if key not in fields]
+    # The version first: an older model lacks fields this one needs and should say so, not look foreign.
+    if "version" in fields and int(fields["version"]) != FORMAT_VERSION:
+        raise ValueError(f"{where} has format version {int(fields['version'])}; this VoteMI reads "
+                         f"{FORMAT_VERSION}: refit it with 'votemi train-selector'")
+    missing = [key for key in ("version", "names", "mean", "scale", "coef", "intercept", "stands_out")
+               if key not in fields]
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)}: is it from 'votemi train-selector'?")
-    if int(fields["version"]) != FORMAT_VERSION:
-        raise ValueError(f"{where} has format version {int(fields['version'])}; this VoteMI reads {FORMAT_VERSION}")
     names = tuple(str(n) for n in fields["names"])
     if names != DESCRIPTORS:
         raise ValueError(f"{where} was fitted on other descriptors ({', '.join(names)}); refit it")
     arrays = [np.asarray(fields[k], dtype=np.float64) for k in ("mean", "scale", "coef")]
     if any(a.shape != (len(names),) or not np.all(np.isfinite(a)) for a in arrays) or np.any(arrays[1] <= 0) \
-            or not np.isfinite(float(fields["intercept"])):
+            or not np.isfinite(float(fields["intercept"])) or not 0.0 <= float(fields["stands_out"]) <= 1.0:
         raise ValueError(f"{where} has malformed or non-finite coefficients")
     note = str(fields["note"]) if "note" in fields else ""
-    return SelectorModel(names, *arrays, float(fields["intercept"]), note)
+    return SelectorModel(names, *arrays, float(fields["intercept"]), note, float(fields["stands_out"]))
 
 
 def working_slice_profile(centres, radii_mm, probabilities, axis: int, count: int, step_mm: float) -> np.ndarray:
@@ -136,9 +143,19 @@ def working_slice_profile(centres, radii_mm, probabilities, axis: int, count: in
     return profile
 
 
-def selector_planes(volume, grid, planes, model: SelectorModel, top_k: int, min_spacing_mm=None) -> dict:
-    """Each plane's scores and picks from the selector's candidates (a :class:`PlaneResult` per plane)."""
-    candidates = find_candidates(grid)
+def selector_planes(volume, grid, planes, model: SelectorModel, top_k: int, min_spacing_mm=None,
+                    region=None) -> dict:
+    """Each plane's scores and picks from the selector's candidates (a :class:`PlaneResult` per plane).
+
+    ``region`` is the scan's :class:`~VoteMILib.cues.Region` (found here when not given): it says which
+    of today's cues feed the ``cue_evidence`` descriptor.
+    """
+    from .cues import detect_region
+    from .modality import detect_modality
+    from .selector_cues import cue_evidence
+
+    region = region if region is not None else detect_region(grid, detect_modality(volume))
+    candidates = find_candidates(grid, cue_evidence(grid, region))
     probabilities = model.probabilities(candidates.descriptors) if len(candidates) else np.zeros(0)
     best = float(probabilities.max()) if len(probabilities) else 0.0
     results = {}
@@ -163,5 +180,5 @@ def selector_planes(volume, grid, planes, model: SelectorModel, top_k: int, min_
                                      positions_mm=geometry.positions_mm, ijk_indices=geometry.ijk_indices,
                                      scores=scores, selected=selected, cue="selector",
                                      confidence=plane_confidence(scores, geometry.positions_mm, picks[0], spacing),
-                                     stood_out=best >= STANDS_OUT)
+                                     stood_out=best >= model.stands_out)
     return results

@@ -7,43 +7,25 @@ Used by ``votemi train-selector`` and ``Testing/bench_selector.py``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .bench import baseline_scores, score_slice, section_areas
+from .bench_sources import source_of
+from .cues import detect_region
 from .datasets import bench_cases, load_mask
 from .geometry import NORMAL_INDEX, PLANES, canonical_array, canonical_spacing, plane_geometry
+from .modality import detect_modality
 from .preprocess import block_mean, foreground_mask, make_working_grid, resample_linear, working_shape
 from .selector_candidates import find_candidates
+from .selector_cues import cue_evidence
 from .selector_model import fit_logistic, working_slice_profile
-from .voting import pick_top_slices, slice_scores
 from .volumes import load_volume
+from .voting import pick_top_slices, slice_scores
 
-#: Source of each shared case: the collection and the acquisition (issue 30's ``source``), matched on the
-#: start of the case name, first match wins. Leave-one-source-out holds out one row at a time.
-SOURCES = (
-    ("sts", "_ct", "ibsi-sarcoma-ct"),
-    ("sts", "_mr_t1", "ibsi-sarcoma-mr-t1"),
-    ("mirp_sts", "", "ibsi-sarcoma-ct"),
-    ("pyradiomics_brain", "", "pyradiomics-brain-t1c"),
-    ("tcga_", "", "tcga-glioma-t1c"),
-    ("aurora_", "", "aurora-metastases-t1c"),
-    ("brats_", "", "brats-glioma-t1c"),
-    ("pyrad_lung", "", "lung-ct"),
-    ("mirp_nsclc", "", "lung-ct"),
-    ("pyrad_breast", "", "breast-mr"),
-)
 #: Source of lesion-free scans given as negatives (never held out: they have no lesion to score).
 NORMAL_SOURCE = "lesion-free"
-
-
-def source_of(case_name: str) -> str:
-    """The source of a case (:data:`SOURCES`); a case of no listed source is its own source."""
-    for prefix, suffix, source in SOURCES:
-        if case_name.startswith(prefix) and case_name.endswith(suffix):
-            return source
-    return case_name
 
 
 @dataclass
@@ -54,6 +36,9 @@ class ScanRecord:
     source: str
     descriptors: np.ndarray
     labels: np.ndarray
+    #: Whether each candidate's ball is clear of the lesion (no voxel of it in the mask): what a
+    #: lesion-free scan's candidates are like.
+    clear: np.ndarray
     centres: np.ndarray
     radii_mm: np.ndarray
     grid_shape: tuple
@@ -76,20 +61,62 @@ def mask_on_grid(volume, mask_kji: np.ndarray, grid_shape) -> np.ndarray:
     return resample_linear(block_mean(canonical, factors), grid_shape) >= 0.5
 
 
+#: A candidate is about the lesion when at least this share of its ball lies inside the mask: a blob
+#: half outside is an edge response, not a finding.
+INSIDE_SHARE = 0.5
+#: What the benchmark counts as a hit: the slice holds at least this share of the lesion's largest section.
+HALF_SECTION = 0.5
+
+
+def overlap_labels(centres, radii_mm, lesion: np.ndarray, spacing) -> np.ndarray:
+    """Soft labels (0, 1/3, 2/3 or 1) of candidates from a working-grid lesion mask.
+
+    A candidate counts only when at least :data:`INSIDE_SHARE` of its ball lies in the lesion (so a blob
+    straddling the lesion's edge is not taught as one); it then earns a third for each plane in which the
+    slice through its centre holds at least :data:`HALF_SECTION` of the lesion's largest section there,
+    the very test a pick is scored by. A small blob at the lesion's rim is thus taught as a non-finding
+    in the planes where its slice misses the lesion's middle, and one at the lesion's centre as a finding.
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    labels = np.zeros(len(radii_mm))
+    sections = [lesion.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+    for n, (centre, radius) in enumerate(zip(np.asarray(centres), radii_mm)):
+        if inside_share(centre, radius, lesion, spacing) < INSIDE_SHARE:
+            continue
+        hits = [sections[axis][centre[axis]] >= HALF_SECTION * sections[axis].max() for axis in range(3)]
+        labels[n] = sum(hits) / 3.0
+    return labels
+
+
+def inside_share(centre, radius: float, lesion: np.ndarray, spacing: np.ndarray) -> float:
+    """Share of a candidate's ball (voxels within ``radius`` mm of ``centre``) that lies in ``lesion``."""
+    reach = np.ceil(radius / spacing).astype(int)
+    low = np.maximum(np.asarray(centre) - reach, 0)
+    high = np.minimum(np.asarray(centre) + reach + 1, lesion.shape)
+    offsets = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(low, high, centre, spacing)],
+                          indexing="ij", sparse=True)
+    ball = sum(o ** 2 for o in offsets) <= radius ** 2
+    box = lesion[tuple(slice(a, b) for a, b in zip(low, high))]
+    return float(box[ball].mean()) if ball.any() else float(box.flat[0])
+
+
 def scan_record(name: str, volume, mask_kji=None, source: str | None = None) -> ScanRecord:
     """Candidates of one scan, labelled by its lesion mask (all negative without one)."""
     started = time.perf_counter()
     grid = make_working_grid(volume)
-    candidates = find_candidates(grid)
+    candidates = find_candidates(grid, cue_evidence(grid, detect_region(grid, detect_modality(volume))))
     seconds = time.perf_counter() - started
     labels = np.zeros(len(candidates))
-    record = ScanRecord(name, source or source_of(name), candidates.descriptors, labels, candidates.centres,
+    record = ScanRecord(name, source or source_of(name), candidates.descriptors, labels,
+                        np.ones(len(candidates), bool), candidates.centres,
                         candidates.radii_mm, grid.data.shape, np.asarray(grid.spacing_mm, float),
                         grid.positions_mm, seconds=seconds)
     if mask_kji is not None and mask_kji.any():
         lesion = mask_on_grid(volume, mask_kji, grid.data.shape)
         if len(candidates):
-            record.labels = lesion[tuple(candidates.centres.T)].astype(float)
+            record.labels = overlap_labels(candidates.centres, candidates.radii_mm, lesion, record.grid_spacing)
+            record.clear = np.array([inside_share(c, r, lesion, record.grid_spacing) == 0.0
+                                     for c, r in zip(candidates.centres, candidates.radii_mm)])
         body = foreground_mask(volume.array)
         for plane in PLANES:
             positions = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane).positions_mm
@@ -108,7 +135,7 @@ def collect_records(folders, normals=(), log=None) -> list:
         if not case.mask:
             continue
         volume = load_volume(case.image)
-        records.append(scan_record(case.name, volume, load_mask(case.mask, volume)))
+        records.append(scan_record(case.name, volume, load_mask(case.mask, volume), source_of(case.name, case.source)))
         _say(log, f"{case.name}: {len(records[-1].labels)} candidates, {int(records[-1].labels.sum())} in the lesion")
     for path in normals:
         volume = load_volume(path)
@@ -118,19 +145,51 @@ def collect_records(folders, normals=(), log=None) -> list:
 
 
 def fit_records(records, l2: float = 1.0, note: str = ""):
-    """The combiner fitted on ``records``; each scan's positives weigh 1 in all, and so do its negatives."""
+    """The combiner fitted on ``records``; each scan's positive label mass weighs 1 in all, and so does its
+    negative mass.
+
+    A candidate with soft label ``y`` enters twice, as a positive of weight ``y`` and a negative of weight
+    ``1 - y`` (each scaled by its scan's mass), which is the logistic loss of the soft label itself.
+    """
     features, labels, weights = [], [], []
     for record in records:
         if not len(record.labels):
             continue
-        positives = record.labels > 0.5
-        weight = np.where(positives, 1.0 / max(int(positives.sum()), 1), 1.0 / max(int((~positives).sum()), 1))
-        features.append(record.descriptors)
-        labels.append(record.labels)
-        weights.append(weight)
+        y = np.asarray(record.labels, dtype=float)
+        positive_mass, negative_mass = float(y.sum()), float((1.0 - y).sum())
+        for target, share, mass in ((1.0, y, positive_mass), (0.0, 1.0 - y, negative_mass)):
+            keep = share > 0  # rows of no weight would only dilute the penalty's scale
+            if mass > 0 and keep.any():
+                features.append(record.descriptors[keep])
+                labels.append(np.full(int(keep.sum()), target))
+                weights.append(share[keep] / mass)
     if not features:
         raise ValueError("no candidates to fit the selector on: give folders of scans with lesion masks")
-    return fit_logistic(np.vstack(features), np.concatenate(labels), np.concatenate(weights), l2=l2, note=note)
+    model = fit_logistic(np.vstack(features), np.concatenate(labels), np.concatenate(weights), l2=l2, note=note)
+    return replace(model, stands_out=stands_out_threshold(records, model))
+
+
+def stands_out_threshold(records, model) -> float:
+    """The probability from which a scan's best candidate says that something stood out, fitted on the
+    training scans: the threshold that best separates (balanced accuracy) each lesion's best-scored
+    positive candidate from each scan's best candidate clear of any lesion (what a lesion-free scan
+    would offer); of equally good cuts the lowest wins, so the fit is deterministic."""
+    lesions, normals = [], []
+    for record in records:
+        if not len(record.labels):
+            continue
+        probabilities = model.probabilities(record.descriptors)
+        if (record.labels > 0).any():
+            lesions.append(float(probabilities[record.labels > 0].max()))
+        if record.clear.any():
+            normals.append(float(probabilities[record.clear].max()))
+    if not lesions or not normals:
+        return 0.5
+    values = np.unique(np.concatenate([lesions, normals]))
+    cuts = np.concatenate([[0.0], 0.5 * (values[1:] + values[:-1]), [1.0]]) if len(values) > 1 else values
+    lesions, normals = np.asarray(lesions), np.asarray(normals)
+    accuracy = [np.mean(lesions >= t) + np.mean(normals < t) for t in cuts]
+    return float(cuts[int(np.argmax(accuracy))])
 
 
 def train_selector(folders, out, normals=(), l2: float = 1.0, log=None):

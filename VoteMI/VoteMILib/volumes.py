@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -160,7 +161,7 @@ def load_volume(path, series: str | None = None, name: str | None = None) -> Vol
         # ITK's own text: the reader's first complaint names the problem best; the last line of the
         # exception is often a stale errno ("No such file or directory") or the source position.
         detail = " ".join(reason[:2]) if chatter else (reason[-1] if reason else "unknown reason")
-        raise VolumeError(f"cannot read {path}: {detail}") from None
+        raise VolumeError(f"cannot read {path}: {_plain_itk_reason(str(error)) or detail}") from None
     if chatter and not dicom:  # GDCM's notes on a DICOM series are replaced by the one-line warnings below
         sys.stderr.write("\n".join(chatter) + "\n")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -186,6 +187,28 @@ def load_volume(path, series: str | None = None, name: str | None = None) -> Vol
     volume = volume_from_array(array, matrix, name=name, path=path)
     volume.metadata = metadata
     return volume
+
+
+_SIZE_MISMATCH = re.compile(r"Size mismatch! The size of\s+(?P<file>.+?) is \[(?P<i>\d+), (?P<j>\d+)(?:, \d+)*\] and "
+                            r"does not match the required size \[(?P<ri>\d+), (?P<rj>\d+)(?:, \d+)*\] from file "
+                            r"(?P<first>.+?)\s*$", re.MULTILINE)
+
+
+def _plain_itk_reason(text: str) -> str:
+    """What an ITK error means, for the ITK errors whose own words mislead; "" for the others.
+
+    A singular direction matrix is otherwise reported by its last row (``0 0 1``); a DICOM slice of another
+    size by ITK's bracketed sizes, without saying what to do.
+    """
+    if "Bad direction, determinant is 0" in text:
+        return ("its direction matrix is singular (two of its axes point the same way, so the voxels have no "
+                "position in space); fix the orientation in its header or export the scan again")
+    match = _SIZE_MISMATCH.search(text)
+    if match:
+        return (f"its slice {os.path.basename(match['file'])} is {match['i']}x{match['j']} pixels, the series' "
+                f"others {match['ri']}x{match['rj']} (from {os.path.basename(match['first'])}): one series holds "
+                "images of two sizes (a localizer or a secondary capture?); move that file out of the folder")
+    return ""
 
 
 def _check_header(reader, name: str) -> None:

@@ -44,8 +44,8 @@ def _run(args) -> int:
     except (ValueError, OSError) as error:  # VolumeError and OutputError are among them
         events.print_error(error)
         return 1
-    except KeyboardInterrupt:
-        print("votemi: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # batch and eval say what they kept
+        print(str(interrupt) or "votemi: interrupted", file=sys.stderr)
         return 130
 
 

@@ -51,6 +51,17 @@ def int_at_least(minimum: int):
 positive_int = int_at_least(1)
 
 
+def positive_seconds(text) -> float:
+    """argparse type for a time limit: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}': give a number of seconds above 0")
+    return value
+
+
 def comma_separated(convert, minimum, not_a_list: str, too_small: str, strictly_above: bool = False):
     """argparse type: one or more values separated by commas, each read by ``convert``, none below
     ``minimum`` (none at or below it with ``strictly_above``).
@@ -226,3 +237,5 @@ def add_cluster_arguments(parser, default_workers: int = 2) -> None:
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="use the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786) instead; its "
                             "workers must have votemi installed and read the inputs at the same paths")
+    group.add_argument("--case-timeout", type=positive_seconds, metavar="SECONDS",
+                       help="record a case still running after SECONDS as failed and go on (default: no limit)")

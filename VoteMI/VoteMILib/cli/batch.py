@@ -29,10 +29,12 @@ def add_batch_command(commands) -> None:
 
 def run_batch_command(args) -> int:
     # The engine is imported when the command runs: `votemi --help` and the other commands never load it.
-    from ..batch import (SUMMARY_CSV, SelectSettings, dask_client, discover_cases, file_digest, prepare_out,
-                         run_cases, select_case, store_selection, worker_memory_limit, write_summary_csv)
+    from ..batch import (SUMMARY_CSV, SelectSettings, dask_client, discover_cases, file_digest, out_lock, prepare_out,
+                         require_dask, run_cases, select_case, store_selection, worker_memory_limit,
+                         write_summary_csv)
     from ..run import window_settings
 
+    require_dask()  # before any work or output: a broken Dask is one line
     cases = discover_cases(args.inputs)
     out = prepare_out(args.out)
     modality, preset, window = window_settings(args)
@@ -40,12 +42,14 @@ def run_batch_command(args) -> int:
                               encoder=os.path.abspath(args.encoder) if args.encoder else None, pngs=args.pngs,
                               modality=modality, ct_preset=args.ct_preset, window=tuple(window) if window else None,
                               encoder_digest=file_digest(args.encoder) if args.encoder else "")
-    limit = None if args.scheduler else worker_memory_limit(cases, args.workers)
-    print(f"votemi batch: {len(cases)} cases -> {out}" +
-          (f" on {args.scheduler}" if args.scheduler else
-           f" on {args.workers} local workers ({limit / 2 ** 30:.1f} GiB each)"), file=sys.stderr)
-    with dask_client(args.workers, args.scheduler, limit) as client:
-        records = run_cases(client, cases, select_case, settings, out, store_selection(out))
+    with out_lock(out, "batch"):  # before anything is said or started: a second run stops in one line
+        limit = None if args.scheduler else worker_memory_limit(cases, args.workers)
+        print(f"votemi batch: {len(cases)} cases -> {out}" +
+              (f" on {args.scheduler}" if args.scheduler else
+               f" on {args.workers} local workers ({limit / 2 ** 30:.1f} GiB each)"), file=sys.stderr)
+        with dask_client(args.workers, args.scheduler, limit) as client:
+            records = run_cases(client, cases, select_case, settings, out, store_selection(out),
+                                case_timeout=args.case_timeout)
     write_summary_csv(os.path.join(out, SUMMARY_CSV), records)
     failed = [r for r in records if r.get("status") != "ok"]
     print(f"votemi batch: {len(records) - len(failed)} cases done, {len(failed)} failed; summary in "

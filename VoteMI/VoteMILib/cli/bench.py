@@ -12,9 +12,11 @@ _diameters = comma_separated(float, 0, "'{}' is not a comma-separated list of mi
 
 
 def add_bench_command(commands) -> None:
-    parser = commands.add_parser("bench", help="score selection on cases with lesion masks, and speed",
+    parser = commands.add_parser("bench", help="score selection on cases with lesion masks or key images, and speed",
                                  description="Run selection on every case of a folder and score the top slice "
-                                             "of each plane against the lesion mask, beside naive baselines.")
+                                             "of each plane against the lesion mask, or against the key images "
+                                             "of a DICOM Key Object Selection or of report texts, beside naive "
+                                             "baselines.")
     parser.add_argument("data_dirs", nargs="*", metavar="DATA_DIR",
                         help="folders with a cases.tsv or case sub-folders (several are scored together)")
     parser.add_argument("--half", choices=("design", "check", "all"), default="all",
@@ -119,6 +121,28 @@ def print_perturbations(rows, planes, mode) -> dict:
     return {"by_region": by_region, "by_source": by_source}
 
 
+def check_key_image_sources(cases) -> None:
+    """Read every case's key-image source before any selection runs: a bad KOS or CSV fails in a second."""
+    from ..keyimages import read_source
+
+    for case in cases:
+        if case.key_images:
+            read_source(case.key_images, case.name)
+
+
+def report_key_images(rows, methods) -> dict:
+    """Print the key-image scores (per case, then per method) and return them for the JSON."""
+    from .. import keyimages
+
+    table = keyimages.summarise(rows, methods)
+    print(f"\nKey images as ground truth (the plane of acquisition; a hit is within max({keyimages.HIT_SLICES} "
+          f"slices, {keyimages.HIT_MM:g} mm) of a key image):")
+    print(keyimages.format_cases(rows, methods))
+    print("\nHit rate of the top pick and of any of the top 3, median distance to the nearest key image:")
+    print(keyimages.format_table(table))
+    return table
+
+
 def run_bench(args) -> int:
     from ..bench import (BASELINES, evaluate_case, format_case_table, format_fov_table, format_headline_table,
                          format_quality_table, format_speed_table, speed_benchmark, summarise)
@@ -144,6 +168,7 @@ def run_bench(args) -> int:
         cases = bench_cases(args.data_dirs, args.half)
         if not cases:
             raise VolumeError(f"no case of {', '.join(args.data_dirs)} is in the {args.half} half of the split")
+        check_key_image_sources(cases)
         encoder = None
         if args.encoder:
             from ..encoders import load_patch_encoder
@@ -190,6 +215,8 @@ def run_bench(args) -> int:
                                  "normal": args.normal, "data": list(args.data_dirs)}}
         if args.fov_check:
             document["perturbations"] = perturbations
+        if any(row.get("key_images") for row in rows):
+            document["key_images"] = report_key_images(rows, (*modes, "random", "middle"))
         if args.normal:
             document["normal"] = run_normal(cases, args)
     if args.json:

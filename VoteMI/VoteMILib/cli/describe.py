@@ -12,7 +12,7 @@ from ..names import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, INPROCESS
 from ..run import check_outputs, format_summary, run_selection, selection_document, window_settings
 from ..vlm.errors import VLMCancelled, VLMError
 from ..vlm.packing import PACK_CHOICES
-from ..vlm.pipeline import DescribeSettings, RequestParts, describe
+from ..vlm.pipeline import DescribeSettings, RequestParts, describe, fit_request
 from ..vlm.report import NOTICE, Report
 from ..vlm.urls import DEFAULT_SERVER, parse_server_url, redact_url
 from .arguments import add_backend_argument, add_key_arguments, add_selection_arguments, api_key, fail, positive_int
@@ -169,7 +169,7 @@ def run_describe(args) -> int:
     prompt = None
     try:
         parts = RequestParts.prepare(volume, result, settings, extras)
-        prompt = parts.fit(settings, _stored_capabilities(settings))
+        prompt = fit_request(parts, settings, _stored_capabilities(settings))[0]
         if args.png_dir:
             document["pngs"] = _write_pngs(prompt, args.png_dir)
             if not args.quiet:

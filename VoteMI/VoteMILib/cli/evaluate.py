@@ -83,11 +83,13 @@ def add_eval_command(commands) -> None:
 def run_eval_command(args) -> int:
     # The engine is imported when the command runs: `votemi --help` and the other commands never load Dask's runner.
     from .. import eval_scores
-    from ..batch import BatchError, dask_client, prepare_out, run_cases, worker_memory_limit
+    from ..batch import (BatchError, dask_client, out_lock, prepare_out, require_dask, run_cases,
+                         worker_memory_limit)
     from ..evaluate import (EvalSettings, eval_case, load_dataset, metrics_of, model_bytes, probed_image_limit,
                             store_answers, write_results)
     from ..run import window_settings
 
+    require_dask()  # before any work or output: a broken Dask is one line
     kind, cases = load_dataset(args.dataset)
     out = prepare_out(args.out)
     limit = args.max_images
@@ -120,8 +122,9 @@ def run_eval_command(args) -> int:
     memory = None if args.scheduler else worker_memory_limit(cases, args.workers, extra_bytes=model_bytes(settings))
     print(f"votemi eval: {len(cases)} cases ({kind}), budgets {','.join(map(str, budgets))}, strategies "
           f"{','.join(settings.strategies)} -> {out}", file=sys.stderr)
-    with dask_client(args.workers, args.scheduler, memory) as client:
-        records = run_cases(client, cases, eval_case, settings, out, store_answers, label="eval")
+    with out_lock(out, "eval"), dask_client(args.workers, args.scheduler, memory) as client:
+        records = run_cases(client, cases, eval_case, settings, out, store_answers, label="eval",
+                            case_timeout=args.case_timeout)
     rows = write_results(out, records, settings, args.bootstrap)
     print(eval_scores.results_markdown(rows, metrics_of(settings), settings.budgets), end="")
     failed = [r for r in records if r.get("status") != "ok"]

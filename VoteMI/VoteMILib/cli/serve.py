@@ -52,6 +52,15 @@ def add_serve_command(commands) -> None:
     parser.add_argument("--max-images-per-message", type=positive_int, metavar="N",
                         help="refuse messages with more images (400), as Ollama vision models taking a single image "
                              "per message do (default: only --max-images per request)")
+    parser.add_argument("--merge-adjacent-images", action="store_true",
+                        help="fuse two same-size images with no text between them into one, as llama.cpp's and "
+                             "Ollama's frame merge for Qwen-VL models does (for checking clients)")
+    parser.add_argument("--first-image-only", action="store_true",
+                        help="let the model see only the first image of each message, as LM Studio was reported "
+                             "to do (for checking clients)")
+    parser.add_argument("--context", type=positive_int, metavar="N",
+                        help="a context of N tokens filled silently: the earliest images are left out until the "
+                             "prompt fits, as Ollama does past its num_ctx (for checking clients)")
     defaults = ServeLimits()
     limits = parser.add_argument_group("limits (answered 400 unless said otherwise)")
     limits.add_argument("--max-request-mb", type=positive, default=defaults.max_request_mb, metavar="MB",
@@ -114,7 +123,10 @@ def run_serve(args) -> int:
                            log=None if args.quiet else sys.stderr,
                            features=ServeFeatures(images=not args.text_only, json_schema=not args.no_json_schema,
                                                   images_per_message=args.max_images_per_message,
-                                                  drop_images=args.drop_images))
+                                                  drop_images=args.drop_images,
+                                                  merge_adjacent_images=args.merge_adjacent_images,
+                                                  first_image_only=args.first_image_only,
+                                                  context_tokens=args.context))
     except VLMError as error:
         return fail(str(error))
     except OSError as error:

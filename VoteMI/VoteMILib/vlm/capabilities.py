@@ -8,6 +8,13 @@ JSON schema as ``response_format`` (Ollama: ``format``). A model whose prompt do
 image (llama-cpp-python started without ``--clip_model_path`` accepts images and drops them) is taken
 as text-only even though its server accepts the request.
 
+Whether the model sees every image (:data:`IMAGES_SEEN`) is read from the prompt tokens the server
+reports, with the images laid out as a describe request lays them out: two images of the same size
+must cost about twice one. A pair that costs one image was fused (llama.cpp's and Ollama's frame
+merge for Qwen-VL models) or cut to its first image (LM Studio); a pair of different sizes, which
+frame merge leaves alone, tells the two apart. The growth per image is the ``prompt_tokens_per_image``
+that sizes the context of later requests.
+
 Results are cached per backend, server and model with a time stamp in ``capabilities.json`` under
 ``$VOTEMI_CACHE_DIR`` (default: the user's cache folder, e.g. ``~/.cache/votemi``), reused for
 :data:`CACHE_MAX_AGE_S`, and refreshed when a request fails in a way a probe can explain.
@@ -29,6 +36,14 @@ from .options import GenerationOptions
 from .prompts import Attachment, Prompt, spread_over_turns
 from .urls import redact_url
 
+#: What the probe found about the images of one message reaching the model: every one, adjacent same-size
+#: pairs fused into one, only the first, or not found out (no prompt tokens reported, or unclear growth).
+IMAGES_SEEN = ("all", "fused", "first_only", "unverified")
+# A pair costing at least this many single images was seen whole; at most _LOST_RATIO, one was lost.
+_SEEN_RATIO = 1.75
+_LOST_RATIO = 1.25
+# Text added to one probe request to measure the tokenizer: words and numbers as image labels and reports have.
+_TOKENIZER_TEXT = " A1: axial, S 12.5 mm, sequence T1. Findings: no mass effect; ventricles of normal size." * 4
 #: Images per request tried by the probe, in order.
 PROBE_COUNTS = (1, 2, 4, 9)
 #: How long a probe result is trusted before the next describe probes again (a week).
@@ -65,6 +80,13 @@ class Capabilities:
         message); equal to the largest count tried when all were accepted.
     probed_at : str
         ISO time of the probe (UTC).
+    prompt_tokens_per_image : float or None
+        Prompt tokens one image adds, from the growth of the prompt tokens the server reports.
+    images_seen : str or None
+        One of :data:`IMAGES_SEEN`; None when not probed for (text-only, or stored by an older VoteMI).
+    chars_per_token : float or None
+        Characters of report-like text per prompt token of the model's tokenizer, from the growth of the
+        prompt tokens with a longer text (None: not reported).
     notes : list of str
         What the probe saw, in words (refusals, ignored images or schema, where the context came from).
     """
@@ -80,6 +102,8 @@ class Capabilities:
     images_over_turns: int | None = None
     probed_at: str = ""
     prompt_tokens_per_image: float | None = None
+    images_seen: str | None = None
+    chars_per_token: float | None = None
     notes: list = field(default_factory=list)
 
     @property
@@ -123,6 +147,10 @@ class Capabilities:
             parts.append(f"context {self.context_length} tokens")
         if self.json_schema is not None:
             parts.append(f"JSON schema: {'yes' if self.json_schema else 'no'}")
+        if self.images_seen:
+            parts.append(f"images seen: {self.images_seen.replace('_', ' ')}")
+        if self.prompt_tokens_per_image:
+            parts.append(f"{self.prompt_tokens_per_image:g} tokens per image")
         when = self.probed_at.replace("T", " ")[:16]
         return "; ".join(parts) + (f" (probed {when} UTC)" if when else "")
 
@@ -211,20 +239,28 @@ def is_image_refusal(error: VLMError) -> bool:
 
 # -- probing ---------------------------------------------------------------------------------------------
 
-def _probe_png(number: int) -> bytes:
+#: Pixel size of the probe's images; the odd one out of the different-size pair is narrower.
+_PROBE_SIZE = (64, 64)
+_ODD_SIZE = (48, 64)
+
+
+def _probe_png(number: int, size=_PROBE_SIZE) -> bytes:
     from PIL import Image
 
     out = io.BytesIO()
-    Image.new("RGB", (64, 64), (40 * number % 256, 90, 160)).save(out, format="PNG")
+    Image.new("RGB", size, (40 * number % 256, 90, 160)).save(out, format="PNG")
     return out.getvalue()
 
 
-def _ask(client, model, count: int, options, cancel, schema=None, spread=False):
-    """A one-token request with ``count`` test images, in one message or ``spread`` one per message."""
+def _ask(client, model, count: int, options, cancel, schema=None, spread=False, sizes=None, text=""):
+    """A one-token request with ``count`` test images (of ``sizes``, default all the same), in one message or
+    ``spread`` one per message."""
     # No label text: with the OpenAI protocol a request with images then has the very text of the one without,
-    # so prompt tokens that do not grow mean the images never reached the model.
-    images = [Attachment("", _probe_png(n), {"kind": "probe"}) for n in range(1, count + 1)]
-    prompt = Prompt("This is a connection test.", [], "Reply with OK." if schema is None else
+    # so prompt tokens that do not grow mean the images never reached the model, and nothing separates two
+    # images, as frame merge needs.
+    sizes = sizes or [_PROBE_SIZE] * count
+    images = [Attachment("", _probe_png(n, size), {"kind": "probe"}) for n, size in enumerate(sizes, 1)]
+    prompt = Prompt("This is a connection test." + text, [], "Reply with OK." if schema is None else
                     'Reply with {"ok": true}.', attachments=images)
     if spread:
         prompt = spread_over_turns(prompt)
@@ -288,6 +324,10 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
         found.notes.append(f"context length from {reported['context_from']}")
     options = GenerationOptions(max_tokens=1, temperature=0.0, seed=0, num_ctx=num_ctx, stream=False)
     baseline = _ask(client, model, 0, options, cancel).usage.get("prompt_tokens")
+    if baseline:
+        longer = _ask(client, model, 0, options, cancel, text=_TOKENIZER_TEXT).usage.get("prompt_tokens")
+        if longer and longer > baseline:
+            found.chars_per_token = round(len(_TOKENIZER_TEXT) / (longer - baseline), 2)
     accepted, refused, tokens = 0, None, {}
     for count in PROBE_COUNTS:
         outcome = _try_images(client, model, count, options, cancel, found.notes)
@@ -314,9 +354,8 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
             found.images_over_turns = count
     found.images = accepted > 0 if refused is not None or accepted else None
     if accepted and baseline is not None and tokens.get(1) is not None:
-        found.prompt_tokens_per_image = round((tokens[accepted] - baseline) / accepted, 1) \
-            if tokens.get(accepted) is not None else None
-        # Ollama's native API lists image labels in the text, so only OpenAI requests compare like for like.
+        found.prompt_tokens_per_image = round(tokens[1] - baseline, 1) if tokens[1] > baseline else None
+        # Ollama's native API adds a message per image, so only OpenAI requests compare like for like.
         if tokens[1] <= baseline and client.backend == "openai":
             found.images = False
             found.notes.append(f"the prompt did not grow with an image ({baseline} tokens either way): the model "
@@ -324,14 +363,50 @@ def probe(client, model: str, num_ctx: int | None = None, cancel=None) -> Capabi
     if reported.get("vision") is False and found.images is not False:
         found.images = False
         found.notes.append("the server reports no vision capability for this model")
+    if found.images:
+        found.images_seen = _images_seen(client, model, options, cancel, baseline, tokens, found.notes)
+        if found.images_seen == "all" and tokens.get(accepted) and accepted > 1:
+            # The growth past the first image leaves out text that comes with the first image only.
+            found.prompt_tokens_per_image = round((tokens[accepted] - tokens[1]) / (accepted - 1), 1)
     found.json_schema = _try_schema(client, model, options, cancel, found.notes)
     return found
 
 
-def _try_images(client, model, count, options, cancel, notes, spread=False):
+def _images_seen(client, model, options, cancel, baseline, tokens, notes) -> str:
+    """Whether a message's images all reach the model (:data:`IMAGES_SEEN`), from the prompt tokens of the
+    probe's requests: ``baseline`` with no image, ``tokens[n]`` with n same-size images."""
+    one = (tokens.get(1) or 0) - (baseline or 0)
+    if not baseline or one <= 0:
+        notes.append("images seen: not verified (the server reports no prompt tokens)")
+        return "unverified"
+    if tokens.get(2) is None:
+        return "all"  # one image per request: none can be lost beside another
+    pair = (tokens[2] - baseline) / one
+    if pair >= _SEEN_RATIO:
+        return "all"
+    if pair > _LOST_RATIO:
+        notes.append(f"images seen: not verified (two images cost {pair:.2f} times one)")
+        return "unverified"
+    # One of two same-size images was lost. Frame merge leaves images of different sizes alone; a server
+    # keeping only the first image drops the second whatever its size.
+    odd = _try_images(client, model, 1, options, cancel, notes, sizes=[_ODD_SIZE])
+    mixed = _try_images(client, model, 2, options, cancel, notes, sizes=[_PROBE_SIZE, _ODD_SIZE])
+    if not odd or not mixed or odd <= baseline:
+        notes.append(f"two same-size images cost {pair:.2f} times one: one image lost, how not found out")
+        return "unverified"
+    both = one + odd - baseline
+    seen = "fused" if mixed - baseline >= _SEEN_RATIO / 2 * both else "first_only"
+    notes.append(f"two same-size images cost {pair:.2f} times one and two of different sizes "
+                 f"{(mixed - baseline) / both:.2f} times both: " +
+                 ("adjacent same-size images are fused into one" if seen == "fused" else
+                  "only the first image of a message reaches the model"))
+    return seen
+
+
+def _try_images(client, model, count, options, cancel, notes, spread=False, sizes=None):
     """Prompt tokens of a request with ``count`` images (0 when not reported), or None when refused."""
     try:
-        return _ask(client, model, count, options, cancel, spread=spread).usage.get("prompt_tokens", 0)
+        return _ask(client, model, count, options, cancel, spread=spread, sizes=sizes).usage.get("prompt_tokens", 0)
     except VLMCancelled:
         raise
     except VLMError as error:

@@ -96,23 +96,35 @@ class OpenAIDialect:
 class OllamaDialect:
     """Ollama's native API.
 
-    It attaches a message's images without placing them in the text, so the labels go in as an
-    ordered list ("Image 1: A1: axial, ...") matching the order of the images.
+    A message's ``images`` list carries no text between its images, and Ollama (0.32.1, Qwen-VL and
+    Qwen3.5 models) fuses two adjacent images of the same size into one: slices of one series always
+    are. So each image goes in a user message of its own whose text is its label, between the
+    introduction and the instruction, and the chat template puts turn markers between the images.
     """
 
     protocol = "ollama"
     models_path = "/api/tags"
     chat_path = "/api/chat"
 
+    @staticmethod
+    def _user_messages(intro, attachments, instruction="") -> list:
+        if not attachments:
+            return [{"role": "user", "content": f"{intro}\n\n{instruction}" if instruction else intro}]
+        messages = [{"role": "user", "content": f"{intro}\nEach image follows in a message of its own, "
+                                                "with its label."}]
+        messages += [{"role": "user", "content": image.label, "images": [_png_base64(image)]}
+                     for image in attachments]
+        if instruction:
+            messages.append({"role": "user", "content": instruction})
+        return messages
+
     def chat_payload(self, prompt, model, options) -> dict:
         """As :meth:`OpenAIDialect.chat_payload`."""
         messages = []
         for turn in prompt.turns:
-            messages.append({"role": "user", "content": turn.flat_text(),
-                             "images": [_png_base64(i) for i in turn.attachments]})
+            messages += self._user_messages(turn.intro, turn.attachments)
             messages.append({"role": "assistant", "content": turn.answer})
-        messages.append({"role": "user", "content": prompt.flat_text(),
-                         "images": [_png_base64(i) for i in prompt.attachments]})
+        messages += self._user_messages(prompt.intro, prompt.attachments, prompt.instruction)
         model_options = {"temperature": float(options.temperature), "num_predict": int(options.max_tokens)}
         if options.seed is not None:
             model_options["seed"] = int(options.seed)

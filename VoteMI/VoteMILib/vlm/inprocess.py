@@ -142,6 +142,23 @@ class InProcessModel:
             return max(1, min(int(max_new_tokens), self.context_length - prompt_tokens))
         return int(max_new_tokens)
 
+    def count_prompt_tokens(self, messages: list) -> int:
+        """Tokens of ``messages`` after the chat template, images included (as :meth:`generate` counts them).
+
+        Raises
+        ------
+        VLMError
+            With status 400 when the processor rejects the messages.
+        """
+        with self._lock:
+            try:
+                inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=True, return_tensors="pt")
+            except Exception as error:  # chat templates and processors raise many types (jinja, ValueError, ...)
+                raise VLMError(f"the model's processor rejected the request: {_first_line(error)}",
+                               status=400) from None
+        return int(inputs["input_ids"].shape[-1])
+
     def generate(self, messages: list, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float | None = None,
                  seed: int | None = None, on_text=None, cancel=None, timeout_s: float | None = None,
                  max_prompt_tokens: int | None = None, response_schema: dict | None = None) -> GenerationResult:

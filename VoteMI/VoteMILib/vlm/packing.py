@@ -180,3 +180,48 @@ def context_sheet(volume, count: int, windowing, long_side: int) -> Attachment:
     return Attachment(label, png, {"kind": "context", "plane": plane, "count": int(len(picks)),
                                    "positions_mm": [round(float(geometry.positions_mm[i]), 3) for i in picks],
                                    "width": size[0], "height": size[1]})
+
+
+#: Characters per token when estimating a prompt's text (fewer than most tokenizers average, so the
+#: estimate errs high: a context a little too large costs memory, one too small loses images silently).
+CHARS_PER_TOKEN_ESTIMATE = 3
+#: Prompt tokens per image when no probe measured them: MedGemma's (Gemma 3) 256 image tokens.
+DEFAULT_TOKENS_PER_IMAGE = 256
+# Tokens a chat template adds around each message (role markers, separators), estimated high.
+_TOKENS_PER_MESSAGE = 8
+# Ollama's num_ctx is rounded up to a multiple of this.
+_CTX_STEP = 1024
+
+
+def prompt_text_chars(prompt) -> int:
+    """Characters of text in ``prompt`` as sent: introduction, labels, instruction, earlier turns and answers."""
+    turns = sum(len(turn.flat_text()) + len(turn.answer) for turn in prompt.turns)
+    return len(prompt.flat_text()) + turns
+
+
+def estimate_prompt_tokens(prompt, tokens_per_image: float, max_tokens: int, chars_per_token: float | None = None
+                           ) -> int:
+    """Tokens a request needs in the model's context: its text, its images and the answer's ``max_tokens``.
+
+    Parameters
+    ----------
+    prompt : Prompt
+    tokens_per_image : float
+        Prompt tokens one image adds (measured by the probe, else :data:`DEFAULT_TOKENS_PER_IMAGE`).
+    max_tokens : int
+        Longest answer asked for.
+    chars_per_token : float, optional
+        The tokenizer's characters per token as the probe measured them; text is counted 25 % high with
+        them (labels hold more digits than the probe's text); :data:`CHARS_PER_TOKEN_ESTIMATE` without.
+    """
+    messages = 2 * len(prompt.turns) + 1 + len(prompt.attachments) + 2  # image messages (Ollama), intro, question
+    per_token = chars_per_token / 1.25 if chars_per_token else CHARS_PER_TOKEN_ESTIMATE
+    text = math.ceil(prompt_text_chars(prompt) / per_token) + _TOKENS_PER_MESSAGE * messages
+    return int(text + math.ceil(prompt.image_count() * float(tokens_per_image)) + int(max_tokens))
+
+
+def context_to_request(needed: int, least: int | None, context_length: int | None) -> int:
+    """Ollama's ``num_ctx`` for a request needing ``needed`` tokens: at least ``least``, rounded up to 1024,
+    never above the model's ``context_length`` when known."""
+    size = max(int(least or 0), math.ceil(needed / _CTX_STEP) * _CTX_STEP)
+    return min(size, int(context_length)) if context_length else size

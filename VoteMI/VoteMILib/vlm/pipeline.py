@@ -7,6 +7,7 @@ the primary volume first, then each extra sequence in the order given.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +24,8 @@ from .urls import DEFAULT_SERVER, check_authorization, parse_server_url, redact_
 from .errors import VLMCancelled, VLMError
 from .capabilities import capabilities_for, forget, is_image_refusal, probe, store
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
-from .packing import PACK_CHOICES, context_sheet, fit_images
+from .packing import DEFAULT_TOKENS_PER_IMAGE, PACK_CHOICES, context_sheet, context_to_request, \
+    estimate_prompt_tokens, fit_images
 from .prompts import Prompt, PromptImage, Turn, build_prompt, format_position, spread_over_turns
 from .report import NOTICE, Report
 
@@ -97,7 +99,8 @@ class DescribeSettings:
         Stream the answer token by token.
     max_tokens, temperature, seed : generation settings (temperature 0 = greedy).
     num_ctx : int or None
-        Context size requested from Ollama's native API (images take hundreds of tokens each).
+        Least context size requested from Ollama's native API; raised to what the request is estimated to
+        need (images take hundreds of tokens each, see :class:`ContextPlan`), within the model's context.
     device, allow_hub : in-process model only: "auto"/"cpu"/"cuda"..., and whether a hub download is allowed.
     structured : {"auto", "off"}
         "auto" asks for the findings as JSON of :func:`~VoteMILib.findings.findings_schema` (OpenAI
@@ -337,7 +340,7 @@ def build_request(volume, selection, settings: DescribeSettings, extra_volumes=(
     """The prompt (with rendered images) :func:`describe` would send, fitted to ``capabilities`` and
     ``settings.max_images`` (contact sheets, context sheet, worked examples)."""
     settings.validate()
-    return RequestParts.prepare(volume, selection, settings, extra_volumes).fit(settings, capabilities)
+    return fit_request(RequestParts.prepare(volume, selection, settings, extra_volumes), settings, capabilities)[0]
 
 
 def _slice_prompt(volume, selection, settings: DescribeSettings, extra_volumes=()) -> Prompt:
@@ -392,7 +395,9 @@ class RequestParts:
             Before anything is sent: a text-only model, or a request that cannot fit (``pack`` "none", too
             many examples for the limit).
         """
-        budget = image_budget(settings, capabilities)
+        lost = images_lost(settings, capabilities)
+        budget = image_budget(replace(settings, pack="turns") if lost else settings, capabilities)
+        image_pack = "auto" if lost else settings.pack
         if budget == 0:  # only a probe says 0: the model is text-only
             seen = [note for note in capabilities.notes if "image" in note or "vision" in note][:1]
             raise VLMError(f"{capabilities.server}: the model {capabilities.model or '(default)'} takes no images "
@@ -411,7 +416,9 @@ class RequestParts:
             example_budget = room // groups
             query_budget = room - example_budget * len(self.examples)
         prompt = self.prompt
-        attachments = fit_images(prompt.images, query_budget, settings.pack, int(settings.long_side))
+        if lost and self.examples:
+            example_budget = 1  # each example's slices in one sheet: one image per message
+        attachments = fit_images(prompt.images, query_budget, image_pack, int(settings.long_side))
         intro = prompt.intro + (_SHEETS_INTRO if len(attachments) != len(prompt.images) or
                                 settings.pack == "grid" else "")
         if self.context is not None:
@@ -419,7 +426,7 @@ class RequestParts:
             intro += _CONTEXT_INTRO
         turns = []
         for number, (case, images, distance) in enumerate(self.examples, 1):
-            shown = fit_images(images, example_budget, settings.pack, int(settings.long_side),
+            shown = fit_images(images, example_budget, image_pack, int(settings.long_side),
                                what=f"the slices of example {case.name}")
             modality = images[0].meta["window"]["modality"]
             turns.append(Turn(_EXAMPLE_INTRO.format(number=number, modality=modality), shown, case.report,
@@ -427,7 +434,101 @@ class RequestParts:
         if turns:
             intro = f"{_EXAMPLE_QUESTION} {intro}"
         fitted = replace(prompt, intro=intro, attachments=attachments, turns=turns)
-        return spread_over_turns(fitted) if settings.pack == "turns" else fitted
+        return spread_over_turns(fitted) if settings.pack == "turns" or lost else fitted
+
+
+#: Why the images went one per message although ``pack`` was "auto", by what the probe found.
+_LOSS_REASONS = {"fused": "the probe found the server fuses adjacent same-size images",
+                 "first_only": "the probe found the model sees only the first image of a message"}
+
+
+def images_lost(settings: DescribeSettings, capabilities=None) -> str:
+    """The reason to send one image per message when the probe found images lost in a message ("" if none).
+
+    Only ``pack`` "auto" switches; a packing the user chose is kept, and the report says what the probe found.
+    """
+    seen = getattr(capabilities, "images_seen", None)
+    return _LOSS_REASONS.get(seen, "") if settings.pack == "auto" else ""
+
+
+@dataclass
+class ContextPlan:
+    """How much of the model's context a request needs, and the ``num_ctx`` asked of Ollama for it.
+
+    Attributes
+    ----------
+    estimated_tokens : int
+        Text, images and the answer's ``max_tokens`` (:func:`~.packing.estimate_prompt_tokens`).
+    tokens_per_image : float
+    tokens_per_image_from : {"probe", "assumed"}
+    context_length : int or None
+        The model's context as the server reports it (None: not known).
+    num_ctx : int or None
+        Sent to Ollama's native API (None for other backends).
+    shrunk : str
+        Why fewer images than prepared were sent ("" when none were held back).
+    """
+
+    estimated_tokens: int
+    tokens_per_image: float
+    tokens_per_image_from: str
+    context_length: int | None = None
+    num_ctx: int | None = None
+    shrunk: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_context(prompt: Prompt, settings: DescribeSettings, capabilities=None) -> ContextPlan:
+    """The context ``prompt`` needs on the server of ``capabilities`` (see :class:`ContextPlan`)."""
+    measured = getattr(capabilities, "prompt_tokens_per_image", None)
+    per_image = float(measured) if measured else float(DEFAULT_TOKENS_PER_IMAGE)
+    needed = estimate_prompt_tokens(prompt, per_image, int(settings.max_tokens),
+                                    getattr(capabilities, "chars_per_token", None))
+    length = getattr(capabilities, "context_length", None)
+    num_ctx = context_to_request(needed, settings.num_ctx, length) if settings.backend == "ollama" else None
+    return ContextPlan(needed, per_image, "probe" if measured else "assumed", length, num_ctx)
+
+
+def fit_request(parts: "RequestParts", settings: DescribeSettings, capabilities=None) -> tuple:
+    """The prompt fitted to the server's image limits and to the model's context, with its :class:`ContextPlan`.
+
+    A request to a server over the model's known context is shrunk to the images that fit (contact sheets,
+    which cost one image each) and the plan says so.
+
+    Raises
+    ------
+    VLMError
+        Before anything is sent, when even the shrunk request cannot fit (or ``pack`` forbids sheets).
+    """
+    prompt = parts.fit(settings, capabilities)
+    plan = plan_context(prompt, settings, capabilities)
+    # The in-process model counts its prompt itself and refuses one too long, so nothing is lost silently there.
+    if settings.backend == INPROCESS or not plan.context_length or plan.estimated_tokens <= plan.context_length:
+        return prompt, plan
+    images = prompt.image_count()
+    fixed = plan.estimated_tokens - math.ceil(images * plan.tokens_per_image)
+    room = int((plan.context_length - fixed) // plan.tokens_per_image)
+    if room < 1 or room >= images:
+        raise VLMError(f"the request needs about {plan.estimated_tokens} tokens ({images} image(s) of "
+                       f"{plan.tokens_per_image:g} tokens, text and --max-tokens {settings.max_tokens}); the model's "
+                       f"context holds {plan.context_length}; nothing was sent; lower --max-tokens or send fewer "
+                       "slices")
+    budget = min(room, int(settings.max_images or room))
+    while True:  # sheets list every tile's label, so fewer images may still need a little more text
+        shrunk = parts.fit(replace(settings, max_images=budget), capabilities)
+        fitted = plan_context(shrunk, settings, capabilities)
+        if fitted.estimated_tokens <= plan.context_length:
+            break
+        if budget == 1 or shrunk.image_count() <= 1:
+            raise VLMError(f"the request needs about {fitted.estimated_tokens} tokens even as "
+                           f"{shrunk.image_count()} image(s); the model's context holds {plan.context_length}; "
+                           "nothing was sent; lower --max-tokens or send fewer slices")
+        budget = max(1, min(budget, shrunk.image_count()) // 2)
+    fitted.shrunk = (f"{images} images would need about {plan.estimated_tokens} tokens and the model's context "
+                     f"holds {plan.context_length}: sent as {shrunk.image_count()}")
+    return shrunk, fitted
 
 
 def image_budget(settings: DescribeSettings, capabilities=None) -> int | None:
@@ -464,7 +565,7 @@ def _example_sets(volume, selection, settings: DescribeSettings, prompt: Prompt)
     return sets
 
 
-def sent_meta(prompt: Prompt, settings: DescribeSettings, capabilities=None) -> dict:
+def sent_meta(prompt: Prompt, settings: DescribeSettings, capabilities=None, plan: ContextPlan | None = None) -> dict:
     """What was attached, for the report metadata: slices or sheets, context, examples, and why."""
     def describe_attachment(item):
         kind = item.meta.get("kind", "slice")
@@ -480,6 +581,9 @@ def sent_meta(prompt: Prompt, settings: DescribeSettings, capabilities=None) -> 
             "limit": image_budget(settings, capabilities),
             "attachments": [describe_attachment(item) for item in attachments],
             "image_turns": len(spread),
+            "images_seen": getattr(capabilities, "images_seen", None),
+            "one_per_message_because": images_lost(settings, capabilities),
+            "context": plan.to_dict() if plan is not None else None,
             "examples": [dict(turn.meta) for turn in prompt.turns if turn.meta.get("kind") != "image turn"],
             "capabilities": capabilities.to_dict() if capabilities is not None else None}
 
@@ -558,10 +662,10 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
         if settings.backend != INPROCESS:  # the in-process model is named by its folder
             meta["model"] = model
         capabilities = capabilities_for(client, model, settings, settings.probe, cancel)
-        prompt = parts.fit(settings, capabilities)
-        _record_sent(meta, prompt, settings, capabilities)
+        prompt, plan = fit_request(parts, settings, capabilities)
+        _record_sent(meta, prompt, settings, capabilities, plan)
         options = GenerationOptions(max_tokens=int(settings.max_tokens), temperature=float(settings.temperature),
-                                    seed=settings.seed, num_ctx=settings.num_ctx, stream=bool(settings.stream))
+                                    seed=settings.seed, num_ctx=plan.num_ctx, stream=bool(settings.stream))
 
         def chat(asked, known):
             return _chat(client, asked, model, options, structured, ids, shown, cancel,
@@ -576,11 +680,12 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
             forget(client.backend, client.server_url, model)
             capabilities = probe(client, model, settings.num_ctx, cancel)
             store(capabilities)
-            refit = parts.fit(settings, capabilities)
+            refit, plan = fit_request(parts, settings, capabilities)
             if refit.image_count() >= prompt.image_count():
                 raise  # the probe does not explain the refusal
             prompt = refit
-            _record_sent(meta, prompt, settings, capabilities)
+            options = replace(options, num_ctx=plan.num_ctx)
+            _record_sent(meta, prompt, settings, capabilities, plan)
             meta["sent"]["refitted_after"] = str(error)
             result = chat(prompt, capabilities)
         if not result.text.strip():
@@ -604,9 +709,9 @@ def describe(volume, selection_result, settings: DescribeSettings | None = None,
     return Report(text, meta, complete=result.complete, findings=findings)
 
 
-def _record_sent(meta: dict, prompt: Prompt, settings: DescribeSettings, capabilities) -> None:
+def _record_sent(meta: dict, prompt: Prompt, settings: DescribeSettings, capabilities, plan=None) -> None:
     meta["prompt"]["intro"] = prompt.intro
-    meta["sent"] = sent_meta(prompt, settings, capabilities)
+    meta["sent"] = sent_meta(prompt, settings, capabilities, plan)
 
 
 def _show(piece, on_text):

@@ -2,8 +2,9 @@
 
 A prompt is sent as one user turn: a short fixed introduction, then every image immediately
 followed by its label (``A1: axial, S 12.5 mm, sequence T1``), then the instruction made from the
-template. Protocols that cannot interleave text and images (Ollama's native API) receive the
-labels as an ordered list instead, see :meth:`Prompt.label_list`.
+template. Ollama's native API, which cannot interleave text and images in one message, gets each
+image in a message of its own with its label as the text (:class:`~.dialects.OllamaDialect`);
+:meth:`Prompt.flat_text` lists the labels in order for showing a prompt as text.
 
 What is attached may differ from the slices cited (:attr:`Prompt.attachments`): contact sheets of
 several slices when the server takes fewer images (:mod:`.packing`), and a context sheet of the

@@ -13,6 +13,17 @@ NOTICE = "AI-generated draft, not for diagnostic use; requires review by a radio
 EXPORT_FORMATS = ("text", "markdown", "json")
 
 
+def _context_words(sent: dict) -> str:
+    """The words on the context the request was sized to: shrunk to fit, and Ollama's num_ctx ("" if neither)."""
+    plan = sent.get("context") or {}
+    words = ""
+    if plan.get("shrunk"):
+        words += f"; {plan['shrunk']}"
+    if plan.get("num_ctx"):
+        words += f"; num_ctx {plan['num_ctx']} for about {plan['estimated_tokens']} tokens"
+    return words
+
+
 @dataclass
 class Report:
     """A report drafted by a vision-language model.
@@ -56,7 +67,8 @@ class Report:
                 for image in self.meta.get("images", [])]
 
     def _sent_lines(self) -> list:
-        """How the images went, when not one image per slice: sheets, turns, context, examples."""
+        """How the images went, when not one image per slice in one message: sheets, turns, context, examples,
+        what the probe found lost, and the context they were sized to."""
         sent = self.meta.get("sent") or {}
         kinds = [item.get("kind") for item in sent.get("attachments", [])]
         parts = []
@@ -64,16 +76,24 @@ class Report:
             parts.append(f"{kinds.count('sheet')} contact sheet(s)")
         if sent.get("image_turns"):
             parts.append(f"one image per message over {sent['image_turns']} turns")
+        elif self.meta.get("protocol") == "ollama" and kinds:
+            parts.append("one image per message, each with its label (Ollama's native API)")
         if "context" in kinds:
             context = next(item for item in sent["attachments"] if item.get("kind") == "context")
             parts.append(f"a context sheet of {context['count']} {context['plane']} slices")
         if sent.get("examples"):
-            parts.append(f"{len(sent['examples'])} worked example(s) ({', '.join(e['name'] for e in sent['examples'])})")
-        if not parts:
+            names = ", ".join(example["name"] for example in sent["examples"])
+            parts.append(f"{len(sent['examples'])} worked example(s) ({names})")
+        if not parts and sent.get("images_seen") not in ("fused", "first_only") and not _context_words(sent):
             return []
         limit = f" (at most {sent['limit']} image(s) per request)" if sent.get("limit") else ""
-        return [f"Sent as {', '.join(parts)}{limit}"]
-
+        line = f"Sent as {', '.join(parts) or 'one image per slice'}{limit}"
+        if sent.get("one_per_message_because"):
+            line += f", because {sent['one_per_message_because']}"
+        elif sent.get("images_seen") in ("fused", "first_only"):
+            line += (f"; warning: the probe found {sent['images_seen'].replace('_', ' ')} images in one message, so "
+                     f"some may not have reached the model (--pack {sent.get('pack')} was kept)")
+        return [line + _context_words(sent)]
     def _review_lines(self) -> list:
         return [f"Review: {self.findings.summary_line()}"] if self.findings is not None and self.findings.items else []
 

@@ -118,12 +118,26 @@ class ServeFeatures:
     drop_images : bool
         True: images are accepted and left out of what the model sees, as llama-cpp-python started
         without its vision projector does (``votemi serve --drop-images``).
+    merge_adjacent_images : bool
+        True: two images of the same pixel size with no text between them in one message reach the
+        model as one (the second is lost), as llama.cpp's and Ollama's frame merge for Qwen-VL models
+        does (``votemi serve --merge-adjacent-images``).
+    first_image_only : bool
+        True: only the first image of each message reaches the model, as LM Studio's API was reported
+        to do (``votemi serve --first-image-only``).
+    context_tokens : int or None
+        A context this small, filled silently: the earliest images are left out until the prompt fits,
+        and the answer gets what room is left, as Ollama does past its ``num_ctx``
+        (``votemi serve --context N``); None: the model's own context, overflow refused with 400.
     """
 
     images: bool = True
     json_schema: bool = True
     images_per_message: int | None = None
     drop_images: bool = False
+    merge_adjacent_images: bool = False
+    first_image_only: bool = False
+    context_tokens: int | None = None
 
 
 class RequestError(Exception):
@@ -288,8 +302,40 @@ def _convert_messages(messages, limits: ServeLimits, features: ServeFeatures) ->
                 part = {"type": "image", "image": _open_image(part["url"], where)}
                 images.append((where, part))
             content.append(part)
-        converted.append({"role": role, "content": content})
+        converted.append({"role": role, "content": _lose_images(content, features)})
     return converted, images
+
+
+def _lose_images(content: list, features: ServeFeatures) -> list:
+    """The parts of one message the model gets when the server emulates a server that loses images."""
+    if features.first_image_only:
+        first = next((n for n, part in enumerate(content) if part["type"] == "image"), None)
+        content = [part for n, part in enumerate(content) if part["type"] != "image" or n == first]
+    if features.merge_adjacent_images:
+        content = _merge_adjacent(content)
+    return content
+
+
+def _merge_adjacent(content: list) -> list:
+    """Pairs of same-size images with no text between them fused into one (the first of each pair kept).
+
+    Whitespace-only text does not separate images: it adds no token between them.
+    """
+    kept, open_image = [], None  # open_image: the last image not yet fused, while no text followed it
+    for part in content:
+        if part["type"] == "text" and not part["text"].strip():
+            kept.append(part)
+            continue
+        if part["type"] != "image":
+            open_image = None
+            kept.append(part)
+            continue
+        if open_image is not None and open_image["image"].size == part["image"].size:
+            open_image = None  # fused into the previous image: the model sees one
+            continue
+        open_image = part
+        kept.append(part)
+    return kept
 
 
 def _check_part(part, where: str) -> dict:

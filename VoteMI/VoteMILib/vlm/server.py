@@ -15,6 +15,10 @@ It listens on loopback unless another host is given, checks an optional API key
 methods, broken request lines) with an error in the OpenAI shape
 ``{"error": {"message", "type", "param", "code"}}``, never with an HTML page.
 
+Switches of :class:`ServeFeatures` make it behave like more limited servers, for checking clients: text-only,
+no JSON schema, images dropped, a limit per message, adjacent same-size images fused, only the first image of a
+message seen, a small context filled silently.
+
 Every resource a request can claim is bounded (:class:`ServeLimits`): body size, prompt
 characters before tokenising and tokens after the chat template, image count and pixels (read
 from the image headers, before anything is decoded), the wait for the model, the generation time,
@@ -505,8 +509,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send_json(200, {"object": "list", "data": [
                 {"id": self.server.model.name, "object": "model", "created": self.server.created,
-                 "owned_by": "votemi", "max_model_len": getattr(self.server.model, "context_length", None)
-                 or self.server.limits.max_prompt_tokens}]})
+                 "owned_by": "votemi", "max_model_len": self.server.features.context_tokens
+                 or getattr(self.server.model, "context_length", None) or self.server.limits.max_prompt_tokens}]})
         elif path == "/v1/chat/completions":
             self._send_error(RequestError(405, "use POST for /v1/chat/completions"), {"Allow": "POST"})
         else:
@@ -567,6 +571,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _generate(self, request, on_text=None):
         """The model's answer; RequestError for refusals, the server stopping, or the client gone (ClientGone)."""
         try:
+            if self.server.features.context_tokens:
+                _fill_context_silently(self.server.model, request, self.server.features.context_tokens)
             result = self.server.model.generate(
                 request["messages"], max_new_tokens=request["max_new_tokens"], temperature=request["temperature"],
                 top_p=request["top_p"], seed=request["seed"], on_text=on_text, cancel=self._stop_requested,
@@ -635,6 +641,24 @@ class _Handler(BaseHTTPRequestHandler):
                 raise
             send(error_body(error.status, error.message, error.param, error.code))  # an error event mid-stream
         write(b"0\r\n\r\n")
+
+
+def _fill_context_silently(model, request: dict, context_tokens: int) -> None:
+    """Leave out the earliest images until the prompt fits ``context_tokens``, and shorten the answer to the room
+    left, without a word: what Ollama does past its ``num_ctx`` (``votemi serve --context``).
+
+    A prompt whose text alone overflows is left for the model's own check (``max_prompt_tokens``) to refuse.
+    """
+    messages = request["messages"]
+    prompt_tokens = model.count_prompt_tokens(messages)
+    while prompt_tokens >= context_tokens:
+        where = next(((m, n) for m, message in enumerate(messages)
+                      for n, part in enumerate(message["content"]) if part["type"] == "image"), None)
+        if where is None:
+            break
+        del messages[where[0]]["content"][where[1]]
+        prompt_tokens = model.count_prompt_tokens(messages)
+    request["max_new_tokens"] = max(1, min(request["max_new_tokens"], context_tokens - prompt_tokens))
 
 
 def create_server(model, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str = "", log=sys.stderr,
