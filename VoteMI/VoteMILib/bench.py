@@ -73,12 +73,15 @@ def top3_hit_half(plane_result, lesion: np.ndarray, positions: np.ndarray) -> fl
 
 
 def evaluate_case(case: Case, planes=PLANES, modes=("findings",), seed=0, use_extras=False, encoder=None,
-                  fov_check=False) -> dict:
+                  fov_check=False, perturb=None) -> dict:
     """Run selection in each mode on one case and score it (if it has a mask) beside the baselines.
 
     Timing and memory are those of the first mode; ``region`` and ``cues`` come from it too. With
     ``fov_check`` (and a mask) the first mode is run again on the case cut on one side
-    (:func:`fov_cut`) and ``row["fov"]`` says per plane whether its top pick stayed.
+    (:func:`fov_cut`) and ``row["fov"]`` says per plane whether its top pick stayed; ``perturb`` (with
+    ``fov_check``), a callable such as :func:`VoteMILib.bench_perturb.perturbation_rows` called with the
+    case name, volume, lesion mask, the whole scan's selection (None when extra sequences voted), planes,
+    mode, seed and encoder, fills ``row["perturb"]``.
     """
     from .bench_sources import source_of
     from .bench_split import half_of, region_of
@@ -117,6 +120,9 @@ def evaluate_case(case: Case, planes=PLANES, modes=("findings",), seed=0, use_ex
             row["planes"][plane] = {**scores, **baseline_scores(lesion, head, positions)}
         if fov_check:
             row["fov"] = fov_stability(case.name, volume, lesion_kji, first, planes, modes[0], seed, extras, encoder)
+            if perturb is not None:
+                row["perturb"] = perturb(case.name, volume, lesion_kji, None if extras else first, planes,
+                                         modes[0], seed, encoder)
     if case.key_images:
         row["key_images"] = score_key_images(case, volume, results, planes)
     return row

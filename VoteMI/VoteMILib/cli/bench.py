@@ -24,7 +24,9 @@ def add_bench_command(commands) -> None:
                              "cases outside the split are left out), or every case (default)")
     parser.add_argument("--fov-check", action="store_true",
                         help="also cut each case with a mask on one side (part of the margin beside the lesion "
-                             "removed, the lesion kept) and report the share of top picks that stay")
+                             "removed, the lesion kept), perturb it (air padding, a hard cut, a one-sided field of "
+                             "view, 1/3/5 mm slices, MRI rescaled and noisy) and report the share of top picks "
+                             "that stay")
     parser.add_argument("--normal", action="store_true",
                         help="also run findings mode on lesion-free scans (Colin27 when installed, and a slab of "
                              "each case with a mask cut 30 mm or more from every mask voxel) and report the "
@@ -130,6 +132,24 @@ def run_leave_one_source_out(args) -> dict:
             "settings": {"half": args.half, "data": list(args.data_dirs), "normal": colin27}}
 
 
+def print_perturbations(rows, planes, mode) -> dict:
+    """``bench --fov-check``: the perturbations (:mod:`VoteMILib.bench_perturb`) per case, then per half and
+    region and per half and source; returns the two summaries."""
+    from ..bench_perturb import format_perturbation_cases, format_perturbation_table, summarise_perturbations
+
+    print(f"\nPerturbations ({mode}; top pick stable when within max(2 slices, 5 mm) of the pick on the whole "
+          "scan, in RAS mm along the slice normal; shift in mm; hit_half of the pick on the perturbed scan):")
+    print(format_perturbation_cases(rows, planes))
+    by_region = summarise_perturbations(rows, planes, mode)
+    by_source = summarise_perturbations(rows, planes, mode, by="source")
+    print("\nPerturbations by half and region (share of stable top picks, their hit_half, and the whole scan's "
+          "top-1 hit_half on the same cases):")
+    print(format_perturbation_table(by_region, planes))
+    print("\nThe same by source:")
+    print(format_perturbation_table(by_source, planes, label="source"))
+    return {"by_region": by_region, "by_source": by_source}
+
+
 def check_key_image_sources(cases) -> None:
     """Read every case's key-image source before any selection runs: a bad KOS or CSV fails in a second."""
     from ..keyimages import read_source
@@ -185,9 +205,12 @@ def run_bench(args) -> int:
             from ..encoders import load_patch_encoder
 
             encoder = load_patch_encoder(args.encoder)
+        perturb = None
+        if args.fov_check:
+            from ..bench_perturb import perturbation_rows as perturb
         rows = []
         for case in cases:
-            row = evaluate_case(case, args.planes, modes, args.seed, args.extra, encoder, args.fov_check)
+            row = evaluate_case(case, args.planes, modes, args.seed, args.extra, encoder, args.fov_check, perturb)
             rows.append(row)
             cut = f", cut {row['fov']['cut']}" if "fov" in row else ""
             print(f"{case.name} ({row['half']}): load {row['load_s']:.2f} s, select {row['select_s']:.2f} s, "
@@ -204,6 +227,7 @@ def run_bench(args) -> int:
             print(f"\nField-of-view cut ({modes[0]}; top pick stable when within max(2 slices, 5 mm) of the pick "
                   "on the whole scan; shift in mm; hit_half of the pick on the cut scan):")
             print(format_fov_table(scored, args.planes))
+            perturbations = print_perturbations(scored, args.planes, modes[0])
         print(f"\nMeans over the cases with masks, by half and region ({len(scored)} cases; region as scanned, "
               "body = every region but the head; hit_any / hit_half / distance):")
         print(format_quality_table(means))
@@ -220,6 +244,8 @@ def run_bench(args) -> int:
                     "settings": {"modes": list(modes), "seed": args.seed, "extra": args.extra,
                                  "encoder": args.encoder, "half": args.half, "fov_check": args.fov_check,
                                  "normal": args.normal, "data": list(args.data_dirs)}}
+        if args.fov_check:
+            document["perturbations"] = perturbations
         if any(row.get("key_images") for row in rows):
             document["key_images"] = report_key_images(rows, (*modes, "random", "middle"))
         if args.normal:
