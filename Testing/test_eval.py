@@ -15,10 +15,12 @@ import pytest
 pytest.importorskip("distributed", reason="needs Dask (pip install -e .[eval])")
 
 from VoteMILib import eval_scores  # noqa: E402
-from VoteMILib.evaluate import STRATEGIES, axial_indices, strategy_rng  # noqa: E402
+from VoteMILib.evaluate import (REDUNDANCY_MAD, STRATEGIES, axial_indices, non_redundant_axial,  # noqa: E402
+                                 spread_over, strategy_rng)
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="needs ../shared/data")
+BRAIN = os.path.join(DATA, "pyradiomics_brain1", "image.nrrd")
 
 
 def _has_wordnet():
@@ -80,17 +82,18 @@ def test_eval_closed_questions_against_votemi_serve(tmp_path, datasets, server):
     assert "2/2 cases (0 failed, 0 skipped)" in stderr and "| voted |" in stdout
     assert "images: 9 or more per request" in stderr  # the server's probe: no budget left out
     answers = _rows(out / "answers.csv")
-    assert len(answers) == 2 * 4 * 2  # cases x strategies x budgets
+    assert len(answers) == 2 * 5 * 2  # cases x strategies x budgets
     assert {(a["strategy"], a["budget"]) for a in answers} == {(s, b) for s in STRATEGIES for b in ("1", "2")}
     assert all(a["images"] == a["budget"] and not a["error"] and a["accuracy"] in ("0.0", "1.0") for a in answers)
     results = _rows(out / "results.csv")
-    assert len(results) == (4 + 3) * 2  # strategies and voted-minus-others, by budget, one metric
+    assert len(results) == (5 + 4) * 2  # strategies and voted-minus-others, by budget, one metric
     for row in results:
         low, mean, high = float(row["ci_low"]), float(row["mean"]), float(row["ci_high"])
         assert row["metric"] == "accuracy" and row["cases"] == "2" and low <= mean <= high
         assert (-1.0 if row["strategy"].startswith("voted-minus") else 0.0) <= low and high <= 1.0
     table = (out / "results.md").read_text(encoding="utf-8")
     assert "## accuracy" in table and "| middle |" in table and "| voted-minus-random |" in table
+    assert "| deduplicated |" in table and "| voted-minus-deduplicated |" in table
     from PIL import Image
 
     with Image.open(out / "results.png") as plot:
@@ -164,6 +167,31 @@ def test_slice_strategies_and_bootstrap():
     mean, low, high = eval_scores.bootstrap_mean(values, 2000, np.random.default_rng(0))
     assert mean == pytest.approx(0.625) and 0.2 < low < mean < high <= 1.0
     assert eval_scores.bootstrap_mean([0.5] * 5, 100, np.random.default_rng(0)) == pytest.approx((0.5, 0.5, 0.5))
+
+
+@needs_data
+def test_the_redundancy_drop_keeps_one_of_repeated_slices_and_every_change():
+    """MedPruner's first stage on a real brain: each axial slice repeated three times is kept once; a slice that
+    differs from the last kept one by at least the threshold (on 0-1 intensities) is kept."""
+    from VoteMILib.geometry import canonical_array
+    from VoteMILib.volumes import load_volume, volume_from_array
+
+    brain = load_volume(BRAIN)
+    axial = canonical_array(brain.array, brain.ijk_to_ras)  # (R, A, S)
+    middle = np.linspace(0.3, 0.7, 5) * axial.shape[2]
+    stack = np.repeat(np.ascontiguousarray(axial[:, :, middle.astype(int)]), 3, axis=2)  # 5 slices, each 3 times
+    volume = volume_from_array(np.ascontiguousarray(stack.transpose(2, 1, 0)), np.diag([1.0, 1.0, 1.0, 1.0]))
+    kept = non_redundant_axial(volume)
+    unit = (stack - stack.min()) / float(stack.max() - stack.min())
+    assert kept[0] == 0 and all(k % 3 == 0 for k in kept)  # never a repeat
+    last = 0
+    for k in range(3, 15, 3):  # each distinct slice: kept exactly when it differs enough from the last kept
+        differs = np.mean(np.abs(unit[:, :, k] - unit[:, :, last])) >= REDUNDANCY_MAD
+        assert (k in kept) == differs
+        last = k if differs else last
+    assert len(kept) >= 2
+    assert spread_over(kept, 2) == [kept[int(0.5 * len(kept) / 2)], kept[int(1.5 * len(kept) / 2)]]
+    assert spread_over(kept, 99) == kept
 
 
 @needs_wordnet

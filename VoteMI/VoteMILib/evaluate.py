@@ -6,7 +6,10 @@ reference reports, ``image, report``) and every slice budget, the model sees:
 * ``voted``: the Vote-MI picks, best rank of each plane first (axial, coronal, sagittal in turn);
 * ``uniform``: evenly spaced axial slices (today's practice, e.g. MedGemma's 85 axial slices);
 * ``random``: axial slices drawn at random (seeded per case and budget);
-* ``middle``: the middle axial slice, and its neighbours for a budget above 1.
+* ``middle``: the middle axial slice, and its neighbours for a budget above 1;
+* ``deduplicated``: the redundancy drop of MedPruner's first stage (arXiv 2603.11625): an axial slice whose mean
+  absolute difference to the last slice kept, on intensities scaled to 0-1, is below
+  :data:`REDUNDANCY_MAD` is dropped, and the budget is spread evenly over the slices left.
 
 Each case is one task of the batch runner (:func:`VoteMILib.batch.run_cases`): resumable, parallel
 on Dask, a failing case recorded with its error. Scores and summaries are in :mod:`VoteMILib.eval_scores`.
@@ -118,6 +121,43 @@ def axial_indices(strategy: str, count: int, budget: int, rng=None) -> list:
     raise ValueError(f"unknown strategy '{strategy}'; choose {', '.join(STRATEGIES)}")
 
 
+#: MedPruner's redundancy threshold: mean absolute difference to the last kept slice, on intensities scaled to 0-1,
+#: below which a slice adds nothing (the paper's stage-1 value).
+REDUNDANCY_MAD = 0.05
+
+
+def non_redundant_axial(volume, window=None) -> list:
+    """Axial slice numbers (ascending S) left by MedPruner's first stage: each slice is kept when its mean absolute
+    difference to the last kept slice, on intensities scaled to 0-1, reaches :data:`REDUNDANCY_MAD`.
+
+    ``window`` (low, high) scales as the model is shown the slices (a CT's window, not its whole HU range, in which
+    a chest CT's slices would differ by under 5 % and two slices would be left); None scales the volume's range.
+    """
+    from .geometry import canonical_array
+
+    low, high = window if window is not None else (float(volume.array.min()), float(volume.array.max()))
+    span = float(high) - float(low)
+    canonical = canonical_array(volume.array, volume.ijk_to_ras)
+
+    def unit(index):
+        return np.clip((canonical[:, :, index] - low) / span, 0.0, 1.0) if span > 0 else np.zeros(1)
+
+    kept, last = [0], unit(0)
+    for index in range(1, canonical.shape[2]):
+        current = unit(index)
+        if np.mean(np.abs(current - last)) >= REDUNDANCY_MAD:
+            kept.append(index)
+            last = current
+    return kept
+
+
+def spread_over(kept: list, budget: int) -> list:
+    """``budget`` of the ``kept`` slice numbers, evenly spread (all of them when the budget is larger)."""
+    if budget >= len(kept):
+        return list(kept)
+    return sorted({kept[int((n + 0.5) * len(kept) / budget)] for n in range(budget)})
+
+
 def strategy_rng(seed: int, case: str, budget: int):
     """The random strategy's draws: fixed by the seed, the case and the budget, nothing else."""
     return np.random.default_rng([seed, zlib.crc32(case.encode()), budget])
@@ -221,13 +261,19 @@ class _Asker:
         self.client = make_client(describe)
         self.model = _resolve_model(self.client, describe)
         self._pngs = {}
+        self._non_redundant = None
 
     def slices(self, case_name: str, strategy: str, budget: int) -> list:
         """[(plane, index, ID)] in the order sent."""
         if strategy == "voted":
             return voted_slices(self.selection, list(self.settings.describe.planes), budget)
-        rng = strategy_rng(self.settings.describe.seed, case_name, budget) if strategy == "random" else None
-        indices = axial_indices(strategy, self.axial_count, budget, rng)
+        if strategy == "deduplicated":
+            if self._non_redundant is None:
+                self._non_redundant = non_redundant_axial(self.volume, self.windowing.windows[0])
+            indices = spread_over(self._non_redundant, budget)
+        else:
+            rng = strategy_rng(self.settings.describe.seed, case_name, budget) if strategy == "random" else None
+            indices = axial_indices(strategy, self.axial_count, budget, rng)
         return [("axial", index, f"A{n}") for n, index in enumerate(indices, 1)]
 
     def image(self, plane, index, label):

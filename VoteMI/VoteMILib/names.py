@@ -117,5 +117,5 @@ def canonical_mode(name: str) -> str:
 
 
 #: Slice strategies ``votemi eval`` compares, and its default slice budgets.
-EVAL_STRATEGIES = ("voted", "uniform", "random", "middle")
+EVAL_STRATEGIES = ("voted", "uniform", "random", "middle", "deduplicated")
 EVAL_BUDGETS = (1, 3, 9, 16, 32, 85)
