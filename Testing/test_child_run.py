@@ -79,32 +79,29 @@ def test_a_prompt_template_reaches_the_child_as_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["describe", "a.nrrd"], ["models"], ["eval", "cases.csv", "--out", "out"]])
-def test_backend_takes_its_earlier_name_protocol(command, capsys):
+def test_backend_and_its_help(command, capsys):
     parser = build_parser()
     assert parser.parse_args([*command, "--backend", "ollama"]).backend == "ollama"
-    assert parser.parse_args([*command, "--protocol", "ollama"]).backend == "ollama"
     assert parser.parse_args(command).backend == "openai"
+    with pytest.raises(SystemExit):  # 0.1's --protocol is gone
+        parser.parse_args([*command, "--protocol", "ollama"])
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         parser.parse_args([*command, "--help"])
     shown = " ".join(capsys.readouterr().out.split())  # help lines wrap with the terminal width
-    assert "--backend" in shown and "--protocol is its earlier name" in shown
-    assert "--protocol {" not in shown  # accepted, not listed as a second option
+    assert "--backend" in shown and "--protocol" not in shown
 
 
 @pytest.mark.parametrize("command", [["select", "a.nrrd"], ["describe", "a.nrrd"], ["batch", "cases", "--out", "out"]])
-def test_slices_per_plane_takes_its_earlier_name_top(command, capsys):
+def test_slices_per_plane(command, capsys):
     parser = build_parser()
     assert parser.parse_args([*command, "--slices-per-plane", "4"]).slices_per_plane == 4
-    assert parser.parse_args([*command, "--top", "2"]).slices_per_plane == 2  # scripts of earlier versions
     assert parser.parse_args(command).slices_per_plane == 3
     with pytest.raises(SystemExit):
-        parser.parse_args([*command, "--top", "0"])
-    assert "argument --top: must be at least 1, got 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parser.parse_args([*command, "--help"])
-    shown = " ".join(capsys.readouterr().out.split())
-    assert "--slices-per-plane N" in shown and "--top is its earlier name" in shown
-    assert "--top TOP" not in shown and "--top K" not in shown  # accepted, not listed as a second option
+        parser.parse_args([*command, "--slices-per-plane", "0"])
+    assert "argument --slices-per-plane: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # 0.1's --top is gone
+        parser.parse_args([*command, "--top", "2"])
 
 
 def test_a_run_in_its_folder_has_relative_paths_and_the_nodes_names_as_data(tmp_path):

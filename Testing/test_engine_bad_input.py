@@ -148,7 +148,6 @@ def test_huge_header_is_refused_without_reading_voxels(bad_files):
     (["--slices-per-plane", "0"], ("--slices-per-plane", "at least 1")),
     (["--slices-per-plane", "-2"], ("--slices-per-plane", "at least 1")),
     (["--slices-per-plane", "three"], ("--slices-per-plane", "not a whole number")),
-    (["--top", "three"], ("--top", "not a whole number")),  # its earlier name
 ])
 def test_bad_option_gives_one_line_error(argv, words, capfd):
     image = ef.cases()[ef.MAIN_CASE]["image"]

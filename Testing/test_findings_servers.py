@@ -83,7 +83,7 @@ def test_other_errors_are_not_retried(scripted_server, mri_volume, mri_selection
 def test_ollama_gets_the_schema_as_format(scripted_server, mri_volume, mri_selection):
     answer = json.dumps({"findings": [{"text": "Blob", "images": ["C1"]}], "impression": {"text": "x", "images": []}})
     scripted_server.script.append(complete_json(answer, protocol="ollama"))
-    report = describe(mri_volume, mri_selection, DescribeSettings(server_url=scripted_server.url, protocol="ollama",
+    report = describe(mri_volume, mri_selection, DescribeSettings(server_url=scripted_server.url, backend="ollama",
                                                           model="m", long_side=64, stream=False))
     assert scripted_server.chat_requests()[-1]["format"]["required"] == ["findings", "impression"]
     assert report.findings.source == "structured" and report.findings.items[0].cites == ["C1"]

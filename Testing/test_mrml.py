@@ -257,7 +257,7 @@ def test_describe_loopback_streams_into_report_node(headless_slicer):
         stream.append(piece)
 
     with mrml_selftest.LoopbackServer() as server:
-        settings = DescribeSettings(server_url=server.url, protocol="openai", model=server.model,
+        settings = DescribeSettings(server_url=server.url, backend="openai", model=server.model,
                                     window=mrml.display_window(node), timeout_s=30.0, retries=0)
         report = describe(volume, result, settings, on_text=on_text)
         assert server.images_received() == 6

@@ -123,28 +123,23 @@ def test_logic_jumps_to_clicked_plot_point(votemi_module, headless_slicer):
     assert result.planes["axial"].selected
 
 
-def test_scripts_calling_with_the_old_name_top_k_still_get_their_slices(votemi_module, headless_slicer):
-    import VoteMISelfTestLib as mrml_selftest
-    from VoteMILib import mrml
-
-    phantom = mrml_selftest.blob_phantom()
-    volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")
-    with pytest.warns(DeprecationWarning, match="slicesPerPlane"):
-        result = votemi_module.VoteMILogic().select(volume, planes=("axial",), topK=2, apply=False)
-    assert len(result.planes["axial"].selected) == 2
-
-
-def test_scripts_calling_with_the_old_name_protocol_still_get_their_backend(votemi_module, headless_slicer):
+def test_the_logic_takes_the_current_keyword_names_only(votemi_module, headless_slicer):
+    """0.1's aliases are gone (topK=, protocol=, --top, --protocol): a script gets a TypeError naming the keyword
+    rather than a silent default."""
     import VoteMISelfTestLib as mrml_selftest
     from VoteMILib import mrml
 
     phantom = mrml_selftest.blob_phantom()
     volume = mrml.add_volume_from_array(headless_slicer.scene, phantom.array, phantom.ijk_to_ras, "blob")
     logic = votemi_module.VoteMILogic()
+    result = logic.select(volume, planes=("axial",), slicesPerPlane=2, apply=False)
+    assert len(result.planes["axial"].selected) == 2
     assert logic.describeOptions(volume, backend="ollama").backend == "ollama"
     assert logic.describeOptions(volume).backend == "openai"
-    with pytest.warns(DeprecationWarning, match="protocol= is now backend="):
-        assert logic.describeOptions(volume, protocol="ollama").backend == "ollama"
+    with pytest.raises(TypeError, match="topK"):
+        logic.select(volume, topK=2, apply=False)
+    with pytest.raises(TypeError, match="protocol"):
+        logic.describeOptions(volume, protocol="ollama")
 
 
 def test_the_server_check_reaches_the_child_with_its_backend(votemi_module):

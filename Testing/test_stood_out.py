@@ -90,13 +90,13 @@ def test_representative_mode_and_guided_runs_keep_their_prompt():
 
 
 def test_the_terminal_summary_says_per_plane_what_stood_out_with_the_confidence():
-    done = ef.run_votemi("select", ef.COLIN27, "--top", "1")
+    done = ef.run_votemi("select", ef.COLIN27, "--slices-per-plane", "1")
     assert done.returncode == 0, done.stderr
     _, selection = _selected(str(ef.COLIN27))
     for plane, result in selection.planes.items():
         line = f"{plane}: {NOTHING_STOOD_OUT}, confidence {result.confidence:.2f}"
         assert line in done.stdout.splitlines(), done.stdout
-    done = ef.run_votemi("select", MIXED, "--top", "1")
+    done = ef.run_votemi("select", MIXED, "--slices-per-plane", "1")
     assert done.returncode == 0, done.stderr
     assert "sagittal: tissue_contrast stood out, confidence 0.02" in done.stdout.splitlines(), done.stdout
     assert f"axial: {NOTHING_STOOD_OUT}, confidence 0.11" in done.stdout.splitlines(), done.stdout

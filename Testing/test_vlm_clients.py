@@ -53,7 +53,7 @@ def test_openai_streaming_sends_labelled_pngs(scripted_server, mri_volume, selec
 
 
 def test_ollama_native_streaming_and_plain(scripted_server, mri_volume, selection):
-    settings = settings_for(scripted_server, protocol="ollama", top_k=1, seed=7)
+    settings = settings_for(scripted_server, backend="ollama", top_k=1, seed=7)
     report = describe(mri_volume, selection, settings)
     assert report.complete and report.text.startswith("Findings")
     assert report.meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
@@ -70,7 +70,7 @@ def test_ollama_native_streaming_and_plain(scripted_server, mri_volume, selectio
                         message["content"])
     assert body["options"] == {"temperature": 0.0, "num_predict": 1024, "seed": 7, "num_ctx": 8192}  # the least
     scripted_server.script.append(complete_json("Findings: none.", protocol="ollama"))
-    plain = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama", stream=False))
+    plain = describe(mri_volume, selection, settings_for(scripted_server, backend="ollama", stream=False))
     assert plain.complete and plain.text == "Findings: none."
     assert scripted_server.chat_requests()[-1]["stream"] is False
 
@@ -79,7 +79,7 @@ def test_ollama_num_ctx_fits_what_is_sent(scripted_server, mri_volume, selection
     from VoteMILib.vlm.packing import DEFAULT_TOKENS_PER_IMAGE
 
     # A long answer asked for: the old fixed 8192 would cut the prompt's images (Ollama truncates silently).
-    report = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama", max_tokens=9000))
+    report = describe(mri_volume, selection, settings_for(scripted_server, backend="ollama", max_tokens=9000))
     body = scripted_server.chat_requests()[-1]
     images = sum(len(message.get("images", [])) for message in body["messages"])
     text = sum(len(message["content"]) for message in body["messages"])
@@ -102,7 +102,7 @@ def test_openai_non_streaming_and_data_without_space(scripted_server, mri_volume
 
 def test_model_listing_and_choice(scripted_server, mri_volume, selection):
     assert list_models(settings_for(scripted_server)) == ["tiny-vlm"]
-    assert list_models(settings_for(scripted_server, protocol="ollama")) == ["tiny-vlm"]
+    assert list_models(settings_for(scripted_server, backend="ollama")) == ["tiny-vlm"]
     # With no model set, the server's only model is used ...
     report = describe(mri_volume, selection, settings_for(scripted_server, model=""))
     assert report.meta["model"] == "tiny-vlm"
@@ -130,7 +130,7 @@ def test_error_shapes_become_one_line(scripted_server, mri_volume, selection, st
     scripted_server.script.append(error_answer(status, body, content_type))
     protocol = "ollama" if status == 404 else "openai"
     with pytest.raises(VLMError, match=expected) as caught:
-        describe(mri_volume, selection, settings_for(scripted_server, protocol=protocol))
+        describe(mri_volume, selection, settings_for(scripted_server, backend=protocol))
     message = str(caught.value)
     assert "\n" not in message and message.startswith(scripted_server.url) and caught.value.status == status
     # 4xx and 500 are not retried; a refusal naming the images is probed for (one-token test requests), and the
@@ -166,7 +166,7 @@ def test_error_mid_stream_keeps_partial_text(scripted_server, mri_volume, select
     assert not report.complete and report.text == "Findings: partial"
     assert "server error during the answer: model runner crashed" in report.meta["incomplete_reason"]
     scripted_server.script.append(streamed(["x"], protocol="ollama", tail="error"))
-    report = describe(mri_volume, selection, settings_for(scripted_server, protocol="ollama"))
+    report = describe(mri_volume, selection, settings_for(scripted_server, backend="ollama"))
     assert not report.complete and "model runner crashed" in report.incomplete_reason
     # An error before any text is an error, not a report.
     scripted_server.script.append(streamed([], tail="error"))

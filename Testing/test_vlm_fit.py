@@ -216,7 +216,7 @@ def test_the_closest_worked_example_goes_first_as_an_earlier_turn(servers, volum
 
 
 def test_in_process_backend_keeps_the_same_limit_and_sheets(tiny_vlm_dir, volume, selection):
-    report = describe(volume, selection, DescribeSettings(protocol="inprocess", model=str(tiny_vlm_dir), max_tokens=8,
+    report = describe(volume, selection, DescribeSettings(backend="inprocess", model=str(tiny_vlm_dir), max_tokens=8,
                                                           long_side=LONG_SIDE, max_images=1, device="cpu"))
     sent = report.meta["sent"]
     assert sent["images_per_request"] == 1 and sent["attachments"][0]["kind"] == "sheet"

@@ -71,7 +71,7 @@ def chat_body(**changes):
 
 def test_inprocess_describe_streams_and_records(tiny_vlm_dir, mri_volume, mri_selection):
     pieces = []
-    settings = DescribeSettings(protocol="inprocess", model=tiny_vlm_dir, max_tokens=MAX_TOKENS, long_side=64,
+    settings = DescribeSettings(backend="inprocess", model=tiny_vlm_dir, max_tokens=MAX_TOKENS, long_side=64,
                                 device="cpu")
     report = describe(mri_volume, mri_selection, settings, on_text=pieces.append)
     assert report.text == "".join(pieces) and len(pieces) >= 1
@@ -86,7 +86,7 @@ def test_inprocess_describe_streams_and_records(tiny_vlm_dir, mri_volume, mri_se
 def test_inprocess_gemma3_three_window_ct(tiny_gemma3_dir):
     # Gemma 3 is MedGemma's architecture: its processor path must work, with RGB three-window CT images.
     ct = make_volume("ct", name="CT head")
-    settings = DescribeSettings(protocol="inprocess", model=tiny_gemma3_dir, max_tokens=MAX_TOKENS, long_side=64,
+    settings = DescribeSettings(backend="inprocess", model=tiny_gemma3_dir, max_tokens=MAX_TOKENS, long_side=64,
                                 ct_preset="three_window", device="cpu")
     report = describe(ct, make_selection(ct, top_k=1), settings)
     assert report.text and report.meta["usage"]["completion_tokens"] == MAX_TOKENS
@@ -95,7 +95,7 @@ def test_inprocess_gemma3_three_window_ct(tiny_gemma3_dir):
 
 
 def test_inprocess_cancel_and_missing_folder(tiny_vlm_dir, mri_volume, mri_selection, tmp_path):
-    settings = DescribeSettings(protocol="inprocess", model=tiny_vlm_dir, max_tokens=200, long_side=64, device="cpu")
+    settings = DescribeSettings(backend="inprocess", model=tiny_vlm_dir, max_tokens=200, long_side=64, device="cpu")
     stop = threading.Event()
 
     def on_text(piece):
@@ -107,9 +107,9 @@ def test_inprocess_cancel_and_missing_folder(tiny_vlm_dir, mri_volume, mri_selec
     assert caught.value.partial_text and caught.value.report.meta["raw_answer"] == caught.value.partial_text
     assert caught.value.report.meta["incomplete_reason"] == "cancelled by the user"
     with pytest.raises(VLMError, match="model folder not found.*hub are disabled"):
-        list_models(DescribeSettings(protocol="inprocess", model=str(tmp_path / "nothing")))
+        list_models(DescribeSettings(backend="inprocess", model=str(tmp_path / "nothing")))
     with pytest.raises(VLMError, match="no config.json"):
-        list_models(DescribeSettings(protocol="inprocess", model=str(tmp_path)))
+        list_models(DescribeSettings(backend="inprocess", model=str(tmp_path)))
 
 
 def test_server_health_models_and_key(server, model):

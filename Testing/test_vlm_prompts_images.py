@@ -122,9 +122,9 @@ def test_flat_prompt_lists_labels_in_image_order():
 
 def test_settings_validation_and_public_dict():
     with pytest.raises(VLMError, match="unknown backend"):
-        DescribeSettings(protocol="grpc").validate()
+        DescribeSettings(backend="grpc").validate()
     with pytest.raises(VLMError, match="model folder"):
-        DescribeSettings(protocol="inprocess").validate()
+        DescribeSettings(backend="inprocess").validate()
     with pytest.raises(VLMError, match="CT preset"):
         DescribeSettings(ct_preset="liver").validate()
     with pytest.raises(VLMError, match="long side"):
@@ -134,28 +134,21 @@ def test_settings_validation_and_public_dict():
     json.dumps(public)
 
 
-def test_backend_keeps_its_earlier_name_protocol():
-    from dataclasses import replace
-
-    settings = DescribeSettings(protocol="ollama")
-    assert settings.backend == settings.protocol == "ollama"
-    assert replace(settings, backend="inprocess").protocol == "inprocess"
-    settings.protocol = "openai"
-    assert settings.backend == "openai"
-    with pytest.raises(TypeError, match="not both"):
-        DescribeSettings(backend="ollama", protocol="openai")
+def test_saved_reports_keep_the_backend_under_the_key_protocol():
+    settings = DescribeSettings(backend="ollama")
     # Saved reports keep the backend under the key they always had, in the same place.
     assert list(settings.public_dict())[:2] == ["server_url", "protocol"]
-    assert "backend" not in settings.public_dict()
+    assert settings.public_dict()["protocol"] == "ollama" and "backend" not in settings.public_dict()
+    with pytest.raises(TypeError):
+        DescribeSettings(protocol="ollama")  # 0.1's alias is gone
 
 
 def test_one_list_of_backends():
     from VoteMILib.names import BACKENDS, HTTP_BACKENDS, INPROCESS
     from VoteMILib.vlm.dialects import DIALECTS
     from VoteMILib.vlm.inprocess import InProcessClient
-    from VoteMILib.vlm.pipeline import PROTOCOL_CHOICES
 
-    assert tuple(DIALECTS) == HTTP_BACKENDS and BACKENDS == (*HTTP_BACKENDS, INPROCESS) == PROTOCOL_CHOICES
+    assert tuple(DIALECTS) == HTTP_BACKENDS and BACKENDS == (*HTTP_BACKENDS, INPROCESS)
     assert InProcessClient.backend == INPROCESS
 
 

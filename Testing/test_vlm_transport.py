@@ -169,7 +169,7 @@ def test_redirects_are_reported_not_followed(scripted_server, mri_volume, mri_se
 def test_answers_without_content_type_are_recognised_by_their_first_bytes(scripted_server, mri_volume, mri_selection,
                                                                           protocol, answer):
     scripted_server.script.append(answer)
-    report = describe(mri_volume, mri_selection, settings_for(scripted_server.url, protocol=protocol))
+    report = describe(mri_volume, mri_selection, settings_for(scripted_server.url, backend=protocol))
     assert report.text == "Findings: none." and report.complete, report.meta.get("incomplete_reason")
 
 

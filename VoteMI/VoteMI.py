@@ -665,17 +665,6 @@ class VoteMIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-def _renamed(value, earlierValue, name, earlierName):
-    """``value`` of the keyword ``name``, or what a script passed under its earlier name (with a warning)."""
-    if earlierValue is None:
-        return value
-    import warnings
-
-    # stacklevel 3: the warning names the script's line, not the VoteMILogic method it called.
-    warnings.warn(f"VoteMILogic: {earlierName}= is now {name}=", DeprecationWarning, stacklevel=3)
-    return earlierValue
-
-
 class VoteMILogic(ScriptedLoadableModuleLogic):
     """The module's work, usable without the panel (scripts, the self-test): a run in a child process and the
     scene adapters a script needs (marks, voted slices, the report node).
@@ -746,36 +735,32 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
 
     def run(self, volumeNode, describe=False, planes=("axial", "coronal", "sagittal"), slicesPerPlane=3,
             mode="findings", extraVolumeNodes=(), describeOptions=None, apiKey="", guide=None, switchLayout=True,
-            wait=False, timeoutSeconds=None, topK=None):
+            wait=False, timeoutSeconds=None):
         """Select (and describe) ``volumeNode`` in a child process, as the panel's buttons do; return the VoteMIRun.
 
         With ``wait`` the call returns when the child has ended, its selection marked and its report in the
         report node (``run.failure()`` says why not, None if it succeeded); otherwise the caller polls
         ``run.poll()``/``run.handle(event)`` (the panel does, from a timer) and may ``run.cancel()``.
         ``describeOptions``: the DescribeRequest :meth:`describeOptions` returns (its defaults if None).
-        ``topK`` is the old name of ``slicesPerPlane``.
         """
         from VoteMISlicerLib.run import VoteMIRun
 
         if describe and describeOptions is None:
             describeOptions = self.describeOptions(volumeNode)
-        slicesPerPlane = int(_renamed(slicesPerPlane, topK, "slicesPerPlane", "topK"))
         run = VoteMIRun(self, volumeNode, extraVolumeNodes, describe, switchLayout)
-        run.start(planes, slicesPerPlane, mode, describeOptions if describe else None, apiKey=apiKey, guide=guide)
+        run.start(planes, int(slicesPerPlane), mode, describeOptions if describe else None, apiKey=apiKey, guide=guide)
         if wait:
             run.wait(timeoutSeconds, pollSeconds=POLL_INTERVAL_MS / 1000.0)
         return run
 
     @staticmethod
     def describeOptions(volumeNode, server="", backend=DEFAULT_BACKEND, model="", language="",
-                        timeoutSeconds=DEFAULT_TIMEOUT_S, prompt="", examples="", protocol=None):
+                        timeoutSeconds=DEFAULT_TIMEOUT_S, prompt="", examples=""):
         """The :class:`~VoteMILib.child_run.DescribeRequest` :meth:`run` hands to the child; empty values take
-        VoteMI's defaults, the window is the one ``volumeNode`` is displayed with. ``protocol`` is the old name of
-        ``backend``."""
+        VoteMI's defaults, the window is the one ``volumeNode`` is displayed with."""
         from VoteMISlicerLib.run import describeRequest
 
-        return describeRequest(volumeNode, server=server, backend=_renamed(backend, protocol, "backend", "protocol"),
-                               model=model, language=language, timeoutSeconds=timeoutSeconds, prompt=prompt,
+        return describeRequest(volumeNode, server=server, backend=backend, model=model, language=language, timeoutSeconds=timeoutSeconds, prompt=prompt,
                                examples=examples)
 
     def startChild(self, arguments, apiKey="", cwd=None):
@@ -790,18 +775,17 @@ class VoteMILogic(ScriptedLoadableModuleLogic):
     # In this process, for scripts
 
     def select(self, volumeNode, planes=("axial", "coronal", "sagittal"), slicesPerPlane=3, mode="findings",
-               extraVolumeNodes=(), apply=True, progress=None, cancel=None, topK=None):
+               extraVolumeNodes=(), apply=True, progress=None, cancel=None):
         """Select slices of ``volumeNode`` in this process and (if ``apply``) mark them; return the SelectionResult.
 
         For scripts that want the result object at once; the panel and the self-test use :meth:`run`
-        (a child process, so Slicer's GUI stays responsive). ``topK`` is the old name of ``slicesPerPlane``.
+        (a child process, so Slicer's GUI stays responsive).
         """
         from VoteMILib.selection import select_slices
 
         volume = self.volumeFromNode(volumeNode)
         extras = [self.volumeFromNode(node) for node in extraVolumeNodes]
-        slicesPerPlane = int(_renamed(slicesPerPlane, topK, "slicesPerPlane", "topK"))
-        result = select_slices(volume, planes=planes, top_k=slicesPerPlane, mode=mode, extra_volumes=extras,
+        result = select_slices(volume, planes=planes, top_k=int(slicesPerPlane), mode=mode, extra_volumes=extras,
                                progress=progress, cancel=cancel)
         if apply:
             self.applySelection(volumeNode, result)

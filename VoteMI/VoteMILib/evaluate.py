@@ -29,11 +29,10 @@ import numpy as np
 
 from . import eval_scores
 from .batch import BatchCase, BatchError, finish_record, fingerprint_files, new_record, one_line
-from .names import INPROCESS, PLANES
+from .names import DEFAULT_SERVER_URL, INPROCESS, PLANES
 from .names import EVAL_BUDGETS as DEFAULT_BUDGETS
 from .names import EVAL_STRATEGIES as STRATEGIES
 from .vlm.pipeline import DescribeSettings
-from .vlm.urls import DEFAULT_SERVER
 ANSWERS_JSONL = "summary.jsonl"
 
 CLOSED_TEMPLATE = """\
@@ -257,7 +256,7 @@ class _Asker:
         self.windowing = choose_windowing(volume, describe.modality, describe.ct_preset, describe.window,
                                           region=selection.region.get("name"))
         # An empty server URL is recorded as given (the journal digests it) and means VoteMI's default server.
-        describe = replace(describe, server_url=describe.server_url or DEFAULT_SERVER)
+        describe = replace(describe, server_url=describe.server_url or DEFAULT_SERVER_URL)
         self.client = make_client(describe)
         self.model = _resolve_model(self.client, describe)
         self._pngs = {}

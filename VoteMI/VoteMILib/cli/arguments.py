@@ -167,12 +167,9 @@ def add_pick_arguments(parser) -> None:
 
 
 def add_slices_per_plane_argument(parser) -> None:
-    """``--slices-per-plane`` and ``--top``, its earlier name, still accepted but not shown: scripts of earlier
-    versions pass it. Both set ``args.slices_per_plane``."""
+    """``--slices-per-plane``: voted slices per plane (``args.slices_per_plane``)."""
     parser.add_argument("--slices-per-plane", dest="slices_per_plane", type=positive_int, default=3, metavar="N",
-                        help="slices per plane (default: %(default)s; --top is its earlier name)")
-    parser.add_argument("--top", dest="slices_per_plane", type=positive_int, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
+                        help="slices per plane (default: %(default)s)")
 
 
 def add_guide_arguments(parser) -> None:
@@ -226,14 +223,10 @@ def add_key_arguments(parser) -> None:
 
 
 def add_backend_argument(parser, backends=BACKENDS, note: str = "") -> None:
-    """``--backend`` among ``backends``, each said what it is from the registry (``note`` adds to that), and
-    ``--protocol``, its earlier name, still accepted but not shown: scripts and the Slicer panels of earlier
-    versions pass it."""
+    """``--backend`` among ``backends``, each said what it is from the registry (``note`` adds to that)."""
     what = backends_help(backends) + (f"; {note}" if note else "")
     parser.add_argument("--backend", choices=backends, default=DEFAULT_BACKEND,
-                        help=f"{what} (default: %(default)s; --protocol is its earlier name)")
-    parser.add_argument("--protocol", dest="backend", choices=backends, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
+                        help=f"{what} (default: %(default)s)")
 
 
 def api_key(args) -> str:

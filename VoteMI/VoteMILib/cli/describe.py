@@ -8,14 +8,14 @@ import sys
 import threading
 
 from .. import events
-from ..names import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, INPROCESS
+from ..names import DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, INPROCESS
 from ..request import window_settings
 from ..run import check_outputs, format_summary, run_selection, selection_document
 from ..vlm.errors import VLMCancelled, VLMError
 from ..vlm.packing import PACK_CHOICES
 from ..vlm.pipeline import DescribeSettings, RequestParts, describe, fit_request
 from ..vlm.report import NOTICE, Report
-from ..vlm.urls import DEFAULT_SERVER, parse_server_url, redact_url
+from ..vlm.urls import parse_server_url, redact_url
 from .arguments import (add_backend_argument, add_key_arguments, add_selection_arguments, api_key, fail,
                         positive_int, selection_request)
 
@@ -28,7 +28,7 @@ def add_describe_command(commands) -> None:
                     f"stream its report. {NOTICE}.")
     add_selection_arguments(parser)
     group = parser.add_argument_group("model")
-    group.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
+    group.add_argument("--server", default=DEFAULT_SERVER_URL, metavar="URL", help="server URL (default: %(default)s)")
     add_backend_argument(group)
     group.add_argument("--model", default="", help="model name (default: the server's only model); a folder for "
                                                    "--backend inprocess")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import events
-from ..names import HTTP_BACKENDS
+from ..names import DEFAULT_SERVER_URL, HTTP_BACKENDS
 from ..vlm.errors import VLMError
 from ..vlm.pipeline import DescribeSettings, list_models, make_client
-from ..vlm.urls import DEFAULT_SERVER, redact_url
+from ..vlm.urls import redact_url
 from .arguments import add_backend_argument, add_events_argument, add_key_arguments, api_key, fail
 
 
@@ -16,7 +16,7 @@ def add_models_command(commands) -> None:
     """Register ``votemi models`` (the server check of Slicer's status line)."""
     parser = commands.add_parser("models", help="list the models a server offers (a health check)",
                                  description="Ask a model server which models it offers.")
-    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="server URL (default: %(default)s)")
+    parser.add_argument("--server", default=DEFAULT_SERVER_URL, metavar="URL", help="server URL (default: %(default)s)")
     add_backend_argument(parser, HTTP_BACKENDS)
     add_key_arguments(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="time limit (default: 10)")

@@ -15,20 +15,18 @@ from __future__ import annotations
 import json
 import time
 
-from ..names import HTTP_BACKENDS
+from ..names import DEFAULT_SERVER_URL
 from .dialects import DIALECTS, dialect_of
 from .error_bodies import message_from_json, one_line
 from .errors import VLMCancelled, VLMError
 from .options import ChatResult, GenerationOptions, Timeouts, token_limit_message
 from .transport import MAX_ANSWER_BYTES, POLL_S, Exchange, StreamBroken, declared_format, sniffed_format
-from .urls import DEFAULT_SERVER, check_authorization, parse_server_url
+from .urls import check_authorization, parse_server_url
 
 # These lived here before they moved out: scripts written then still import them from here.
 from .error_bodies import error_message_from_body  # noqa: E402,F401
 from .urls import redact_url, url_has_credentials  # noqa: E402,F401
 
-#: The wire protocols (the backends reached over HTTP).
-PROTOCOLS = HTTP_BACKENDS
 _MAX_BACKOFF_S = 30.0
 
 
@@ -49,7 +47,7 @@ class HTTPClient:
     #: The wire protocol (:mod:`.dialects`): given to the constructor, or set by a subclass.
     dialect = None
 
-    def __init__(self, server_url: str = DEFAULT_SERVER, api_key: str = "", timeouts: Timeouts | None = None,
+    def __init__(self, server_url: str = DEFAULT_SERVER_URL, api_key: str = "", timeouts: Timeouts | None = None,
                  retries: int = 2, backoff_s: float = 1.0, max_answer_bytes: int = MAX_ANSWER_BYTES, dialect=None):
         if dialect is not None:
             self.dialect = dialect

@@ -6,7 +6,6 @@ the primary volume first, then each extra sequence in the order given.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -17,11 +16,11 @@ from .. import __version__
 from ..findings import STRUCTURED_INSTRUCTION, findings_from_answer, findings_schema, render_partial_json, \
     StructuredStream
 from ..geometry import PLANES, parse_planes
-from ..names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, INPROCESS
+from ..names import BACKENDS, DEFAULT_BACKEND, DEFAULT_LANGUAGE, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT_S, INPROCESS
 from .clients import make_http_client
 from .dialects import DIALECTS
 from .options import GenerationOptions, Timeouts
-from .urls import DEFAULT_SERVER, check_authorization, parse_server_url, redact_url
+from .urls import check_authorization, parse_server_url, redact_url
 from .errors import VLMCancelled, VLMError
 from .capabilities import capabilities_for, forget, is_image_refusal, probe, store
 from .imaging import CT_PRESET_NAMES, choose_windowing, nearest_slice, render_png
@@ -30,8 +29,6 @@ from .packing import DEFAULT_TOKENS_PER_IMAGE, PACK_CHOICES, context_sheet, \
 from .prompts import Prompt, PromptImage, Turn, build_prompt, format_position, spread_over_turns
 from .report import NOTICE, Report
 
-#: Earlier name of :data:`VoteMILib.names.BACKENDS`.
-PROTOCOL_CHOICES = BACKENDS
 #: Most slices of a context sheet (MedGemma's CT recipe goes up to 85; more would be unreadable tiles).
 MAX_CONTEXT_SLICES = 64
 STRUCTURED_CHOICES = ("auto", "off")
@@ -39,23 +36,6 @@ STRUCTURED_CHOICES = ("auto", "off")
 _STRUCTURED_REFUSAL = ("response_format", "json_schema", "format", "schema", "grammar", "structured")
 
 
-def _accepting_protocol(cls):
-    """Let ``cls(protocol=...)``, the earlier name of ``backend``, build the settings as before."""
-    generated = cls.__init__
-
-    @functools.wraps(generated)
-    def __init__(self, *args, protocol=None, **kwargs):
-        if protocol is not None:
-            if kwargs.get("backend", protocol) != protocol:
-                raise TypeError("give backend or protocol (its earlier name), not both")
-            kwargs["backend"] = protocol
-        generated(self, *args, **kwargs)
-
-    cls.__init__ = __init__
-    return cls
-
-
-@_accepting_protocol
 @dataclass
 class DescribeSettings:
     """Everything that controls a describe run; every field has a default.
@@ -66,7 +46,7 @@ class DescribeSettings:
         Server address (Ollama's default port 11434, vLLM 8000, llama.cpp 8080, LM Studio 1234).
     backend : {"openai", "ollama", "inprocess"}
         A server's wire protocol, or "inprocess" to run a transformers model folder (``model``) in this
-        process. ``protocol``, its earlier name, is accepted as a keyword and an attribute.
+        process.
     model : str
         Model name on the server (empty: the server's only model), or the model folder for "inprocess".
     api_key : str
@@ -126,7 +106,7 @@ class DescribeSettings:
         Examples sent: the closest to the scan.
     """
 
-    server_url: str = DEFAULT_SERVER
+    server_url: str = DEFAULT_SERVER_URL
     backend: str = DEFAULT_BACKEND
     model: str = ""
     api_key: str = ""
@@ -157,15 +137,6 @@ class DescribeSettings:
     context: int = 0
     examples_dir: str = ""
     examples_k: int = 1
-
-    @property
-    def protocol(self) -> str:
-        """Earlier name of :attr:`backend`."""
-        return self.backend
-
-    @protocol.setter
-    def protocol(self, value: str):
-        self.backend = value
 
     def validate(self):
         """Raise :class:`VLMError` with a one-line reason for an unusable setting.

@@ -11,11 +11,9 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from ..names import DEFAULT_SERVER_URL
 from .dialects import DIALECTS
 from .errors import VLMError
 
-DEFAULT_SERVER = DEFAULT_SERVER_URL
 
 
 @dataclass(frozen=True)
