@@ -283,3 +283,25 @@ def test_training_records_carry_slabs_unless_told_not_to(trained):
     assert names == ["sts002_ct", "sts002_ct" + SLAB_SUFFIX, "sts002_mr_t1", "sts011_mr_t1"]
     assert [record.name for record in without] == ["sts002_ct", "sts002_mr_t1", "sts011_mr_t1"]
     assert "1 lesion-free slabs" in load_selector(trained[0]).note
+
+
+def test_a_tumour_above_4_cm_gets_a_candidate_of_its_size_at_its_centre():
+    """A 6 cm ball (radius 30 mm) in noise: the 32 mm scale, filtered on the half-sampled grid, finds it within
+    a coarse voxel of its centre."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    shape, spacing = (72, 72, 72), np.array([2.0, 2.0, 2.0])
+    data = rng.normal(0.0, 0.2, shape).astype(np.float32)
+    centre = np.array([37, 34, 36])
+    grid_mm = np.stack(np.meshgrid(*[np.arange(n) * 2.0 for n in shape], indexing="ij"), axis=-1)
+    data[np.linalg.norm(grid_mm - centre * 2.0, axis=-1) <= 30.0] += 1.0
+    grid = SimpleNamespace(data=data, mask=np.ones(shape, bool), spacing_mm=tuple(spacing))
+    candidates = find_candidates(grid)
+    large = candidates.radii_mm == 32.0
+    assert large.any()
+    nearest = np.min(np.linalg.norm((candidates.centres[large] - centre) * spacing, axis=1))
+    assert nearest <= 2.0 * np.sqrt(3) * 2.0  # a coarse voxel's diagonal (4 mm a side)
+    # Its ball, sampled every second voxel, is filled by the tumour: compact, as a whole tumour should be.
+    best = np.flatnonzero(large)[np.argmin(np.linalg.norm((candidates.centres[large] - centre) * spacing, axis=1))]
+    assert candidates.descriptors[best, DESCRIPTORS.index("compactness")] > 0.5
