@@ -245,3 +245,63 @@ def test_bench_leave_one_source_out_without_masks_is_one_line(tmp_path, capsys):
     assert cli.main(["bench", str(folder), "--leave-one-source-out"]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "needs cases with lesion masks" in error
+
+
+def test_a_case_lesion_free_slab_is_a_negative_of_its_own_source():
+    """The slab 30 mm from the mask: every candidate negative, never scored, and of its case's source, so that a
+    fit holding that source out leaves the slab out too; a case with no such slab gives none."""
+    from VoteMILib.datasets import load_mask
+    from VoteMILib.selector_training import SLAB_SUFFIX, slab_record
+    from VoteMILib.volumes import load_volume
+
+    volume = load_volume(SARCOMA / "sts002_ct" / "image.nii.gz")
+    mask = load_mask(SARCOMA / "sts002_ct" / "mask.nii.gz", volume)
+    slab = slab_record("sts002_ct", volume, mask, "ibsi-sarcoma-ct")
+    assert slab is not None and slab.name == "sts002_ct" + SLAB_SUFFIX and slab.source == "ibsi-sarcoma-ct"
+    assert len(slab.labels) > 0 and not slab.labels.any() and slab.clear.all() and not slab.has_lesion
+    # Its candidates lie on a grid smaller than the scan's (a slab, not the scan again).
+    assert np.prod(slab.grid_shape) < np.prod(_grid_shape(volume))
+    # sts002_mr_t1 has no 8 slices 30 mm from its mask: no slab.
+    other = load_volume(SARCOMA / "sts002_mr_t1" / "image.nii.gz")
+    assert slab_record("sts002_mr_t1", other, load_mask(SARCOMA / "sts002_mr_t1" / "mask.nii.gz", other),
+                       "ibsi-sarcoma-mr-t1") is None
+
+
+def _grid_shape(volume):
+    from VoteMILib.preprocess import make_working_grid
+
+    return make_working_grid(volume).data.shape
+
+
+def test_training_records_carry_slabs_unless_told_not_to(trained):
+    from VoteMILib.selector_training import SLAB_SUFFIX, collect_records
+
+    folder = trained[1]
+    with_slabs = collect_records([str(folder)])
+    without = collect_records([str(folder)], slabs=False)
+    names = [record.name for record in with_slabs]
+    assert names == ["sts002_ct", "sts002_ct" + SLAB_SUFFIX, "sts002_mr_t1", "sts011_mr_t1"]
+    assert [record.name for record in without] == ["sts002_ct", "sts002_mr_t1", "sts011_mr_t1"]
+    assert "1 lesion-free slabs" in load_selector(trained[0]).note
+
+
+def test_a_tumour_above_4_cm_gets_a_candidate_of_its_size_at_its_centre():
+    """A 6 cm ball (radius 30 mm) in noise: the 32 mm scale, filtered on the half-sampled grid, finds it within
+    a coarse voxel of its centre."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    shape, spacing = (72, 72, 72), np.array([2.0, 2.0, 2.0])
+    data = rng.normal(0.0, 0.2, shape).astype(np.float32)
+    centre = np.array([37, 34, 36])
+    grid_mm = np.stack(np.meshgrid(*[np.arange(n) * 2.0 for n in shape], indexing="ij"), axis=-1)
+    data[np.linalg.norm(grid_mm - centre * 2.0, axis=-1) <= 30.0] += 1.0
+    grid = SimpleNamespace(data=data, mask=np.ones(shape, bool), spacing_mm=tuple(spacing))
+    candidates = find_candidates(grid)
+    large = candidates.radii_mm == 32.0
+    assert large.any()
+    nearest = np.min(np.linalg.norm((candidates.centres[large] - centre) * spacing, axis=1))
+    assert nearest <= 2.0 * np.sqrt(3) * 2.0  # a coarse voxel's diagonal (4 mm a side)
+    # Its ball, sampled every second voxel, is filled by the tumour: compact, as a whole tumour should be.
+    best = np.flatnonzero(large)[np.argmin(np.linalg.norm((candidates.centres[large] - centre) * spacing, axis=1))]
+    assert candidates.descriptors[best, DESCRIPTORS.index("compactness")] > 0.5

@@ -18,7 +18,7 @@ from .bench_sources import source_of
 from .datasets import load_mask
 from .geometry import PLANES
 from .selection import select_slices
-from .selector_training import NORMAL_SOURCE, fit_records, leave_one_source_out, scan_record
+from .selector_training import NORMAL_SOURCE, fit_records, leave_one_source_out, scan_record, slab_record
 from .volumes import load_volume
 
 
@@ -44,7 +44,8 @@ class SelectorJudgement:
                             "max": max(self.seconds) if self.seconds else None}}
 
 
-def judge_selector(cases, normal_scans=(), lesion_free_scans=(), l2: float = 1.0, progress=None) -> SelectorJudgement:
+def judge_selector(cases, normal_scans=(), lesion_free_scans=(), l2: float = 1.0, progress=None,
+                   slabs: bool = True) -> SelectorJudgement:
     """Leave-one-source-out scores of the generic selector on ``cases`` (those with a lesion mask).
 
     Parameters
@@ -59,6 +60,9 @@ def judge_selector(cases, normal_scans=(), lesion_free_scans=(), l2: float = 1.0
         Ridge penalty of the logistic combiner.
     progress : callable(str), optional
         Receives one line per scan.
+    slabs : bool
+        Add each case's lesion-free slab as negatives (:func:`~VoteMILib.selector_training.slab_record`);
+        a slab keeps its case's source, so it is left out with it.
     """
     say = progress or (lambda line: None)
     records, findings, seconds = [], {}, []
@@ -67,15 +71,19 @@ def judge_selector(cases, normal_scans=(), lesion_free_scans=(), l2: float = 1.0
             continue
         started = time.perf_counter()
         volume = load_volume(case.image)
-        record = scan_record(case.name, volume, load_mask(case.mask, volume), source_of(case.name, case.source))
+        mask = load_mask(case.mask, volume)
+        record = scan_record(case.name, volume, mask, source_of(case.name, case.source))
         default = select_slices(volume, top_k=1)  # today's default selection, on the same scan
         findings[case.name] = {plane: score_slice(default.planes[plane].selected[0].index,
                                                   record.lesion_areas[plane], record.positions[plane])["hit_half"]
                                for plane in PLANES}
         records.append(record)
         seconds.append(record.seconds)
-        say(f"{case.name}: {record.source}, {len(record.labels)} candidates, "
-            f"{time.perf_counter() - started:.2f} s")
+        slab = slab_record(case.name, volume, mask, record.source) if slabs else None
+        if slab is not None:
+            records.append(slab)
+        say(f"{case.name}: {record.source}, {len(record.labels)} candidates"
+            f"{f', slab {len(slab.labels)}' if slab is not None else ''}, {time.perf_counter() - started:.2f} s")
     for path in normal_scans:
         records.append(scan_record(scan_name(path), load_volume(path), None, NORMAL_SOURCE))
     if not any(record.has_lesion for record in records):

@@ -26,6 +26,8 @@ from .voting import pick_top_slices, slice_scores
 
 #: Source of lesion-free scans given as negatives (never held out: they have no lesion to score).
 NORMAL_SOURCE = "lesion-free"
+#: Name suffix of a case's lesion-free slab (:func:`slab_record`).
+SLAB_SUFFIX = " (lesion-free slab)"
 
 
 @dataclass
@@ -127,16 +129,43 @@ def scan_record(name: str, volume, mask_kji=None, source: str | None = None) -> 
     return record
 
 
-def collect_records(folders, normals=(), log=None) -> list:
+def slab_record(name: str, volume, mask_kji: np.ndarray, source: str) -> ScanRecord | None:
+    """Candidates of the thickest slab of a lesion scan whose every voxel lies at least
+    :data:`~VoteMILib.bench_normal.NORMAL_MARGIN_MM` (30 mm) from every mask voxel, all negative; None when
+    the scan has no such slab or it is too thin for a working grid.
+
+    The slab keeps its case's ``source`` (and has no lesion, so it is never scored): a fit that holds the
+    source out leaves its slabs out too. It teaches what the same scanner, region and contrast look like
+    without the lesion, which the few lesion-free whole scans (Colin27) cannot for bodies and limbs.
+    """
+    from .bench_normal import lesion_free_slab
+    from .volumes import VolumeError
+
+    slab, _ = lesion_free_slab(volume, mask_kji)
+    if slab is None:
+        return None
+    try:
+        return scan_record(name + SLAB_SUFFIX, slab, None, source)
+    except VolumeError:  # thinner than the working grid's patches in some direction
+        return None
+
+
+def collect_records(folders, normals=(), log=None, slabs: bool = True) -> list:
     """Records of every case with a mask in ``folders`` (cases without one are skipped: an unmarked lesion
-    would be taught as normal) and of every lesion-free scan in ``normals``."""
+    would be taught as normal), with its lesion-free slab (:func:`slab_record`) unless ``slabs`` is false,
+    and of every lesion-free scan in ``normals``."""
     records = []
     for case in bench_cases(folders):
         if not case.mask:
             continue
         volume = load_volume(case.image)
-        records.append(scan_record(case.name, volume, load_mask(case.mask, volume), source_of(case.name, case.source)))
+        mask, source = load_mask(case.mask, volume), source_of(case.name, case.source)
+        records.append(scan_record(case.name, volume, mask, source))
         _say(log, f"{case.name}: {len(records[-1].labels)} candidates, {int(records[-1].labels.sum())} in the lesion")
+        slab = slab_record(case.name, volume, mask, source) if slabs else None
+        if slab is not None:
+            records.append(slab)
+            _say(log, f"{slab.name}: {len(slab.labels)} candidates, lesion-free")
     for path in normals:
         volume = load_volume(path)
         records.append(scan_record(volume.name or str(path), volume, None, NORMAL_SOURCE))
@@ -192,13 +221,16 @@ def stands_out_threshold(records, model) -> float:
     return float(cuts[int(np.argmax(accuracy))])
 
 
-def train_selector(folders, out, normals=(), l2: float = 1.0, log=None):
-    """Fit the selector on ``folders`` (and lesion-free ``normals``) and write it to ``out``; returns the model."""
-    records = collect_records(folders, normals, log)
+def train_selector(folders, out, normals=(), l2: float = 1.0, log=None, slabs: bool = True):
+    """Fit the selector on ``folders`` (with each case's lesion-free slab unless ``slabs`` is false, and
+    lesion-free ``normals``) and write it to ``out``; returns the model."""
+    records = collect_records(folders, normals, log, slabs)
     if not any(record.labels.any() for record in records):
         raise ValueError("no candidate fell inside a lesion mask: give folders of scans with lesion masks")
     sources = sorted({record.source for record in records})
-    model = fit_records(records, l2, note=f"fitted on {len(records)} scans of {', '.join(sources)}")
+    count = sum(record.name.endswith(SLAB_SUFFIX) for record in records)
+    model = fit_records(records, l2, note=f"fitted on {len(records) - count} scans and {count} lesion-free slabs "
+                                          f"of {', '.join(sources)}")
     model.save(out)
     _say(log, f"wrote {out} ({len(records)} scans, {sum(len(r.labels) for r in records)} candidates)")
     return model

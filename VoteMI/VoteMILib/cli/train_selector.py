@@ -11,8 +11,9 @@ def add_train_selector_command(commands) -> None:
         "train-selector", help="fit the experimental generic selector (--selector) on scans with lesion masks",
         description="Fit the generic selector's logistic combiner on every case with a lesion mask in DATA "
                     "(cases.tsv or case sub-folders; a candidate is a positive when half its ball lies in the "
-                    "mask and the slices through its centre hold half the lesion's largest section) and on "
-                    "lesion-free scans given with --normal, and write it as a .npz file for "
+                    "mask and the slices through its centre hold half the lesion's largest section), on each "
+                    "case's lesion-free slab (the thickest one 30 mm or more from every mask voxel, all "
+                    "negatives) and on lesion-free scans given with --normal, and write it as a .npz file for "
                     "'votemi select --selector'.")
     parser.add_argument("folders", nargs="+", metavar="DATA", help="folder of cases with masks (repeatable)")
     parser.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write (.npz)")
