@@ -23,7 +23,7 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sha
 
 def case_table(folder, count: int) -> str:
     """A CSV of the first ``count`` cases: sarcoma/ and the main cases.tsv, alternating."""
-    from VoteMILib.batch import discover_cases
+    from VoteMILib.datasets import discover_cases
 
     sarcoma, main = discover_cases([os.path.join(DATA, "sarcoma")]), discover_cases([DATA])
     mixed = [case for pair in zip(sarcoma, main) for case in pair] + sarcoma[len(main):]
@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=18)
     parser.add_argument("--workers", default="1,2")
     args = parser.parse_args()
-    from VoteMILib.batch import BatchCase, estimate_voxels
+    from VoteMILib.batch import estimate_voxels
+    from VoteMILib.datasets import Case
 
     with tempfile.TemporaryDirectory(prefix="votemi-bench-batch-") as folder:
         table = case_table(folder, args.cases)
@@ -72,7 +73,7 @@ def main() -> None:
               f"{row['task_s']:.2f} | {row['peak_mb']:.0f} |")
     print("\n| case | voxels (M) | worker peak after it (MiB) |\n|---|---|---|")
     for record in sorted(rows[0]["records"], key=lambda r: r["peak_memory_mb"]):
-        voxels = estimate_voxels(BatchCase(record["case"], record["image"]))
+        voxels = estimate_voxels(Case(record["case"], record["image"]))
         print(f"| {record['case']} | {voxels / 1e6:.1f} | {record['peak_memory_mb']:.0f} |")
 
 

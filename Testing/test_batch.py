@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("distributed", reason="needs Dask (pip install -e .[batch])")
 
-from VoteMILib.batch import (SelectSettings, discover_cases, fingerprint_files, inputs_unchanged, is_done,  # noqa: E402
-                             settings_key)
+from VoteMILib.batch import SelectSettings, fingerprint_files, inputs_unchanged, is_done, settings_key  # noqa: E402
 from VoteMILib.cli import main  # noqa: E402
+from VoteMILib.datasets import discover_cases  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 BRAIN = os.path.join(DATA, "pyradiomics_brain1", "image.nrrd")

@@ -19,8 +19,9 @@ import pytest
 
 distributed = pytest.importorskip("distributed", reason="needs Dask (pip install -e .[batch])")
 
-from VoteMILib.batch import (LOCK, MAX_NAME_BYTES, BatchCase, BatchError, Journal, SelectSettings,  # noqa: E402
-                             _case_name, dask_import_message, out_lock, run_cases, timed_task, worker_lost_message)
+from VoteMILib.batch import (LOCK, BatchError, Journal, SelectSettings, dask_import_message, out_lock,  # noqa: E402
+                             run_cases, timed_task, worker_lost_message)
+from VoteMILib.datasets import MAX_NAME_BYTES, Case, case_name  # noqa: E402
 
 LONG = "patient_" + "x" * 300
 
@@ -46,13 +47,13 @@ def _fifo_mhd(folder) -> str:
 
 
 def test_long_case_names_are_shortened_stably_and_stay_distinct():
-    first, second = _case_name(LONG), _case_name(LONG + "y")
+    first, second = case_name(LONG), case_name(LONG + "y")
     assert len(first.encode()) <= MAX_NAME_BYTES and len(second.encode()) <= MAX_NAME_BYTES
-    assert first != second and first == _case_name(LONG)  # the same on every rerun: resume finds it
+    assert first != second and first == case_name(LONG)  # the same on every rerun: resume finds it
     assert first.startswith("patient_xxx")
-    nested = _case_name("ward/" + "é" * 150)  # 300 bytes of two-byte characters, never cut in half
+    nested = case_name("ward/" + "é" * 150)  # 300 bytes of two-byte characters, never cut in half
     assert nested.startswith("ward/") and len(nested.split("/")[1].encode()) <= MAX_NAME_BYTES
-    assert _case_name("brain1") == "brain1"
+    assert case_name("brain1") == "brain1"
 
 
 # -- the lock on --out -------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def ok_task(case, settings):
 def test_the_final_journal_keeps_records_another_run_appended(tmp_path):
     out = str(tmp_path)
     journal = Journal(os.path.join(out, "summary.jsonl"))
-    cases = [BatchCase("a", "a.nii"), BatchCase("b", "b.nii"), BatchCase("c", "c.nii")]
+    cases = [Case("a", "a.nii"), Case("b", "b.nii"), Case("c", "c.nii")]
 
     def store(record):
         if record["case"] == "a":  # meanwhile another run on the same folder finished its own case
@@ -140,10 +141,10 @@ def slow_task(case, settings):
 
 def test_timed_task_gives_up_on_a_case_that_does_not_finish():
     started = time.monotonic()
-    record = timed_task(slow_task, BatchCase("slow", "slow.nii"), None, 0.3)
+    record = timed_task(slow_task, Case("slow", "slow.nii"), None, 0.3)
     assert time.monotonic() - started < 5
     assert record["status"] == "failed" and "--case-timeout of 0.3 s" in record["error"]
-    assert timed_task(ok_task, BatchCase("quick", "q.nii"), None, 5)["status"] == "ok"
+    assert timed_task(ok_task, Case("quick", "q.nii"), None, 5)["status"] == "ok"
 
 
 def test_batch_with_a_long_name_and_a_blocking_case_finishes(tmp_path):
@@ -156,8 +157,8 @@ def test_batch_with_a_long_name_and_a_blocking_case_finishes(tmp_path):
                         timeout=240)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     records = _journal(tmp_path / "out")
-    assert records[_case_name(LONG)]["status"] == "ok"
-    assert os.path.isfile(tmp_path / "out" / records[_case_name(LONG)]["json"])
+    assert records[case_name(LONG)]["status"] == "ok"
+    assert os.path.isfile(tmp_path / "out" / records[case_name(LONG)]["json"])
     assert records["blocked"]["status"] == "failed" and "--case-timeout of 20 s" in records["blocked"]["error"]
     assert "2/2 cases (1 failed, 0 skipped)" in run.stderr
 

@@ -14,7 +14,7 @@ import engine_fixtures as ef
 from VoteMILib import bench_split, cli
 from VoteMILib.bench import (BASELINES, FOV_CUT_SHARE, METRICS, TOP3, evaluate_case, fov_cut, score_slice,
                              section_areas)
-from VoteMILib.datasets import bench_cases, find_cases
+from VoteMILib.datasets import bench_cases, discover_cases, find_cases
 from VoteMILib.geometry import PLANES, plane_geometry
 from VoteMILib.volumes import VolumeError, volume_from_array
 
@@ -65,6 +65,18 @@ def test_find_cases_reads_the_shared_table():
             assert os.path.exists(case.mask)
         assert [os.path.basename(e) for e in case.extras] == [p.name for p in row["extra"]]
     assert sum(1 for c in found if c.mask) == sum(1 for row in table.values() if row["mask"]) >= 5
+
+
+def test_batch_and_bench_read_a_cases_table_alike():
+    """One reader of cases.tsv: votemi batch's discovery finds the bench's cases, with their masks and extras."""
+    def where(path):
+        return os.path.normcase(os.path.abspath(path)) if path else None
+
+    for folder in (ef.DATA, ef.DATA / "sarcoma"):
+        bench = [(c.name, where(c.image), where(c.mask), [where(e) for e in c.extras]) for c in find_cases(folder)]
+        batch = [(c.name, where(c.image), where(c.mask), [where(e) for e in c.extras])
+                 for c in discover_cases([folder])]
+        assert batch == bench and any(mask for _, _, mask, _ in bench)
 
 
 def test_find_cases_in_case_subfolders(tmp_path):

@@ -1,7 +1,6 @@
 """``votemi batch``: the selection of many cases on a Dask cluster, resumable.
 
-Cases come from folders (a folder holding ``image.*``, a DICOM series, loose image files, sub-folders),
-tables (``cases.tsv`` of ``votemi bench``, any CSV with an ``image`` column) or single image files.
+Cases come from :func:`VoteMILib.datasets.discover_cases` (folders, case tables or single image files).
 Each case runs as one Dask task on a worker process, which returns the selection document (and the
 PNGs, as bytes); the driver writes every output, so workers need to read the inputs but never write.
 
@@ -21,20 +20,16 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from . import __version__
+from .datasets import Case, case_name, files_of
 from .machine import peak_memory_mb, physical_memory_bytes
 from .request import SelectionRequest
 
-#: Image files a folder may hold (DICOM series are recognised by content).
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Names of files that are labels of an image, never cases of their own.
-LABEL_PREFIXES = ("mask", "label", "seg")
 JOURNAL = "summary.jsonl"
 SUMMARY_CSV = "summary.csv"
 #: Memory of one selection per voxel of its volume, and the worker's own footprint: Testing/bench_batch.py
@@ -43,207 +38,13 @@ SUMMARY_CSV = "summary.csv"
 BYTES_PER_VOXEL = 40
 WORKER_BASE_BYTES = 600 * 2 ** 20
 _HASH_CHUNK = 1 << 20
-#: The longest part of a case name, in bytes: file systems allow 255 per name, and the outputs add ``.json``
-#: and a temporary file's ``.<name>.XXXXXXXX.part`` (:func:`~VoteMILib.outputs.write_atomic`) to it.
-MAX_NAME_BYTES = 200
 
 
 class BatchError(ValueError):
-    """A batch that cannot start (bad input list, unusable output folder, no Dask); one line for the user."""
+    """A batch that cannot start (unusable output folder, no Dask, no scheduler); one line for the user.
 
-
-# ---------------------------------------------------------------------------------------------
-# Cases
-
-
-@dataclass
-class BatchCase:
-    """One scan to process.
-
-    Attributes
-    ----------
-    name : str
-        Unique within the batch; names the output files (``cases/<name>.json``), so it may hold ``/``.
-    image : str
-        Image file or DICOM folder (absolute).
-    extras : list of str
-        Other sequences of the same patient to vote with (``votemi select --extra``).
-    fields : dict
-        The other columns of the case's table row (``votemi eval`` reads its questions from them).
+    A bad input list is a :class:`~VoteMILib.datasets.CaseError`.
     """
-
-    name: str
-    image: str
-    extras: list = field(default_factory=list)
-    fields: dict = field(default_factory=dict)
-
-    def input_files(self) -> list:
-        """Every file the case reads (the files of a DICOM folder, then the extras)."""
-        return [*_files_of(self.image), *(path for extra in self.extras for path in _files_of(extra))]
-
-
-def _files_of(path) -> list:
-    if os.path.isdir(path):
-        return sorted(os.path.join(path, name) for name in os.listdir(path)
-                      if os.path.isfile(os.path.join(path, name)))
-    return [path]
-
-
-def is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _is_label(name: str) -> bool:
-    return os.path.basename(name).lower().startswith(LABEL_PREFIXES)
-
-
-def _is_dicom_file(path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def is_dicom_series_folder(folder) -> bool:
-    """Whether ``folder`` holds at least two DICOM files (one file alone is an RTSTRUCT or a report)."""
-    found = 0
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path) and _is_dicom_file(path):
-            found += 1
-            if found == 2:
-                return True
-    return False
-
-
-def _case_name(text: str) -> str:
-    """A safe relative name: path separators kept as ``/``, no ``..``, nothing outside ``[\\w.-]``, and no
-    part longer than :data:`MAX_NAME_BYTES` (see :func:`_short_part`)."""
-    parts = [re.sub(r"[^\w.-]", "_", part) for part in re.split(r"[\\/]+", text) if part not in ("", ".")]
-    parts = [_short_part("_" if part == ".." else part) for part in parts]
-    return "/".join(parts) or "case"
-
-
-def _short_part(part: str) -> str:
-    """``part``, or when its UTF-8 form is over :data:`MAX_NAME_BYTES`, its start and a digest of the whole.
-
-    The digest is of the whole part, so the name is the same on every run (resume finds the case again) and two
-    long names that share their start stay distinct.
-    """
-    data = part.encode("utf-8")
-    if len(data) <= MAX_NAME_BYTES:
-        return part
-    digest = hashlib.blake2b(data, digest_size=8).hexdigest()
-    start = data[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")  # never half a character
-    return f"{start}-{digest}"
-
-
-def _strip_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[:-len(suffix)]
-    return name
-
-
-def read_case_table(path) -> list:
-    """Cases of a CSV/TSV with an ``image`` column (optional ``case``, ``extra``; other columns kept).
-
-    Paths are relative to the table's folder; in a ``cases.tsv`` of ``votemi bench`` (a ``case``
-    column naming a sub-folder) they are relative to that sub-folder. Several extras are separated by
-    ``|`` or ``,``.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle, delimiter=delimiter))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise BatchError(f"cannot read the case table {path}: {getattr(error, 'strerror', None) or error}") from None
-    if not rows or "image" not in rows[0]:
-        raise BatchError(f"{path} has no 'image' column (columns: {', '.join(rows[0]) if rows else 'none'})")
-    cases = []
-    for number, row in enumerate(rows, 2):
-        image = (row.get("image") or "").strip()
-        if not image:
-            raise BatchError(f"{path} line {number}: the image column is empty")
-        base = _row_folder(folder, row, image)
-        extras = [os.path.join(base, e.strip()) for e in re.split(r"[|,]", row.get("extra") or "") if e.strip()]
-        name = (row.get("case") or "").strip() or _name_of_image(os.path.join(base, image))
-        others = {key: value for key, value in row.items() if key not in ("case", "image", "extra") and key}
-        cases.append(BatchCase(_case_name(name), os.path.join(base, image), extras, others))
-    return cases
-
-
-def _name_of_image(path) -> str:
-    """``brain1`` for ``.../brain1.nii.gz``, and for ``.../brain1/image.nii.gz`` (or a DICOM folder) too."""
-    stem = _strip_suffix(os.path.basename(os.path.normpath(path)))
-    generic = stem.lower() in ("image", "series", "dicom")
-    return os.path.basename(os.path.dirname(os.path.normpath(path))) if generic else stem
-
-
-def _row_folder(folder, row, image) -> str:
-    """The folder a row's paths are relative to: the table's, or its case sub-folder (bench's cases.tsv)."""
-    case = (row.get("case") or "").strip()
-    if case and not os.path.exists(os.path.join(folder, image)) and os.path.isdir(os.path.join(folder, case)):
-        return os.path.join(folder, case)
-    return folder
-
-
-def _walk(root, folder) -> list:
-    """Cases under ``folder``: itself if it is a DICOM series or holds ``image.*``, else its loose images,
-    then its sub-folders."""
-    relative = os.path.relpath(folder, root)
-    name = _case_name(_name_of_image(root) if relative == "." else relative)
-    if is_dicom_series_folder(folder):
-        return [BatchCase(name, folder)]
-    entries = sorted(os.listdir(folder))
-    images = [e for e in entries if os.path.isfile(os.path.join(folder, e)) and is_image_file(e)]
-    main = [e for e in images if _strip_suffix(e).lower() == "image"]
-    if main:
-        return [BatchCase(name, os.path.join(folder, main[0]))]
-    prefix = "" if relative == "." else relative + "/"
-    cases = [BatchCase(_case_name(prefix + _strip_suffix(e)), os.path.join(folder, e))
-             for e in images if not _is_label(e)]
-    for entry in entries:
-        path = os.path.join(folder, entry)
-        if os.path.isdir(path) and not entry.startswith("."):
-            cases.extend(_walk(root, path))
-    return cases
-
-
-def discover_cases(inputs) -> list:
-    """The cases of every INPUT of ``votemi batch``, in order.
-
-    Raises
-    ------
-    BatchError
-        For an input that does not exist, holds no case, or two cases of the same name.
-    """
-    cases = []
-    for item in inputs:
-        path = os.path.abspath(item)
-        if os.path.isdir(path):
-            table = os.path.join(path, "cases.tsv")
-            found = read_case_table(table) if os.path.isfile(table) else _walk(path, path)
-        elif os.path.isfile(path) and path.lower().endswith((".csv", ".tsv")):
-            found = read_case_table(path)
-        elif os.path.isfile(path) and is_image_file(path):
-            found = [BatchCase(_case_name(_name_of_image(path)), path)]
-        else:
-            raise BatchError(f"{item}: no such folder, case table (.csv, .tsv) or image file")
-        if not found:
-            raise BatchError(f"{item} holds no case (no cases.tsv, DICOM series or image file)")
-        cases.extend(found)
-    seen = {}
-    for case in cases:
-        if case.name in seen:
-            raise BatchError(f"two cases are named '{case.name}' ({seen[case.name]} and {case.image}); "
-                             "give them a 'case' column in a CSV")
-        seen[case.name] = case.image
-    return cases
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +123,7 @@ class SelectSettings:
         fields["top"] = fields.pop("slices_per_plane")
         return fields
 
-    def request(self, case: BatchCase) -> SelectionRequest:
+    def request(self, case: Case) -> SelectionRequest:
         """The selection of one case with these settings."""
         return SelectionRequest(image=case.image, extras=tuple(case.extras), planes=tuple(self.planes),
                                 slices_per_plane=self.slices_per_plane, seed=self.seed, mode=self.mode,
@@ -330,7 +131,7 @@ class SelectSettings:
                                 window=tuple(self.window) if self.window else None)
 
 
-def select_case(case: BatchCase, settings: SelectSettings) -> dict:
+def select_case(case: Case, settings: SelectSettings) -> dict:
     """Run ``votemi select`` on one case; returns its record, with ``document`` and ``png_bytes`` for the driver.
 
     Whatever goes wrong becomes ``status: failed`` with the one-line error, so that the batch goes on.
@@ -369,7 +170,7 @@ def _render_pngs(volume, result, request: SelectionRequest, document) -> dict:
     return pngs
 
 
-def new_record(case: BatchCase) -> dict:
+def new_record(case: Case) -> dict:
     return {"case": case.name, "status": "failed", "error": "", "image": case.image, "extras": list(case.extras)}
 
 
@@ -432,7 +233,7 @@ class Journal:
         return latest
 
 
-def is_done(record: dict | None, case: BatchCase, key: str, out: str) -> bool:
+def is_done(record: dict | None, case: Case, key: str, out: str) -> bool:
     """Whether a journal record still stands for ``case``: finished, same settings, same input, outputs there."""
     if not record or record.get("status") != "ok" or record.get("settings_key") != key:
         return False
@@ -501,7 +302,7 @@ def format_duration(seconds: float) -> str:
 # Dask
 
 
-def estimate_voxels(case: BatchCase) -> int:
+def estimate_voxels(case: Case) -> int:
     """Voxels of the case's volumes, from the file headers (a DICOM series: one slice times the count)."""
     import SimpleITK as sitk
 
@@ -509,7 +310,7 @@ def estimate_voxels(case: BatchCase) -> int:
 
     total = 0
     for path in (case.image, *case.extras):
-        files = _files_of(path)
+        files = files_of(path)
         reader = sitk.ImageFileReader()
         try:
             check_itk_path(files[0])  # a name ITK cannot take would abort the whole batch here
@@ -634,8 +435,8 @@ def run_cases(client, cases, task, settings, out: str, store, label: str = "batc
     Parameters
     ----------
     client : dask.distributed.Client
-    cases : list of BatchCase
-    task : callable(BatchCase, settings) -> dict
+    cases : list of Case
+    task : callable(Case, settings) -> dict
         A record (``status`` "ok" or "failed"); importable by the workers.
     settings : dataclass
         Passed to every task; its digest decides which finished cases still stand.
@@ -694,7 +495,7 @@ class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C during a batch; its message says what was kept."""
 
 
-def _finished_record(future, case: BatchCase, key: str, store, memory_limit: int | None) -> dict:
+def _finished_record(future, case: Case, key: str, store, memory_limit: int | None) -> dict:
     """The record of a finished task, its outputs written; a worker lost or an output that cannot be written
     fails this case only."""
     try:
@@ -727,7 +528,7 @@ def memory_limit_of(client) -> int | None:
     return max(limits, default=0) or None
 
 
-def timed_task(task, case: BatchCase, settings, timeout: float | None) -> dict:
+def timed_task(task, case: Case, settings, timeout: float | None) -> dict:
     """``task(case, settings)``, given up after ``timeout`` seconds as a failed record.
 
     The case runs on a daemon thread of the worker: a read that blocks for good (a FIFO, a hung network share)
@@ -762,7 +563,7 @@ def _take(iterator, count):
 
 def _submit(client, case, task, timeout, settings, futures, running):
     future = client.submit(timed_task, task, case, settings, timeout, pure=False,
-                           key=f"votemi-{_case_name(case.name)}-{time.time_ns()}")
+                           key=f"votemi-{case_name(case.name)}-{time.time_ns()}")
     futures[future] = case
     running.add(future)
 

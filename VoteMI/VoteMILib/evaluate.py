@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import eval_scores
-from .batch import BatchCase, BatchError, finish_record, fingerprint_files, new_record, one_line
+from .batch import BatchError, finish_record, fingerprint_files, new_record, one_line
+from .datasets import Case, read_case_table
 from .names import DEFAULT_SERVER_URL, INPROCESS, PLANES
 from .names import EVAL_BUDGETS as DEFAULT_BUDGETS
 from .names import EVAL_STRATEGIES as STRATEGIES
@@ -59,9 +60,9 @@ def load_dataset(path) -> tuple:
     ------
     BatchError
         Naming the line of a row that cannot be scored (no choices, an answer that is not one of them).
+    CaseError
+        For a table that cannot be read or has no image (:func:`VoteMILib.datasets.read_case_table`).
     """
-    from .batch import read_case_table
-
     if not os.path.isfile(path):
         raise BatchError(f"no such dataset file: {path}")
     cases = read_case_table(path)
@@ -211,7 +212,7 @@ class EvalSettings:
                 "scorer": self.scorer}
 
 
-def eval_case(case: BatchCase, settings: EvalSettings) -> dict:
+def eval_case(case: Case, settings: EvalSettings) -> dict:
     """Select, then ask the model once per strategy and budget, and score each answer.
 
     A model error on one question is recorded on that answer (its scores are missing); an error
@@ -288,7 +289,7 @@ class _Asker:
         return PromptImage(label, plane, position, "", png, {"index": int(index),
                                                               "position": format_position(plane, position)})
 
-    def answer(self, case: BatchCase, strategy: str, budget: int) -> dict:
+    def answer(self, case: Case, strategy: str, budget: int) -> dict:
         from .vlm.options import GenerationOptions
 
         chosen = self.slices(case.name, strategy, budget)
@@ -308,7 +309,7 @@ class _Asker:
         item["seconds"] = round(time.perf_counter() - started, 3)
         return item
 
-    def prompt(self, case: BatchCase, images: list):
+    def prompt(self, case: Case, images: list):
         from .vlm.prompts import build_prompt
 
         fields = case.fields
@@ -320,7 +321,7 @@ class _Asker:
             template = template.replace("{" + name + "}", value.replace("{", "{{").replace("}", "}}"))
         return build_prompt(images, template, modality=self.windowing.modality)
 
-    def score(self, case: BatchCase, strategy: str, budget: int, text: str) -> dict:
+    def score(self, case: Case, strategy: str, budget: int, text: str) -> dict:
         fields = case.fields
         if self.settings.kind == "closed":
             scores = eval_scores.closed_scores(text, eval_scores.split_choices(fields["choices"]), fields["answer"])

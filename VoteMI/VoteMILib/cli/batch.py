@@ -29,9 +29,9 @@ def add_batch_command(commands) -> None:
 
 def run_batch_command(args) -> int:
     # The engine is imported when the command runs: `votemi --help` and the other commands never load it.
-    from ..batch import (SUMMARY_CSV, SelectSettings, dask_client, discover_cases, file_digest, out_lock, prepare_out,
-                         require_dask, run_cases, select_case, store_selection, worker_memory_limit,
-                         write_summary_csv)
+    from ..batch import (SUMMARY_CSV, SelectSettings, dask_client, file_digest, out_lock, prepare_out, require_dask,
+                         run_cases, select_case, store_selection, worker_memory_limit, write_summary_csv)
+    from ..datasets import discover_cases
     from ..request import window_settings
 
     require_dask()  # before any work or output: a broken Dask is one line
