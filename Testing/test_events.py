@@ -115,7 +115,7 @@ def test_describe_events_error_for_an_unreachable_server(small_image):
 
 def test_describe_events_with_the_in_process_model_in_the_child(tiny_vlm_dir, small_image):
     code, events, stderr = votemi_events("describe", small_image, "--planes", "axial", "--slices-per-plane", "1",
-                                         "--protocol", "inprocess", "--model", tiny_vlm_dir, "--max-tokens", "8",
+                                         "--backend", "inprocess", "--model", tiny_vlm_dir, "--max-tokens", "8",
                                          "--long-side", "64")
     assert code in (0, 3), stderr  # a random model may stop at its token limit (incomplete, exit 3)
     report, = _of(events, "report")
