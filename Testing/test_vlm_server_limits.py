@@ -549,22 +549,7 @@ def test_bounded_load_twenty_clients_five_requests(model):
 
 
 def test_sigterm_during_generation_exits_cleanly(tiny_vlm_dir):
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen([sys.executable, "-m", "VoteMILib.cli", "serve", "--model", tiny_vlm_dir,
-                                "--port", "0", "--device", "cpu"], stderr=subprocess.PIPE, text=True,
-                               encoding="utf-8", errors="replace", env=environment)
-    lines = []
-    try:
-        port = None
-        for line in process.stderr:
-            lines.append(line)
-            found = re.search(r"on http://127\.0\.0\.1:(\d+) ", line)
-            if found:
-                port = int(found.group(1))
-                break
-        assert port, "".join(lines)
-        reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-        reader.start()
+    with serve_process(tiny_vlm_dir) as (process, port, lines):
         streaming = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         body = json.dumps(text_chat("hi", max_tokens=4000, stream=True))
         streaming.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
@@ -579,11 +564,10 @@ def test_sigterm_during_generation_exits_cleanly(tiny_vlm_dir):
         streaming.close()
         assert process.wait(timeout=30) == 0
         waiter.join(30)
-        reader.join(10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        # The stderr reader of serve_process reads to the end of the pipe, which the exited server closed.
+        deadline = time.monotonic() + 10
+        while "votemi: stopped" not in "".join(lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
     events = [line[6:] for line in rest.split("\n\n") if line.startswith("data: ")]
     assert json.loads(events[-1])["error"]["message"] == "the server is shutting down"
     assert queued["answer"][0] == 503
