@@ -12,7 +12,9 @@ import pytest
 import engine_fixtures as ef
 from VoteMILib import cli
 from VoteMILib.selector_candidates import DESCRIPTORS, find_candidates
-from VoteMILib.selector_model import SHIPPED_MODEL, fit_logistic, load_selector, working_slice_profile
+from VoteMILib.voting import plane_confidence
+from VoteMILib.selector_model import (SHIPPED_MODEL, SelectorModel, fit_logistic, load_selector, plane_picks,
+                                      plane_scores, working_slice_logits)
 
 SARCOMA = ef.DATA / "sarcoma"
 #: Small real crops with expert masks: a CT and an MR T1 of one sarcoma patient, and another patient's MR.
@@ -154,9 +156,36 @@ def test_logistic_fit_separates_and_penalty_shrinks():
 
 def test_slice_profile_peaks_through_the_best_candidate_centre():
     centres = np.array([[5, 5, 10], [5, 5, 30]])
-    profile = working_slice_profile(centres, np.array([6.0, 6.0]), np.array([0.3, 0.9]), 2, 40, 2.0)
-    assert int(np.argmax(profile)) == 30 and profile[30] == pytest.approx(0.9)
-    assert profile[10] == pytest.approx(0.3) and profile[20] == 0.0
+    logits = np.array([-1.0, 2.0])
+    profile = working_slice_logits(centres, np.array([6.0, 6.0]), logits, 2, 40, 2.0)
+    assert int(np.argmax(profile)) == 30 and profile[30] == pytest.approx(2.0)
+    # Off the centre a candidate counts with half the log of its section share: 2 mm off a 6 mm ball, 8/9.
+    assert profile[31] == pytest.approx(2.0 + 0.5 * np.log(8.0 / 9.0))
+    assert profile[10] == pytest.approx(-1.0) and profile[20] == -np.inf
+
+
+def test_candidates_whose_probabilities_both_saturate_rank_in_logit_order():
+    # One descriptor, logit = x: 60 and 45 both give a probability of exactly 1.0 in float64.
+    model = SelectorModel(("x",), np.zeros(1), np.ones(1), np.ones(1), 0.0)
+    descriptors = np.array([[45.0], [60.0]])
+    assert np.all(model.probabilities(descriptors) == 1.0)
+    assert list(model.logits(descriptors)) == [45.0, 60.0]
+    # The weaker candidate comes first in the array and at the lower slice: a tie would go to it.
+    centres = np.array([[5, 5, 8], [5, 5, 30]])
+    positions = np.arange(40) * 2.0
+    scores = plane_scores(centres, np.array([6.0, 6.0]), model.logits(descriptors), 2, 40, 2.0, positions, positions)
+    picks, spacing = plane_picks(scores, positions, 2)
+    assert picks == [30, 8]
+    # Scores stay in 0..1: the top is 1 and the rival is its odds against the top's, exp(45 - 60).
+    assert scores.max() == 1.0 and scores.min() >= 0.0
+    assert scores[8] == pytest.approx(np.exp(-15.0))
+    assert plane_confidence(scores, positions, picks[0], spacing) == pytest.approx(1.0 - np.exp(-15.0))
+
+
+def test_plane_scores_without_candidates_are_zero():
+    positions = np.arange(10) * 2.0
+    scores = plane_scores(np.zeros((0, 3), int), np.zeros(0), np.zeros(0), 2, 10, 2.0, positions, positions)
+    assert scores.shape == (10,) and not scores.any()
 
 
 def test_shipped_model_loads():

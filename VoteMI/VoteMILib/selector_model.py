@@ -1,6 +1,7 @@
 """The generic selector's combiner (issue 31): an L2-regularised logistic regression over the
 descriptors of :mod:`VoteMILib.selector_candidates`, fitted in numpy, stored as a small ``.npz`` file,
-and the slice scores it gives (a slice's score is the best candidate score in that slice).
+and the slice scores it gives (a slice's score is the best candidate's odds through that slice, relative to
+the best slice's).
 
 Experimental, behind ``votemi select --selector MODEL.npz``; the default selection does not use it.
 """
@@ -39,10 +40,17 @@ class SelectorModel:
     #: scans by :func:`VoteMILib.selector_training.stands_out_threshold`).
     stands_out: float = 0.5
 
-    def probabilities(self, descriptors: np.ndarray) -> np.ndarray:
-        """Probability that each candidate (row of ``descriptors``) is a lesion."""
+    def logits(self, descriptors: np.ndarray) -> np.ndarray:
+        """Log-odds that each candidate (row of ``descriptors``) is a lesion, unclipped: what candidates and
+        slices are ranked by (a probability is exactly 1.0 in float64 from a logit of about 37 on, so
+        candidates the model tells apart would tie)."""
         z = (np.asarray(descriptors, dtype=np.float64) - self.mean) / self.scale
-        return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50.0, 50.0)))
+        return z @ self.coef + self.intercept
+
+    def probabilities(self, descriptors: np.ndarray) -> np.ndarray:
+        """Probability that each candidate is a lesion (logits clipped to +-50): for the stood-out threshold
+        only, never for ranking (it saturates, see :meth:`logits`)."""
+        return 1.0 / (1.0 + np.exp(-np.clip(self.logits(descriptors), -50.0, 50.0)))
 
     def describe(self) -> dict:
         return {"kind": "logistic", "descriptors": list(self.names), "stands_out": round(self.stands_out, 4),
@@ -127,20 +135,45 @@ def load_selector(path) -> SelectorModel:
     return SelectorModel(names, *arrays, float(fields["intercept"]), note, float(fields["stands_out"]))
 
 
-def working_slice_profile(centres, radii_mm, probabilities, axis: int, count: int, step_mm: float) -> np.ndarray:
-    """Best candidate probability in each of the ``count`` working slices normal to grid ``axis``.
+def working_slice_logits(centres, radii_mm, logits, axis: int, count: int, step_mm: float) -> np.ndarray:
+    """Best candidate log-score in each of the ``count`` working slices normal to grid ``axis``; -inf in a
+    slice no candidate cuts.
 
-    A candidate counts in the slices that cut its ball, weighted by the square root of the share of its
-    largest section the slice holds (1 through its centre), so that a plane's top slice goes through
-    the middle of the best candidate.
+    A candidate counts in the slices that cut its ball, its logit plus half the log of the share of its
+    largest section the slice holds (1 through its centre): its odds weighted by the square root of that
+    share, in logs so that no two candidates tie where their probabilities would both be 1.0. A plane's top
+    slice thus goes through the middle of the best candidate.
     """
-    profile = np.zeros(count)
+    profile = np.full(count, -np.inf)
     slices = np.arange(count)
-    for centre, radius, probability in zip(centres, radii_mm, probabilities):
+    for centre, radius, logit in zip(centres, radii_mm, logits):
         offset = (slices - centre[axis]) * step_mm
-        section = np.clip(1.0 - (offset / radius) ** 2, 0.0, None)
-        np.maximum(profile, probability * np.sqrt(section), out=profile)
+        section = 1.0 - (offset / radius) ** 2
+        cut = section > 0
+        profile[cut] = np.maximum(profile[cut], logit + 0.5 * np.log(section[cut]))
     return profile
+
+
+def plane_scores(centres, radii_mm, logits, axis: int, count: int, step_mm: float, work_positions,
+                 positions) -> np.ndarray:
+    """A plane's 0..1 score per original slice: the odds of its working slice's best log-score
+    (:func:`working_slice_logits`) relative to the best slice's, ``exp(score - best)``, interpolated to
+    the original slice positions. The ranking is that of the logits (no saturation) and a rival summit's
+    score is its odds against the top's, which :func:`~VoteMILib.voting.plane_confidence` reads."""
+    profile = working_slice_logits(centres, radii_mm, logits, axis, count, step_mm)
+    if not np.isfinite(profile).any():
+        return np.zeros(len(positions))
+    return slice_scores(np.exp(profile - profile.max()), work_positions, positions, 0.0)
+
+
+def plane_picks(scores, positions, top_k: int, min_spacing_mm=None) -> tuple:
+    """(picks best first, the spacing used): summits first, no two closer than ``min_spacing_mm`` (by
+    default 10 mm or two slices, whichever is more)."""
+    spacing = min_spacing_mm
+    if spacing is None:
+        step = abs(positions[-1] - positions[0]) / max(len(positions) - 1, 1)
+        spacing = max(10.0, 2.0 * step)
+    return pick_top_slices(scores, positions, top_k, spacing, peaks_first=True), spacing
 
 
 def selector_planes(volume, grid, planes, model: SelectorModel, top_k: int, min_spacing_mm=None,
@@ -156,21 +189,17 @@ def selector_planes(volume, grid, planes, model: SelectorModel, top_k: int, min_
 
     region = region if region is not None else detect_region(grid, detect_modality(volume))
     candidates = find_candidates(grid, cue_evidence(grid, region))
-    probabilities = model.probabilities(candidates.descriptors) if len(candidates) else np.zeros(0)
-    best = float(probabilities.max()) if len(probabilities) else 0.0
+    logits = model.logits(candidates.descriptors) if len(candidates) else np.zeros(0)
+    # The probability (clipped) only says whether the scan stood out; slices are ranked by the logits.
+    best = float(model.probabilities(candidates.descriptors).max()) if len(candidates) else 0.0
     results = {}
     for plane in planes:
         geometry = plane_geometry(volume.ijk_to_ras, volume.size_ijk, plane)
         axis = NORMAL_INDEX[plane]
-        profile = working_slice_profile(candidates.centres, candidates.radii_mm, probabilities, axis,
-                                        grid.data.shape[axis], float(grid.spacing_mm[axis]))
         # No smoothing beyond the candidate's own extent: the profile is already a smooth curve.
-        scores = slice_scores(profile, grid.positions_mm[plane], geometry.positions_mm, 0.0)
-        spacing = min_spacing_mm
-        if spacing is None:
-            step = abs(geometry.positions_mm[-1] - geometry.positions_mm[0]) / max(geometry.count - 1, 1)
-            spacing = max(10.0, 2.0 * step)
-        picks = pick_top_slices(scores, geometry.positions_mm, top_k, spacing, peaks_first=True)
+        scores = plane_scores(candidates.centres, candidates.radii_mm, logits, axis, grid.data.shape[axis],
+                              float(grid.spacing_mm[axis]), grid.positions_mm[plane], geometry.positions_mm)
+        picks, spacing = plane_picks(scores, geometry.positions_mm, top_k, min_spacing_mm)
         selected = [SelectedSlice(plane=plane, rank=rank, index=index, ijk_index=int(geometry.ijk_indices[index]),
                                   position_mm=float(geometry.positions_mm[index]),
                                   center_ras=tuple(float(c) for c in geometry.centers_ras[index]),

@@ -20,9 +20,8 @@ from .modality import detect_modality
 from .preprocess import block_mean, foreground_mask, make_working_grid, resample_linear, working_shape
 from .selector_candidates import find_candidates
 from .selector_cues import cue_evidence
-from .selector_model import fit_logistic, working_slice_profile
+from .selector_model import fit_logistic, plane_picks, plane_scores
 from .volumes import load_volume
-from .voting import pick_top_slices, slice_scores
 
 #: Source of lesion-free scans given as negatives (never held out: they have no lesion to score).
 NORMAL_SOURCE = "lesion-free"
@@ -238,16 +237,13 @@ def train_selector(folders, out, normals=(), l2: float = 1.0, log=None, slabs: b
 
 def record_picks(record: ScanRecord, model, top_k: int = 3) -> dict:
     """Each plane's picks (original slice indices, best first) on a scored record."""
-    probabilities = model.probabilities(record.descriptors) if len(record.labels) else np.zeros(0)
+    logits = model.logits(record.descriptors) if len(record.labels) else np.zeros(0)
     picks = {}
     for plane in PLANES:
         axis = NORMAL_INDEX[plane]
-        profile = working_slice_profile(record.centres, record.radii_mm, probabilities, axis,
-                                        record.grid_shape[axis], float(record.grid_spacing[axis]))
-        positions = record.positions[plane]
-        scores = slice_scores(profile, record.work_positions[plane], positions, 0.0)
-        step = abs(positions[-1] - positions[0]) / max(len(positions) - 1, 1)
-        picks[plane] = pick_top_slices(scores, positions, top_k, max(10.0, 2.0 * step), peaks_first=True)
+        scores = plane_scores(record.centres, record.radii_mm, logits, axis, record.grid_shape[axis],
+                              float(record.grid_spacing[axis]), record.work_positions[plane], record.positions[plane])
+        picks[plane] = plane_picks(scores, record.positions[plane], top_k)[0]
     return picks
 
 
