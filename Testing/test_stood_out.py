@@ -12,6 +12,7 @@ import functools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,14 @@ def test_the_structured_report_of_a_healthy_brain_says_nothing_stood_out_in_any_
     expected = [f"Selection, {plane} plane: {outcome_text(_outcome(data))}" for plane, data in document["planes"].items()]
     assert said == expected and len(said) == 3
     assert all(f"{NOTHING_STOOD_OUT}, confidence" in text for text in said)
+
+
+def test_the_generic_selector_says_nothing_stood_out_without_calling_its_picks_representative():
+    """With --selector a plane whose best candidate stays under the threshold still shows that candidate: it is
+    labelled by the selector, not as the representative vote (Colin27: nothing stands out)."""
+    done = ef.run_votemi("select", ef.COLIN27, "--slices-per-plane", "1", "--selector",
+                         str(Path(__file__).resolve().parents[1] / "VoteMI" / "Resources" / "selector_model.npz"))
+    assert done.returncode == 0, done.stderr
+    summary = [line for line in done.stdout.splitlines() if line.startswith(("axial:", "coronal:", "sagittal:"))]
+    assert len(summary) == 3 and all("selector (nothing stood out), confidence" in line for line in summary)
+    assert "representative" not in "\n".join(summary)

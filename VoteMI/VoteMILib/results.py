@@ -102,7 +102,11 @@ def outcome_label(outcome: dict) -> str:
     cue, stood_out = str(outcome.get("cue") or FALLBACK_CUE), outcome.get("stood_out")
     if stood_out is True:
         return f"{cue} stood out"
-    return NOTHING_STOOD_OUT if stood_out is False else cue
+    if stood_out is False:
+        # A findings plane fell back to the representative vote; the generic selector (--selector) still shows
+        # its best candidate, which did not reach its threshold.
+        return NOTHING_STOOD_OUT if cue == FALLBACK_CUE else f"{cue} (nothing stood out)"
+    return cue
 
 
 def outcome_confidence(outcome: dict) -> str:
